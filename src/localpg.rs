@@ -1,0 +1,172 @@
+//! A throwaway PostgreSQL server for tests and `reactor demo`.
+//!
+//! `initdb` and `postgres` are taken from PATH, else from Debian's
+//! `/usr/lib/postgresql/<version>/bin`. Postgres refuses to run as root, so as
+//! root the server runs as the `postgres` user (via `setpriv`).
+//!
+//! The server lives exactly as long as the process that started it: a small
+//! shell watchdog holds the server and waits for its stdin to close, which
+//! happens when this process exits for any reason (even `kill -9` or a
+//! panicking test), then stops the server and deletes its directory.
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found on PATH or in /usr/lib/postgresql/*/bin; \
+         install them (Debian: apt-get install postgresql) or set DATABASE_URL"
+    )]
+    NotInstalled,
+    #[error("starting a local PostgreSQL failed: {0}")]
+    Start(String),
+}
+
+/// A running throwaway server. Dropping it stops the server.
+pub struct LocalPostgres {
+    port: u16,
+    watchdog: Child,
+    stdin: Option<ChildStdin>,
+}
+
+const WATCHDOG: &str = r#"
+set -u
+bindir=$1; dir=$2; port=$3; as_user=$4
+run() { if [ -n "$as_user" ]; then setpriv --reuid="$as_user" --regid="$as_user" --init-groups -- "$@"; else "$@"; fi; }
+if [ -n "$as_user" ]; then chown "$as_user" "$dir"; fi
+if ! run "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1; then
+  cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
+fi
+run "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+  -c shared_buffers=128MB -c max_wal_size=2GB >"$dir/server.log" 2>&1 &
+pid=$!
+echo "started" >&2
+read -r _ || true
+kill -INT "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+rm -rf "$dir"
+"#;
+
+impl LocalPostgres {
+    /// Starts a fresh cluster on a free loopback port and waits until it accepts connections.
+    pub async fn start() -> Result<Self, LocalPgError> {
+        let bindir = find_bindir().ok_or(LocalPgError::NotInstalled)?;
+        let dir =
+            std::env::temp_dir().join(format!("reactor-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LocalPgError::Start(format!("{}: {e}", dir.display())))?;
+        let port = free_port().map_err(|e| LocalPgError::Start(format!("no free port: {e}")))?;
+        let as_user = if is_root() { "postgres" } else { "" };
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("reactor-localpg")
+            .arg(&bindir)
+            .arg(&dir)
+            .arg(port.to_string())
+            .arg(as_user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LocalPgError::Start(format!("spawning sh: {e}")))?;
+        let stdin = watchdog.stdin.take();
+        let mut pg = LocalPostgres {
+            port,
+            watchdog,
+            stdin,
+        };
+        pg.wait_ready(&dir).await?;
+        Ok(pg)
+    }
+
+    /// Connection string for `database` on this server (user postgres, trust auth).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Keeps the server running until this process exits (for process-wide servers).
+    pub fn leak(self) -> String {
+        let url = self.url("postgres");
+        std::mem::forget(self);
+        url
+    }
+
+    async fn wait_ready(&mut self, dir: &Path) -> Result<(), LocalPgError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = self.url("postgres");
+        loop {
+            if let Ok(Some(status)) = self.watchdog.try_wait() {
+                let mut err = String::new();
+                if let Some(mut stderr) = self.watchdog.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(LocalPgError::Start(format!(
+                    "watchdog exited ({status}): {err}{log}"
+                )));
+            }
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                if client.simple_query("select 1").await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(LocalPgError::Start(format!(
+                    "server did not accept connections within 60s: {log}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        let _ = self.watchdog.wait();
+    }
+}
+
+fn find_bindir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn is_root() -> bool {
+    // /proc/self/status "Uid:" line; avoids a libc dependency for one call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}

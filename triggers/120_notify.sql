@@ -1,0 +1,50 @@
+-- Work hints and status events. Payloads carry ids and statuses only (a NOTIFY
+-- payload is capped at 8000 bytes), as compact JSON with a fixed key order:
+--   {"table":"generation_jobs","op":"UPDATE","id":"…","owner_id":"…","status":"succeeded","old_status":"processing"}
+-- Channel "reactor": the reactor's hints (job inserts, job status changes, profile inserts).
+-- Channel "job_status": every job insert and status change, for dashboards.
+-- The payload is built inline (no helper function) so a client's insert needs
+-- no privileges on the reactor schema.
+
+create or replace function reactor.notify_generation_job() returns trigger
+language plpgsql as $$
+declare
+  payload text := '{"table":"generation_jobs","op":"' || tg_op
+    || '","id":"' || new.id::text
+    || '","owner_id":"' || new.owner_id::text
+    || '","status":' || to_json(new.status)::text
+    || ',"old_status":'
+    || case when tg_op = 'UPDATE' then to_json(old.status)::text else 'null' end
+    || '}';
+begin
+  perform pg_notify('reactor', payload);
+  perform pg_notify('job_status', payload);
+  return null;
+end
+$$;
+
+drop trigger if exists reactor_notify_insert on public.generation_jobs;
+create trigger reactor_notify_insert
+  after insert on public.generation_jobs
+  for each row execute function reactor.notify_generation_job();
+
+drop trigger if exists reactor_notify_status on public.generation_jobs;
+create trigger reactor_notify_status
+  after update of status on public.generation_jobs
+  for each row when (old.status is distinct from new.status)
+  execute function reactor.notify_generation_job();
+
+create or replace function reactor.notify_profile() returns trigger
+language plpgsql as $$
+begin
+  perform pg_notify('reactor',
+    '{"table":"profiles","op":"INSERT","id":"' || new.id::text
+    || '","owner_id":"' || new.id::text || '","status":null,"old_status":null}');
+  return null;
+end
+$$;
+
+drop trigger if exists reactor_notify_insert on public.profiles;
+create trigger reactor_notify_insert
+  after insert on public.profiles
+  for each row execute function reactor.notify_profile();
