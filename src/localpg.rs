@@ -34,16 +34,21 @@ pub struct LocalPostgres {
 const WATCHDOG: &str = r#"
 set -u
 bindir=$1; dir=$2; port=$3; as_user=$4
-run() { if [ -n "$as_user" ]; then setpriv --reuid="$as_user" --regid="$as_user" --init-groups -- "$@"; else "$@"; fi; }
-if [ -n "$as_user" ]; then chown "$as_user" "$dir"; fi
-if ! run "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1; then
+# "$@" becomes the prefix that drops root, so the server below is started as a
+# simple command and $! is the server's own pid (a signal to it stops it).
+if [ -n "$as_user" ]; then
+  chown "$as_user" "$dir"
+  set -- setpriv --reuid="$as_user" --regid="$as_user" --init-groups --
+else
+  set --
+fi
+if ! "$@" "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1; then
   cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
 fi
-run "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+"$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
   -c shared_buffers=128MB -c max_wal_size=2GB >"$dir/server.log" 2>&1 &
 pid=$!
-echo "started" >&2
 read -r _ || true
 kill -INT "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
