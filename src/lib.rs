@@ -2,6 +2,14 @@
 //!
 //! Notifications are hints; correctness comes from idempotent handlers plus
 //! pending-state scans (see README.md, "Guarantees").
+pub mod config;
 pub mod db;
+pub mod engine;
+pub mod handler;
+pub mod handlers;
+pub mod lease;
+pub mod listener;
 pub mod localpg;
 pub mod migrate;
+pub mod notification;
+pub mod storage;

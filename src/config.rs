@@ -1,0 +1,104 @@
+//! Configuration of `reactor run`: environment variables, overridden by flags.
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 10m)"))
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunConfig {
+    /// Postgres connection string (direct connection or session-mode pooler).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// LISTEN for notifications (false: poll-only mode, for transaction-mode poolers).
+    #[arg(long, env = "REACTOR_LISTEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub listen: bool,
+
+    /// How often pending queries run in poll-only mode.
+    #[arg(long, env = "REACTOR_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub poll_interval: Duration,
+
+    /// How often every handler's pending query runs (the safety net for lost notifications).
+    #[arg(long, env = "REACTOR_SWEEP_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub sweep_interval: Duration,
+
+    /// How long a claim on a row lasts without renewal; renewed while work runs.
+    #[arg(long, env = "REACTOR_LEASE", default_value = "60s", value_parser = duration)]
+    pub lease: Duration,
+
+    /// Rows worked on at once (downloads, provider calls) across all handlers.
+    #[arg(long, env = "REACTOR_CONCURRENCY", default_value = "16", value_parser = positive)]
+    pub concurrency: usize,
+
+    /// Failed attempts after which a row is marked dead.
+    #[arg(long, env = "REACTOR_MAX_ATTEMPTS", default_value = "5", value_parser = positive)]
+    pub max_attempts: usize,
+
+    /// Delay before the first retry; doubles each attempt (with jitter), capped at 10 minutes.
+    #[arg(long, env = "REACTOR_RETRY_BACKOFF", default_value = "2s", value_parser = duration)]
+    pub retry_backoff: Duration,
+
+    /// Rows handled per database round trip.
+    #[arg(long, env = "REACTOR_BATCH_SIZE", default_value = "500", value_parser = positive)]
+    pub batch_size: usize,
+
+    /// On SIGINT/SIGTERM, how long in-flight work may take to finish.
+    #[arg(long, env = "REACTOR_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the listener checks that its own notifications still arrive.
+    #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub listen_check_interval: Duration,
+
+    /// How long a self-check notification may take before the listener is declared deaf.
+    #[arg(long, env = "REACTOR_LISTEN_CHECK_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub listen_check_timeout: Duration,
+
+    /// Where render images are stored: file:///abs/path, a plain path, or s3://bucket.
+    #[arg(long, env = "REACTOR_STORAGE_URL", default_value = "./storage")]
+    pub storage_url: String,
+
+    /// Largest output image the renders handler accepts, in bytes.
+    #[arg(long, env = "REACTOR_MAX_IMAGE_BYTES", default_value = "26214400", value_parser = positive)]
+    pub max_image_bytes: usize,
+
+    /// Timeout of each output image download.
+    #[arg(long, env = "REACTOR_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub download_timeout: Duration,
+}
+
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    run: RunConfig,
+}
+
+impl RunConfig {
+    /// Parses flags the way `reactor run` does (environment variables still
+    /// apply), e.g. `["--database-url", url, "--lease", "2s"]`.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser as _;
+        let args = std::iter::once(std::ffi::OsString::from("reactor"))
+            .chain(flags.into_iter().map(Into::into));
+        Ok(Flags::try_parse_from(args)?.run)
+    }
+
+    /// The local directory behind a `file://` or plain-path storage URL.
+    pub fn local_storage_dir(&self) -> Option<PathBuf> {
+        crate::storage::local_dir(&self.storage_url)
+    }
+}

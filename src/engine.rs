@@ -1,0 +1,668 @@
+//! Claiming and dispatching: turns hints (notifications) and sweeps (pending
+//! queries) into handler work, with bounded concurrency, leases, retries and
+//! graceful shutdown.
+//!
+//! Each handler has an inbox (ids from notifications, plus a "scan" flag) and
+//! one worker. The worker takes whatever has piled up: a scan request runs the
+//! handler's pending query page by page (keyset pagination, never the whole
+//! backlog in memory); ids are worked in one batch. An inbox that overflows
+//! just turns into a scan: notifications are hints, table state is the truth.
+use crate::config::RunConfig;
+use crate::handler::{Action, Handler, HandlerError, LeasedWork};
+use crate::lease::{self, Lease, Statements};
+use crate::listener::{self, Event, Listener};
+use deadpool_postgres::Pool;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+/// Ids an inbox holds before further notifications turn into a rescan.
+const INBOX_CAPACITY: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    #[error(
+        "DATABASE_URL points at port 6543, Supabase's transaction-mode pooler, where LISTEN does not work. \
+         Use the direct connection (port 5432) or the session-mode pooler, or set REACTOR_LISTEN=false to poll"
+    )]
+    TransactionPooler,
+    #[error("the database has no reactor schema: run `reactor migrate` first")]
+    NotMigrated,
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+/// Readiness as seen from outside (HTTP /readyz, tests).
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The listener is connected and hears itself (always true when poll-only).
+    pub listening: AtomicBool,
+    /// Every handler finished a replay since start.
+    pub replayed: AtomicBool,
+}
+
+impl Status {
+    pub fn ready(&self) -> bool {
+        self.listening.load(Ordering::SeqCst) && self.replayed.load(Ordering::SeqCst)
+    }
+}
+
+struct Inbox {
+    ids: Mutex<VecDeque<String>>,
+    scan: AtomicBool,
+    wake: Notify,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox {
+            ids: Mutex::new(VecDeque::new()),
+            scan: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn push(&self, id: String) {
+        {
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            if ids.len() < INBOX_CAPACITY {
+                ids.push_back(id);
+            } else {
+                self.scan.store(true, Ordering::SeqCst);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn request_scan(&self) {
+        self.scan.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn take(&self, max: usize) -> Vec<String> {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let n = ids.len().min(max);
+        let mut batch: Vec<String> = ids.drain(..n).collect();
+        batch.sort();
+        batch.dedup();
+        batch
+    }
+
+    fn clear(&self) {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+struct Slot {
+    index: usize,
+    handler: Handler,
+    statements: Statements,
+    inbox: Inbox,
+    scans: AtomicU64,
+}
+
+struct Inner {
+    cfg: RunConfig,
+    pool: Pool,
+    instance: Uuid,
+    slots: Vec<Slot>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+}
+
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Whether a database error is about the rows (worth retrying row by row and
+/// counting against them) rather than about the connection or the server.
+fn is_row_fault(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => false,
+        Some(db) => {
+            let class = &db.code().code()[..2];
+            !matches!(class, "08" | "40" | "53" | "57" | "58")
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(
+        cfg: RunConfig,
+        handlers: Vec<Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EngineError> {
+        // Leased work, SQL batches, the heartbeat and spare connections.
+        let pool = crate::db::pool(&cfg.database_url, cfg.concurrency + handlers.len() + 2)?;
+        let slots = handlers
+            .into_iter()
+            .enumerate()
+            .map(|(index, handler)| {
+                let effect = match &handler.action {
+                    Action::Sql { effect } => Some(effect.as_str()),
+                    Action::Leased(_) => None,
+                };
+                Slot {
+                    index,
+                    statements: Statements::build(&handler.spec, effect),
+                    handler,
+                    inbox: Inbox::new(),
+                    scans: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                permits: Arc::new(Semaphore::new(cfg.concurrency)),
+                cfg,
+                pool,
+                instance: Uuid::new_v4(),
+                slots,
+                tracker: TaskTracker::new(),
+                status: Arc::new(Status::default()),
+                shutdown,
+            }),
+        })
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.inner.status.clone()
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.inner.pool.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled, then finishes in-flight work
+    /// (up to the grace period) and releases this reactor's leases.
+    pub async fn run(self) -> Result<(), EngineError> {
+        let inner = self.inner;
+        let cfg = &inner.cfg;
+        if cfg.listen
+            && crate::db::parse_url(&cfg.database_url)?
+                .get_ports()
+                .contains(&6543)
+        {
+            return Err(EngineError::TransactionPooler);
+        }
+        inner.wait_for_schema().await?;
+        tracing::info!(instance = %inner.instance, handlers = inner.slots.len(), listen = cfg.listen, "reactor running");
+
+        for i in 0..inner.slots.len() {
+            let w = inner.clone();
+            inner.tracker.spawn(async move { w.worker(i).await });
+        }
+        let heartbeat = tokio::spawn(inner.clone().heartbeat());
+
+        let listener = if cfg.listen {
+            let sink_inner = inner.clone();
+            let sink: listener::Sink = Arc::new(move |event| sink_inner.route(event));
+            let l = Listener {
+                url: cfg.database_url.clone(),
+                instance: inner.instance,
+                check_interval: cfg.listen_check_interval,
+                check_timeout: cfg.listen_check_timeout,
+                sink,
+            };
+            Some(tokio::spawn(l.run(inner.shutdown.clone())))
+        } else {
+            inner.status.listening.store(true, Ordering::SeqCst);
+            None
+        };
+
+        // Start-up replay, then periodic sweeps (and polls when not listening).
+        inner.scan_all();
+        let period = if cfg.listen {
+            cfg.sweep_interval
+        } else {
+            cfg.poll_interval.min(cfg.sweep_interval)
+        };
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut fatal = None;
+        let mut listener = listener;
+        loop {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => break,
+                _ = ticker.tick() => inner.scan_all(),
+                ended = async { listener.as_mut().expect("guarded").await }, if listener.is_some() => {
+                    if let Ok(Err(e)) = ended {
+                        fatal = Some(EngineError::from(e));
+                        inner.shutdown.cancel();
+                    }
+                    break;
+                }
+            }
+        }
+
+        tracing::info!("shutting down: finishing in-flight work");
+        inner.tracker.close();
+        if tokio::time::timeout(cfg.shutdown_grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?cfg.shutdown_grace, "in-flight work did not finish in time; its leases are released");
+        }
+        heartbeat.abort();
+        match inner.pool.get().await {
+            Ok(client) => match lease::release_all(&**client, inner.instance).await {
+                Ok(_) => tracing::info!("leases released"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::db::describe(&e), "releasing leases failed; they expire on their own")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing leases failed; they expire on their own")
+            }
+        }
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Inner {
+    async fn wait_for_schema(&self) -> Result<(), EngineError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let check = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                client
+                    .query_one(
+                        "select to_regclass('reactor.handler_state') is not null",
+                        &[],
+                    )
+                    .await
+                    .map(|row| row.get::<_, bool>(0))
+                    .map_err(|e| crate::db::describe(&e))
+            };
+            match check.await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(EngineError::NotMigrated),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet")
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn scan_all(&self) {
+        for slot in &self.slots {
+            slot.inbox.request_scan();
+        }
+    }
+
+    fn route(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                self.status.listening.store(true, Ordering::SeqCst);
+                self.scan_all();
+            }
+            Event::Disconnected => self.status.listening.store(false, Ordering::SeqCst),
+            Event::Change(change) => {
+                for slot in &self.slots {
+                    let spec = &slot.handler.spec;
+                    if !spec.wants(&change) {
+                        continue;
+                    }
+                    if spec.key_type.accepts(&change.id) {
+                        slot.inbox.push(change.id.clone());
+                    } else {
+                        tracing::warn!(table = %change.table, id = %change.id, "ignoring a notification whose id is not a valid key");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.cfg.lease / 3);
+        loop {
+            ticker.tick().await;
+            let renewed = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                lease::renew(&**client, self.instance, self.cfg.lease)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))
+            };
+            if let Err(e) = renewed.await {
+                tracing::warn!(error = %e, "renewing leases failed");
+            }
+        }
+    }
+
+    async fn worker(self: Arc<Self>, i: usize) {
+        let slot = &self.slots[i];
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = slot.inbox.wake.notified() => {}
+            }
+            loop {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                let result = if slot.inbox.scan.swap(false, Ordering::SeqCst) {
+                    // The scan sees every row the queued ids point at.
+                    slot.inbox.clear();
+                    let result = self.scan(slot).await;
+                    if result.is_ok() {
+                        slot.scans.fetch_add(1, Ordering::SeqCst);
+                        self.note_replay();
+                    }
+                    result
+                } else {
+                    let ids = slot.inbox.take(self.cfg.batch_size);
+                    if ids.is_empty() {
+                        break;
+                    }
+                    self.work(slot, ids).await
+                };
+                match result {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        // The database is unreachable or overloaded: nothing is
+                        // lost (the rows stay pending); back off and rescan.
+                        let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
+                        failures += 1;
+                        tracing::warn!(handler = %slot.handler.spec.name, error = %e, retry_in = ?delay, "handler pass failed");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        slot.inbox.scan.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_replay(&self) {
+        if self
+            .slots
+            .iter()
+            .all(|s| s.scans.load(Ordering::SeqCst) > 0)
+        {
+            self.status.replayed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Works the rows among `ids` that are still pending.
+    async fn work(self: &Arc<Self>, slot: &Slot, ids: Vec<String>) -> Result<(), String> {
+        match &slot.handler.action {
+            Action::Sql { .. } => self.sql_ids(slot, &ids).await,
+            Action::Leased(work) => self.leased(slot, work, &ids).await,
+        }
+    }
+
+    /// Runs the handler's pending query over the whole table, page by page.
+    async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), String> {
+        let limit = self.cfg.batch_size as i64;
+        let mut after: Option<String> = None;
+        loop {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let page: Vec<String> = match (&slot.handler.action, &slot.statements.effect_page) {
+                (Action::Sql { .. }, Some(effect_page)) => {
+                    let stmt = client
+                        .prepare_cached(effect_page)
+                        .await
+                        .map_err(|e| crate::db::describe(&e))?;
+                    match client.query(&stmt, &[&limit, &after]).await {
+                        Ok(rows) => {
+                            if !rows.is_empty() {
+                                tracing::debug!(handler = %slot.handler.spec.name, rows = rows.len(), "handled a page");
+                            }
+                            rows.iter().map(|r| r.get(0)).collect()
+                        }
+                        Err(e) if is_row_fault(&e) => {
+                            tracing::warn!(handler = %slot.handler.spec.name, error = %crate::db::describe(&e), "a page failed; retrying its rows one by one");
+                            let ids = self.pending_page(&client, slot, limit, &after).await?;
+                            drop(client);
+                            self.sql_one_by_one(slot, &ids).await?;
+                            ids
+                        }
+                        Err(e) => return Err(crate::db::describe(&e)),
+                    }
+                }
+                (Action::Leased(work), _) => {
+                    let ids = self.pending_page(&client, slot, limit, &after).await?;
+                    drop(client);
+                    self.leased(slot, work, &ids).await?;
+                    ids
+                }
+                (Action::Sql { .. }, None) => {
+                    unreachable!("SQL actions always have an effect statement")
+                }
+            };
+            match page.last() {
+                Some(last) if !self.shutdown.is_cancelled() => after = Some(last.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn pending_page(
+        &self,
+        client: &deadpool_postgres::Client,
+        slot: &Slot,
+        limit: i64,
+        after: &Option<String>,
+    ) -> Result<Vec<String>, String> {
+        let stmt = client
+            .prepare_cached(&slot.statements.pending_page)
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+        let rows = client
+            .query(&stmt, &[&limit, after])
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// SQL action over notified ids: one statement for the batch; if the batch
+    /// fails because of some row, each row on its own so one bad row cannot
+    /// hold back the others.
+    async fn sql_ids(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
+        let effect = slot
+            .statements
+            .effect_by_ids
+            .as_deref()
+            .expect("SQL action");
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let stmt = client
+            .prepare_cached(effect)
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+        match client.query(&stmt, &[&ids]).await {
+            Ok(rows) => {
+                tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled = rows.len(), "handled notified rows");
+                Ok(())
+            }
+            Err(e) if is_row_fault(&e) => {
+                drop(client);
+                self.sql_one_by_one(slot, ids).await
+            }
+            Err(e) => Err(crate::db::describe(&e)),
+        }
+    }
+
+    async fn sql_one_by_one(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
+        let effect = slot
+            .statements
+            .effect_by_ids
+            .as_deref()
+            .expect("SQL action");
+        let name = &slot.handler.spec.name;
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let stmt = client
+            .prepare_cached(effect)
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+        for id in ids {
+            let span = tracing::info_span!("work", handler = %name, id = %id);
+            let _enter = span.enter();
+            match client.query(&stmt, &[&vec![id.clone()]]).await {
+                Ok(_) => {}
+                Err(e) if is_row_fault(&e) => {
+                    let error = crate::db::describe(&e);
+                    let failure = lease::record_failure(
+                        &**client,
+                        name,
+                        id,
+                        &error,
+                        self.cfg.retry_backoff,
+                        self.cfg.max_attempts as i32,
+                        false,
+                    )
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?;
+                    self.after_failure(slot, id, &error, &failure);
+                }
+                Err(e) => return Err(crate::db::describe(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn after_failure(
+        self: &Arc<Self>,
+        slot: &Slot,
+        id: &str,
+        error: &str,
+        failure: &lease::Failure,
+    ) {
+        let name = &slot.handler.spec.name;
+        if failure.dead {
+            tracing::error!(handler = %name, id = %id, attempts = failure.attempts, %error, "row is dead: no more automatic retries");
+            return;
+        }
+        tracing::warn!(handler = %name, id = %id, attempt = failure.attempts, %error, retry_in_s = failure.retry_in, "attempt failed; will retry");
+        // Wake up when the retry is due (the periodic sweep is the safety net).
+        let inner = self.clone();
+        let (index, id) = (slot.index, id.to_string());
+        let delay = Duration::from_secs_f64(failure.retry_in) + Duration::from_millis(20);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => inner.slots[index].inbox.push(id),
+            }
+        });
+    }
+
+    /// Claims the pending rows among `ids` (as many as there are free worker
+    /// permits at a time) and runs each under its lease.
+    async fn leased(
+        self: &Arc<Self>,
+        slot: &Slot,
+        work: &Arc<dyn LeasedWork>,
+        ids: &[String],
+    ) -> Result<(), String> {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                p = self.permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            };
+            let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+            while permits.len() < rest.len() {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (chunk, tail) = rest.split_at(permits.len());
+            rest = tail;
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let stmt = client
+                .prepare_cached(&slot.statements.claim)
+                .await
+                .map_err(|e| crate::db::describe(&e))?;
+            let rows = client
+                .query(
+                    &stmt,
+                    &[&chunk, &self.instance, &self.cfg.lease.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| crate::db::describe(&e))?;
+            drop(client);
+            for (row, permit) in rows.iter().zip(permits) {
+                let lease = Lease {
+                    handler: slot.handler.spec.name.clone(),
+                    row_id: row.get(0),
+                    owner: self.instance,
+                    token: row.get(1),
+                    attempts: row.get(2),
+                };
+                self.spawn_leased(slot.index, work.clone(), lease, permit);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_leased(
+        self: &Arc<Self>,
+        index: usize,
+        work: Arc<dyn LeasedWork>,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let inner = self.clone();
+        let span = tracing::info_span!("work", handler = %lease.handler, id = %lease.row_id, attempt = lease.attempts + 1);
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let (error, permanent) = match work.run(&inner.pool, &lease).await {
+                    Ok(()) => {
+                        tracing::debug!("done");
+                        return;
+                    }
+                    Err(HandlerError::LeaseLost) => {
+                        tracing::warn!("lease lost: another reactor took this row over; result discarded");
+                        return;
+                    }
+                    Err(HandlerError::Retry(e)) => (e, false),
+                    Err(HandlerError::Permanent(e)) => (e, true),
+                };
+                let recorded = async {
+                    let client = inner.pool.get().await.map_err(|e| e.to_string())?;
+                    lease::record_leased_failure(
+                        &**client,
+                        &lease,
+                        &error,
+                        inner.cfg.retry_backoff,
+                        inner.cfg.max_attempts as i32,
+                        permanent,
+                    )
+                    .await
+                    .map_err(|e| crate::db::describe(&e))
+                };
+                match recorded.await {
+                    Ok(Some(failure)) => {
+                        inner.after_failure(&inner.slots[index], &lease.row_id, &error, &failure);
+                    }
+                    Ok(None) => tracing::warn!(%error, "attempt failed after the lease was lost"),
+                    // The lease expires and the row is picked up again.
+                    Err(e) => tracing::warn!(%error, record_error = %e, "attempt failed and recording it failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

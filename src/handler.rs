@@ -1,0 +1,119 @@
+//! What a handler is: a pending query (which rows still need me?) plus an
+//! idempotent action on those rows. Two shapes of action:
+//!
+//! * [`Action::Sql`]: the whole effect is one SQL statement over the picked rows,
+//!   run in the same statement that locks them (`FOR NO KEY UPDATE SKIP LOCKED`),
+//!   so a batch of hundreds of rows costs one round trip and exactly-once
+//!   comes from the database's unique constraints.
+//! * [`Action::Leased`]: the work happens outside the database (downloads,
+//!   provider calls), under a lease recorded in `reactor.handler_state` that is
+//!   renewed while the work runs; the final write is fenced by the lease token.
+use crate::lease::Lease;
+use crate::notification::Change;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// The rows a handler cares about.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Handler name, as stored in `reactor.handler_state.handler`.
+    pub name: String,
+    /// Qualified table, e.g. `public.profiles` (the row source, alias `t`).
+    pub table: String,
+    /// Table name as it appears in notification payloads, e.g. `profiles`.
+    pub notify_table: String,
+    /// Primary key column and its type.
+    pub key: String,
+    pub key_type: KeyType,
+    /// SQL condition over alias `t`: true while the row still needs this handler.
+    pub pending: String,
+    /// Statuses that can make a row pending; notifications with another status
+    /// are ignored (None: every notification for the table).
+    pub statuses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Uuid,
+    Bigint,
+    Text,
+}
+
+impl KeyType {
+    pub fn sql(self) -> &'static str {
+        match self {
+            KeyType::Uuid => "uuid",
+            KeyType::Bigint => "bigint",
+            KeyType::Text => "text",
+        }
+    }
+
+    /// Whether `id` is a valid key of this type (ids in payloads are untrusted).
+    pub fn accepts(self, id: &str) -> bool {
+        match self {
+            KeyType::Uuid => uuid::Uuid::parse_str(id).is_ok(),
+            KeyType::Bigint => id.parse::<i64>().is_ok(),
+            KeyType::Text => !id.is_empty(),
+        }
+    }
+}
+
+impl Spec {
+    /// Whether a change notification could concern this handler.
+    pub fn wants(&self, change: &Change) -> bool {
+        change.table == self.notify_table
+            && match (&self.statuses, &change.status) {
+                (None, _) => true,
+                (Some(statuses), Some(status)) => statuses.iter().any(|s| s == status),
+                (Some(_), None) => false,
+            }
+    }
+}
+
+pub enum Action {
+    /// One statement over CTE `picked(id)`: the locked, pending rows.
+    Sql {
+        effect: String,
+    },
+    Leased(Arc<dyn LeasedWork>),
+}
+
+pub struct Handler {
+    pub spec: Spec,
+    pub action: Action,
+}
+
+/// Why an attempt did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another attempt later (with backoff, up to the attempt limit).
+    #[error("{0}")]
+    Retry(String),
+    /// Will never succeed: the row is marked dead at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// Another reactor took the row over; this attempt's result is discarded.
+    #[error("lease lost to another reactor")]
+    LeaseLost,
+}
+
+impl From<tokio_postgres::Error> for HandlerError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        HandlerError::Retry(crate::db::describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for HandlerError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        HandlerError::Retry(format!("database pool: {e}"))
+    }
+}
+
+/// Work done under a lease. `run` must be idempotent: it may run again after a
+/// crash at any point, and its final write must go through `lease` (see
+/// [`Lease::hold`] and [`Lease::finish`]) so that a reactor that lost its lease
+/// cannot commit over the one that took over.
+#[async_trait]
+pub trait LeasedWork: Send + Sync {
+    async fn run(&self, pool: &deadpool_postgres::Pool, lease: &Lease) -> Result<(), HandlerError>;
+}

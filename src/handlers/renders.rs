@@ -1,0 +1,308 @@
+//! A succeeded generation job gets its render: every output image is
+//! downloaded, stored at `public/renders/{render_id}/{idx}.{ext}`, and then one
+//! `renders` row and one `render_variants` row per image are written together.
+//!
+//! Idempotent by construction: the render id is derived from the job id, so a
+//! retry overwrites the same objects; the rows are written in one fenced
+//! transaction only after every image is stored (never half a render), and
+//! `uniq_renders_job` allows one render per job.
+use crate::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::lease::Lease;
+use crate::storage::Storage;
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const NAME: &str = "renders";
+
+/// Namespace of render ids: render id = UUIDv5(this, job id).
+const RENDER_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_8e0a_4f0b_4c1e_9a57_2d8b_3e61_f0a4);
+
+pub fn render_id(job_id: Uuid) -> Uuid {
+    Uuid::new_v5(&RENDER_NAMESPACE, job_id.as_bytes())
+}
+
+pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow::Result<Handler> {
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .build()?;
+    Ok(Handler {
+        spec: Spec {
+            name: NAME.into(),
+            table: "public.generation_jobs".into(),
+            notify_table: "generation_jobs".into(),
+            key: "id".into(),
+            key_type: KeyType::Uuid,
+            pending: "t.status = 'succeeded' and t.output is not null
+                      and not exists (select 1 from public.renders r where r.job_id = t.id)"
+                .into(),
+            statuses: Some(vec!["succeeded".into()]),
+        },
+        action: Action::Leased(Arc::new(Renders {
+            storage,
+            http,
+            max_bytes,
+        })),
+    })
+}
+
+struct Renders {
+    storage: Storage,
+    http: reqwest::Client,
+    max_bytes: usize,
+}
+
+struct Image {
+    bytes: bytes::Bytes,
+    ext: &'static str,
+}
+
+/// The output URLs of a job: Replicate gives a URL or a list of URLs.
+pub fn output_urls(output: &serde_json::Value) -> Result<Vec<String>, HandlerError> {
+    let urls: Vec<String> = match output {
+        serde_json::Value::String(url) => vec![url.clone()],
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| HandlerError::Permanent("job output is not a list of URLs".into()))?,
+        _ => {
+            return Err(HandlerError::Permanent(
+                "job output is not a URL or a list of URLs".into(),
+            ))
+        }
+    };
+    if urls.is_empty() {
+        return Err(HandlerError::Permanent(
+            "job succeeded with no output images".into(),
+        ));
+    }
+    for url in &urls {
+        match url::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => {
+                return Err(HandlerError::Permanent(format!(
+                    "job output {url:?} is not an http(s) URL"
+                )))
+            }
+        }
+    }
+    Ok(urls)
+}
+
+/// The file extension for an image content type.
+fn image_ext(content_type: &str) -> Option<&'static str> {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "image/jpeg" | "image/jpg" => Some("jpg"),
+        "image/png" => Some("png"),
+        "image/webp" => Some("webp"),
+        "image/gif" => Some("gif"),
+        _ => None,
+    }
+}
+
+/// Whether `bytes` start the way an image with extension `ext` does.
+fn has_magic(ext: &str, b: &[u8]) -> bool {
+    match ext {
+        "jpg" => b.starts_with(&[0xFF, 0xD8, 0xFF]),
+        "png" => b.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "webp" => b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP",
+        "gif" => b.starts_with(b"GIF8"),
+        _ => false,
+    }
+}
+
+impl Renders {
+    async fn download(&self, url: &str) -> Result<Image, HandlerError> {
+        let retry = |what: String| HandlerError::Retry(format!("output image {url}: {what}"));
+        let response = self.http.get(url).send().await.map_err(|e| {
+            retry(if e.is_timeout() {
+                "timed out".into()
+            } else {
+                format!("request failed: {e}")
+            })
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+            return Err(HandlerError::Permanent(format!(
+                "output image {url} is gone (HTTP {status}); providers delete outputs (Replicate: about an hour after the prediction)"
+            )));
+        }
+        if !status.is_success() {
+            return Err(retry(format!("HTTP {status}")));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let ext = image_ext(&content_type).ok_or_else(|| {
+            retry(format!(
+                "not an image (content-type {:?}; expected image/jpeg, image/png, image/webp or image/gif)",
+                content_type
+            ))
+        })?;
+        let too_big = || {
+            retry(format!(
+                "larger than REACTOR_MAX_IMAGE_BYTES ({} bytes)",
+                self.max_bytes
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                retry(if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    format!("reading failed: {e}")
+                })
+            })?;
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !has_magic(ext, &body) {
+            return Err(retry(format!(
+                "declared {content_type} but its bytes are not that kind of image"
+            )));
+        }
+        Ok(Image {
+            bytes: body.into(),
+            ext,
+        })
+    }
+}
+
+#[async_trait]
+impl LeasedWork for Renders {
+    async fn run(&self, pool: &deadpool_postgres::Pool, lease: &Lease) -> Result<(), HandlerError> {
+        let job_id = Uuid::parse_str(&lease.row_id)
+            .map_err(|e| HandlerError::Permanent(format!("job id {:?}: {e}", lease.row_id)))?;
+        let job = pool
+            .get()
+            .await?
+            .query_opt(
+                "select owner_id, mode, room_type, style, output from public.generation_jobs
+                 where id = $1 and status = 'succeeded' and output is not null",
+                &[&job_id],
+            )
+            .await?;
+        let render_id = render_id(job_id);
+        let mut variants = Vec::new();
+        if let Some(job) = &job {
+            let output: serde_json::Value = job.get("output");
+            for (idx, url) in output_urls(&output)?.iter().enumerate() {
+                let image = self.download(url).await?;
+                let path = format!("renders/{render_id}/{idx}.{}", image.ext);
+                self.storage
+                    .put_public(&path, image.bytes)
+                    .await
+                    .map_err(|e| HandlerError::Retry(e.to_string()))?;
+                variants.push(path);
+            }
+        }
+
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        lease.hold(&tx).await?;
+        if let Some(job) = job {
+            let owner: Uuid = job.get("owner_id");
+            let inserted = tx
+                .execute(
+                    "insert into public.renders (id, job_id, owner_id, mode, room_type, style, cover_variant)
+                     values ($1, $2, $3, $4, $5, $6, 0)
+                     on conflict (job_id) do nothing",
+                    &[
+                        &render_id,
+                        &job_id,
+                        &owner,
+                        &job.get::<_, String>("mode"),
+                        &job.get::<_, Option<String>>("room_type"),
+                        &job.get::<_, Option<String>>("style"),
+                    ],
+                )
+                .await?;
+            if inserted == 1 {
+                for (idx, path) in variants.iter().enumerate() {
+                    tx.execute(
+                        "insert into public.render_variants (render_id, owner_id, idx, image_path)
+                         values ($1, $2, $3, $4)",
+                        &[&render_id, &owner, &(idx as i32), path],
+                    )
+                    .await?;
+                }
+                tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
+            }
+        }
+        lease.finish(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_may_be_a_url_or_a_list_of_urls() {
+        assert_eq!(
+            output_urls(&serde_json::json!("https://x/a.jpg")).unwrap(),
+            vec!["https://x/a.jpg"]
+        );
+        assert_eq!(
+            output_urls(&serde_json::json!(["http://x/a", "https://x/b"]))
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn unusable_output_is_a_permanent_error() {
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!({"a": 1}),
+            serde_json::json!([1]),
+            serde_json::json!(["file:///etc/passwd"]),
+        ] {
+            assert!(
+                matches!(output_urls(&bad), Err(HandlerError::Permanent(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn extension_follows_the_content_type() {
+        assert_eq!(image_ext("image/jpeg"), Some("jpg"));
+        assert_eq!(image_ext("image/png; charset=binary"), Some("png"));
+        assert_eq!(image_ext("image/webp"), Some("webp"));
+        assert_eq!(image_ext("text/html"), None);
+        assert!(has_magic("jpg", &[0xFF, 0xD8, 0xFF, 0xE0]));
+        assert!(!has_magic("jpg", b"<html>"));
+    }
+
+    #[test]
+    fn render_id_is_stable_per_job() {
+        let job = Uuid::new_v4();
+        assert_eq!(render_id(job), render_id(job));
+        assert_ne!(render_id(job), render_id(Uuid::new_v4()));
+    }
+}

@@ -1,0 +1,283 @@
+//! `reactor.handler_state`: claims, leases, fencing and failure records.
+//!
+//! A row has state here only while it is leased, waiting for a retry, or dead.
+//! Every claim bumps `lease_token`; the final write of an attempt locks the
+//! state row and checks owner and token, so a reactor that was paused past its
+//! lease (and was replaced) cannot commit a second effect.
+use crate::handler::{HandlerError, Spec};
+use deadpool_postgres::Transaction;
+use std::time::Duration;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// A claim on one row for one handler.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub handler: String,
+    pub row_id: String,
+    pub owner: Uuid,
+    pub token: i64,
+    /// Failed attempts before this one.
+    pub attempts: i32,
+}
+
+impl Lease {
+    /// Fences a transaction: locks this lease's state row and fails with
+    /// [`HandlerError::LeaseLost`] unless this reactor still holds it.
+    pub async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        let held = tx
+            .query_opt(
+                "select 1 from reactor.handler_state
+                 where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4
+                 for update",
+                &[&self.handler, &self.row_id, &self.owner, &self.token],
+            )
+            .await?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(HandlerError::LeaseLost),
+        }
+    }
+
+    /// Ends a successful attempt: drops the state row and commits `tx`.
+    /// Call [`Lease::hold`] on `tx` before writing the effect.
+    pub async fn finish(&self, tx: Transaction<'_>) -> Result<(), HandlerError> {
+        tx.execute(
+            "delete from reactor.handler_state
+             where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+            &[&self.handler, &self.row_id, &self.owner, &self.token],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The SQL a handler runs, built once from its spec.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    /// Pending rows, no lock: `$1` limit, `$2` after-key (null for the first page).
+    pub pending_page: String,
+    /// Claims the pending rows among `$1` (text[]): `$2` owner, `$3` lease seconds.
+    pub claim: String,
+    /// For SQL actions: locks pending rows among `$1` and runs the effect.
+    pub effect_by_ids: Option<String>,
+    /// For SQL actions: the same over the next page: `$1` limit, `$2` after-key.
+    pub effect_page: Option<String>,
+}
+
+/// Quotes a string as an SQL literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Statements {
+    pub fn build(spec: &Spec, sql_effect: Option<&str>) -> Self {
+        let Spec {
+            name,
+            table,
+            key,
+            key_type,
+            pending,
+            ..
+        } = spec;
+        let kt = key_type.sql();
+        let handler = literal(name);
+        // A row is workable unless it is dead, waiting for its retry, or leased.
+        let state_ok = format!(
+            "not exists (select 1 from reactor.handler_state s
+               where s.handler = {handler} and s.row_id = t.{key}::text
+                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now()))"
+        );
+        let pending_page = format!(
+            "select t.{key}::text from {table} t
+             where ({pending}) and {state_ok} and ($2::text is null or t.{key} > $2::text::{kt})
+             order by t.{key} limit $1"
+        );
+        let claim = format!(
+            "with cand as (
+               select t.{key}::text as row_id from {table} t
+               where t.{key} = any($1::text[]::{kt}[]) and ({pending})
+             )
+             insert into reactor.handler_state as s
+               (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at)
+             select {handler}, row_id, $2, 1, now() + make_interval(secs => $3), now() from cand
+             on conflict (handler, row_id) do update set
+               lease_owner = excluded.lease_owner,
+               lease_token = s.lease_token + 1,
+               lease_expires_at = excluded.lease_expires_at,
+               updated_at = now()
+             where s.dead_at is null
+               and (s.next_attempt_at is null or s.next_attempt_at <= now())
+               and (s.lease_expires_at is null or s.lease_expires_at <= now())
+             returning row_id, lease_token, attempts"
+        );
+        let effect = |filter: &str, order_limit: &str| {
+            sql_effect.map(|effect| {
+                format!(
+                    "with picked as (
+                       select t.{key} as id from {table} t
+                       where {filter} and ({pending}) and {state_ok}
+                       {order_limit}
+                       for no key update of t skip locked
+                     ),
+                     effect as ({effect}),
+                     cleared as (
+                       delete from reactor.handler_state s using picked p
+                       where s.handler = {handler} and s.row_id = p.id::text
+                     )
+                     select id::text from picked order by id"
+                )
+            })
+        };
+        Statements {
+            pending_page,
+            claim,
+            effect_by_ids: effect(&format!("t.{key} = any($1::text[]::{kt}[])"), ""),
+            effect_page: effect(
+                &format!("($2::text is null or t.{key} > $2::text::{kt})"),
+                &format!("order by t.{key} limit $1"),
+            ),
+        }
+    }
+}
+
+/// What recording a failure decided.
+#[derive(Debug)]
+pub struct Failure {
+    pub attempts: i32,
+    pub dead: bool,
+    /// Seconds until the retry is due (when not dead).
+    pub retry_in: f64,
+}
+
+/// When the next attempt is due after `n` failed attempts, in SQL:
+/// `base * 2^(n-1)` seconds (`base` is parameter `$4`), capped at 10 minutes, ±10% jitter.
+fn next_attempt(n: &str) -> String {
+    format!("now() + make_interval(secs => least(600, $4 * power(2, ({n}) - 1)) * (0.9 + random() * 0.2))")
+}
+
+/// Columns returned by both failure statements, read by [`failure`].
+const FAILURE_RETURNING: &str =
+    "returning attempts, dead_at is not null, greatest(0, extract(epoch from (next_attempt_at - now())))::float8";
+
+fn failure(row: &tokio_postgres::Row) -> Failure {
+    Failure {
+        attempts: row.get(0),
+        dead: row.get(1),
+        retry_in: row.get(2),
+    }
+}
+
+/// Records a failed attempt of a row that was worked without a lease (SQL actions).
+/// Parameters: `$1` handler, `$2` row id, `$3` error, `$4` backoff seconds,
+/// `$5` max attempts, `$6` permanent.
+pub async fn record_failure(
+    db: &impl GenericClient,
+    handler: &str,
+    row_id: &str,
+    error: &str,
+    backoff: Duration,
+    max_attempts: i32,
+    permanent: bool,
+) -> Result<Failure, tokio_postgres::Error> {
+    let sql = format!(
+        "insert into reactor.handler_state as s
+           (handler, row_id, attempts, last_error, next_attempt_at, dead_at, updated_at)
+         values ($1, $2, 1, $3, {first}, case when 1 >= $5 or $6 then now() end, now())
+         on conflict (handler, row_id) do update set
+           attempts = s.attempts + 1,
+           last_error = excluded.last_error,
+           next_attempt_at = {next},
+           dead_at = case when s.attempts + 1 >= $5 or $6 then now() end,
+           lease_owner = null, lease_expires_at = null, updated_at = now()
+         {FAILURE_RETURNING}",
+        first = next_attempt("1"),
+        next = next_attempt("s.attempts + 1"),
+    );
+    let row = db
+        .query_one(
+            &sql,
+            &[
+                &handler,
+                &row_id,
+                &error,
+                &backoff.as_secs_f64(),
+                &max_attempts,
+                &permanent,
+            ],
+        )
+        .await?;
+    Ok(failure(&row))
+}
+
+/// Records a failed leased attempt, only if this reactor still holds the lease.
+/// Returns None when the lease was lost (the new holder owns the row's fate).
+pub async fn record_leased_failure(
+    db: &impl GenericClient,
+    lease: &Lease,
+    error: &str,
+    backoff: Duration,
+    max_attempts: i32,
+    permanent: bool,
+) -> Result<Option<Failure>, tokio_postgres::Error> {
+    let sql = format!(
+        "update reactor.handler_state set
+           attempts = attempts + 1,
+           last_error = $3,
+           next_attempt_at = {next},
+           dead_at = case when attempts + 1 >= $5 or $6 then now() end,
+           lease_owner = null, lease_expires_at = null, updated_at = now()
+         where handler = $1 and row_id = $2 and lease_owner = $7 and lease_token = $8
+         {FAILURE_RETURNING}",
+        next = next_attempt("attempts + 1"),
+    );
+    let row = db
+        .query_opt(
+            &sql,
+            &[
+                &lease.handler,
+                &lease.row_id,
+                &error,
+                &backoff.as_secs_f64(),
+                &max_attempts,
+                &permanent,
+                &lease.owner,
+                &lease.token,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(failure))
+}
+
+/// Extends every lease this reactor holds (called periodically while work runs).
+pub async fn renew(
+    db: &impl GenericClient,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "update reactor.handler_state set lease_expires_at = now() + make_interval(secs => $2)
+         where lease_owner = $1",
+        &[&owner, &lease.as_secs_f64()],
+    )
+    .await
+}
+
+/// Gives back every lease this reactor holds (at shutdown), so other reactors
+/// can take the rows at once instead of waiting for the leases to expire.
+pub async fn release_all(
+    db: &impl GenericClient,
+    owner: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "delete from reactor.handler_state where lease_owner = $1 and attempts = 0 and dead_at is null",
+        &[&owner],
+    )
+    .await?;
+    db.execute(
+        "update reactor.handler_state set lease_owner = null, lease_expires_at = null where lease_owner = $1",
+        &[&owner],
+    )
+    .await
+}

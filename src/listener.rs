@@ -1,0 +1,189 @@
+//! The one `LISTEN reactor` connection.
+//!
+//! It is a dedicated connection (never pooled), polled continuously, and never
+//! inside a transaction (a listener in an open transaction stops the server's
+//! notification queue from draining). Listeners are known to go deaf without
+//! any error, so it checks itself: every check interval it sends a
+//! notification to itself that must come back within the check timeout, or the
+//! connection is dropped and made again. Every (re)connection is reported so
+//! the engine rescans: notifications sent while nobody listened are lost.
+use crate::notification::{self, Change, Message};
+use backon::{ExponentialBuilder, Retryable as _};
+use futures::StreamExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const CHANNEL: &str = "reactor";
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Listening, and the self-check came back: rescan now.
+    Connected,
+    Change(Change),
+    /// The connection was lost or went deaf; reconnecting.
+    Disconnected,
+}
+
+pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "LISTEN receives no notifications on this connection (a self-check sent with NOTIFY did not come back \
+         within {0:?}). This is what a transaction-mode pooler does (Supabase port 6543, PgBouncer \
+         pool_mode=transaction): connect the reactor directly (port 5432) or through a session-mode pooler, \
+         or run poll-only with REACTOR_LISTEN=false"
+    )]
+    Deaf(Duration),
+}
+
+pub struct Listener {
+    pub url: String,
+    pub instance: Uuid,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub sink: Sink,
+}
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    Lost(String),
+    Deaf { first_check: bool },
+}
+
+impl Listener {
+    /// Runs until shutdown. Fails only if the very first connection cannot
+    /// hear its own notifications (a misconfiguration, not an outage).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
+        let mut first_session = true;
+        loop {
+            let connect = || async {
+                let config = crate::db::parse_url(&self.url).map_err(|e| e.to_string())?;
+                config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))
+            };
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = connect
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(100))
+                            .with_max_delay(Duration::from_secs(30))
+                            .with_jitter()
+                            .without_max_times(),
+                    )
+                    .notify(|err, next| {
+                        tracing::warn!(error = %err, retry_in = ?next, "listener: connecting failed");
+                    }) => r,
+            };
+            let (client, connection) = match connected {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            match self.session(client, connection, &shutdown).await {
+                End::Shutdown => return Ok(()),
+                End::Deaf { first_check: true } if first_session => {
+                    return Err(ListenError::Deaf(self.check_timeout));
+                }
+                End::Deaf { .. } => {
+                    tracing::warn!(
+                        "listener: self-check notification did not come back; reconnecting"
+                    );
+                }
+                End::Lost(reason) => {
+                    tracing::warn!(%reason, "listener: connection lost; reconnecting");
+                }
+            }
+            first_session = false;
+            (self.sink)(Event::Disconnected);
+        }
+    }
+
+    async fn session(
+        &self,
+        client: tokio_postgres::Client,
+        mut connection: tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            tokio_postgres::tls::NoTlsStream,
+        >,
+        shutdown: &CancellationToken,
+    ) -> End {
+        let (seen_tx, mut seen) = watch::channel(0u64);
+        let prefix = format!("{}:", self.instance);
+        let sink = self.sink.clone();
+        // Drives the connection and routes what arrives; ends when it closes.
+        let mut driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                let n = match message {
+                    Ok(AsyncMessage::Notification(n)) => n,
+                    Ok(_) => continue,
+                    Err(e) => return crate::db::describe(&e),
+                };
+                match notification::parse(n.payload()) {
+                    Ok(Message::Change(change)) => sink(Event::Change(change)),
+                    Ok(Message::Ping(ping)) => {
+                        if let Some(seq) = ping.strip_prefix(&prefix).and_then(|s| s.parse().ok()) {
+                            seen_tx.send_replace(seq);
+                        }
+                    }
+                    Err(e) => {
+                        let payload: String = n.payload().chars().take(200).collect();
+                        tracing::warn!(%payload, error = %e, "ignoring a malformed notification on channel reactor");
+                    }
+                }
+            }
+            "connection closed by the server".to_string()
+        });
+        let end = async {
+            if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                return End::Lost(crate::db::describe(&e));
+            }
+            let mut seq = 0u64;
+            loop {
+                seq += 1;
+                let ping =
+                    serde_json::json!({ "reactor_ping": format!("{}:{seq}", self.instance) })
+                        .to_string();
+                let check = async {
+                    client
+                        .execute("select pg_notify($1, $2)", &[&CHANNEL, &ping])
+                        .await
+                        .map_err(|e| crate::db::describe(&e))?;
+                    seen.wait_for(|s| *s >= seq)
+                        .await
+                        .map_err(|_| "listener stopped".to_string())?;
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(self.check_timeout, check).await {
+                    Err(_) => {
+                        return End::Deaf {
+                            first_check: seq == 1,
+                        }
+                    }
+                    Ok(Err(reason)) => return End::Lost(reason),
+                    Ok(Ok(())) => {}
+                }
+                if seq == 1 {
+                    tracing::info!("listener: listening on channel {CHANNEL}");
+                    (self.sink)(Event::Connected);
+                }
+                tokio::time::sleep(self.check_interval).await;
+            }
+        };
+        let end = tokio::select! {
+            _ = shutdown.cancelled() => End::Shutdown,
+            reason = &mut driver => End::Lost(reason.unwrap_or_else(|e| e.to_string())),
+            end = end => end,
+        };
+        driver.abort();
+        end
+    }
+}
