@@ -78,6 +78,7 @@ pub struct RunConfig {
 }
 
 #[derive(clap::Parser)]
+#[command(args_override_self = true)]
 struct Flags {
     #[command(flatten)]
     run: RunConfig,

@@ -38,7 +38,10 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
 
 /// A pool of up to `size` connections; a connection is checked on reuse.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let config = parse_url(url)?;
+    let mut config = parse_url(url)?;
+    if config.get_application_name().is_none() {
+        config.application_name("reactor");
+    }
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -314,6 +314,13 @@ impl Inner {
                 self.scan_all();
             }
             Event::Disconnected => self.status.listening.store(false, Ordering::SeqCst),
+            Event::Retry { handler, id } => {
+                for slot in self.slots.iter().filter(|s| s.handler.spec.name == handler) {
+                    if slot.handler.spec.key_type.accepts(&id) {
+                        slot.inbox.push(id.clone());
+                    }
+                }
+            }
             Event::Change(change) => {
                 for slot in &self.slots {
                     let spec = &slot.handler.spec;

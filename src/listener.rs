@@ -18,12 +18,19 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const CHANNEL: &str = "reactor";
+/// `application_name` of the listener's connection (visible in pg_stat_activity).
+pub const APPLICATION_NAME: &str = "reactor listener";
 
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Listening, and the self-check came back: rescan now.
     Connected,
     Change(Change),
+    /// An operator asked for `id` to be retried by `handler` now.
+    Retry {
+        handler: String,
+        id: String,
+    },
     /// The connection was lost or went deaf; reconnecting.
     Disconnected,
 }
@@ -63,7 +70,8 @@ impl Listener {
         let mut first_session = true;
         loop {
             let connect = || async {
-                let config = crate::db::parse_url(&self.url).map_err(|e| e.to_string())?;
+                let mut config = crate::db::parse_url(&self.url).map_err(|e| e.to_string())?;
+                config.application_name(APPLICATION_NAME);
                 config
                     .connect(NoTls)
                     .await
@@ -129,6 +137,7 @@ impl Listener {
                 };
                 match notification::parse(n.payload()) {
                     Ok(Message::Change(change)) => sink(Event::Change(change)),
+                    Ok(Message::Retry { handler, id }) => sink(Event::Retry { handler, id }),
                     Ok(Message::Ping(ping)) => {
                         if let Some(seq) = ping.strip_prefix(&prefix).and_then(|s| s.parse().ok()) {
                             seen_tx.send_replace(seq);

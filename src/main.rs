@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 
 /// Turns a Supabase/Postgres database into an event-driven system.
 #[derive(Parser, Debug)]
-#[command(name = "reactor", version, about)]
+#[command(name = "reactor", version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

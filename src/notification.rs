@@ -21,6 +21,11 @@ pub enum Message {
     Change(Change),
     /// A listener self-check (`{"reactor_ping":"…"}`).
     Ping(String),
+    /// `reactor.retry()` cleared a row's state: `{"reactor_retry":"<handler>","id":"…"}`.
+    Retry {
+        handler: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,8 +40,19 @@ pub fn parse(payload: &str) -> Result<Message, PayloadError> {
     struct Ping {
         reactor_ping: String,
     }
+    #[derive(Deserialize)]
+    struct Retry {
+        reactor_retry: String,
+        id: String,
+    }
     if let Ok(ping) = serde_json::from_str::<Ping>(payload) {
         return Ok(Message::Ping(ping.reactor_ping));
+    }
+    if let Ok(retry) = serde_json::from_str::<Retry>(payload) {
+        return Ok(Message::Retry {
+            handler: retry.reactor_retry,
+            id: retry.id,
+        });
     }
     let change: Change =
         serde_json::from_str(payload).map_err(|e| PayloadError::Malformed(e.to_string()))?;
