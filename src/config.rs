@@ -75,6 +75,69 @@ pub struct RunConfig {
     /// Timeout of each output image download.
     #[arg(long, env = "REACTOR_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub download_timeout: Duration,
+
+    /// Image provider: replicate, or local (draws images here; no network, no account).
+    #[arg(long, env = "REACTOR_PROVIDER", value_enum, default_value_t = ProviderKind::Replicate)]
+    pub provider: ProviderKind,
+
+    /// Replicate API token (required with REACTOR_PROVIDER=replicate).
+    #[arg(long, env = "REPLICATE_API_TOKEN", hide_env_values = true)]
+    pub replicate_api_token: Option<String>,
+
+    /// Replicate model (`owner/name`, or `owner/name:version`).
+    #[arg(long, env = "REPLICATE_MODEL", default_value = crate::provider::replicate::DEFAULT_MODEL)]
+    pub replicate_model: String,
+
+    /// Replicate API base URL.
+    #[arg(long, env = "REPLICATE_BASE_URL", default_value = crate::provider::replicate::DEFAULT_BASE_URL)]
+    pub replicate_base_url: String,
+
+    /// Secret that signs Replicate's webhooks (`whsec_…`); required with REACTOR_PUBLIC_URL.
+    #[arg(long, env = "REPLICATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub replicate_webhook_secret: Option<String>,
+
+    /// Public base URL of this reactor; when set, predictions report back by webhook.
+    #[arg(long, env = "REACTOR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Address of the HTTP server (webhooks, health).
+    #[arg(long, env = "REACTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+
+    /// Timeout of each request to the provider.
+    #[arg(long, env = "REACTOR_PROVIDER_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub provider_timeout: Duration,
+
+    /// A job without a terminal status this long after creation fails with "timed out".
+    #[arg(long, env = "REACTOR_STUCK_AFTER", default_value = "10m", value_parser = duration)]
+    pub stuck_after: Duration,
+
+    /// First interval between polls of a running prediction (grows to 30s).
+    #[arg(long, env = "REACTOR_PROVIDER_POLL", default_value = "1s", value_parser = duration)]
+    pub provider_poll: Duration,
+
+    /// With webhooks on, how long to wait for one before polling.
+    #[arg(long, env = "REACTOR_WEBHOOK_GRACE", default_value = "60s", value_parser = duration)]
+    pub webhook_grace: Duration,
+
+    /// How long a timed-out job is still followed for a late success.
+    #[arg(long, env = "REACTOR_LATE_WINDOW", default_value = "1h", value_parser = duration)]
+    pub late_window: Duration,
+
+    /// How long a local-provider prediction takes.
+    #[arg(long, env = "REACTOR_LOCAL_DELAY", default_value = "1500ms", value_parser = duration)]
+    pub local_delay: Duration,
+
+    /// Prefix that turns input paths into URLs the provider can fetch (inputs
+    /// that are already http(s) URLs are passed as they are).
+    #[arg(long, env = "REACTOR_INPUT_BASE_URL")]
+    pub input_base_url: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Replicate,
+    Local,
 }
 
 #[derive(clap::Parser)]

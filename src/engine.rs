@@ -8,7 +8,7 @@
 //! backlog in memory); ids are worked in one batch. An inbox that overflows
 //! just turns into a scan: notifications are hints, table state is the truth.
 use crate::config::RunConfig;
-use crate::handler::{Action, Handler, HandlerError, LeasedWork};
+use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork};
 use crate::lease::{self, Lease, Statements};
 use crate::listener::{self, Event, Listener};
 use deadpool_postgres::Pool;
@@ -561,16 +561,7 @@ impl Inner {
             return;
         }
         tracing::warn!(handler = %name, id = %id, attempt = failure.attempts, %error, retry_in_s = failure.retry_in, "attempt failed; will retry");
-        // Wake up when the retry is due (the periodic sweep is the safety net).
-        let inner = self.clone();
-        let (index, id) = (slot.index, id.to_string());
-        let delay = Duration::from_secs_f64(failure.retry_in) + Duration::from_millis(20);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = inner.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => inner.slots[index].inbox.push(id),
-            }
-        });
+        self.wake_later(slot, id, Duration::from_secs_f64(failure.retry_in));
     }
 
     /// Claims the pending rows among `ids` (as many as there are free worker
@@ -635,41 +626,84 @@ impl Inner {
         self.tracker.spawn(
             async move {
                 let _permit = permit;
-                let (error, permanent) = match work.run(&inner.pool, &lease).await {
-                    Ok(()) => {
-                        tracing::debug!("done");
-                        return;
-                    }
-                    Err(HandlerError::LeaseLost) => {
-                        tracing::warn!("lease lost: another reactor took this row over; result discarded");
-                        return;
-                    }
-                    Err(HandlerError::Retry(e)) => (e, false),
-                    Err(HandlerError::Permanent(e)) => (e, true),
-                };
-                let recorded = async {
-                    let client = inner.pool.get().await.map_err(|e| e.to_string())?;
-                    lease::record_leased_failure(
-                        &**client,
-                        &lease,
-                        &error,
-                        inner.cfg.retry_backoff,
-                        inner.cfg.max_attempts as i32,
-                        permanent,
-                    )
-                    .await
-                    .map_err(|e| crate::db::describe(&e))
-                };
-                match recorded.await {
-                    Ok(Some(failure)) => {
-                        inner.after_failure(&inner.slots[index], &lease.row_id, &error, &failure);
-                    }
-                    Ok(None) => tracing::warn!(%error, "attempt failed after the lease was lost"),
+                let outcome = work.run(&inner.pool, &lease).await;
+                if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
                     // The lease expires and the row is picked up again.
-                    Err(e) => tracing::warn!(%error, record_error = %e, "attempt failed and recording it failed"),
+                    tracing::warn!(error = %e, "recording the attempt's outcome failed");
                 }
             }
             .instrument(span),
         );
+    }
+
+    /// Records how a leased attempt ended and schedules what comes next.
+    async fn settle(
+        self: &Arc<Self>,
+        index: usize,
+        work: &Arc<dyn LeasedWork>,
+        lease: &Lease,
+        outcome: Result<Done, HandlerError>,
+    ) -> Result<(), String> {
+        let slot = &self.slots[index];
+        let (error, permanent, not_before) = match outcome {
+            Ok(Done::Finished) => {
+                tracing::debug!("done");
+                return Ok(());
+            }
+            Ok(Done::Later(delay)) => {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                if lease::postpone(&**client, lease, delay)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?
+                {
+                    self.wake_later(slot, &lease.row_id, delay);
+                }
+                return Ok(());
+            }
+            Err(HandlerError::LeaseLost) => {
+                tracing::warn!("lease lost: another reactor took this row over; result discarded");
+                return Ok(());
+            }
+            Err(HandlerError::Retry(e)) => (e, false, Duration::ZERO),
+            Err(HandlerError::RetryIn(e, delay)) => (e, false, delay),
+            Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
+        };
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let failure = lease::record_leased_failure(
+            &**client,
+            lease,
+            &error,
+            self.cfg.retry_backoff,
+            self.cfg.max_attempts as i32,
+            permanent,
+            not_before,
+        )
+        .await
+        .map_err(|e| crate::db::describe(&e))?;
+        drop(client);
+        match failure {
+            Some(failure) => {
+                self.after_failure(slot, &lease.row_id, &error, &failure);
+                if failure.dead {
+                    if let Err(e) = work.gave_up(&self.pool, &lease.row_id, &error).await {
+                        tracing::warn!(error = %e, "recording the dead row on its table failed");
+                    }
+                }
+            }
+            None => tracing::warn!(%error, "attempt failed after the lease was lost"),
+        }
+        Ok(())
+    }
+
+    /// Puts `id` back into the slot's inbox after `delay` (sweeps are the safety net).
+    fn wake_later(self: &Arc<Self>, slot: &Slot, id: &str, delay: Duration) {
+        let inner = self.clone();
+        let (index, id) = (slot.index, id.to_string());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => inner.slots[index].inbox.push(id),
+            }
+        });
     }
 }

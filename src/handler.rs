@@ -89,6 +89,9 @@ pub enum HandlerError {
     /// Worth another attempt later (with backoff, up to the attempt limit).
     #[error("{0}")]
     Retry(String),
+    /// Like `Retry`, but not before the given delay (e.g. a 429's Retry-After).
+    #[error("{0}")]
+    RetryIn(String, std::time::Duration),
     /// Will never succeed: the row is marked dead at once.
     #[error("{0}")]
     Permanent(String),
@@ -109,11 +112,35 @@ impl From<deadpool_postgres::PoolError> for HandlerError {
     }
 }
 
+/// How an attempt that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Nothing more to do for this row (its state is gone).
+    Finished,
+    /// Look at the row again after this delay; not a failure, no attempt counted.
+    Later(std::time::Duration),
+}
+
 /// Work done under a lease. `run` must be idempotent: it may run again after a
 /// crash at any point, and its final write must go through `lease` (see
 /// [`Lease::hold`] and [`Lease::finish`]) so that a reactor that lost its lease
 /// cannot commit over the one that took over.
 #[async_trait]
 pub trait LeasedWork: Send + Sync {
-    async fn run(&self, pool: &deadpool_postgres::Pool, lease: &Lease) -> Result<(), HandlerError>;
+    async fn run(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+    ) -> Result<Done, HandlerError>;
+
+    /// Called once when the row has just been marked dead, e.g. to show the
+    /// failure on the row itself.
+    async fn gave_up(
+        &self,
+        _pool: &deadpool_postgres::Pool,
+        _row_id: &str,
+        _error: &str,
+    ) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }

@@ -41,7 +41,7 @@ impl Lease {
 
     /// Ends a successful attempt: drops the state row and commits `tx`.
     /// Call [`Lease::hold`] on `tx` before writing the effect.
-    pub async fn finish(&self, tx: Transaction<'_>) -> Result<(), HandlerError> {
+    pub async fn finish(&self, tx: Transaction<'_>) -> Result<crate::handler::Done, HandlerError> {
         tx.execute(
             "delete from reactor.handler_state
              where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
@@ -49,7 +49,7 @@ impl Lease {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(crate::handler::Done::Finished)
     }
 }
 
@@ -213,6 +213,7 @@ pub async fn record_failure(
 
 /// Records a failed leased attempt, only if this reactor still holds the lease.
 /// Returns None when the lease was lost (the new holder owns the row's fate).
+#[allow(clippy::too_many_arguments)]
 pub async fn record_leased_failure(
     db: &impl GenericClient,
     lease: &Lease,
@@ -220,12 +221,13 @@ pub async fn record_leased_failure(
     backoff: Duration,
     max_attempts: i32,
     permanent: bool,
+    not_before: Duration,
 ) -> Result<Option<Failure>, tokio_postgres::Error> {
     let sql = format!(
         "update reactor.handler_state set
            attempts = attempts + 1,
            last_error = $3,
-           next_attempt_at = {next},
+           next_attempt_at = greatest({next}, now() + make_interval(secs => $9)),
            dead_at = case when attempts + 1 >= $5 or $6 then now() end,
            lease_owner = null, lease_expires_at = null, updated_at = now()
          where handler = $1 and row_id = $2 and lease_owner = $7 and lease_token = $8
@@ -244,10 +246,36 @@ pub async fn record_leased_failure(
                 &permanent,
                 &lease.owner,
                 &lease.token,
+                &not_before.as_secs_f64(),
             ],
         )
         .await?;
     Ok(row.as_ref().map(failure))
+}
+
+/// Gives the row back without counting a failure; it is due again after `delay`.
+/// Returns false when the lease was lost.
+pub async fn postpone(
+    db: &impl GenericClient,
+    lease: &Lease,
+    delay: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute(
+            "update reactor.handler_state set
+               next_attempt_at = now() + make_interval(secs => $5),
+               lease_owner = null, lease_expires_at = null, updated_at = now()
+             where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+            &[
+                &lease.handler,
+                &lease.row_id,
+                &lease.owner,
+                &lease.token,
+                &delay.as_secs_f64(),
+            ],
+        )
+        .await?;
+    Ok(n > 0)
 }
 
 /// Extends every lease this reactor holds (called periodically while work runs).

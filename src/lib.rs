@@ -2,14 +2,19 @@
 //!
 //! Notifications are hints; correctness comes from idempotent handlers plus
 //! pending-state scans (see README.md, "Guarantees").
+pub mod app;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod engine;
 pub mod handler;
 pub mod handlers;
+pub mod http;
 pub mod lease;
 pub mod listener;
 pub mod localpg;
 pub mod migrate;
 pub mod notification;
+pub mod provider;
 pub mod storage;
+pub mod webhook_signature;

@@ -17,19 +17,33 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// The whole pipeline offline: throwaway Postgres, local provider, one job per mode.
+    Demo {
+        /// Use this database instead of a throwaway one.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Where the demo's images are stored.
+        #[arg(long, env = "REACTOR_STORAGE_URL", default_value = "./storage")]
+        storage_url: String,
+    },
     /// Run the reactor: listen, claim, dispatch, replay (until SIGINT/SIGTERM).
-    Run(reactor::config::RunConfig),
+    Run(Box<reactor::config::RunConfig>),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own story; the daemon logs what it does.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,tokio_postgres=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Migrate { database_url } => {
             let mut client = reactor::db::connect(&database_url).await?;
@@ -42,13 +56,15 @@ async fn main() -> anyhow::Result<()> {
                 report.skipped
             );
         }
+        Command::Demo {
+            database_url,
+            storage_url,
+        } => reactor::demo::run(database_url, &storage_url).await?,
         Command::Run(cfg) => {
-            let handlers = reactor::handlers::builtin(&cfg)?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            reactor::engine::Engine::new(cfg, handlers, shutdown)?
-                .run()
-                .await?;
+            let app = reactor::app::start(*cfg, shutdown).await?;
+            app.handle.await??;
         }
     }
     Ok(())

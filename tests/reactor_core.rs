@@ -717,11 +717,14 @@ async fn a_transaction_mode_pooler_port_is_refused_with_a_clear_error() {
         "postgres://postgres@127.0.0.1:6543/postgres",
         "--storage-url",
         &storage.path().display().to_string(),
+        "--provider",
+        "local",
+        "--http-addr",
+        "127.0.0.1:0",
     ])
     .unwrap();
-    let handlers = reactor::handlers::builtin(&cfg).unwrap();
-    let engine = reactor::engine::Engine::new(cfg, handlers, Default::default()).unwrap();
-    let err = engine.run().await.unwrap_err().to_string();
+    let app = reactor::app::start(cfg, Default::default()).await.unwrap();
+    let err = app.handle.await.unwrap().unwrap_err().to_string();
     assert!(
         err.contains("6543") && err.contains("REACTOR_LISTEN=false"),
         "{err}"

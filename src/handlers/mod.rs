@@ -1,17 +1,79 @@
 //! The built-in handlers. Each file says what happens for one kind of change.
 pub mod favorites;
+pub mod generation;
 pub mod renders;
 pub mod usage;
 
-use crate::config::RunConfig;
+use crate::config::{ProviderKind, RunConfig};
 use crate::handler::Handler;
+use crate::provider::Provider;
+use std::sync::Arc;
 
-/// favorites, usage and renders, configured from `cfg`.
-pub fn builtin(cfg: &RunConfig) -> anyhow::Result<Vec<Handler>> {
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("REPLICATE_API_TOKEN is required with REACTOR_PROVIDER=replicate (or use REACTOR_PROVIDER=local)")]
+    MissingToken,
+    #[error(
+        "REPLICATE_WEBHOOK_SECRET is required with REACTOR_PUBLIC_URL: webhooks must be verified"
+    )]
+    MissingWebhookSecret,
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The provider `cfg` asks for.
+pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> {
+    Ok(match cfg.provider {
+        ProviderKind::Replicate => {
+            let token = cfg
+                .replicate_api_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .ok_or(SetupError::MissingToken)?;
+            if cfg.public_url.is_some() && cfg.replicate_webhook_secret.is_none() {
+                return Err(SetupError::MissingWebhookSecret);
+            }
+            Arc::new(
+                crate::provider::replicate::Replicate::new(
+                    &cfg.replicate_base_url,
+                    token,
+                    &cfg.replicate_model,
+                    cfg.provider_timeout,
+                )
+                .map_err(|e| SetupError::Other(e.to_string()))?,
+            )
+        }
+        ProviderKind::Local => Arc::new(
+            crate::provider::local::Local::start(cfg.local_delay, 2)
+                .await
+                .map_err(|e| SetupError::Other(format!("starting the local provider: {e}")))?,
+        ),
+    })
+}
+
+/// generation, renders, usage and favorites, configured from `cfg`.
+pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     let storage = crate::storage::Storage::from_url(&cfg.storage_url)?;
+    let provider = provider(cfg).await?;
+    let settings = generation::Settings {
+        webhook_url: cfg
+            .public_url
+            .as_ref()
+            .map(|u| format!("{}/webhooks/replicate", u.trim_end_matches('/'))),
+        stuck_after: cfg.stuck_after,
+        poll_min: cfg.provider_poll,
+        webhook_grace: cfg.webhook_grace,
+        late_window: cfg.late_window,
+        input_base_url: cfg.input_base_url.clone(),
+        raw_inputs: cfg.provider == ProviderKind::Local,
+    };
     Ok(vec![
-        favorites::handler(),
+        generation::handler(provider, settings),
+        renders::handler(storage, cfg.max_image_bytes, cfg.download_timeout)
+            .map_err(|e| SetupError::Other(e.to_string()))?,
         usage::handler(),
-        renders::handler(storage, cfg.max_image_bytes, cfg.download_timeout)?,
+        favorites::handler(),
     ])
 }

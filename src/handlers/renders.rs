@@ -6,7 +6,7 @@
 //! retry overwrites the same objects; the rows are written in one fenced
 //! transaction only after every image is stored (never half a render), and
 //! `uniq_renders_job` allows one render per job.
-use crate::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::lease::Lease;
 use crate::storage::Storage;
 use async_trait::async_trait;
@@ -193,7 +193,11 @@ impl Renders {
 
 #[async_trait]
 impl LeasedWork for Renders {
-    async fn run(&self, pool: &deadpool_postgres::Pool, lease: &Lease) -> Result<(), HandlerError> {
+    async fn run(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+    ) -> Result<Done, HandlerError> {
         let job_id = Uuid::parse_str(&lease.row_id)
             .map_err(|e| HandlerError::Permanent(format!("job id {:?}: {e}", lease.row_id)))?;
         let job = pool

@@ -5,6 +5,8 @@
 //! binary and stops when the binary exits. Never a mock.
 #![allow(dead_code)]
 
+pub mod fake_replicate;
+
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
@@ -162,6 +164,14 @@ pub fn reactor_flags(db: &TestDb, storage: &std::path::Path) -> Vec<String> {
         "2s",
         "--shutdown-grace",
         "10s",
+        "--provider",
+        "local",
+        "--local-delay",
+        "200ms",
+        "--provider-poll",
+        "50ms",
+        "--http-addr",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -171,6 +181,7 @@ pub fn reactor_flags(db: &TestDb, storage: &std::path::Path) -> Vec<String> {
 /// A reactor running inside the test process.
 pub struct InProcess {
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub http_addr: std::net::SocketAddr,
     pub handle: tokio::task::JoinHandle<Result<(), reactor::engine::EngineError>>,
     pub status: std::sync::Arc<reactor::engine::Status>,
 }
@@ -191,15 +202,15 @@ pub async fn start_reactor(db: &TestDb, storage: &std::path::Path, extra: &[&str
     let mut flags = reactor_flags(db, storage);
     flags.extend(extra.iter().map(|s| s.to_string()));
     let cfg = reactor::config::RunConfig::from_flags(flags).expect("test flags");
-    let handlers = reactor::handlers::builtin(&cfg).expect("handlers");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let engine = reactor::engine::Engine::new(cfg, handlers, shutdown.clone()).expect("engine");
-    let status = engine.status();
-    let handle = tokio::spawn(engine.run());
+    let app = reactor::app::start(cfg, shutdown.clone())
+        .await
+        .expect("start reactor");
     InProcess {
         shutdown,
-        handle,
-        status,
+        http_addr: app.http_addr,
+        handle: app.handle,
+        status: app.status,
     }
 }
 

@@ -1,0 +1,496 @@
+//! A submitted generation job is sent to the image provider and followed to a
+//! terminal status. One attempt is one step: submit, or look at the
+//! prediction once; a running prediction is looked at again later (webhooks
+//! usually report it first).
+//!
+//! Never paying twice: before the create call the job is marked
+//! (`submit_started_at`, committed under the lease). A create that surely
+//! created nothing (429, refused connection, 5xx) clears the mark; one whose
+//! outcome is unknown (timeout after sending, an unreadable answer, a crash)
+//! leaves it, and the next attempt first asks the provider for a prediction
+//! made for this job since the mark, and adopts it instead of creating another.
+use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::lease::Lease;
+use crate::provider::{JobInput, Prediction, Provider, ProviderError, Status};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+pub const NAME: &str = "generation";
+/// The error a job gets when it has no terminal status in time.
+pub const TIMED_OUT: &str = "timed out";
+
+pub struct Settings {
+    /// `{REACTOR_PUBLIC_URL}/webhooks/replicate` when webhooks are on.
+    pub webhook_url: Option<String>,
+    pub stuck_after: Duration,
+    /// First interval between looks at a running prediction.
+    pub poll_min: Duration,
+    /// With webhooks on, how long to wait for one before polling.
+    pub webhook_grace: Duration,
+    /// How long a timed-out job is still followed for a late success.
+    pub late_window: Duration,
+    /// Prefix for input paths that are not URLs (e.g. a public bucket's URL).
+    pub input_base_url: Option<String>,
+    /// Pass input paths through unchanged (the local provider reads no inputs).
+    pub raw_inputs: bool,
+}
+
+pub fn handler(provider: Arc<dyn Provider>, settings: Settings) -> Handler {
+    let late = settings.late_window.as_secs();
+    Handler {
+        spec: Spec {
+            name: NAME.into(),
+            table: "public.generation_jobs".into(),
+            notify_table: "generation_jobs".into(),
+            key: "id".into(),
+            key_type: KeyType::Uuid,
+            pending: format!(
+                "t.status in ('starting', 'processing')
+                 or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
+                     and t.created_at > now() - interval '{late} seconds')"
+            ),
+            statuses: Some(vec!["starting".into(), "processing".into()]),
+        },
+        action: Action::Leased(Arc::new(Generation { provider, settings })),
+    }
+}
+
+struct Generation {
+    provider: Arc<dyn Provider>,
+    settings: Settings,
+}
+
+struct Job {
+    input: JobInput,
+    status: String,
+    error: Option<String>,
+    prediction_id: Option<String>,
+    submit_started_at: Option<DateTime<Utc>>,
+    cancel_requested: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl Job {
+    fn in_flight(&self) -> bool {
+        self.status == "starting" || self.status == "processing"
+    }
+}
+
+/// Writes a provider's word on a prediction to its job, if the job can still
+/// take it (in flight, or timed out and waiting for a late answer). Shared by
+/// polling and the webhook. Returns whether the job changed.
+pub async fn apply_prediction(
+    db: &impl GenericClient,
+    job_id: Uuid,
+    p: &Prediction,
+) -> Result<bool, tokio_postgres::Error> {
+    let (status, output, error): (&str, Option<serde_json::Value>, Option<String>) = match p.status
+    {
+        Status::Starting => return Ok(false),
+        Status::Processing => {
+            let n = db
+                .execute(
+                    "update public.generation_jobs set status = 'processing'
+                     where id = $1 and status = 'starting' and prediction_id = $2",
+                    &[&job_id, &p.id],
+                )
+                .await?;
+            return Ok(n > 0);
+        }
+        Status::Succeeded if p.output.is_empty() => (
+            "failed",
+            None,
+            Some("the provider reported success without output images".into()),
+        ),
+        Status::Succeeded => ("succeeded", Some(serde_json::json!(p.output)), None),
+        Status::Failed => (
+            "failed",
+            None,
+            Some(
+                p.error
+                    .clone()
+                    .unwrap_or_else(|| "the provider reported failure".into()),
+            ),
+        ),
+        Status::Aborted => (
+            "failed",
+            None,
+            Some("aborted: the prediction's deadline passed before it started".into()),
+        ),
+        Status::Canceled => ("canceled", None, None),
+    };
+    let n = db
+        .execute(
+            "update public.generation_jobs
+             set status = $2, output = $3, error = $4, completed_at = now()
+             where id = $1 and prediction_id = $5
+               and (status in ('starting', 'processing') or (status = 'failed' and error = $6))",
+            &[&job_id, &status, &output, &error, &p.id, &TIMED_OUT],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+impl Generation {
+    async fn load(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        id: Uuid,
+    ) -> Result<Option<Job>, HandlerError> {
+        let row = pool
+            .get()
+            .await?
+            .query_opt(
+                "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
+                        prediction_id, submit_started_at, cancel_requested_at is not null, created_at
+                 from public.generation_jobs where id = $1",
+                &[&id],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let paths: Vec<String> = [row.get::<_, Option<String>>(4), row.get(5)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let images = paths
+            .iter()
+            .map(|p| self.input_url(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Job {
+            input: JobInput {
+                id,
+                mode: row.get(0),
+                room_type: row.get(1),
+                style: row.get(2),
+                prompt: row.get(3),
+                images,
+            },
+            status: row.get(6),
+            error: row.get(7),
+            prediction_id: row.get(8),
+            submit_started_at: row.get(9),
+            cancel_requested: row.get(10),
+            created_at: row.get(11),
+        }))
+    }
+
+    /// An input path as a URL the provider can fetch.
+    fn input_url(&self, path: &str) -> Result<String, HandlerError> {
+        if self.settings.raw_inputs || path.starts_with("https://") || path.starts_with("http://") {
+            return Ok(path.to_string());
+        }
+        match &self.settings.input_base_url {
+            Some(base) => Ok(format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))),
+            None => Err(HandlerError::Permanent(format!(
+                "input {path:?} is not a URL the provider can fetch; store inputs as http(s) URLs or set REACTOR_INPUT_BASE_URL"
+            ))),
+        }
+    }
+
+    /// Runs `sql` (params: job id first) in a transaction fenced by the lease.
+    async fn fenced(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, HandlerError> {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        lease.hold(&tx).await?;
+        let n = tx.execute(sql, params).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn fail_job(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        id: Uuid,
+        error: &str,
+    ) -> Result<Done, HandlerError> {
+        tracing::warn!(%error, "job failed");
+        self.fenced(
+            pool,
+            lease,
+            "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
+             where id = $1 and status in ('starting', 'processing')",
+            &[&id, &error],
+        )
+        .await?;
+        Ok(Done::Finished)
+    }
+
+    /// How long until the next look at a running prediction.
+    fn poll_delay(&self, job: &Job) -> Duration {
+        let since = job.submit_started_at.unwrap_or(job.created_at);
+        let elapsed = (Utc::now() - since).to_std().unwrap_or_default();
+        let mut delay = (elapsed / 4).clamp(
+            self.settings.poll_min,
+            Duration::from_secs(30).max(self.settings.poll_min),
+        );
+        if self.settings.webhook_url.is_some() {
+            delay = delay.max(self.settings.webhook_grace.saturating_sub(elapsed));
+        }
+        // Wake up for the stuck deadline too.
+        let to_stuck = (job.created_at
+            + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default()
+            - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+        if job.in_flight() && to_stuck > Duration::ZERO {
+            delay = delay.min(to_stuck + Duration::from_millis(10));
+        }
+        delay
+    }
+
+    /// Records the provider's prediction on the job, then follows it.
+    async fn adopt(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        job: &mut Job,
+        p: Prediction,
+    ) -> Result<Done, HandlerError> {
+        let id = job.input.id;
+        self.fenced(
+            pool,
+            lease,
+            "update public.generation_jobs
+             set prediction_id = $2, status = case when status = 'starting' then 'processing' else status end
+             where id = $1 and prediction_id is null",
+            &[&id, &p.id],
+        )
+        .await?;
+        tracing::info!(prediction = %p.id, "prediction created");
+        job.prediction_id = Some(p.id.clone());
+        if job.cancel_requested {
+            // Canceled while the create was in flight: cancel what was created.
+            return self.cancel(pool, lease, job).await;
+        }
+        self.follow(pool, lease, job, p).await
+    }
+
+    async fn follow(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        job: &Job,
+        p: Prediction,
+    ) -> Result<Done, HandlerError> {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        lease.hold(&tx).await?;
+        let changed = apply_prediction(&*tx, job.input.id, &p).await?;
+        tx.commit().await?;
+        if p.status.is_terminal() {
+            if changed {
+                tracing::info!(prediction = %p.id, status = ?p.status, "prediction finished");
+            }
+            return Ok(Done::Finished);
+        }
+        Ok(Done::Later(self.poll_delay(job)))
+    }
+
+    async fn cancel(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        job: &Job,
+    ) -> Result<Done, HandlerError> {
+        if let Some(pid) = &job.prediction_id {
+            match self.provider.cancel(pid).await {
+                Ok(()) | Err(ProviderError::NotFound) => {}
+                Err(e) => {
+                    return Err(HandlerError::Retry(format!(
+                        "canceling prediction {pid}: {e}"
+                    )))
+                }
+            }
+        }
+        self.fenced(
+            pool,
+            lease,
+            "update public.generation_jobs set status = 'canceled', completed_at = now()
+             where id = $1 and status in ('starting', 'processing')",
+            &[&job.input.id],
+        )
+        .await?;
+        tracing::info!("job canceled");
+        Ok(Done::Finished)
+    }
+
+    async fn submit(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        job: &mut Job,
+    ) -> Result<Done, HandlerError> {
+        let id = job.input.id;
+        if let Some(since) = job.submit_started_at {
+            // An earlier create may have gone through: look before paying again.
+            match self.provider.find(&job.input, since).await {
+                Ok(Some(p)) => {
+                    tracing::warn!(prediction = %p.id, "adopting the prediction an interrupted submission created");
+                    return self.adopt(pool, lease, job, p).await;
+                }
+                Ok(None) => {
+                    tracing::info!("no prediction from the interrupted submission; submitting")
+                }
+                Err(e) => {
+                    return Err(HandlerError::Retry(format!(
+                        "reconciling an interrupted submission: {e}"
+                    )))
+                }
+            }
+        }
+        let marked = self
+            .fenced(
+                pool,
+                lease,
+                "update public.generation_jobs set submit_started_at = now()
+                 where id = $1 and status = 'starting' and prediction_id is null and cancel_requested_at is null",
+                &[&id],
+            )
+            .await?;
+        if marked == 0 {
+            return Ok(Done::Finished);
+        }
+        let webhook = self
+            .settings
+            .webhook_url
+            .as_ref()
+            .map(|u| format!("{u}?job_id={id}"));
+        let unmark = "update public.generation_jobs set submit_started_at = null where id = $1 and prediction_id is null";
+        match self.provider.create(&job.input, webhook.as_deref()).await {
+            Ok(p) => self.adopt(pool, lease, job, p).await,
+            Err(ProviderError::RateLimited { retry_after }) => {
+                self.fenced(pool, lease, unmark, &[&id]).await?;
+                let message = "rate limited by the provider (HTTP 429)".to_string();
+                Err(match retry_after {
+                    Some(delay) => HandlerError::RetryIn(message, delay),
+                    None => HandlerError::Retry(message),
+                })
+            }
+            Err(ProviderError::Unavailable(e)) => {
+                self.fenced(pool, lease, unmark, &[&id]).await?;
+                Err(HandlerError::Retry(format!("provider unavailable: {e}")))
+            }
+            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::Retry(format!(
+                "submission outcome unknown ({e}); the next attempt reconciles before submitting again"
+            ))),
+            Err(ProviderError::Rejected(e)) => self.fail_job(pool, lease, id, &e).await,
+            Err(ProviderError::NotFound) => {
+                self.fail_job(pool, lease, id, "the provider does not know the model (HTTP 404); check REPLICATE_MODEL").await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeasedWork for Generation {
+    async fn run(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+    ) -> Result<Done, HandlerError> {
+        let id = Uuid::parse_str(&lease.row_id)
+            .map_err(|e| HandlerError::Permanent(format!("job id: {e}")))?;
+        let Some(mut job) = self.load(pool, id).await? else {
+            return Ok(Done::Finished);
+        };
+        if job.cancel_requested && job.in_flight() {
+            if job.prediction_id.is_none() && job.submit_started_at.is_some() {
+                if let Some(p) = self
+                    .provider
+                    .find(&job.input, job.submit_started_at.unwrap_or(job.created_at))
+                    .await
+                    .map_err(|e| HandlerError::Retry(format!("reconciling before cancel: {e}")))?
+                {
+                    return self.adopt(pool, lease, &mut job, p).await;
+                }
+            }
+            return self.cancel(pool, lease, &job).await;
+        }
+        let stuck_at = job.created_at
+            + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
+        if job.in_flight() && Utc::now() >= stuck_at {
+            self.fenced(
+                pool,
+                lease,
+                "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
+                 where id = $1 and status in ('starting', 'processing')",
+                &[&id, &TIMED_OUT],
+            )
+            .await?;
+            tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
+            job.status = "failed".into();
+            job.error = Some(TIMED_OUT.into());
+            if job.prediction_id.is_none() {
+                return Ok(Done::Finished);
+            }
+        }
+        match job.prediction_id.clone() {
+            None if job.status == "starting" => self.submit(pool, lease, &mut job).await,
+            None => Ok(Done::Finished),
+            Some(pid) => match self.provider.get(&pid).await {
+                Ok(p) => self.follow(pool, lease, &job, p).await,
+                Err(ProviderError::NotFound) if job.in_flight() => {
+                    self.fail_job(
+                        pool,
+                        lease,
+                        id,
+                        &format!("prediction {pid} not found at the provider"),
+                    )
+                    .await
+                }
+                Err(ProviderError::NotFound) => Ok(Done::Finished),
+                Err(e) => {
+                    // Polling is free and the prediction is already paid for:
+                    // keep looking (the stuck rule bounds it), never fail on it.
+                    tracing::warn!(prediction = %pid, error = %e, "looking at the prediction failed; will look again");
+                    Ok(Done::Later(self.poll_delay(&job)))
+                }
+            },
+        }
+    }
+
+    async fn gave_up(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        row_id: &str,
+        error: &str,
+    ) -> Result<(), HandlerError> {
+        let Ok(id) = Uuid::parse_str(row_id) else {
+            return Ok(());
+        };
+        pool.get()
+            .await?
+            .execute(
+                "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
+                 where id = $1 and status in ('starting', 'processing')",
+                &[&id, &error],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parse_covers_replicates_terminal_statuses() {
+        for s in ["succeeded", "failed", "canceled", "aborted"] {
+            assert!(Status::parse(s).unwrap().is_terminal(), "{s}");
+        }
+        assert!(!Status::parse("processing").unwrap().is_terminal());
+        assert!(Status::parse("bogus").is_none());
+    }
+}

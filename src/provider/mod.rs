@@ -1,0 +1,99 @@
+//! Image providers: where a generation job's prediction is created and tracked.
+//!
+//! Chosen by `REACTOR_PROVIDER`: `replicate` (the real thing, over HTTP) or
+//! `local` (draws images on this machine; no network, no account).
+pub mod local;
+pub mod local_image;
+pub mod replicate;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// What a provider needs to know about a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInput {
+    pub id: uuid::Uuid,
+    pub mode: String,
+    pub room_type: Option<String>,
+    pub style: Option<String>,
+    pub prompt: Option<String>,
+    /// Input images as URLs the provider can fetch.
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Starting,
+    Processing,
+    Succeeded,
+    Failed,
+    Canceled,
+    /// Replicate: the prediction's deadline passed before it started.
+    Aborted,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "starting" => Status::Starting,
+            "processing" => Status::Processing,
+            "succeeded" => Status::Succeeded,
+            "failed" => Status::Failed,
+            "canceled" => Status::Canceled,
+            "aborted" => Status::Aborted,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Starting | Status::Processing)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub id: String,
+    pub status: Status,
+    /// Output image URLs (a single URL is a list of one).
+    pub output: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    /// 429: nothing was created; try again after the delay (if given).
+    #[error("rate limited by the provider")]
+    RateLimited { retry_after: Option<Duration> },
+    /// Surely nothing was created (connection refused, a 5xx answer).
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The request may or may not have taken effect (timeout after sending,
+    /// a success answer we cannot read): reconcile, never blindly repeat.
+    #[error("provider answer unknown: {0}")]
+    Ambiguous(String),
+    /// The provider refused the request (a 4xx other than 429): its message.
+    #[error("provider refused the request: {0}")]
+    Rejected(String),
+    #[error("prediction not found at the provider")]
+    NotFound,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Creates a prediction for `job`. `webhook`: where completion is reported.
+    async fn create(
+        &self,
+        job: &JobInput,
+        webhook: Option<&str>,
+    ) -> Result<Prediction, ProviderError>;
+    async fn get(&self, id: &str) -> Result<Prediction, ProviderError>;
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError>;
+    /// Finds a prediction an earlier, interrupted `create` for `job` may have
+    /// made at or after `since` (reconciliation: never pay twice).
+    async fn find(
+        &self,
+        job: &JobInput,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Prediction>, ProviderError>;
+}

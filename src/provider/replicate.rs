@@ -1,0 +1,355 @@
+//! Replicate's HTTP API (`REPLICATE_BASE_URL`, default https://api.replicate.com/v1).
+//!
+//! Replicate has no idempotency key, so this client says precisely whether a
+//! failed create may have created something ([`ProviderError::Ambiguous`]) or
+//! surely did not (429, connection refused, 5xx), and [`Replicate::find`]
+//! looks for a prediction an interrupted create made: by the job id carried in
+//! its webhook URL, or by identical input created since the attempt began.
+use super::{JobInput, Prediction, Provider, ProviderError, Status};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
+pub const DEFAULT_MODEL: &str = "google/nano-banana";
+/// How many pages of recent predictions reconciliation reads at most.
+const FIND_MAX_PAGES: usize = 10;
+
+pub struct Replicate {
+    http: reqwest::Client,
+    base_url: String,
+    token: String,
+    model: String,
+}
+
+impl Replicate {
+    pub fn new(
+        base_url: &str,
+        token: &str,
+        model: &str,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Replicate {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .build()?,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            model: model.to_string(),
+        })
+    }
+
+    /// `owner/name` → the model's predictions endpoint; `owner/name:version` → /predictions with a version.
+    fn create_request(&self, body: Value) -> reqwest::RequestBuilder {
+        match self.model.split_once(':') {
+            Some((_, version)) => {
+                let mut body = body;
+                body["version"] = json!(version);
+                self.http
+                    .post(format!("{}/predictions", self.base_url))
+                    .json(&body)
+            }
+            None => self
+                .http
+                .post(format!(
+                    "{}/models/{}/predictions",
+                    self.base_url, self.model
+                ))
+                .json(&body),
+        }
+        .bearer_auth(&self.token)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, ProviderError> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(send_error(&e)))?;
+        read(response, false).await
+    }
+}
+
+/// The model input for a job (google/nano-banana's schema: prompt, image_input, output_format).
+pub fn model_input(job: &JobInput) -> Value {
+    let room = job.room_type.as_deref().unwrap_or("room");
+    let style = job
+        .style
+        .as_deref()
+        .map(|s| format!(" in a {s} style"))
+        .unwrap_or_default();
+    let lead = match job.mode.as_str() {
+        "redesign" => format!("Redesign this {room}{style}, keeping its layout, walls and windows."),
+        "staging" => format!("Virtually stage this empty {room} with furniture and decor{style}."),
+        "compose" => format!("Place the item from the second image naturally into the {room} in the first image{style}."),
+        _ => format!("A photorealistic interior photo of a {room}{style}."),
+    };
+    let prompt = match job
+        .prompt
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        Some(p) if job.mode == "imagine" => format!("{p}{style}"),
+        Some(p) => format!("{lead} {p}"),
+        None => lead,
+    };
+    json!({ "prompt": prompt, "image_input": job.images, "output_format": "jpg" })
+}
+
+fn send_error(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    s
+}
+
+/// Reads an answer: 2xx → JSON, else the matching error. `creating`: a 2xx we
+/// cannot read may hide a created prediction.
+async fn read(response: reqwest::Response, creating: bool) -> Result<Value, ProviderError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let body = response.text().await.map_err(|e| {
+        let message = format!("reading the answer: {}", send_error(&e));
+        if creating && status.is_success() {
+            ProviderError::Ambiguous(message)
+        } else {
+            ProviderError::Unavailable(message)
+        }
+    })?;
+    if status.is_success() {
+        return serde_json::from_str(&body).map_err(|e| {
+            let message = format!(
+                "HTTP {status} with a body that is not JSON ({e}): {}",
+                truncate(&body)
+            );
+            if creating {
+                ProviderError::Ambiguous(message)
+            } else {
+                ProviderError::Unavailable(message)
+            }
+        });
+    }
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(ProviderError::RateLimited { retry_after });
+    }
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ProviderError::NotFound);
+    }
+    if status.is_server_error() {
+        return Err(ProviderError::Unavailable(format!(
+            "HTTP {status}: {}",
+            truncate(&body)
+        )));
+    }
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("detail")
+                .or_else(|| v.get("title"))
+                .or_else(|| v.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| truncate(&body));
+    Err(ProviderError::Rejected(format!("HTTP {status}: {message}")))
+}
+
+fn truncate(s: &str) -> String {
+    let t: String = s.chars().take(300).collect();
+    if t.len() < s.len() {
+        format!("{t}…")
+    } else {
+        t
+    }
+}
+
+/// A prediction object → [`Prediction`]; anything unexpected is an error.
+pub fn parse_prediction(v: &Value) -> Result<Prediction, String> {
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("prediction without an id")?;
+    let status_text = v
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or("prediction without a status")?;
+    let status = Status::parse(status_text)
+        .ok_or_else(|| format!("unknown prediction status {status_text:?}"))?;
+    let output = match v.get("output") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(url)) => vec![url.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("prediction output is not a list of URLs")?,
+        Some(other) => {
+            return Err(format!(
+                "prediction output is not a URL or a list of URLs: {other}"
+            ))
+        }
+    };
+    let error = match v.get("error") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    Ok(Prediction {
+        id: id.to_string(),
+        status,
+        output,
+        error,
+    })
+}
+
+#[async_trait]
+impl Provider for Replicate {
+    async fn create(
+        &self,
+        job: &JobInput,
+        webhook: Option<&str>,
+    ) -> Result<Prediction, ProviderError> {
+        let mut body = json!({ "input": model_input(job) });
+        if let Some(url) = webhook {
+            body["webhook"] = json!(url);
+            body["webhook_events_filter"] = json!(["completed"]);
+        }
+        let response = self.create_request(body).send().await.map_err(|e| {
+            // Refused or unresolvable: the request never reached Replicate.
+            if e.is_connect() {
+                ProviderError::Unavailable(send_error(&e))
+            } else {
+                ProviderError::Ambiguous(send_error(&e))
+            }
+        })?;
+        let value = read(response, true).await?;
+        parse_prediction(&value)
+            .map_err(|e| ProviderError::Ambiguous(format!("create answered: {e}")))
+    }
+
+    async fn get(&self, id: &str) -> Result<Prediction, ProviderError> {
+        let value = self
+            .get_json(&format!("{}/predictions/{id}", self.base_url))
+            .await?;
+        parse_prediction(&value).map_err(ProviderError::Unavailable)
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
+        let response = self
+            .http
+            .post(format!("{}/predictions/{id}/cancel", self.base_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(send_error(&e)))?;
+        read(response, false).await.map(|_| ())
+    }
+
+    async fn find(
+        &self,
+        job: &JobInput,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Prediction>, ProviderError> {
+        let input = model_input(job);
+        let job_id = job.id.to_string();
+        // Clocks differ: look a minute further back than the attempt began.
+        let horizon = since - chrono::Duration::seconds(60);
+        let mut url = format!("{}/predictions", self.base_url);
+        for _ in 0..FIND_MAX_PAGES {
+            let page = self.get_json(&url).await?;
+            let results = page
+                .get("results")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for item in &results {
+                let created = item
+                    .get("created_at")
+                    .and_then(Value::as_str)
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                if created.is_some_and(|t| t < horizon) {
+                    return Ok(None);
+                }
+                let by_webhook = item
+                    .get("webhook")
+                    .and_then(Value::as_str)
+                    .is_some_and(|w| w.contains(&job_id));
+                let by_input = item.get("input") == Some(&input);
+                if by_webhook || by_input {
+                    return parse_prediction(item)
+                        .map(Some)
+                        .map_err(ProviderError::Unavailable);
+                }
+            }
+            match page.get("next").and_then(Value::as_str) {
+                Some(next) if !next.is_empty() => url = next.to_string(),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_and_list_outputs_and_rejects_garbage() {
+        let p = parse_prediction(
+            &json!({"id": "p1", "status": "succeeded", "output": "https://x/a.jpg"}),
+        )
+        .unwrap();
+        assert_eq!(p.output, vec!["https://x/a.jpg"]);
+        let p = parse_prediction(
+            &json!({"id": "p1", "status": "aborted", "output": null, "error": null}),
+        )
+        .unwrap();
+        assert_eq!(p.status, Status::Aborted);
+        for bad in [
+            json!({}),
+            json!({"id": "p"}),
+            json!({"id": "p", "status": "weird"}),
+            json!({"id": "p", "status": "succeeded", "output": 3}),
+        ] {
+            assert!(parse_prediction(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_input_carries_mode_style_prompt_and_images() {
+        let job = JobInput {
+            id: uuid::Uuid::nil(),
+            mode: "redesign".into(),
+            room_type: Some("kitchen".into()),
+            style: Some("industrial".into()),
+            prompt: Some("brass lamps".into()),
+            images: vec!["https://x/in.jpg".into()],
+        };
+        let input = model_input(&job);
+        let prompt = input["prompt"].as_str().unwrap();
+        assert!(
+            prompt.contains("kitchen")
+                && prompt.contains("industrial")
+                && prompt.contains("brass lamps"),
+            "{prompt}"
+        );
+        assert_eq!(input["image_input"], json!(["https://x/in.jpg"]));
+    }
+}

@@ -1,0 +1,231 @@
+//! A loopback stand-in for Replicate's HTTP API: the same endpoints and
+//! shapes, with scripted answers for the failure cases.
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const TOKEN: &str = "r8_test_token";
+
+/// What the next create call does (after the script runs out: create normally).
+#[derive(Clone, Debug)]
+pub enum CreateScript {
+    /// 429, with a Retry-After header when given (seconds).
+    RateLimited(Option<u64>),
+    /// A 5xx answer; nothing is created.
+    ServerError,
+    /// Creates the prediction, then never answers (the client times out or dies).
+    CreateThenHang,
+}
+
+#[derive(Clone, Debug)]
+pub struct FakePrediction {
+    pub id: String,
+    pub status: String,
+    pub input: Value,
+    pub webhook: Option<String>,
+    pub output: Value,
+    pub error: Value,
+    pub created_at: String,
+    pub canceled: bool,
+}
+
+impl FakePrediction {
+    pub fn json(&self) -> Value {
+        json!({
+            "id": self.id, "status": self.status, "input": self.input, "webhook": self.webhook,
+            "output": self.output, "error": self.error, "created_at": self.created_at,
+            "urls": {"get": format!("/predictions/{}", self.id), "cancel": format!("/predictions/{}/cancel", self.id)},
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub predictions: Vec<FakePrediction>,
+    pub script: VecDeque<CreateScript>,
+    pub create_calls: u32,
+    pub times: Vec<std::time::Instant>,
+}
+
+#[derive(Clone)]
+pub struct FakeReplicate {
+    pub base: String,
+    pub inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeReplicate {
+    pub async fn start() -> Self {
+        let inner: Arc<Mutex<Inner>> = Default::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/models/{owner}/{name}/predictions",
+                axum::routing::post(create),
+            )
+            .route("/v1/predictions", axum::routing::get(list))
+            .route("/v1/predictions/{id}", axum::routing::get(get))
+            .route("/v1/predictions/{id}/cancel", axum::routing::post(cancel))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeReplicate { base, inner }
+    }
+
+    pub fn script(&self, steps: &[CreateScript]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .script
+            .extend(steps.iter().cloned());
+    }
+
+    pub fn predictions(&self) -> Vec<FakePrediction> {
+        self.inner.lock().unwrap().predictions.clone()
+    }
+
+    pub fn create_calls(&self) -> u32 {
+        self.inner.lock().unwrap().create_calls
+    }
+
+    pub fn create_times(&self) -> Vec<std::time::Instant> {
+        self.inner.lock().unwrap().times.clone()
+    }
+
+    /// Sets a prediction's outcome (what the next GET or a webhook reports).
+    pub fn finish(&self, id: &str, status: &str, output: Value, error: Value) -> FakePrediction {
+        let mut inner = self.inner.lock().unwrap();
+        let p = inner
+            .predictions
+            .iter_mut()
+            .find(|p| p.id == id)
+            .expect("known prediction");
+        p.status = status.into();
+        p.output = output;
+        p.error = error;
+        p.clone()
+    }
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+}
+
+async fn create(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((_owner, _name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"detail": "Invalid token"})),
+        )
+            .into_response();
+    }
+    let step = {
+        let mut i = inner.lock().unwrap();
+        i.create_calls += 1;
+        i.times.push(std::time::Instant::now());
+        i.script.pop_front()
+    };
+    match step {
+        Some(CreateScript::RateLimited(after)) => {
+            let mut response = (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"detail": "Request was throttled."})),
+            )
+                .into_response();
+            if let Some(s) = after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            return response;
+        }
+        Some(CreateScript::ServerError) => {
+            return (StatusCode::BAD_GATEWAY, "upstream trouble").into_response()
+        }
+        _ => {}
+    }
+    let prediction = FakePrediction {
+        id: format!("pred{}", uuid::Uuid::new_v4().simple()),
+        status: "starting".into(),
+        input: body.get("input").cloned().unwrap_or(Value::Null),
+        webhook: body
+            .get("webhook")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        output: Value::Null,
+        error: Value::Null,
+        created_at: chrono::Utc::now().to_rfc3339(),
+        canceled: false,
+    };
+    inner.lock().unwrap().predictions.push(prediction.clone());
+    if matches!(step, Some(CreateScript::CreateThenHang)) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    (StatusCode::CREATED, Json(prediction.json())).into_response()
+}
+
+async fn get(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match inner
+        .lock()
+        .unwrap()
+        .predictions
+        .iter()
+        .find(|p| p.id == id)
+    {
+        Some(p) => Json(p.json()).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"detail": "Not found."}))).into_response(),
+    }
+}
+
+async fn cancel(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut i = inner.lock().unwrap();
+    match i.predictions.iter_mut().find(|p| p.id == id) {
+        Some(p) => {
+            p.canceled = true;
+            if p.status == "starting" || p.status == "processing" {
+                p.status = "canceled".into();
+            }
+            Json(p.json()).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Newest first, like Replicate's list.
+async fn list(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let results: Vec<Value> = inner
+        .lock()
+        .unwrap()
+        .predictions
+        .iter()
+        .rev()
+        .map(FakePrediction::json)
+        .collect();
+    Json(json!({"next": null, "previous": null, "results": results})).into_response()
+}

@@ -1,0 +1,589 @@
+//! Generation (issue 4): provider submission, polling, webhooks, rate limits,
+//! outages, stuck jobs, cancel, and never paying twice — against a loopback
+//! fake of Replicate's API and a real PostgreSQL.
+mod common;
+
+use common::fake_replicate::{CreateScript, FakeReplicate, TOKEN};
+use common::{count, eventually, image_server, start_reactor, ChildReactor, TestDb};
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+/// "whsec_" + base64("reactor-test-webhook-signing-key").
+const SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
+
+fn replicate_flags(fake: &FakeReplicate) -> Vec<String> {
+    [
+        "--provider",
+        "replicate",
+        "--replicate-base-url",
+        &fake.base,
+        "--replicate-api-token",
+        TOKEN,
+        "--provider-timeout",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Submits a job the way supabase-js does (role authenticated + JWT claims).
+async fn submit(
+    db: &TestDb,
+    user: Uuid,
+    mode: &str,
+    prompt: &str,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let mut client = db.client().await;
+    let tx = client.transaction().await?;
+    tx.batch_execute("set local role authenticated").await?;
+    tx.execute(
+        "select set_config('request.jwt.claims', $1, true)",
+        &[&json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
+             values ($1, $2, $3, 'living room', 'scandinavian', 'https://inputs.example/room.jpg') returning id",
+            &[&user, &mode, &prompt],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(row.get(0))
+}
+
+async fn job(
+    client: &tokio_postgres::Client,
+    id: Uuid,
+) -> (String, Option<String>, Option<String>) {
+    let row = client
+        .query_one(
+            "select status, prediction_id, error from generation_jobs where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn wait_status(client: &tokio_postgres::Client, id: Uuid, status: &str) {
+    eventually(&format!("job {id} {status}"), LONG, || async {
+        job(client, id).await.0 == status
+    })
+    .await;
+}
+
+async fn wait_prediction(fake: &FakeReplicate, n: usize) -> String {
+    eventually("prediction created at the provider", LONG, || async {
+        fake.predictions().len() >= n
+    })
+    .await;
+    fake.predictions()[n - 1].id.clone()
+}
+
+async fn one_render_one_debit(client: &tokio_postgres::Client, id: Uuid) {
+    let render = format!("select count(*) from renders where job_id = '{id}'");
+    eventually("render", LONG, || async {
+        count(client, &render).await == 1
+    })
+    .await;
+    let debit = format!("select count(*) from usage_ledger where job_id = '{id}'");
+    eventually("debit", LONG, || async { count(client, &debit).await == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(client, &render).await, 1);
+    assert_eq!(count(client, &debit).await, 1);
+}
+
+fn signed_webhook(
+    body: &serde_json::Value,
+    delivery: &str,
+    at: i64,
+) -> (String, Vec<(&'static str, String)>) {
+    let body = body.to_string();
+    let secret = reactor::webhook_signature::Secret::parse(SECRET).unwrap();
+    let signature = reactor::webhook_signature::sign(&secret, delivery, at, body.as_bytes());
+    (
+        body,
+        vec![
+            ("webhook-id", delivery.to_string()),
+            ("webhook-timestamp", at.to_string()),
+            ("webhook-signature", signature),
+        ],
+    )
+}
+
+async fn deliver(
+    url: &str,
+    body: String,
+    headers: &[(&'static str, String)],
+) -> reqwest::StatusCode {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(*k, v);
+    }
+    request.send().await.expect("webhook delivery").status()
+}
+
+#[tokio::test]
+async fn a_submitted_job_is_created_polled_to_success_and_rendered_and_debited_once() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "redesign", "warm light").await.unwrap();
+
+    let pid = wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+    assert_eq!(
+        job(&client, id).await.1.as_deref(),
+        Some(pid.as_str()),
+        "prediction id saved"
+    );
+    let input = &fake.predictions()[0].input;
+    assert_eq!(
+        input["image_input"],
+        json!(["https://inputs.example/room.jpg"])
+    );
+    assert!(input["prompt"].as_str().unwrap().contains("warm light"));
+    assert!(
+        fake.predictions()[0].webhook.is_none(),
+        "no public URL: no webhook"
+    );
+
+    fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/a.jpg"), images.url("/ok/b.jpg")]),
+        json!(null),
+    );
+    wait_status(&client, id, "succeeded").await;
+    one_render_one_debit(&client, id).await;
+    let completed: bool = client
+        .query_one(
+            "select completed_at is not null and output = $2 from generation_jobs where id = $1",
+            &[
+                &id,
+                &json!([images.url("/ok/a.jpg"), images.url("/ok/b.jpg")]),
+            ],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(completed, "completed_at and output set");
+    assert_eq!(fake.create_calls(), 1);
+    reactor.stop().await;
+}
+
+/// A reactor with webhooks on (no polling for an hour) and its webhook URL.
+async fn webhook_reactor(
+    db: &TestDb,
+    storage: &std::path::Path,
+    fake: &FakeReplicate,
+) -> (common::InProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut flags = replicate_flags(fake);
+    let addr = format!("127.0.0.1:{port}");
+    let public = format!("http://{addr}");
+    flags.extend(
+        [
+            "--http-addr",
+            &addr,
+            "--public-url",
+            &public,
+            "--replicate-webhook-secret",
+            SECRET,
+            "--webhook-grace",
+            "1h",
+        ]
+        .map(String::from),
+    );
+    let reactor = start_reactor(
+        db,
+        storage,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    (reactor, format!("{public}/webhooks/replicate"))
+}
+
+#[tokio::test]
+async fn a_signed_webhook_completes_the_job_and_replays_have_the_effect_of_one() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let (reactor, hook) = webhook_reactor(&db, storage.path(), &fake).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a loft").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    let registered = fake.predictions()[0].webhook.clone().unwrap();
+    assert_eq!(registered, format!("{hook}?job_id={id}"));
+
+    let done = fake.finish(
+        &pid,
+        "succeeded",
+        json!(images.url("/ok/w.jpg")),
+        json!(null),
+    );
+    let now = chrono::Utc::now().timestamp();
+    let (body, headers) = signed_webhook(&done.json(), "msg_1", now);
+    for _ in 0..3 {
+        assert_eq!(
+            deliver(&registered, body.clone(), &headers).await,
+            reqwest::StatusCode::OK
+        );
+    }
+    wait_status(&client, id, "succeeded").await;
+    one_render_one_debit(&client, id).await;
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn bad_or_stale_signatures_are_refused_with_401_and_change_nothing() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let (reactor, hook) = webhook_reactor(&db, storage.path(), &fake).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a den").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+    let done = fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/x.jpg")]),
+        json!(null),
+    );
+    let now = chrono::Utc::now().timestamp();
+
+    let (body, mut headers) = signed_webhook(&done.json(), "msg_2", now);
+    headers[2].1 = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+    assert_eq!(
+        deliver(&hook, body, &headers).await,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "forged"
+    );
+    let (body, _) = signed_webhook(&done.json(), "msg_3", now);
+    assert_eq!(
+        deliver(&hook, body, &[]).await,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "unsigned"
+    );
+    let (body, headers) = signed_webhook(&done.json(), "msg_4", now - 600);
+    assert_eq!(
+        deliver(&hook, body, &headers).await,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "stale"
+    );
+    let (_, headers) = signed_webhook(&done.json(), "msg_5", now);
+    let tampered = done.json().to_string().replace("succeeded", "failed");
+    assert_eq!(
+        deliver(&hook, tampered, &headers).await,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "tampered body"
+    );
+    let (garbage, headers) = signed_webhook(&json!({"hello": "world"}), "msg_6", now);
+    assert_eq!(
+        deliver(&hook, garbage, &headers).await,
+        reqwest::StatusCode::BAD_REQUEST,
+        "signed garbage"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(job(&client, id).await.0, "processing", "nothing changed");
+    // An unknown prediction is acknowledged (so Replicate stops retrying) and ignored.
+    let mut unknown = done.json();
+    unknown["id"] = json!("pred_unknown");
+    let (body, headers) = signed_webhook(&unknown, "msg_7", now);
+    assert_eq!(
+        deliver(&hook, body, &headers).await,
+        reqwest::StatusCode::OK
+    );
+    assert_eq!(job(&client, id).await.0, "processing");
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after_and_creates_exactly_one_prediction() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    fake.script(&[CreateScript::RateLimited(Some(1))]);
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a study").await.unwrap();
+    wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+    let times = fake.create_times();
+    assert_eq!(times.len(), 2, "one refused create, one real");
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(950),
+        "waited for Retry-After: {:?}",
+        times[1] - times[0]
+    );
+    assert_eq!(fake.predictions().len(), 1);
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_fails_the_job_with_the_error_after_the_last_attempt_and_creates_nothing() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    fake.script(&[
+        CreateScript::ServerError,
+        CreateScript::ServerError,
+        CreateScript::ServerError,
+    ]);
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a porch").await.unwrap();
+    wait_status(&client, id, "failed").await;
+    let (_, prediction, error) = job(&client, id).await;
+    assert!(prediction.is_none());
+    let error = error.unwrap();
+    assert!(error.contains("502"), "{error}");
+    assert_eq!(fake.create_calls(), 3, "max attempts (3 in tests)");
+    assert!(fake.predictions().is_empty());
+    assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_reported_failure_fails_the_job_with_its_message_and_no_debit() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a cellar").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    fake.finish(&pid, "failed", json!(null), json!("NSFW content detected"));
+    wait_status(&client, id, "failed").await;
+    assert_eq!(
+        job(&client, id).await.2.as_deref(),
+        Some("NSFW content detected")
+    );
+
+    // "aborted" is Replicate's fourth terminal status: stored as failed, with the reason.
+    let second = submit(&db, user, "imagine", "an attic").await.unwrap();
+    let pid = wait_prediction(&fake, 2).await;
+    fake.finish(&pid, "aborted", json!(null), json!(null));
+    wait_status(&client, second, "failed").await;
+    assert!(job(&client, second).await.2.unwrap().contains("aborted"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
+    assert_eq!(count(&client, "select count(*) from renders").await, 0);
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let mut flags = replicate_flags(&fake);
+    flags.extend(["--stuck-after", "1s"].map(String::from));
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a gym").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "failed").await;
+    assert_eq!(job(&client, id).await.2.as_deref(), Some("timed out"));
+    // The owner may submit again once the job is no longer in flight.
+    assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
+
+    fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/late.jpg")]),
+        json!(null),
+    );
+    wait_status(&client, id, "succeeded").await;
+    assert_eq!(job(&client, id).await.2, None, "the timeout error is gone");
+    one_render_one_debit(&client, id).await;
+    reactor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_create_and_save_never_creates_a_second_prediction() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    // The first create is recorded by the provider, but its answer never comes.
+    fake.script(&[CreateScript::CreateThenHang]);
+    let mut flags = replicate_flags(&fake);
+    flags.extend(["--provider-timeout", "30s"].map(String::from));
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut first = ChildReactor::spawn(&db, storage.path(), &args);
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "imagine", "a sauna").await.unwrap();
+    wait_prediction(&fake, 1).await;
+    // Killed after "prediction created", before "prediction id saved".
+    first.kill9();
+    let (status, prediction, _) = job(&client, id).await;
+    assert_eq!((status.as_str(), prediction), ("starting", None));
+
+    let _second = ChildReactor::spawn(&db, storage.path(), &args);
+    eventually("prediction adopted", LONG, || async {
+        job(&client, id).await.1.is_some()
+    })
+    .await;
+    let pid = fake.predictions()[0].id.clone();
+    assert_eq!(job(&client, id).await.1.as_deref(), Some(pid.as_str()));
+    fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/s.jpg")]),
+        json!(null),
+    );
+    wait_status(&client, id, "succeeded").await;
+    one_render_one_debit(&client, id).await;
+    assert_eq!(fake.predictions().len(), 1, "the provider was paid once");
+    assert_eq!(fake.create_calls(), 1);
+}
+
+#[tokio::test]
+async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut client = db.client().await;
+    let owner = common::user_with_profile(&client).await;
+    let stranger = common::user_with_profile(&client).await;
+    let id = submit(&db, owner, "imagine", "a barn").await.unwrap();
+    wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+
+    let err = common::as_user(
+        &mut client,
+        stranger,
+        &format!("select cancel_generation_job('{id}')"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(common::sqlstate(&err), "PT404");
+    assert_eq!(job(&client, id).await.0, "processing");
+
+    common::as_user(
+        &mut client,
+        owner,
+        &format!("select cancel_generation_job('{id}')"),
+    )
+    .await
+    .unwrap();
+    wait_status(&client, id, "canceled").await;
+    assert!(fake.predictions()[0].canceled, "canceled at the provider");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
+
+    // A job that never reached the provider is canceled on the spot.
+    let mut c2 = db.client().await;
+    c2.batch_execute("select 1").await.unwrap();
+    let row = client
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, status) values ($1, 'imagine', 'x', 'failed') returning id",
+            &[&owner],
+        )
+        .await
+        .unwrap();
+    let terminal: Uuid = row.get(0);
+    let tx = c2.transaction().await.unwrap();
+    tx.batch_execute("set local role authenticated")
+        .await
+        .unwrap();
+    tx.execute(
+        "select set_config('request.jwt.claims', $1, true)",
+        &[&json!({"sub": owner.to_string()}).to_string()],
+    )
+    .await
+    .unwrap();
+    let status: String = tx
+        .query_one("select cancel_generation_job($1)", &[&terminal])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed", "a finished job is left as it is");
+    tx.commit().await.unwrap();
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn the_local_provider_runs_the_whole_pipeline_offline() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let reactor = start_reactor(&db, storage.path(), &[]).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit(&db, user, "staging", "cozy").await.unwrap();
+    wait_status(&client, id, "succeeded").await;
+    one_render_one_debit(&client, id).await;
+    let paths: Vec<String> = client
+        .query("select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(paths.len(), 2);
+    for path in paths {
+        let bytes = std::fs::read(storage.path().join("public").join(&path)).unwrap();
+        let image = image::load_from_memory(&bytes).expect("a real JPEG");
+        assert_eq!((image.width(), image.height()), (768, 512));
+    }
+    reactor.stop().await;
+}
