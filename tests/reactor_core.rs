@@ -661,6 +661,35 @@ async fn sigterm_finishes_in_flight_work_releases_leases_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_render_its_owner_deleted_is_not_created_again() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let images = image_server().await;
+    let mut client = db.client().await;
+    let owner = user_with_profile(&client).await;
+    let job = succeeded_job(&client, owner, &[images.url("/ok/keep.jpg")]).await;
+    let reactor = start_reactor(&db, storage.path(), &[]).await;
+    wait_until(&client, "render", "select count(*) from renders", 1).await;
+    common::as_user(
+        &mut client,
+        owner,
+        &format!("delete from renders where job_id = '{job}'"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&client, "select count(*) from render_variants").await,
+        0,
+        "variants cascade"
+    );
+    // Several sweeps (1s in tests) pass; the job stays rendered, with no render.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(count(&client, "select count(*) from renders").await, 0);
+    assert_eq!(images.hits("/ok/keep.jpg"), 1, "not downloaded again");
+    reactor.stop().await;
+}
+
+#[tokio::test]
 async fn failed_and_canceled_jobs_are_never_debited_or_rendered() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();

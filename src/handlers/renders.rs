@@ -5,7 +5,9 @@
 //! Idempotent by construction: the render id is derived from the job id, so a
 //! retry overwrites the same objects; the rows are written in one fenced
 //! transaction only after every image is stored (never half a render), and
-//! `uniq_renders_job` allows one render per job.
+//! `uniq_renders_job` allows one render per job. That transaction also sets
+//! `generation_jobs.rendered_at`, which is what "done" means: an owner may
+//! delete the render later, and it must not come back.
 use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::lease::Lease;
 use crate::storage::Storage;
@@ -36,8 +38,7 @@ pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow:
             notify_table: "generation_jobs".into(),
             key: "id".into(),
             key_type: KeyType::Uuid,
-            pending: "t.status = 'succeeded' and t.output is not null
-                      and not exists (select 1 from public.renders r where r.job_id = t.id)"
+            pending: "t.status = 'succeeded' and t.output is not null and t.rendered_at is null"
                 .into(),
             statuses: Some(vec!["succeeded".into()]),
         },
@@ -255,6 +256,11 @@ impl LeasedWork for Renders {
                 }
                 tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
             }
+            tx.execute(
+                "update public.generation_jobs set rendered_at = now() where id = $1 and rendered_at is null",
+                &[&job_id],
+            )
+            .await?;
         }
         lease.finish(tx).await
     }
