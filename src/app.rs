@@ -14,6 +14,8 @@ pub enum AppError {
     Setup(#[from] crate::handlers::SetupError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    OwnTables(#[from] crate::handlers::http_table::OwnTablesError),
     #[error("REPLICATE_WEBHOOK_SECRET: {0}")]
     WebhookSecret(crate::webhook_signature::SignatureError),
     #[error("cannot listen on REACTOR_HTTP_ADDR {addr}: {source}")]
@@ -41,23 +43,33 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         .transpose()
         .map_err(AppError::WebhookSecret)?
         .map(Arc::new);
-    let handlers = crate::handlers::builtin(&cfg).await?;
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|source| AppError::Bind {
-            addr: cfg.http_addr,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| AppError::Bind {
+    // REACTOR_CONFIG is checked before anything starts or connects.
+    let own_tables = crate::handlers::http_table::OwnTables::load(&cfg)?;
+    let mut handlers = crate::handlers::builtin(&cfg).await?;
+    handlers.extend(own_tables.handlers());
+    let bind_error = |source| AppError::Bind {
         addr: cfg.http_addr,
         source,
-    })?;
+    };
+    let listener = listen(cfg.http_addr).map_err(bind_error)?;
+    let http_addr = listener.local_addr().map_err(bind_error)?;
+    let specs = Arc::new(handlers.iter().map(|h| h.spec.clone()).collect::<Vec<_>>());
+    let auth = Arc::new(crate::auth::Auth::new(
+        cfg.admin_token.as_deref(),
+        cfg.supabase_jwt_secret.as_deref(),
+        cfg.supabase_jwks_url.as_deref(),
+    ));
     let engine = Engine::new(cfg, handlers, shutdown.clone())?;
     let status = engine.status();
+    own_tables.spawn_checks(engine.pool(), shutdown.clone());
     let router = http::router(HttpState {
         pool: engine.pool(),
         status: status.clone(),
         webhook_secret,
+        auth,
+        statuses: engine.statuses(),
+        specs,
+        metrics: crate::telemetry::handle(),
     });
     let http_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -75,4 +87,21 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         http_addr,
         handle,
     })
+}
+
+/// Kernel send buffer of each HTTP connection. Fixed (not autotuned to
+/// megabytes) so that an event-stream client that stops reading is noticed
+/// after a bounded backlog and told to resync, instead of being buffered for.
+const HTTP_SEND_BUFFER: u32 = 64 * 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    // Accepted connections inherit this from the listening socket.
+    socket.set_send_buffer_size(HTTP_SEND_BUFFER)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -6,6 +6,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 10m)"))
 }
 
+/// A duration that drives a timer: zero would spin (or panic), so refuse it.
+fn interval(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -25,15 +33,15 @@ pub struct RunConfig {
     pub listen: bool,
 
     /// How often pending queries run in poll-only mode.
-    #[arg(long, env = "REACTOR_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_POLL_INTERVAL", default_value = "1s", value_parser = interval)]
     pub poll_interval: Duration,
 
     /// How often every handler's pending query runs (the safety net for lost notifications).
-    #[arg(long, env = "REACTOR_SWEEP_INTERVAL", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_SWEEP_INTERVAL", default_value = "30s", value_parser = interval)]
     pub sweep_interval: Duration,
 
     /// How long a claim on a row lasts without renewal; renewed while work runs.
-    #[arg(long, env = "REACTOR_LEASE", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_LEASE", default_value = "60s", value_parser = interval)]
     pub lease: Duration,
 
     /// Rows worked on at once (downloads, provider calls) across all handlers.
@@ -57,11 +65,11 @@ pub struct RunConfig {
     pub shutdown_grace: Duration,
 
     /// How often the listener checks that its own notifications still arrive.
-    #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = interval)]
     pub listen_check_interval: Duration,
 
     /// How long a self-check notification may take before the listener is declared deaf.
-    #[arg(long, env = "REACTOR_LISTEN_CHECK_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_LISTEN_CHECK_TIMEOUT", default_value = "5s", value_parser = interval)]
     pub listen_check_timeout: Duration,
 
     /// Where render images are stored: file:///abs/path, a plain path, or s3://bucket.
@@ -113,7 +121,7 @@ pub struct RunConfig {
     pub stuck_after: Duration,
 
     /// First interval between polls of a running prediction (grows to 30s).
-    #[arg(long, env = "REACTOR_PROVIDER_POLL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "REACTOR_PROVIDER_POLL", default_value = "1s", value_parser = interval)]
     pub provider_poll: Duration,
 
     /// With webhooks on, how long to wait for one before polling.
@@ -128,10 +136,31 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_LOCAL_DELAY", default_value = "1500ms", value_parser = duration)]
     pub local_delay: Duration,
 
+    /// Bearer token for the dashboard, admin API and all-jobs event stream.
+    #[arg(long, env = "REACTOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Supabase JWT secret: verifies users' HS256 access tokens on /v1/events.
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub supabase_jwt_secret: Option<String>,
+
+    /// Supabase JWKS URL: verifies users' asymmetric access tokens on /v1/events.
+    #[arg(long, env = "SUPABASE_JWKS_URL")]
+    pub supabase_jwks_url: Option<String>,
+
     /// Prefix that turns input paths into URLs the provider can fetch (inputs
     /// that are already http(s) URLs are passed as they are).
     #[arg(long, env = "REACTOR_INPUT_BASE_URL")]
     pub input_base_url: Option<String>,
+
+    /// TOML file declaring your own job tables and their HTTP handlers.
+    #[arg(long, env = "REACTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Key that signs the http handler's requests (`whsec_<base64>` or base64),
+    /// for tables that do not set their own `secret`.
+    #[arg(long, env = "REACTOR_HTTP_SECRET", hide_env_values = true)]
+    pub http_secret: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,7 @@
 //! submits one job per mode exactly as a supabase-js client would, live
 //! status lines from channel `job_status`, and a summary at the end.
 use crate::config::RunConfig;
-use futures::StreamExt as _;
 use std::time::{Duration, Instant};
-use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 const MODES: [(&str, &str, &str, &str); 4] = [
@@ -47,7 +45,7 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
         report.skipped
     );
 
-    let cfg = RunConfig::from_flags([
+    let mut cfg = RunConfig::from_flags([
         "--database-url",
         &url,
         "--provider",
@@ -63,6 +61,8 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
         "--sweep-interval",
         "5s",
     ])?;
+    // The demo runs the built-in handlers only, whatever the environment says.
+    cfg.config = None;
     let storage_dir = cfg.local_storage_dir();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let app = crate::app::start(cfg, shutdown.clone()).await?;
@@ -74,7 +74,11 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
     .await?;
     println!("· reactor running (local image provider, storage {storage_url})");
 
-    let watcher = tokio::spawn(watch_statuses(url.clone()));
+    let watch_url = url.clone();
+    let watcher =
+        tokio::spawn(
+            async move { crate::watch::run(&watch_url, None, false, std::io::stdout()).await },
+        );
 
     let user = Uuid::new_v4();
     admin
@@ -286,35 +290,5 @@ async fn claims(
         &[&serde_json::json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
     )
     .await?;
-    Ok(())
-}
-
-/// Prints every change on channel job_status, as a dashboard would see it.
-async fn watch_statuses(url: String) -> anyhow::Result<()> {
-    let (client, mut connection) = crate::db::parse_url(&url)?
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    client.batch_execute("LISTEN job_status").await?;
-    while let Some(payload) = rx.recv().await {
-        if let Ok(crate::notification::Message::Change(c)) = crate::notification::parse(&payload) {
-            let id = c.id.get(..8).unwrap_or(&c.id);
-            match c.old_status {
-                Some(old) => println!(
-                    "  job_status  {id}  {old} → {}",
-                    c.status.unwrap_or_default()
-                ),
-                None => println!("  job_status  {id}  new, {}", c.status.unwrap_or_default()),
-            }
-        }
-    }
     Ok(())
 }

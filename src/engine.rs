@@ -24,6 +24,8 @@ use uuid::Uuid;
 
 /// Ids an inbox holds before further notifications turn into a rescan.
 const INBOX_CAPACITY: usize = 10_000;
+/// Status changes buffered per SSE client before it must resync.
+const STATUS_BUFFER: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -57,14 +59,28 @@ impl Status {
 
 struct Inbox {
     ids: Mutex<VecDeque<String>>,
+    /// When the oldest id still queued arrived (for notify-to-start latency).
+    oldest: Mutex<Option<std::time::Instant>>,
     scan: AtomicBool,
     wake: Notify,
+}
+
+impl Slot {
+    /// Counts `rows` handled in one attempt or batch that began at `started`.
+    fn handled(&self, rows: usize, started: std::time::Instant) {
+        let name = self.handler.spec.name.clone();
+        metrics::counter!("reactor_rows_handled_total", "handler" => name.clone())
+            .increment(rows as u64);
+        metrics::histogram!("reactor_handler_duration_seconds", "handler" => name)
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 impl Inbox {
     fn new() -> Self {
         Inbox {
             ids: Mutex::new(VecDeque::new()),
+            oldest: Mutex::new(None),
             scan: AtomicBool::new(false),
             wake: Notify::new(),
         }
@@ -75,6 +91,10 @@ impl Inbox {
             let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
             if ids.len() < INBOX_CAPACITY {
                 ids.push_back(id);
+                self.oldest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(std::time::Instant::now);
             } else {
                 self.scan.store(true, Ordering::SeqCst);
             }
@@ -87,13 +107,21 @@ impl Inbox {
         self.wake.notify_one();
     }
 
-    fn take(&self, max: usize) -> Vec<String> {
+    /// Up to `max` queued ids, and when the oldest of them arrived.
+    fn take(&self, max: usize) -> (Vec<String>, Option<std::time::Instant>) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         let n = ids.len().min(max);
         let mut batch: Vec<String> = ids.drain(..n).collect();
+        let mut oldest = self.oldest.lock().unwrap_or_else(|e| e.into_inner());
+        let arrived = if ids.is_empty() {
+            oldest.take()
+        } else {
+            *oldest
+        };
+        drop(oldest);
         batch.sort();
         batch.dedup();
-        batch
+        (batch, arrived)
     }
 
     fn clear(&self) {
@@ -111,6 +139,8 @@ struct Slot {
 
 struct Inner {
     cfg: RunConfig,
+    /// Job status changes for SSE clients; a slow receiver lags, it never blocks us.
+    statuses: tokio::sync::broadcast::Sender<crate::notification::Change>,
     pool: Pool,
     instance: Uuid,
     slots: Vec<Slot>,
@@ -163,6 +193,7 @@ impl Engine {
             .collect();
         Ok(Engine {
             inner: Arc::new(Inner {
+                statuses: tokio::sync::broadcast::channel(STATUS_BUFFER).0,
                 permits: Arc::new(Semaphore::new(cfg.concurrency)),
                 cfg,
                 pool,
@@ -181,6 +212,11 @@ impl Engine {
 
     pub fn pool(&self) -> Pool {
         self.inner.pool.clone()
+    }
+
+    /// Job status changes as they arrive on channel job_status.
+    pub fn statuses(&self) -> tokio::sync::broadcast::Sender<crate::notification::Change> {
+        self.inner.statuses.clone()
     }
 
     /// Runs until the shutdown token is cancelled, then finishes in-flight work
@@ -204,7 +240,7 @@ impl Engine {
         }
         let heartbeat = tokio::spawn(inner.clone().heartbeat());
 
-        let listener = if cfg.listen {
+        let mut listener = if cfg.listen {
             let sink_inner = inner.clone();
             let sink: listener::Sink = Arc::new(move |event| sink_inner.route(event));
             let l = Listener {
@@ -229,7 +265,6 @@ impl Engine {
         };
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut fatal = None;
-        let mut listener = listener;
         loop {
             tokio::select! {
                 _ = inner.shutdown.cancelled() => break,
@@ -313,7 +348,14 @@ impl Inner {
                 self.status.listening.store(true, Ordering::SeqCst);
                 self.scan_all();
             }
-            Event::Disconnected => self.status.listening.store(false, Ordering::SeqCst),
+            Event::Disconnected => {
+                metrics::counter!("reactor_listener_reconnects_total").increment(1);
+                self.status.listening.store(false, Ordering::SeqCst);
+            }
+            Event::Status(change) => {
+                // No subscriber is fine.
+                let _ = self.statuses.send(change);
+            }
             Event::Retry { handler, id } => {
                 for slot in self.slots.iter().filter(|s| s.handler.spec.name == handler) {
                     if slot.handler.spec.key_type.accepts(&id) {
@@ -376,9 +418,13 @@ impl Inner {
                     }
                     result
                 } else {
-                    let ids = slot.inbox.take(self.cfg.batch_size);
+                    let (ids, arrived) = slot.inbox.take(self.cfg.batch_size);
                     if ids.is_empty() {
                         break;
+                    }
+                    if let Some(arrived) = arrived {
+                        metrics::histogram!("reactor_notify_to_start_seconds", "handler" => slot.handler.spec.name.clone())
+                            .record(arrived.elapsed().as_secs_f64());
                     }
                     self.work(slot, ids).await
                 };
@@ -423,8 +469,10 @@ impl Inner {
     async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), String> {
         let limit = self.cfg.batch_size as i64;
         let mut after: Option<String> = None;
+        let mut found = 0usize;
         loop {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let started = std::time::Instant::now();
             let page: Vec<String> = match (&slot.handler.action, &slot.statements.effect_page) {
                 (Action::Sql { .. }, Some(effect_page)) => {
                     let stmt = client
@@ -435,6 +483,7 @@ impl Inner {
                         Ok(rows) => {
                             if !rows.is_empty() {
                                 tracing::debug!(handler = %slot.handler.spec.name, rows = rows.len(), "handled a page");
+                                slot.handled(rows.len(), started);
                             }
                             rows.iter().map(|r| r.get(0)).collect()
                         }
@@ -458,9 +507,14 @@ impl Inner {
                     unreachable!("SQL actions always have an effect statement")
                 }
             };
+            found += page.len();
             match page.last() {
                 Some(last) if !self.shutdown.is_cancelled() => after = Some(last.clone()),
-                _ => return Ok(()),
+                _ => {
+                    metrics::gauge!("reactor_backlog", "handler" => slot.handler.spec.name.clone())
+                        .set(found as f64);
+                    return Ok(());
+                }
             }
         }
     }
@@ -497,8 +551,10 @@ impl Inner {
             .prepare_cached(effect)
             .await
             .map_err(|e| crate::db::describe(&e))?;
+        let started = std::time::Instant::now();
         match client.query(&stmt, &[&ids]).await {
             Ok(rows) => {
+                slot.handled(rows.len(), started);
                 tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled = rows.len(), "handled notified rows");
                 Ok(())
             }
@@ -525,8 +581,9 @@ impl Inner {
         for id in ids {
             let span = tracing::info_span!("work", handler = %name, id = %id);
             let _enter = span.enter();
+            let started = std::time::Instant::now();
             match client.query(&stmt, &[&vec![id.clone()]]).await {
-                Ok(_) => {}
+                Ok(rows) => slot.handled(rows.len(), started),
                 Err(e) if is_row_fault(&e) => {
                     let error = crate::db::describe(&e);
                     let failure = lease::record_failure(
@@ -556,7 +613,9 @@ impl Inner {
         failure: &lease::Failure,
     ) {
         let name = &slot.handler.spec.name;
+        metrics::counter!("reactor_rows_failed_total", "handler" => name.clone()).increment(1);
         if failure.dead {
+            metrics::counter!("reactor_rows_dead_total", "handler" => name.clone()).increment(1);
             tracing::error!(handler = %name, id = %id, attempts = failure.attempts, %error, "row is dead: no more automatic retries");
             return;
         }
@@ -626,7 +685,11 @@ impl Inner {
         self.tracker.spawn(
             async move {
                 let _permit = permit;
+                let started = std::time::Instant::now();
                 let outcome = work.run(&inner.pool, &lease).await;
+                if matches!(outcome, Ok(Done::Finished)) {
+                    inner.slots[index].handled(1, started);
+                }
                 if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
                     // The lease expires and the row is picked up again.
                     tracing::warn!(error = %e, "recording the attempt's outcome failed");

@@ -1,12 +1,18 @@
-//! The HTTP surface on `REACTOR_HTTP_ADDR`: health and Replicate's webhooks.
+//! The HTTP surface on `REACTOR_HTTP_ADDR`: health, metrics, Replicate's
+//! webhooks, the live event stream and the dashboard.
+use crate::auth::{Auth, AuthError};
 use crate::engine::Status;
+use crate::handler::Spec;
+use crate::notification::Change;
 use crate::provider::replicate::parse_prediction;
 use crate::webhook_signature::{self, Secret};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use std::sync::Arc;
 
@@ -16,14 +22,161 @@ pub struct HttpState {
     pub status: Arc<Status>,
     /// None: webhooks are refused (nothing could verify them).
     pub webhook_secret: Option<Arc<Secret>>,
+    pub auth: Arc<Auth>,
+    pub statuses: tokio::sync::broadcast::Sender<Change>,
+    /// The running handlers (for backlogs and retries).
+    pub specs: Arc<Vec<Spec>>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+        )
         .route("/webhooks/replicate", post(replicate_webhook))
+        .route("/v1/events", get(events))
+        .route(
+            "/dashboard",
+            get(|| async { Html(include_str!("dashboard.html")) }),
+        )
+        .route("/v1/admin/summary", get(admin_summary))
+        .route("/v1/admin/retry", post(admin_retry))
         .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let status = match e {
+        AuthError::NotAdmin => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    /// For EventSource, which cannot send headers.
+    access_token: Option<String>,
+}
+
+/// Server-Sent Events of job status changes: a user's own jobs, or all for the
+/// admin. Every client is fed from the reactor's one listener through a
+/// bounded buffer; a client that falls behind gets a `resync` event and the
+/// stream ends (reconnect and re-read the jobs), so it never slows anyone else.
+async fn events(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    let token = bearer(&headers).map(str::to_string).or(q.access_token);
+    let viewer = match state.auth.viewer(token.as_deref()).await {
+        Ok(v) => v,
+        Err(e) => return unauthorized(e),
+    };
+    let receiver = state.statuses.subscribe();
+    let stream = futures::stream::unfold(Some(receiver), move |receiver| {
+        let viewer = viewer.clone();
+        async move {
+            let mut receiver = receiver?;
+            loop {
+                match receiver.recv().await {
+                    Ok(change) if viewer.sees(change.owner_id.as_deref()) => {
+                        let data = serde_json::to_string(&change).unwrap_or_default();
+                        let event = Event::default().event("job_status").data(data);
+                        return Some((Ok::<_, std::convert::Infallible>(event), Some(receiver)));
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let event = Event::default()
+                            .event("resync")
+                            .data(serde_json::json!({ "missed": missed }).to_string());
+                        return Some((Ok(event), None));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Everything the dashboard shows, in one read.
+async fn admin_summary(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.auth.admin(bearer(&headers)).await {
+        return unauthorized(e);
+    }
+    let summary = async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        let db = &**client;
+        let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
+        Ok::<_, String>(serde_json::json!({
+            "ready": state.status.ready(),
+            "jobs_by_status": crate::ops::jobs_by_status(db).await.map_err(describe)?,
+            "in_flight": crate::ops::in_flight(db, 50).await.map_err(describe)?,
+            "recent_jobs": crate::ops::recent_jobs(db, 25).await.map_err(describe)?,
+            "backlog": crate::ops::backlog(db, &state.specs).await.map_err(describe)?,
+            "throughput": crate::ops::throughput(db, 10).await.map_err(describe)?,
+            "recent_failures": crate::ops::recent_failures(db, 10).await.map_err(describe)?,
+            "dead": crate::ops::dead_rows(db, 50).await.map_err(describe)?,
+        }))
+    };
+    match summary.await {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RetryRequest {
+    handler: String,
+    row_id: String,
+}
+
+/// Brings one dead row back (the dashboard's retry button).
+async fn admin_retry(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Json(req): Json<RetryRequest>,
+) -> Response {
+    if let Err(e) = state.auth.admin(bearer(&headers)).await {
+        return unauthorized(e);
+    }
+    if !state.specs.iter().any(|s| s.name == req.handler) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": format!("unknown handler {:?}", req.handler) })),
+        )
+            .into_response();
+    }
+    let retried = async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query_one("select reactor.retry($1, $2)", &[&req.handler, &req.row_id])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(|e| crate::db::describe(&e))
+    };
+    match retried.await {
+        Ok(had_state) => Json(serde_json::json!({ "retried": had_state })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+    }
 }
 
 /// 200 once the listener hears itself and the first replay is done, and while
@@ -68,6 +221,23 @@ async fn replicate_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
+    let (status, text) = replicate_webhook_inner(&state, query, &headers, &body).await;
+    let outcome = match status.as_u16() {
+        200 => "ok",
+        401 => "unauthorized",
+        400 => "bad_request",
+        _ => "error",
+    };
+    metrics::counter!("reactor_webhook_deliveries_total", "outcome" => outcome).increment(1);
+    (status, text)
+}
+
+async fn replicate_webhook_inner(
+    state: &HttpState,
+    query: WebhookQuery,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, String) {
     let Some(secret) = &state.webhook_secret else {
         tracing::warn!("webhook refused: REPLICATE_WEBHOOK_SECRET is not set");
         return (
@@ -81,13 +251,13 @@ async fn replicate_webhook(
         header("webhook-id"),
         header("webhook-timestamp"),
         header("webhook-signature"),
-        &body,
+        body,
         chrono::Utc::now().timestamp(),
     ) {
         tracing::warn!(error = %e, "webhook refused: bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid signature: {e}"));
     }
-    let prediction = match serde_json::from_slice(&body)
+    let prediction = match serde_json::from_slice(body)
         .map_err(|e| e.to_string())
         .and_then(|v| parse_prediction(&v))
     {

@@ -3,6 +3,7 @@
 //! Notifications are hints; correctness comes from idempotent handlers plus
 //! pending-state scans (see README.md, "Guarantees").
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -15,6 +16,10 @@ pub mod listener;
 pub mod localpg;
 pub mod migrate;
 pub mod notification;
+pub mod ops;
 pub mod provider;
 pub mod storage;
+pub mod table_config;
+pub mod telemetry;
+pub mod watch;
 pub mod webhook_signature;

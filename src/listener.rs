@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const CHANNEL: &str = "reactor";
+/// Status changes for dashboards, fed to SSE clients from this one connection
+/// (a LISTEN connection per client would slow NOTIFY for the whole server).
+pub const STATUS_CHANNEL: &str = "job_status";
 /// `application_name` of the listener's connection (visible in pg_stat_activity).
 pub const APPLICATION_NAME: &str = "reactor listener";
 
@@ -26,6 +29,8 @@ pub enum Event {
     /// Listening, and the self-check came back: rescan now.
     Connected,
     Change(Change),
+    /// A change on channel job_status (for SSE clients).
+    Status(Change),
     /// An operator asked for `id` to be retried by `handler` now.
     Retry {
         handler: String,
@@ -135,6 +140,12 @@ impl Listener {
                     Ok(_) => continue,
                     Err(e) => return crate::db::describe(&e),
                 };
+                if n.channel() == STATUS_CHANNEL {
+                    if let Ok(Message::Change(change)) = notification::parse(n.payload()) {
+                        sink(Event::Status(change));
+                    }
+                    continue;
+                }
                 match notification::parse(n.payload()) {
                     Ok(Message::Change(change)) => sink(Event::Change(change)),
                     Ok(Message::Retry { handler, id }) => sink(Event::Retry { handler, id }),
@@ -152,7 +163,10 @@ impl Listener {
             "connection closed by the server".to_string()
         });
         let end = async {
-            if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            if let Err(e) = client
+                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
+                .await
+            {
                 return End::Lost(crate::db::describe(&e));
             }
             let mut seq = 0u64;

@@ -1,12 +1,23 @@
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
 
 /// Turns a Supabase/Postgres database into an event-driven system.
 #[derive(Parser, Debug)]
 #[command(name = "reactor", version, about, args_override_self = true)]
 struct Cli {
+    /// Log format.
+    #[arg(long, env = "REACTOR_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -28,6 +39,39 @@ enum Command {
     },
     /// Run the reactor: listen, claim, dispatch, replay (until SIGINT/SIGTERM).
     Run(Box<reactor::config::RunConfig>),
+    /// Print a line per job status change, live (channel job_status).
+    Watch {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Only this owner's jobs.
+        #[arg(long)]
+        owner: Option<uuid::Uuid>,
+        /// Print the notification payloads as they are.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Backlog per handler, in-flight and stuck jobs, dead rows, this month's usage per plan.
+    Status {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// In-flight jobs older than this are reported as stuck.
+        #[arg(long, env = "REACTOR_STUCK_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+        stuck_after: Duration,
+    },
+    /// Bring a dead row back: `reactor retry generation_jobs <id>`.
+    Retry {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// The row's table (e.g. generation_jobs, profiles).
+        table: String,
+        /// The row's primary key.
+        id: String,
+    },
+    /// Exit 0 when the reactor's /healthz answers (for container health checks).
+    Healthcheck {
+        #[arg(long, env = "REACTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: std::net::SocketAddr,
+    },
 }
 
 #[tokio::main]
@@ -35,15 +79,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; the daemon logs what it does.
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::Watch { .. } | Command::Status { .. } => "warn",
         _ => "info,tokio_postgres=warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Pretty => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     match cli.command {
         Command::Migrate { database_url } => {
             let mut client = reactor::db::connect(&database_url).await?;
@@ -66,6 +117,105 @@ async fn main() -> anyhow::Result<()> {
             let app = reactor::app::start(*cfg, shutdown).await?;
             app.handle.await??;
         }
+        Command::Watch {
+            database_url,
+            owner,
+            json,
+        } => reactor::watch::run(&database_url, owner, json, std::io::stdout()).await?,
+        Command::Status {
+            database_url,
+            stuck_after,
+        } => status(&database_url, stuck_after).await?,
+        Command::Retry {
+            database_url,
+            table,
+            id,
+        } => {
+            let client = reactor::db::connect(&database_url).await?;
+            let specs = reactor::ops::builtin_specs(Duration::from_secs(3600));
+            if reactor::ops::handlers_of(&table, &specs).is_empty() {
+                anyhow::bail!(
+                    "no handler works on table {table:?} (built-in: generation_jobs, profiles)"
+                );
+            }
+            let cleared = reactor::ops::retry(&client, &table, &id, &specs).await?;
+            if cleared.is_empty() {
+                println!("{table} {id}: nothing to retry (no handler has given up on it)");
+            } else {
+                println!("{table} {id}: retrying for {}", cleared.join(", "));
+            }
+        }
+        Command::Healthcheck { http_addr } => {
+            let url = format!("http://{http_addr}/healthz");
+            let response = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "GET {url}: HTTP {}",
+                response.status()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn status(database_url: &str, stuck_after: Duration) -> anyhow::Result<()> {
+    use reactor::ops;
+    let client = reactor::db::connect(database_url).await?;
+    let specs = ops::builtin_specs(Duration::from_secs(3600));
+    println!(
+        "backlog per handler (pending, counted up to {}):",
+        ops::BACKLOG_CAP
+    );
+    for b in ops::backlog(&client, &specs).await? {
+        println!(
+            "  {:<12} {:>8} pending  {:>5} dead",
+            b.handler, b.pending, b.dead
+        );
+    }
+    let in_flight = ops::in_flight(&client, 1000).await?;
+    let stuck_before = chrono::Utc::now() - chrono::Duration::from_std(stuck_after)?;
+    let stuck: Vec<_> = in_flight
+        .iter()
+        .filter(|j| j.created_at < stuck_before)
+        .collect();
+    println!(
+        "in flight: {} job(s), {} stuck (older than {})",
+        in_flight.len(),
+        stuck.len(),
+        humantime::format_duration(stuck_after)
+    );
+    for j in stuck {
+        println!(
+            "  stuck  {}  {:<10} {:<10} since {}",
+            j.id,
+            j.mode,
+            j.status,
+            j.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    let dead = ops::dead_rows(&client, 100).await?;
+    println!("dead rows: {}", dead.len());
+    for d in &dead {
+        println!(
+            "  {:<12} {}  after {} attempts: {}",
+            d.handler,
+            d.row_id,
+            d.attempts,
+            d.last_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("usage this month (UTC) per plan:");
+    for p in ops::usage_by_plan(&client).await? {
+        println!(
+            "  {:<12} {:>5} user(s)  {:>7} generations used  (limit {} per user)",
+            p.plan, p.users, p.used, p.monthly_generations
+        );
     }
     Ok(())
 }

@@ -531,35 +531,45 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
 
-    // A job that never reached the provider is canceled on the spot.
-    let mut c2 = db.client().await;
-    c2.batch_execute("select 1").await.unwrap();
-    let row = client
+    // A finished job is left as it is.
+    let finished: Uuid = client
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, status) values ($1, 'imagine', 'x', 'failed') returning id",
             &[&owner],
         )
         .await
-        .unwrap();
-    let terminal: Uuid = row.get(0);
-    let tx = c2.transaction().await.unwrap();
-    tx.batch_execute("set local role authenticated")
-        .await
-        .unwrap();
-    tx.execute(
-        "select set_config('request.jwt.claims', $1, true)",
-        &[&json!({"sub": owner.to_string()}).to_string()],
-    )
-    .await
-    .unwrap();
-    let status: String = tx
-        .query_one("select cancel_generation_job($1)", &[&terminal])
-        .await
         .unwrap()
         .get(0);
-    assert_eq!(status, "failed", "a finished job is left as it is");
-    tx.commit().await.unwrap();
+    assert_eq!(cancel_as(&db, owner, finished).await.unwrap(), "failed");
     reactor.stop().await;
+
+    // A job nothing was sent for (no reactor running) is canceled on the spot.
+    let waiting = submit(&db, owner, "imagine", "a shed").await.unwrap();
+    assert_eq!(cancel_as(&db, owner, waiting).await.unwrap(), "canceled");
+    assert_eq!(job(&client, waiting).await.0, "canceled");
+    assert_eq!(
+        fake.create_calls(),
+        1,
+        "nothing more was sent to the provider"
+    );
+}
+
+/// `supabase.rpc('cancel_generation_job', { job_id })` as `user`.
+async fn cancel_as(db: &TestDb, user: Uuid, id: Uuid) -> Result<String, tokio_postgres::Error> {
+    let mut client = db.client().await;
+    let tx = client.transaction().await?;
+    tx.batch_execute("set local role authenticated").await?;
+    tx.execute(
+        "select set_config('request.jwt.claims', $1, true)",
+        &[&json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
+    )
+    .await?;
+    let status: String = tx
+        .query_one("select cancel_generation_job($1)", &[&id])
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(status)
 }
 
 #[tokio::test]

@@ -6,8 +6,12 @@
 -- The payload is built inline (no helper function) so a client's insert needs
 -- no privileges on the reactor schema.
 
+-- On Supabase (where realtime.send exists) each change is also broadcast to the
+-- private Realtime topic 'job_status:<owner_id>' (event 'status'), so a
+-- supabase-js client sees its own jobs live with no extra server. Security
+-- definer: the client whose insert fires this may not call realtime.send itself.
 create or replace function reactor.notify_generation_job() returns trigger
-language plpgsql as $$
+language plpgsql security definer set search_path = pg_catalog, public as $$
 declare
   payload text := '{"table":"generation_jobs","op":"' || tg_op
     || '","id":"' || new.id::text
@@ -19,6 +23,10 @@ declare
 begin
   perform pg_notify('reactor', payload);
   perform pg_notify('job_status', payload);
+  if to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null then
+    execute 'select realtime.send($1::jsonb, $2, $3, true)'
+      using payload, 'status', 'job_status:' || new.owner_id::text;
+  end if;
   return null;
 end
 $$;

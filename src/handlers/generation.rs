@@ -39,22 +39,28 @@ pub struct Settings {
     pub raw_inputs: bool,
 }
 
+/// The rows the generation handler works on: in-flight jobs, and timed-out
+/// jobs still followed for a late success within `late_window`.
+pub fn spec(late_window: Duration) -> Spec {
+    let late = late_window.as_secs();
+    Spec {
+        name: NAME.into(),
+        table: "public.generation_jobs".into(),
+        notify_table: "generation_jobs".into(),
+        key: "id".into(),
+        key_type: KeyType::Uuid,
+        pending: format!(
+            "t.status in ('starting', 'processing')
+             or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
+                 and t.created_at > now() - interval '{late} seconds')"
+        ),
+        statuses: Some(vec!["starting".into(), "processing".into()]),
+    }
+}
+
 pub fn handler(provider: Arc<dyn Provider>, settings: Settings) -> Handler {
-    let late = settings.late_window.as_secs();
     Handler {
-        spec: Spec {
-            name: NAME.into(),
-            table: "public.generation_jobs".into(),
-            notify_table: "generation_jobs".into(),
-            key: "id".into(),
-            key_type: KeyType::Uuid,
-            pending: format!(
-                "t.status in ('starting', 'processing')
-                 or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
-                     and t.created_at > now() - interval '{late} seconds')"
-            ),
-            statuses: Some(vec!["starting".into(), "processing".into()]),
-        },
+        spec: spec(settings.late_window),
         action: Action::Leased(Arc::new(Generation { provider, settings })),
     }
 }
@@ -405,12 +411,12 @@ impl LeasedWork for Generation {
             return Ok(Done::Finished);
         };
         if job.cancel_requested && job.in_flight() {
-            if job.prediction_id.is_none() && job.submit_started_at.is_some() {
-                if let Some(p) = self
-                    .provider
-                    .find(&job.input, job.submit_started_at.unwrap_or(job.created_at))
-                    .await
-                    .map_err(|e| HandlerError::Retry(format!("reconciling before cancel: {e}")))?
+            // A submission may be in flight or interrupted: cancel what it created.
+            if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
+                if let Some(p) =
+                    self.provider.find(&job.input, since).await.map_err(|e| {
+                        HandlerError::Retry(format!("reconciling before cancel: {e}"))
+                    })?
                 {
                     return self.adopt(pool, lease, &mut job, p).await;
                 }

@@ -1,6 +1,7 @@
 //! The built-in handlers. Each file says what happens for one kind of change.
 pub mod favorites;
 pub mod generation;
+pub mod http_table;
 pub mod renders;
 pub mod usage;
 
@@ -56,7 +57,8 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
 /// generation, renders, usage and favorites, configured from `cfg`.
 pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     let storage = crate::storage::Storage::from_url(&cfg.storage_url)?;
-    let provider = provider(cfg).await?;
+    let provider: Arc<dyn Provider> =
+        Arc::new(crate::provider::metered::Metered(provider(cfg).await?));
     let settings = generation::Settings {
         webhook_url: cfg
             .public_url

@@ -26,22 +26,26 @@ pub fn render_id(job_id: Uuid) -> Uuid {
     Uuid::new_v5(&RENDER_NAMESPACE, job_id.as_bytes())
 }
 
+/// The rows the renders handler works on.
+pub fn spec() -> Spec {
+    Spec {
+        name: NAME.into(),
+        table: "public.generation_jobs".into(),
+        notify_table: "generation_jobs".into(),
+        key: "id".into(),
+        key_type: KeyType::Uuid,
+        pending: "t.status = 'succeeded' and t.output is not null and t.rendered_at is null".into(),
+        statuses: Some(vec!["succeeded".into()]),
+    }
+}
+
 pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow::Result<Handler> {
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .build()?;
     Ok(Handler {
-        spec: Spec {
-            name: NAME.into(),
-            table: "public.generation_jobs".into(),
-            notify_table: "generation_jobs".into(),
-            key: "id".into(),
-            key_type: KeyType::Uuid,
-            pending: "t.status = 'succeeded' and t.output is not null and t.rendered_at is null"
-                .into(),
-            statuses: Some(vec!["succeeded".into()]),
-        },
+        spec: spec(),
         action: Action::Leased(Arc::new(Renders {
             storage,
             http,

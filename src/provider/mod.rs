@@ -4,6 +4,7 @@
 //! `local` (draws images on this machine; no network, no account).
 pub mod local;
 pub mod local_image;
+pub mod metered;
 pub mod replicate;
 
 use async_trait::async_trait;
