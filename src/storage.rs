@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    #[error("signing a URL for input {path:?}: {reason}")]
+    Sign { path: String, reason: String },
     #[error("REACTOR_STORAGE_URL {url:?} is not usable: {reason}")]
     Config { url: String, reason: String },
     #[error("storing {path}: {source}")]
@@ -91,5 +93,109 @@ impl Storage {
 
     pub fn description(&self) -> &str {
         &self.description
+    }
+}
+
+/// Signs short-lived GET URLs for input images kept in an S3-compatible store
+/// (Supabase Storage's private bucket, say), so the provider can fetch them.
+/// Input paths are `bucket/key`, as seed 004 writes them
+/// (`private/{user}/inputs/{uuid}.jpg`). Signing is local: no request is made.
+#[derive(Debug, Clone)]
+pub struct InputSigner {
+    base: object_store::aws::AmazonS3Builder,
+}
+
+impl InputSigner {
+    /// With `s3://` storage, a signer configured from the same AWS_* variables.
+    pub fn for_storage_url(url: &str) -> Option<Self> {
+        if !url.starts_with("s3://") {
+            return None;
+        }
+        let mut base = object_store::aws::AmazonS3Builder::from_env();
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            base = base
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        Some(InputSigner { base })
+    }
+
+    pub fn with_builder(base: object_store::aws::AmazonS3Builder) -> Self {
+        InputSigner { base }
+    }
+
+    pub async fn sign(
+        &self,
+        path: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<String, StorageError> {
+        use object_store::signer::Signer as _;
+        let error = |reason: String| StorageError::Sign {
+            path: path.to_string(),
+            reason,
+        };
+        let (bucket, key) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| error("expected bucket/key".into()))?;
+        let store = self
+            .base
+            .clone()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| error(e.to_string()))?;
+        let url = store
+            .signed_url(reqwest::Method::GET, &ObjectPath::from(key), valid_for)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        Ok(url.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> InputSigner {
+        InputSigner::with_builder(
+            object_store::aws::AmazonS3Builder::new()
+                .with_access_key_id("AKIDEXAMPLE")
+                .with_secret_access_key("secret")
+                .with_region("us-east-1")
+                .with_endpoint("http://127.0.0.1:9000")
+                .with_allow_http(true),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_input_path_becomes_a_presigned_url_of_its_bucket_and_key() {
+        let url = signer()
+            .sign(
+                "private/u1/inputs/room.jpg",
+                std::time::Duration::from_secs(3600),
+            )
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with("http://127.0.0.1:9000/private/u1/inputs/room.jpg?"),
+            "{url}"
+        );
+        for part in [
+            "X-Amz-Signature=",
+            "X-Amz-Expires=3600",
+            "X-Amz-Credential=AKIDEXAMPLE",
+        ] {
+            assert!(url.contains(part), "{part} missing in {url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_without_a_bucket_is_refused_clearly() {
+        let err = signer()
+            .sign("room.jpg", std::time::Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("bucket/key"), "{err}");
     }
 }

@@ -37,7 +37,12 @@ pub struct Settings {
     pub input_base_url: Option<String>,
     /// Pass input paths through unchanged (the local provider reads no inputs).
     pub raw_inputs: bool,
+    /// Signs `bucket/key` input paths (with s3:// storage and no base URL).
+    pub input_signer: Option<crate::storage::InputSigner>,
 }
+
+/// How long a signed input URL stays valid (the provider fetches it at once).
+const INPUT_URL_VALIDITY: Duration = Duration::from_secs(3600);
 
 /// The rows the generation handler works on: in-flight jobs, and timed-out
 /// jobs still followed for a late success within `late_window`.
@@ -162,10 +167,10 @@ impl Generation {
             .into_iter()
             .flatten()
             .collect();
-        let images = paths
-            .iter()
-            .map(|p| self.input_url(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut images = Vec::with_capacity(paths.len());
+        for path in &paths {
+            images.push(self.input_url(path).await?);
+        }
         Ok(Some(Job {
             input: JobInput {
                 id,
@@ -184,15 +189,27 @@ impl Generation {
         }))
     }
 
-    /// An input path as a URL the provider can fetch.
-    fn input_url(&self, path: &str) -> Result<String, HandlerError> {
+    /// An input path as a URL the provider can fetch: http(s) URLs as they
+    /// are, else under REACTOR_INPUT_BASE_URL, else signed (s3:// storage).
+    async fn input_url(&self, path: &str) -> Result<String, HandlerError> {
         if self.settings.raw_inputs || path.starts_with("https://") || path.starts_with("http://") {
             return Ok(path.to_string());
         }
-        match &self.settings.input_base_url {
-            Some(base) => Ok(format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))),
+        if let Some(base) = &self.settings.input_base_url {
+            return Ok(format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            ));
+        }
+        match &self.settings.input_signer {
+            Some(signer) => signer
+                .sign(path, INPUT_URL_VALIDITY)
+                .await
+                .map_err(|e| HandlerError::Permanent(e.to_string())),
             None => Err(HandlerError::Permanent(format!(
-                "input {path:?} is not a URL the provider can fetch; store inputs as http(s) URLs or set REACTOR_INPUT_BASE_URL"
+                "input {path:?} is not a URL the provider can fetch; store inputs as http(s) URLs, \
+                 set REACTOR_INPUT_BASE_URL, or use s3:// storage so inputs are signed"
             ))),
         }
     }
