@@ -195,6 +195,81 @@ mod tests {
         );
     }
 
+    /// A P-256 key pair made for this test only (PKCS#8 DER, and its JWK point).
+    const EC_PKCS8_B64: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgM7Ovb5Jzak70S5mUAKStsiBhhRhJcbJmdc8rDlFXshehRANCAAQVfgja4QioEKfoBTmNSYRjXjx6yLRVbXk6J/GQ6Q2x0rO+iBhNlBpDx3ZQKzdm3dc3xKBwHJ6UHZztvGCA2Zhw";
+    const EC_X: &str = "FX4I2uEIqBCn6AU5jUmEY148esi0VW15OifxkOkNsdI";
+    const EC_Y: &str = "s76IGE2UGkPHdlArN2bd1zfEoHAcnpQdnO28YIDZmHA";
+
+    #[tokio::test]
+    async fn es256_tokens_are_verified_with_keys_fetched_from_the_jwks_url() {
+        use base64::Engine as _;
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "kid": "key-1", "alg": "ES256", "use": "sig"}
+        ]});
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = jwks.clone();
+                async move { axum::Json(body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(EC_PKCS8_B64)
+            .unwrap();
+        let sign = |kid: &str, exp_in: i64| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(kid.into());
+            let claims = serde_json::json!({"sub": Uuid::nil().to_string(), "aud": "authenticated", "exp": chrono::Utc::now().timestamp() + exp_in});
+            encode(&header, &claims, &EncodingKey::from_ec_der(&der)).unwrap()
+        };
+        let auth = Auth::new(None, None, Some(&url));
+        assert_eq!(
+            auth.viewer(Some(&sign("key-1", 60))).await,
+            Ok(Viewer::User(Uuid::nil()))
+        );
+        assert_eq!(
+            auth.viewer(Some(&sign("key-1", 60))).await,
+            Ok(Viewer::User(Uuid::nil()))
+        );
+        assert_eq!(
+            fetches.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "keys are cached"
+        );
+        assert!(
+            matches!(
+                auth.viewer(Some(&sign("key-1", -300))).await,
+                Err(AuthError::Invalid(_))
+            ),
+            "expired"
+        );
+        assert!(
+            matches!(
+                auth.viewer(Some(&sign("unknown-kid", 60))).await,
+                Err(AuthError::Invalid(_))
+            ),
+            "unknown key"
+        );
+        // An HS256 token is not accepted without the HS256 secret.
+        let hs = token(
+            "whatever-secret",
+            &Uuid::nil().to_string(),
+            60,
+            "authenticated",
+        );
+        assert!(matches!(
+            auth.viewer(Some(&hs)).await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
     #[test]
     fn users_see_only_their_own_rows() {
         let me = Uuid::new_v4();
