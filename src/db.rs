@@ -75,3 +75,18 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         },
     }
 }
+
+/// Makes the rest of `tx` run as Supabase runs a client's request: role
+/// `authenticated` with the user's JWT claims (what PostgREST does).
+pub async fn act_as_user(
+    tx: &tokio_postgres::Transaction<'_>,
+    user: uuid::Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute("set local role authenticated").await?;
+    tx.execute(
+        "select set_config('request.jwt.claims', $1, true)",
+        &[&serde_json::json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
+    )
+    .await?;
+    Ok(())
+}

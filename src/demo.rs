@@ -261,7 +261,7 @@ async fn as_client(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    claims(&tx, user).await?;
+    crate::db::act_as_user(&tx, user).await?;
     let n = tx.execute(sql, params).await?;
     tx.commit().await?;
     Ok(n)
@@ -274,21 +274,8 @@ async fn as_client_one(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Uuid, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    claims(&tx, user).await?;
+    crate::db::act_as_user(&tx, user).await?;
     let id = tx.query_one(sql, params).await?.get(0);
     tx.commit().await?;
     Ok(id)
-}
-
-async fn claims(
-    tx: &tokio_postgres::Transaction<'_>,
-    user: Uuid,
-) -> Result<(), tokio_postgres::Error> {
-    tx.batch_execute("set local role authenticated").await?;
-    tx.execute(
-        "select set_config('request.jwt.claims', $1, true)",
-        &[&serde_json::json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
-    )
-    .await?;
-    Ok(())
 }

@@ -22,6 +22,13 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The row's key as a UUID (the built-in tables' keys).
+    pub fn row_uuid(&self) -> Result<uuid::Uuid, HandlerError> {
+        uuid::Uuid::parse_str(&self.row_id).map_err(|e| {
+            HandlerError::Permanent(format!("row id {:?} is not a UUID: {e}", self.row_id))
+        })
+    }
+
     /// Fences a transaction: locks this lease's state row and fails with
     /// [`HandlerError::LeaseLost`] unless this reactor still holds it.
     pub async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {

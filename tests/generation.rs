@@ -38,12 +38,7 @@ async fn submit(
 ) -> Result<Uuid, tokio_postgres::Error> {
     let mut client = db.client().await;
     let tx = client.transaction().await?;
-    tx.batch_execute("set local role authenticated").await?;
-    tx.execute(
-        "select set_config('request.jwt.claims', $1, true)",
-        &[&json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
-    )
-    .await?;
+    reactor::db::act_as_user(&tx, user).await?;
     let row = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
@@ -558,12 +553,7 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
 async fn cancel_as(db: &TestDb, user: Uuid, id: Uuid) -> Result<String, tokio_postgres::Error> {
     let mut client = db.client().await;
     let tx = client.transaction().await?;
-    tx.batch_execute("set local role authenticated").await?;
-    tx.execute(
-        "select set_config('request.jwt.claims', $1, true)",
-        &[&json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
-    )
-    .await?;
+    reactor::db::act_as_user(&tx, user).await?;
     let status: String = tx
         .query_one("select cancel_generation_job($1)", &[&id])
         .await?

@@ -422,8 +422,7 @@ impl LeasedWork for Generation {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
     ) -> Result<Done, HandlerError> {
-        let id = Uuid::parse_str(&lease.row_id)
-            .map_err(|e| HandlerError::Permanent(format!("job id: {e}")))?;
+        let id = lease.row_uuid()?;
         let Some(mut job) = self.load(pool, id).await? else {
             return Ok(Done::Finished);
         };

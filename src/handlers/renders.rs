@@ -203,8 +203,7 @@ impl LeasedWork for Renders {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
     ) -> Result<Done, HandlerError> {
-        let job_id = Uuid::parse_str(&lease.row_id)
-            .map_err(|e| HandlerError::Permanent(format!("job id {:?}: {e}", lease.row_id)))?;
+        let job_id = lease.row_uuid()?;
         let job = pool
             .get()
             .await?

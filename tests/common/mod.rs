@@ -120,12 +120,7 @@ pub async fn as_user(
     sql: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.batch_execute("set local role authenticated").await?;
-    tx.execute(
-        "select set_config('request.jwt.claims', $1, true)",
-        &[&serde_json::json!({"sub": user.to_string(), "role": "authenticated"}).to_string()],
-    )
-    .await?;
+    reactor::db::act_as_user(&tx, user).await?;
     let n = tx.execute(sql, &[]).await?;
     tx.commit().await?;
     Ok(n)
