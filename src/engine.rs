@@ -154,6 +154,17 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// Parameters of a page statement: the limit, and the key to start after (if any).
+fn page_params<'a>(
+    limit: &'a i64,
+    after: &'a Option<String>,
+) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    match after {
+        None => vec![limit],
+        Some(after) => vec![limit, after],
+    }
+}
+
 /// Whether a database error is about the rows (worth retrying row by row and
 /// counting against them) rather than about the connection or the server.
 fn is_row_fault(e: &tokio_postgres::Error) -> bool {
@@ -473,13 +484,16 @@ impl Inner {
         loop {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             let started = std::time::Instant::now();
-            let page: Vec<String> = match (&slot.handler.action, &slot.statements.effect_page) {
+            let page: Vec<String> = match (
+                &slot.handler.action,
+                slot.statements.effect_page(&after),
+            ) {
                 (Action::Sql { .. }, Some(effect_page)) => {
                     let stmt = client
                         .prepare_cached(effect_page)
                         .await
                         .map_err(|e| crate::db::describe(&e))?;
-                    match client.query(&stmt, &[&limit, &after]).await {
+                    match client.query(&stmt, &page_params(&limit, &after)).await {
                         Ok(rows) => {
                             if !rows.is_empty() {
                                 tracing::debug!(handler = %slot.handler.spec.name, rows = rows.len(), "handled a page");
@@ -527,11 +541,11 @@ impl Inner {
         after: &Option<String>,
     ) -> Result<Vec<String>, String> {
         let stmt = client
-            .prepare_cached(&slot.statements.pending_page)
+            .prepare_cached(slot.statements.pending_page(after))
             .await
             .map_err(|e| crate::db::describe(&e))?;
         let rows = client
-            .query(&stmt, &[&limit, after])
+            .query(&stmt, &page_params(&limit, after))
             .await
             .map_err(|e| crate::db::describe(&e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())

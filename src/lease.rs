@@ -61,16 +61,29 @@ impl Lease {
 }
 
 /// The SQL a handler runs, built once from its spec.
+///
+/// Scans page through the table in key order (keyset pagination). Two details
+/// keep a page's cost proportional to the page, not to the table: the first
+/// page and the following ones are separate statements (an `$after is null or
+/// key > $after` filter cannot become an index range in a generic plan), and
+/// the pending and state conditions are wrapped in scalar subqueries, which
+/// the planner evaluates per candidate row with index probes instead of
+/// flattening them into anti-joins that walk the other table from its start
+/// on every page (quadratic over a backlog).
 #[derive(Debug, Clone)]
 pub struct Statements {
-    /// Pending rows, no lock: `$1` limit, `$2` after-key (null for the first page).
-    pub pending_page: String,
+    /// Pending rows, no lock: `$1` limit (first page).
+    pub pending_first: String,
+    /// Pending rows after a key, no lock: `$1` limit, `$2` after-key.
+    pub pending_after: String,
     /// Claims the pending rows among `$1` (text[]): `$2` owner, `$3` lease seconds.
     pub claim: String,
     /// For SQL actions: locks pending rows among `$1` and runs the effect.
     pub effect_by_ids: Option<String>,
-    /// For SQL actions: the same over the next page: `$1` limit, `$2` after-key.
-    pub effect_page: Option<String>,
+    /// For SQL actions: the same over the first page (`$1` limit) …
+    pub effect_first: Option<String>,
+    /// … and over the next pages (`$1` limit, `$2` after-key).
+    pub effect_after: Option<String>,
 }
 
 /// Quotes a string as an SQL literal.
@@ -90,17 +103,22 @@ impl Statements {
         } = spec;
         let kt = key_type.sql();
         let handler = literal(name);
-        // A row is workable unless it is dead, waiting for its retry, or leased.
-        let state_ok = format!(
-            "not exists (select 1 from reactor.handler_state s
+        // A row is workable if it needs the handler and is not dead, waiting
+        // for its retry, or leased.
+        let workable = format!(
+            "(select ({pending}))
+             and (select not exists (select 1 from reactor.handler_state s
                where s.handler = {handler} and s.row_id = t.{key}::text
-                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now()))"
+                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))"
         );
-        let pending_page = format!(
-            "select t.{key}::text from {table} t
-             where ({pending}) and {state_ok} and ($2::text is null or t.{key} > $2::text::{kt})
-             order by t.{key} limit $1"
-        );
+        let after = format!("t.{key} > $2::text::{kt}");
+        let page = |filter: &str| {
+            format!(
+                "select t.{key}::text from {table} t
+                 where {filter} and {workable}
+                 order by t.{key} limit $1"
+            )
+        };
         let claim = format!(
             "with cand as (
                select t.{key}::text as row_id from {table} t
@@ -124,7 +142,7 @@ impl Statements {
                 format!(
                     "with picked as (
                        select t.{key} as id from {table} t
-                       where {filter} and ({pending}) and {state_ok}
+                       where {filter} and {workable}
                        {order_limit}
                        for no key update of t skip locked
                      ),
@@ -137,14 +155,30 @@ impl Statements {
                 )
             })
         };
+        let order_limit = format!("order by t.{key} limit $1");
         Statements {
-            pending_page,
+            pending_first: page("true"),
+            pending_after: page(&after),
             claim,
             effect_by_ids: effect(&format!("t.{key} = any($1::text[]::{kt}[])"), ""),
-            effect_page: effect(
-                &format!("($2::text is null or t.{key} > $2::text::{kt})"),
-                &format!("order by t.{key} limit $1"),
-            ),
+            effect_first: effect("true", &order_limit),
+            effect_after: effect(&after, &order_limit),
+        }
+    }
+
+    /// The pending-page statement for a page that starts after `after` (or at the start).
+    pub fn pending_page(&self, after: &Option<String>) -> &str {
+        match after {
+            None => &self.pending_first,
+            Some(_) => &self.pending_after,
+        }
+    }
+
+    /// The SQL effect statement for such a page (SQL actions only).
+    pub fn effect_page(&self, after: &Option<String>) -> Option<&str> {
+        match after {
+            None => self.effect_first.as_deref(),
+            Some(_) => self.effect_after.as_deref(),
         }
     }
 }
