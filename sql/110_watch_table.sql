@@ -13,10 +13,10 @@
 
 -- One trigger function for every watched table. Its arguments name the key,
 -- status and (optional) owner columns; the row is read through to_jsonb because
--- plpgsql cannot read a field whose name is only known at run time. It calls
--- nothing in schema reactor, so a client's insert needs no privileges there.
+-- plpgsql cannot read a field whose name is only known at run time. Security
+-- definer, so that in outbox mode a client's insert may append to reactor.outbox.
 create or replace function reactor.notify_watched_row() returns trigger
-language plpgsql as $$
+language plpgsql security definer set search_path = pg_catalog, public as $$
 declare
   key_col text := tg_argv[0];
   status_col text := tg_argv[1];
@@ -36,8 +36,13 @@ begin
             then coalesce(to_json(to_jsonb(old) ->> status_col)::text, 'null')
             else 'null' end
     || '}';
-  perform pg_notify('reactor', payload);
-  perform pg_notify('job_status', payload);
+  -- Outbox mode: see sql/130_outbox.sql (the table exists by the time this runs).
+  if current_setting('reactor.notify_mode', true) = 'outbox' then
+    insert into reactor.outbox (payload) values (payload);
+  else
+    perform pg_notify('reactor', payload);
+    perform pg_notify('job_status', payload);
+  end if;
   return null;
 end
 $$;

@@ -64,6 +64,11 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// Outbox mode (database setting reactor.notify_mode = 'outbox'): how often to
+    /// drain reactor.outbox. Unset: the outbox is not read.
+    #[arg(long, env = "REACTOR_OUTBOX_POLL", value_parser = interval)]
+    pub outbox_poll: Option<Duration>,
+
     /// How often the listener checks that its own notifications still arrive.
     #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = interval)]
     pub listen_check_interval: Duration,

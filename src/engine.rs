@@ -250,6 +250,9 @@ impl Engine {
             inner.tracker.spawn(async move { w.worker(i).await });
         }
         let heartbeat = tokio::spawn(inner.clone().heartbeat());
+        let outbox = cfg
+            .outbox_poll
+            .map(|every| tokio::spawn(inner.clone().drain_outbox(every)));
 
         let mut listener = if cfg.listen {
             let sink_inner = inner.clone();
@@ -299,6 +302,9 @@ impl Engine {
             tracing::warn!(grace = ?cfg.shutdown_grace, "in-flight work did not finish in time; its leases are released");
         }
         heartbeat.abort();
+        if let Some(outbox) = outbox {
+            outbox.abort();
+        }
         match inner.pool.get().await {
             Ok(client) => match lease::release_all(&**client, inner.instance).await {
                 Ok(_) => tracing::info!("leases released"),
@@ -386,6 +392,54 @@ impl Inner {
                         tracing::warn!(table = %change.table, id = %change.id, "ignoring a notification whose id is not a valid key");
                     }
                 }
+            }
+        }
+    }
+
+    /// Outbox mode: every `every`, takes the hints the triggers appended to
+    /// reactor.outbox (in batches), routes them as if they had been notified,
+    /// and sends their job_status notifications in one statement per batch.
+    async fn drain_outbox(self: Arc<Self>, every: Duration) {
+        const BATCH: i64 = 10_000;
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let drained = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                loop {
+                    let rows = client
+                        .query(
+                            "with taken as (
+                               delete from reactor.outbox
+                               where ctid = any(array(select ctid from reactor.outbox limit $1))
+                               returning payload, to_status
+                             ),
+                             status as (
+                               select pg_notify('job_status', payload) from taken where to_status
+                             )
+                             select payload, (select count(*) from status) from taken",
+                            &[&BATCH],
+                        )
+                        .await
+                        .map_err(|e| crate::db::describe(&e))?;
+                    for row in &rows {
+                        match crate::notification::parse(row.get(0)) {
+                            Ok(crate::notification::Message::Change(change)) => {
+                                self.route(Event::Change(change))
+                            }
+                            _ => tracing::warn!(
+                                payload = row.get::<_, &str>(0),
+                                "ignoring a malformed outbox entry"
+                            ),
+                        }
+                    }
+                    if (rows.len() as i64) < BATCH {
+                        return Ok::<(), String>(());
+                    }
+                }
+            };
+            if let Err(e) = drained.await {
+                tracing::warn!(error = %e, "draining reactor.outbox failed; will try again");
             }
         }
     }

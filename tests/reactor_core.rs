@@ -768,3 +768,91 @@ async fn an_unmigrated_database_is_refused_with_a_clear_error() {
     let err = reactor.handle.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("reactor migrate"), "{err}");
 }
+
+#[tokio::test]
+async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
+    use futures::StreamExt as _;
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "alter database {} set reactor.notify_mode = 'outbox'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let (listener, mut connection) = db
+        .url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN reactor; LISTEN job_status")
+        .await
+        .unwrap();
+
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &["--sweep-interval", "1h", "--outbox-poll", "50ms"],
+    )
+    .await;
+    eventually("ready", LONG, || async { reactor.status.ready() }).await;
+    // Sessions opened after ALTER DATABASE write to the outbox.
+    let client = db.client().await;
+    let user = user_with_profile(&client).await;
+    let job = succeeded_job(&client, user, &["http://127.0.0.1:9/never.jpg".to_string()]).await;
+    wait_until(
+        &client,
+        "favorites via the outbox",
+        &format!("select count(*) from collections where owner_id = '{user}'"),
+        1,
+    )
+    .await;
+    wait_until(
+        &client,
+        "debit via the outbox",
+        &format!("select count(*) from usage_ledger where job_id = '{job}'"),
+        1,
+    )
+    .await;
+    assert_eq!(
+        count(&client, "select count(*) from reactor.outbox").await,
+        0,
+        "drained"
+    );
+
+    // job_status still reaches listeners (sent by the reactor); the writers sent nothing on "reactor".
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut saw_status = false;
+    while !saw_status {
+        let (channel, payload) = tokio::time::timeout_at(deadline, heard.recv())
+            .await
+            .expect("job_status in time")
+            .unwrap();
+        assert!(
+            !(channel == "reactor" && payload.contains(&user.to_string())),
+            "a writer notified: {payload}"
+        );
+        saw_status = channel == "job_status" && payload.contains(&job.to_string());
+    }
+    while let Ok((channel, payload)) = heard.try_recv() {
+        assert!(
+            !(channel == "reactor" && payload.contains(&user.to_string())),
+            "a writer notified: {payload}"
+        );
+    }
+    reactor.stop().await;
+}

@@ -3,8 +3,9 @@
 --   {"table":"generation_jobs","op":"UPDATE","id":"…","owner_id":"…","status":"succeeded","old_status":"processing"}
 -- Channel "reactor": the reactor's hints (job inserts, job status changes, profile inserts).
 -- Channel "job_status": every job insert and status change, for dashboards.
--- The payload is built inline (no helper function) so a client's insert needs
--- no privileges on the reactor schema.
+-- The payload is built inline (no helper function). With
+-- reactor.notify_mode = 'outbox' (sql/130_outbox.sql) the payloads go to
+-- reactor.outbox instead of NOTIFY.
 
 -- On Supabase (where realtime.send exists) each change is also broadcast to the
 -- private Realtime topic 'job_status:<owner_id>' (event 'status'), so a
@@ -21,8 +22,12 @@ declare
     || case when tg_op = 'UPDATE' then to_json(old.status)::text else 'null' end
     || '}';
 begin
-  perform pg_notify('reactor', payload);
-  perform pg_notify('job_status', payload);
+  if current_setting('reactor.notify_mode', true) = 'outbox' then
+    insert into reactor.outbox (payload) values (payload);
+  else
+    perform pg_notify('reactor', payload);
+    perform pg_notify('job_status', payload);
+  end if;
   if to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null then
     execute 'select realtime.send($1::jsonb, $2, $3, true)'
       using payload, 'status', 'job_status:' || new.owner_id::text;
@@ -42,12 +47,18 @@ create trigger reactor_notify_status
   for each row when (old.status is distinct from new.status)
   execute function reactor.notify_generation_job();
 
+-- Security definer so that, in outbox mode, a client's insert may append to reactor.outbox.
 create or replace function reactor.notify_profile() returns trigger
-language plpgsql as $$
+language plpgsql security definer set search_path = pg_catalog, public as $$
+declare
+  payload text := '{"table":"profiles","op":"INSERT","id":"' || new.id::text
+    || '","owner_id":"' || new.id::text || '","status":null,"old_status":null}';
 begin
-  perform pg_notify('reactor',
-    '{"table":"profiles","op":"INSERT","id":"' || new.id::text
-    || '","owner_id":"' || new.id::text || '","status":null,"old_status":null}');
+  if current_setting('reactor.notify_mode', true) = 'outbox' then
+    insert into reactor.outbox (payload, to_status) values (payload, false);
+  else
+    perform pg_notify('reactor', payload);
+  end if;
   return null;
 end
 $$;
