@@ -1,7 +1,8 @@
 //! A succeeded generation job is debited once in the usage ledger.
 //!
 //! Pending: a succeeded job with no `generation_debit`. Effect: one set-based
-//! insert of `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}`;
+//! insert of `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}` (the owner
+//! is looked up per row by key: a join would hash the whole table every page);
 //! `uniq_usage_debit_job` makes it at most one per job. Failed and canceled
 //! jobs are never pending, so they are never debited.
 use crate::handler::{Action, Handler, KeyType, Spec};
@@ -24,8 +25,9 @@ pub fn handler() -> Handler {
         },
         action: Action::Sql {
             effect: "insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)
-                     select j.owner_id, 'generation_debit', 1, jsonb_build_object('jobId', j.id), j.id
-                     from picked p join public.generation_jobs j on j.id = p.id
+                     select (select j.owner_id from public.generation_jobs j where j.id = p.id),
+                            'generation_debit', 1, jsonb_build_object('jobId', p.id), p.id
+                     from picked p
                      on conflict (job_id) where kind = 'generation_debit' do nothing"
                 .into(),
         },
