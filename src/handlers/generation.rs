@@ -20,6 +20,11 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 pub const NAME: &str = "generation";
+/// Fails an in-flight job with an error (`$1` job id, `$2` error).
+const FAIL_IN_FLIGHT: &str =
+    "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
+     where id = $1 and status in ('starting', 'processing')";
+
 /// The error a job gets when it has no terminal status in time.
 pub const TIMED_OUT: &str = "timed out";
 
@@ -238,14 +243,8 @@ impl Generation {
         error: &str,
     ) -> Result<Done, HandlerError> {
         tracing::warn!(%error, "job failed");
-        self.fenced(
-            pool,
-            lease,
-            "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
-             where id = $1 and status in ('starting', 'processing')",
-            &[&id, &error],
-        )
-        .await?;
+        self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &error])
+            .await?;
         Ok(Done::Finished)
     }
 
@@ -442,14 +441,8 @@ impl LeasedWork for Generation {
         let stuck_at = job.created_at
             + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
         if job.in_flight() && Utc::now() >= stuck_at {
-            self.fenced(
-                pool,
-                lease,
-                "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
-                 where id = $1 and status in ('starting', 'processing')",
-                &[&id, &TIMED_OUT],
-            )
-            .await?;
+            self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
+                .await?;
             tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
             job.status = "failed".into();
             job.error = Some(TIMED_OUT.into());
@@ -493,11 +486,7 @@ impl LeasedWork for Generation {
         };
         pool.get()
             .await?
-            .execute(
-                "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
-                 where id = $1 and status in ('starting', 'processing')",
-                &[&id, &error],
-            )
+            .execute(FAIL_IN_FLIGHT, &[&id, &error])
             .await?;
         Ok(())
     }
