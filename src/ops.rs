@@ -112,47 +112,43 @@ pub async fn in_flight(
     db: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<JobLine>, tokio_postgres::Error> {
-    Ok(db
-        .query(
-            &format!(
-                "select {JOB_COLUMNS} from public.generation_jobs
-                 where status in ('starting', 'processing') order by created_at limit $1"
-            ),
-            &[&limit],
-        )
-        .await?
-        .iter()
-        .map(job_line)
-        .collect())
+    jobs(
+        db,
+        "where status in ('starting', 'processing') order by created_at",
+        limit,
+    )
+    .await
 }
 
 pub async fn recent_jobs(
     db: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<JobLine>, tokio_postgres::Error> {
-    Ok(db
-        .query(
-            &format!("select {JOB_COLUMNS} from public.generation_jobs order by updated_at desc limit $1"),
-            &[&limit],
-        )
-        .await?
-        .iter()
-        .map(job_line)
-        .collect())
+    jobs(db, "order by updated_at desc", limit).await
 }
 
 pub async fn recent_failures(
     db: &impl GenericClient,
     limit: i64,
 ) -> Result<Vec<JobLine>, tokio_postgres::Error> {
+    jobs(
+        db,
+        "where status = 'failed' order by updated_at desc",
+        limit,
+    )
+    .await
+}
+
+/// Up to `limit` jobs, selected and ordered by `filter_and_order` (fixed SQL, never user input).
+async fn jobs(
+    db: &impl GenericClient,
+    filter_and_order: &str,
+    limit: i64,
+) -> Result<Vec<JobLine>, tokio_postgres::Error> {
+    let sql =
+        format!("select {JOB_COLUMNS} from public.generation_jobs {filter_and_order} limit $1");
     Ok(db
-        .query(
-            &format!(
-                "select {JOB_COLUMNS} from public.generation_jobs where status = 'failed'
-                 order by updated_at desc limit $1"
-            ),
-            &[&limit],
-        )
+        .query(&sql, &[&limit])
         .await?
         .iter()
         .map(job_line)
