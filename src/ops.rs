@@ -107,7 +107,7 @@ fn job_line(r: &tokio_postgres::Row) -> JobLine {
 
 const JOB_COLUMNS: &str = "id, owner_id, mode, status, error, created_at, updated_at";
 
-/// Jobs in flight (oldest first), with `stuck_after` deciding which are stuck.
+/// Jobs in flight, oldest first (the caller decides which count as stuck).
 pub async fn in_flight(
     db: &impl GenericClient,
     limit: i64,
