@@ -1,7 +1,12 @@
 //! Connections: one helper for single connections (migrate, the listener) and
-//! one for the work pool, plus readable errors.
+//! one for the work pool, plus readable errors. Every connection goes through
+//! [`crate::tls`] with the URL's (or PGSSLMODE's) `sslmode`.
+use crate::tls::{MakeTls, TlsStream};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Socket};
+
+/// A connection's I/O half (drive it, or poll it for notifications).
+pub type Connection = tokio_postgres::Connection<Socket, TlsStream<Socket>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -11,23 +16,85 @@ pub enum DbError {
     Connect(String),
     #[error("building the connection pool: {0}")]
     Pool(String),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
+/// The URL's settings for tokio-postgres, with `sslmode` already applied
+/// (tokio-postgres knows only disable/prefer/require, so the TLS parameters
+/// are taken out here and handled by [`connector`]).
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    url.parse::<tokio_postgres::Config>().map_err(|e| {
+    let (rest, ssl) = split_tls_params(url);
+    let mut config = rest.parse::<tokio_postgres::Config>().map_err(|e| {
         DbError::BadUrl(format!(
             "{e} (expected postgres://user:password@host:port/database)"
         ))
-    })
+    })?;
+    config.ssl_mode(tls_settings(&ssl)?.mode.negotiation());
+    Ok(config)
+}
+
+/// The TLS connector for `url` (its `sslmode`/`sslrootcert`, else PGSSLMODE/PGSSLROOTCERT).
+pub fn connector(url: &str) -> Result<MakeTls, DbError> {
+    let (_, ssl) = split_tls_params(url);
+    Ok(tls_settings(&ssl)?.connector()?)
+}
+
+#[derive(Default)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+fn tls_settings(p: &TlsParams) -> Result<crate::tls::Settings, DbError> {
+    Ok(crate::tls::Settings::from_url_and_env(
+        p.mode.as_deref(),
+        p.root_cert.as_deref(),
+    )?)
+}
+
+/// `url` without its `sslmode` and `sslrootcert` query parameters, and their
+/// (decoded) values.
+fn split_tls_params(url: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), params);
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+        match decoded {
+            Some((k, v)) if k == "sslmode" => params.mode = Some(v.into_owned()),
+            Some((k, v)) if k == "sslrootcert" => params.root_cert = Some(v.into_owned()),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, params)
+}
+
+/// One connection and its I/O half, not yet driven (for LISTEN connections).
+pub async fn connect_raw(
+    url: &str,
+    application_name: Option<&str>,
+) -> Result<(Client, Connection), DbError> {
+    let mut config = parse_url(url)?;
+    if let Some(name) = application_name {
+        config.application_name(name);
+    }
+    config
+        .connect(connector(url)?)
+        .await
+        .map_err(|e| DbError::Connect(describe(&e)))
 }
 
 /// One connection, with its I/O driven by a background task.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let config = parse_url(url)?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| DbError::Connect(describe(&e)))?;
+    let (client, connection) = connect_raw(url, None).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %describe(&e), "connection closed");
@@ -44,7 +111,7 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     }
     let manager = Manager::from_config(
         config,
-        NoTls,
+        connector(url)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -89,4 +156,25 @@ pub async fn act_as_user(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_the_url_and_the_rest_is_kept() {
+        let (rest, p) = split_tls_params(
+            "postgres://u:p@db.example.co:5432/postgres?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt",
+        );
+        assert_eq!(
+            rest,
+            "postgres://u:p@db.example.co:5432/postgres?application_name=x"
+        );
+        assert_eq!(p.mode.as_deref(), Some("verify-full"));
+        assert_eq!(p.root_cert.as_deref(), Some("/etc/ca.crt"));
+        let (rest, p) = split_tls_params("postgres://u@h/db?sslmode=disable");
+        assert_eq!(rest, "postgres://u@h/db");
+        assert_eq!(p.mode.as_deref(), Some("disable"));
+    }
 }

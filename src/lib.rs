@@ -21,5 +21,6 @@ pub mod provider;
 pub mod storage;
 pub mod table_config;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 pub mod webhook_signature;

@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -75,12 +75,9 @@ impl Listener {
         let mut first_session = true;
         loop {
             let connect = || async {
-                let mut config = crate::db::parse_url(&self.url).map_err(|e| e.to_string())?;
-                config.application_name(APPLICATION_NAME);
-                config
-                    .connect(NoTls)
+                crate::db::connect_raw(&self.url, Some(APPLICATION_NAME))
                     .await
-                    .map_err(|e| crate::db::describe(&e))
+                    .map_err(|e| e.to_string())
             };
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -122,10 +119,7 @@ impl Listener {
     async fn session(
         &self,
         client: tokio_postgres::Client,
-        mut connection: tokio_postgres::Connection<
-            tokio_postgres::Socket,
-            tokio_postgres::tls::NoTlsStream,
-        >,
+        mut connection: crate::db::Connection,
         shutdown: &CancellationToken,
     ) -> End {
         let (seen_tx, mut seen) = watch::channel(0u64);

@@ -24,6 +24,16 @@ pub enum LocalPgError {
     Start(String),
 }
 
+/// What a test needs beyond a plain cluster.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// postgresql.conf settings, e.g. `("ssl", "on")`.
+    pub settings: Vec<(String, String)>,
+    /// Files written (mode 0600, owned by the server's user) next to the data
+    /// directory; settings name them relative to it, e.g. `../server.key`.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// A running throwaway server. Dropping it stops the server.
 pub struct LocalPostgres {
     port: u16,
@@ -37,7 +47,7 @@ bindir=$1; dir=$2; port=$3; as_user=$4
 # "$@" becomes the prefix that drops root, so the server below is started as a
 # simple command and $! is the server's own pid (a signal to it stops it).
 if [ -n "$as_user" ]; then
-  chown "$as_user" "$dir"
+  chown -R "$as_user" "$dir"
   set -- setpriv --reuid="$as_user" --regid="$as_user" --init-groups --
 else
   set --
@@ -45,6 +55,8 @@ fi
 if ! "$@" "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1; then
   cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
 fi
+# Settings asked for with Options (e.g. ssl=on and its files next to data/).
+if [ -f "$dir/extra.conf" ]; then cat "$dir/extra.conf" >>"$dir/data/postgresql.conf"; fi
 "$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
   -c shared_buffers=128MB -c max_wal_size=2GB >"$dir/server.log" 2>&1 &
@@ -58,10 +70,17 @@ rm -rf "$dir"
 impl LocalPostgres {
     /// Starts a fresh cluster on a free loopback port and waits until it accepts connections.
     pub async fn start() -> Result<Self, LocalPgError> {
+        Self::start_with(&Options::default()).await
+    }
+
+    /// [`LocalPostgres::start`] with extra settings and files.
+    pub async fn start_with(options: &Options) -> Result<Self, LocalPgError> {
         let bindir = find_bindir().ok_or(LocalPgError::NotInstalled)?;
         let dir =
             std::env::temp_dir().join(format!("reactor-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)
+            .map_err(|e| LocalPgError::Start(format!("{}: {e}", dir.display())))?;
+        write_options(&dir, options)
             .map_err(|e| LocalPgError::Start(format!("{}: {e}", dir.display())))?;
         let port = free_port().map_err(|e| LocalPgError::Start(format!("no free port: {e}")))?;
         let as_user = if is_root() { "postgres" } else { "" };
@@ -115,6 +134,7 @@ impl LocalPostgres {
                     "watchdog exited ({status}): {err}{log}"
                 )));
             }
+            // Only asks whether the server is up: plaintext, whatever PGSSLMODE says.
             if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                 tokio::spawn(conn);
                 if client.simple_query("select 1").await.is_ok() {
@@ -139,6 +159,27 @@ impl Drop for LocalPostgres {
         }
         let _ = self.watchdog.wait();
     }
+}
+
+fn write_options(dir: &Path, options: &Options) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    for (name, contents) in &options.files {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(name))?
+            .write_all(contents)?;
+    }
+    if !options.settings.is_empty() {
+        let conf: String = options
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
+            .collect();
+        std::fs::write(dir.join("extra.conf"), conf)?;
+    }
+    Ok(())
 }
 
 fn find_bindir() -> Option<PathBuf> {

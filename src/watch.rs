@@ -38,9 +38,7 @@ pub async fn run(
     json: bool,
     mut out: impl Write,
 ) -> anyhow::Result<()> {
-    let (client, mut connection) = crate::db::parse_url(url)?
-        .connect(tokio_postgres::NoTls)
-        .await?;
+    let (client, mut connection) = crate::db::connect_raw(url, None).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

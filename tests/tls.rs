@@ -1,0 +1,327 @@
+//! TLS to Postgres as libpq does it, against a real server with `ssl=on` and
+//! a CA + server certificate made here: which modes verify what, the errors
+//! that say what is wrong, and the reactor's every connection over verify-full.
+mod common;
+
+use common::{eventually, ChildReactor, TestDb};
+use reactor::localpg::{LocalPostgres, Options};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// A CA, and a server certificate for `localhost` only, signed by it.
+struct Pki {
+    dir: tempfile::TempDir,
+    server_cert: String,
+    server_key: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let ours = ca("reactor test CA");
+        let theirs = ca("someone else's CA");
+        let server_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server = params.signed_by(&server_key, &ours).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ours.pem()).unwrap();
+        std::fs::write(dir.path().join("other-ca.crt"), theirs.pem()).unwrap();
+        Pki {
+            dir,
+            server_cert: server.pem(),
+            server_key: server_key.serialize_pem(),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.crt")
+    }
+}
+
+struct TlsServer {
+    pki: Pki,
+    port: u16,
+}
+
+static TLS_SERVER: OnceCell<TlsServer> = OnceCell::const_new();
+static PLAIN_SERVER: OnceCell<String> = OnceCell::const_new();
+
+/// One Postgres with ssl=on for this test binary.
+async fn tls_server() -> &'static TlsServer {
+    TLS_SERVER
+        .get_or_init(|| async {
+            let pki = Pki::new();
+            let options = Options {
+                settings: vec![
+                    ("ssl".into(), "on".into()),
+                    ("ssl_cert_file".into(), "../server.crt".into()),
+                    ("ssl_key_file".into(), "../server.key".into()),
+                ],
+                files: vec![
+                    ("server.crt".into(), pki.server_cert.clone().into_bytes()),
+                    ("server.key".into(), pki.server_key.clone().into_bytes()),
+                ],
+            };
+            let url = LocalPostgres::start_with(&options)
+                .await
+                .expect("start a Postgres with ssl=on")
+                .leak();
+            let port = url::Url::parse(&url).unwrap().port().unwrap();
+            TlsServer { pki, port }
+        })
+        .await
+}
+
+/// One Postgres without TLS (ssl=off, the default) for this test binary.
+async fn plain_server() -> &'static str {
+    PLAIN_SERVER
+        .get_or_init(|| async { LocalPostgres::start().await.unwrap().leak() })
+        .await
+}
+
+impl TlsServer {
+    /// The URL by host name `localhost` (what the certificate names); the
+    /// socket still goes to 127.0.0.1, where the server listens.
+    fn by_name(&self, database: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/{database}?hostaddr=127.0.0.1&{query}",
+            self.port
+        )
+    }
+
+    /// The URL by address: the certificate does not name 127.0.0.1.
+    fn by_address(&self, query: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?{query}",
+            self.port
+        )
+    }
+}
+
+fn root(path: &Path) -> String {
+    format!("sslrootcert={}", path.display())
+}
+
+/// Whether the server sees this connection as TLS.
+async fn encrypted(url: &str) -> Result<bool, String> {
+    let client = reactor::db::connect(url).await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn verify_full_connects_by_the_name_on_the_certificate() {
+    let s = tls_server().await;
+    let url = s.by_name(
+        "postgres",
+        &format!("sslmode=verify-full&{}", root(&s.pki.ca())),
+    );
+    assert_eq!(encrypted(&url).await, Ok(true));
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_naming_the_ca_file() {
+    let s = tls_server().await;
+    let other = s.pki.other_ca();
+    for mode in ["verify-full", "verify-ca"] {
+        let url = s.by_name("postgres", &format!("sslmode={mode}&{}", root(&other)));
+        let err = encrypted(&url).await.expect_err("wrong CA must be refused");
+        assert!(
+            err.contains(&format!(
+                "certificate not signed by the CA in sslrootcert={}",
+                other.display()
+            )),
+            "{mode}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_host_is_refused_by_verify_full_naming_both() {
+    let s = tls_server().await;
+    let url = s.by_address(&format!("sslmode=verify-full&{}", root(&s.pki.ca())));
+    let err = encrypted(&url)
+        .await
+        .expect_err("wrong host must be refused");
+    assert!(
+        err.contains("server certificate is for localhost, not 127.0.0.1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn verify_ca_checks_the_chain_but_not_the_host_name() {
+    let s = tls_server().await;
+    let url = s.by_address(&format!("sslmode=verify-ca&{}", root(&s.pki.ca())));
+    assert_eq!(encrypted(&url).await, Ok(true));
+}
+
+#[tokio::test]
+async fn require_encrypts_without_verifying_unless_given_a_root_certificate() {
+    let s = tls_server().await;
+    assert_eq!(encrypted(&s.by_address("sslmode=require")).await, Ok(true));
+    // libpq: require with a root certificate verifies the chain like verify-ca.
+    let url = s.by_address(&format!("sslmode=require&{}", root(&s.pki.other_ca())));
+    let err = encrypted(&url).await.expect_err("wrong CA refused");
+    assert!(err.contains("certificate not signed by the CA"), "{err}");
+}
+
+#[tokio::test]
+async fn prefer_is_the_default_and_uses_tls_when_the_server_has_it() {
+    let s = tls_server().await;
+    assert_eq!(encrypted(&s.by_address("sslmode=prefer")).await, Ok(true));
+    let default = format!("postgres://postgres@127.0.0.1:{}/postgres", s.port);
+    assert_eq!(encrypted(&default).await, Ok(true));
+}
+
+#[tokio::test]
+async fn without_tls_on_the_server_prefer_falls_back_and_require_refuses() {
+    let plain = plain_server().await;
+    assert_eq!(
+        encrypted(&format!("{plain}?sslmode=prefer")).await,
+        Ok(false)
+    );
+    assert_eq!(
+        encrypted(&format!("{plain}?sslmode=disable")).await,
+        Ok(false)
+    );
+    let err = encrypted(&format!("{plain}?sslmode=require"))
+        .await
+        .expect_err("require must not fall back to plaintext");
+    assert!(err.contains("server does not support TLS"), "{err}");
+}
+
+#[tokio::test]
+async fn disable_speaks_plaintext_even_to_a_tls_server() {
+    let s = tls_server().await;
+    assert_eq!(encrypted(&s.by_address("sslmode=disable")).await, Ok(false));
+}
+
+/// PGSSLMODE / PGSSLROOTCERT are read when the URL has no such parameter
+/// (checked through the binary, so this process's environment stays as is).
+#[tokio::test]
+async fn the_cli_reads_pgsslmode_and_pgsslrootcert_and_the_url_wins() {
+    let s = tls_server().await;
+    let url = s.by_address("");
+    let migrate = |url: &str, mode: &str, rootcert: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+            .args(["migrate", "--database-url", url])
+            .env("PGSSLMODE", mode)
+            .env("PGSSLROOTCERT", rootcert)
+            .output()
+            .expect("run reactor migrate")
+    };
+    let out = migrate(&url, "verify-full", &s.pki.ca());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "verify-full by address must fail");
+    assert!(
+        stderr.contains("server certificate is for localhost, not 127.0.0.1"),
+        "{stderr}"
+    );
+    // The URL's sslmode wins over PGSSLMODE (its sslrootcert is still PGSSLROOTCERT's).
+    let out = migrate(
+        &s.by_address("sslmode=verify-ca"),
+        "verify-full",
+        &s.pki.ca(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn migrate_and_run_do_the_work_over_verify_full_on_every_connection() {
+    let s = tls_server().await;
+    let ca = root(&s.pki.ca());
+    let admin = reactor::db::connect(&s.by_name("postgres", &format!("sslmode=verify-full&{ca}")))
+        .await
+        .unwrap();
+    let name = format!("reactor_tls_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let db = TestDb {
+        url: s.by_name(&name, &format!("sslmode=verify-full&{ca}")),
+        name: name.clone(),
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+        .args(["migrate", "--database-url", &db.url])
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrate over verify-full: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let storage = tempfile::tempdir().unwrap();
+    let _reactor = ChildReactor::spawn(&db, storage.path(), &[]);
+    let client = db.client().await;
+    eventually("the listener is connected", Duration::from_secs(30), || async {
+        let n: i64 = client
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = $1 and application_name = 'reactor listener'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 1
+    })
+    .await;
+    let user = common::user_with_profile(&client).await;
+    eventually("favorites for the new profile", Duration::from_secs(20), || async {
+        common::count(
+            &client,
+            &format!("select count(*) from collections where owner_id = '{user}' and is_default_favorites"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    // Every connection the reactor holds (pool and listener) is TLS.
+    let rows = client
+        .query(
+            "select a.application_name, s.ssl from pg_stat_activity a join pg_stat_ssl s using (pid)
+             where a.datname = $1 and a.application_name like 'reactor%'",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        seen.iter().any(|(app, _)| app == "reactor listener"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|(app, _)| app == "reactor"), "{seen:?}");
+    assert!(seen.iter().all(|(_, ssl)| *ssl), "{seen:?}");
+}
