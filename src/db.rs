@@ -3,6 +3,7 @@
 //! [`crate::tls`] with the URL's (or PGSSLMODE's) `sslmode`.
 use crate::tls::{MakeTls, TlsStream};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Socket};
 
 /// A connection's I/O half (drive it, or poll it for notifications).
@@ -120,6 +121,49 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         .max_size(size)
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// A statement parameter with the Postgres type it is sent as, for
+/// `query_typed` / `execute_typed`.
+///
+/// The work path runs every statement outside a transaction as one unnamed
+/// statement (Parse, Bind and Execute in one round trip) instead of a named
+/// prepared statement: behind a transaction-mode pooler (PgBouncer before
+/// 1.21, Supavisor on port 6543) each statement may run on another server
+/// connection, where a statement prepared on the first one does not exist.
+/// Inside a transaction the server connection stays the same, so plain
+/// `query`/`execute` are fine there.
+pub trait Param: tokio_postgres::types::ToSql + Sync {
+    const TYPE: Type;
+}
+
+/// `value` with its type, e.g. `client.query_typed(sql, &[param(&id), param(&limit)])`.
+pub fn param<T: Param>(value: &T) -> (&(dyn tokio_postgres::types::ToSql + Sync), Type) {
+    (value, T::TYPE)
+}
+
+macro_rules! params_of_type {
+    ($($rust:ty => $pg:ident),* $(,)?) => {
+        $(impl Param for $rust { const TYPE: Type = Type::$pg; })*
+    };
+}
+
+params_of_type! {
+    bool => BOOL,
+    i32 => INT4,
+    i64 => INT8,
+    f64 => FLOAT8,
+    String => TEXT,
+    &str => TEXT,
+    uuid::Uuid => UUID,
+    Vec<String> => TEXT_ARRAY,
+    &[String] => TEXT_ARRAY,
+    serde_json::Value => JSONB,
+    chrono::DateTime<chrono::Utc> => TIMESTAMPTZ,
+}
+
+impl<T: Param> Param for Option<T> {
+    const TYPE: Type = T::TYPE;
 }
 
 /// A Postgres error as one line: the server's message, detail and hint when

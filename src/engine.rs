@@ -8,6 +8,7 @@
 //! backlog in memory); ids are worked in one batch. An inbox that overflows
 //! just turns into a scan: notifications are hints, table state is the truth.
 use crate::config::RunConfig;
+use crate::db::param;
 use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork};
 use crate::lease::{self, Lease, Statements};
 use crate::listener::{self, Event, Listener};
@@ -29,8 +30,6 @@ const STATUS_BUFFER: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(transparent)]
-    Listen(#[from] listener::ListenError),
     #[error(
         "DATABASE_URL points at port 6543, Supabase's transaction-mode pooler, where LISTEN does not work. \
          Use the direct connection (port 5432) or the session-mode pooler, or set REACTOR_LISTEN=false to poll"
@@ -158,10 +157,13 @@ pub struct Engine {
 fn page_params<'a>(
     limit: &'a i64,
     after: &'a Option<String>,
-) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+) -> Vec<(
+    &'a (dyn tokio_postgres::types::ToSql + Sync),
+    tokio_postgres::types::Type,
+)> {
     match after {
-        None => vec![limit],
-        Some(after) => vec![limit, after],
+        None => vec![param(limit)],
+        Some(after) => vec![param(limit), param(after)],
     }
 }
 
@@ -278,17 +280,18 @@ impl Engine {
             cfg.poll_interval.min(cfg.sweep_interval)
         };
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut fatal = None;
         loop {
             tokio::select! {
                 _ = inner.shutdown.cancelled() => break,
                 _ = ticker.tick() => inner.scan_all(),
                 ended = async { listener.as_mut().expect("guarded").await }, if listener.is_some() => {
-                    if let Ok(Err(e)) = ended {
-                        fatal = Some(EngineError::from(e));
-                        inner.shutdown.cancel();
-                    }
-                    break;
+                    listener = None;
+                    let Ok(Err(deaf)) = ended else { break };
+                    // A pooler eats notifications: keep doing the work by polling.
+                    tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
+                    metrics::gauge!("reactor_poll_only_fallback").set(1.0);
+                    inner.status.listening.store(true, Ordering::SeqCst);
+                    ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
                 }
             }
         }
@@ -316,10 +319,7 @@ impl Engine {
                 tracing::warn!(error = %e, "releasing leases failed; they expire on their own")
             }
         }
-        match fatal {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -330,7 +330,7 @@ impl Inner {
             let check = async {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 client
-                    .query_one(
+                    .query_typed_one(
                         "select to_regclass('reactor.handler_state') is not null",
                         &[],
                     )
@@ -408,7 +408,7 @@ impl Inner {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 loop {
                     let rows = client
-                        .query(
+                        .query_typed(
                             "with taken as (
                                delete from reactor.outbox
                                where ctid = any(array(select ctid from reactor.outbox limit $1))
@@ -418,7 +418,7 @@ impl Inner {
                                select pg_notify('job_status', payload) from taken where to_status
                              )
                              select payload, (select count(*) from status) from taken",
-                            &[&BATCH],
+                            &[param(&BATCH)],
                         )
                         .await
                         .map_err(|e| crate::db::describe(&e))?;
@@ -543,11 +543,10 @@ impl Inner {
                 slot.statements.effect_page(&after),
             ) {
                 (Action::Sql { .. }, Some(effect_page)) => {
-                    let stmt = client
-                        .prepare_cached(effect_page)
+                    match client
+                        .query_typed(effect_page, &page_params(&limit, &after))
                         .await
-                        .map_err(|e| crate::db::describe(&e))?;
-                    match client.query(&stmt, &page_params(&limit, &after)).await {
+                    {
                         Ok(rows) => {
                             if !rows.is_empty() {
                                 tracing::debug!(handler = %slot.handler.spec.name, rows = rows.len(), "handled a page");
@@ -594,12 +593,11 @@ impl Inner {
         limit: i64,
         after: &Option<String>,
     ) -> Result<Vec<String>, String> {
-        let stmt = client
-            .prepare_cached(slot.statements.pending_page(after))
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
         let rows = client
-            .query(&stmt, &page_params(&limit, after))
+            .query_typed(
+                slot.statements.pending_page(after),
+                &page_params(&limit, after),
+            )
             .await
             .map_err(|e| crate::db::describe(&e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -615,12 +613,8 @@ impl Inner {
             .as_deref()
             .expect("SQL action");
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let stmt = client
-            .prepare_cached(effect)
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
         let started = std::time::Instant::now();
-        match client.query(&stmt, &[&ids]).await {
+        match client.query_typed(effect, &[param(&ids)]).await {
             Ok(rows) => {
                 slot.handled(rows.len(), started);
                 tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled = rows.len(), "handled notified rows");
@@ -642,15 +636,14 @@ impl Inner {
             .expect("SQL action");
         let name = &slot.handler.spec.name;
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let stmt = client
-            .prepare_cached(effect)
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
         for id in ids {
             let span = tracing::info_span!("work", handler = %name, id = %id);
             let _enter = span.enter();
             let started = std::time::Instant::now();
-            match client.query(&stmt, &[&vec![id.clone()]]).await {
+            match client
+                .query_typed(effect, &[param(&vec![id.clone()])])
+                .await
+            {
                 Ok(rows) => slot.handled(rows.len(), started),
                 Err(e) if is_row_fault(&e) => {
                     let error = crate::db::describe(&e);
@@ -715,14 +708,14 @@ impl Inner {
             let (chunk, tail) = rest.split_at(permits.len());
             rest = tail;
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let stmt = client
-                .prepare_cached(&slot.statements.claim)
-                .await
-                .map_err(|e| crate::db::describe(&e))?;
             let rows = client
-                .query(
-                    &stmt,
-                    &[&chunk, &self.instance, &self.cfg.lease.as_secs_f64()],
+                .query_typed(
+                    &slot.statements.claim,
+                    &[
+                        param(&chunk),
+                        param(&self.instance),
+                        param(&self.cfg.lease.as_secs_f64()),
+                    ],
                 )
                 .await
                 .map_err(|e| crate::db::describe(&e))?;

@@ -164,7 +164,13 @@ async fn admin_retry(
     let retried = async {
         let client = state.pool.get().await.map_err(|e| e.to_string())?;
         client
-            .query_one("select reactor.retry($1, $2)", &[&req.handler, &req.row_id])
+            .query_typed_one(
+                "select reactor.retry($1, $2)",
+                &[
+                    crate::db::param(&req.handler),
+                    crate::db::param(&req.row_id),
+                ],
+            )
             .await
             .map(|r| r.get::<_, bool>(0))
             .map_err(|e| crate::db::describe(&e))

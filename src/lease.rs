@@ -4,6 +4,7 @@
 //! Every claim bumps `lease_token`; the final write of an attempt locks the
 //! state row and checks owner and token, so a reactor that was paused past its
 //! lease (and was replaced) cannot commit a second effect.
+use crate::db::param;
 use crate::handler::{HandlerError, Spec};
 use deadpool_postgres::Transaction;
 use std::time::Duration;
@@ -237,15 +238,15 @@ pub async fn record_failure(
         next = next_attempt("s.attempts + 1"),
     );
     let row = db
-        .query_one(
+        .query_typed_one(
             &sql,
             &[
-                &handler,
-                &row_id,
-                &error,
-                &backoff.as_secs_f64(),
-                &max_attempts,
-                &permanent,
+                param(&handler),
+                param(&row_id),
+                param(&error),
+                param(&backoff.as_secs_f64()),
+                param(&max_attempts),
+                param(&permanent),
             ],
         )
         .await?;
@@ -276,18 +277,18 @@ pub async fn record_leased_failure(
         next = next_attempt("attempts + 1"),
     );
     let row = db
-        .query_opt(
+        .query_typed_opt(
             &sql,
             &[
-                &lease.handler,
-                &lease.row_id,
-                &error,
-                &backoff.as_secs_f64(),
-                &max_attempts,
-                &permanent,
-                &lease.owner,
-                &lease.token,
-                &not_before.as_secs_f64(),
+                param(&lease.handler),
+                param(&lease.row_id),
+                param(&error),
+                param(&backoff.as_secs_f64()),
+                param(&max_attempts),
+                param(&permanent),
+                param(&lease.owner),
+                param(&lease.token),
+                param(&not_before.as_secs_f64()),
             ],
         )
         .await?;
@@ -302,17 +303,17 @@ pub async fn postpone(
     delay: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
     let n = db
-        .execute(
+        .execute_typed(
             "update reactor.handler_state set
                next_attempt_at = now() + make_interval(secs => $5),
                lease_owner = null, lease_expires_at = null, updated_at = now()
              where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
             &[
-                &lease.handler,
-                &lease.row_id,
-                &lease.owner,
-                &lease.token,
-                &delay.as_secs_f64(),
+                param(&lease.handler),
+                param(&lease.row_id),
+                param(&lease.owner),
+                param(&lease.token),
+                param(&delay.as_secs_f64()),
             ],
         )
         .await?;
@@ -325,10 +326,10 @@ pub async fn renew(
     owner: Uuid,
     lease: Duration,
 ) -> Result<u64, tokio_postgres::Error> {
-    db.execute(
+    db.execute_typed(
         "update reactor.handler_state set lease_expires_at = now() + make_interval(secs => $2)
          where lease_owner = $1",
-        &[&owner, &lease.as_secs_f64()],
+        &[param(&owner), param(&lease.as_secs_f64())],
     )
     .await
 }
@@ -339,14 +340,14 @@ pub async fn release_all(
     db: &impl GenericClient,
     owner: Uuid,
 ) -> Result<u64, tokio_postgres::Error> {
-    db.execute(
+    db.execute_typed(
         "delete from reactor.handler_state where lease_owner = $1 and attempts = 0 and dead_at is null",
-        &[&owner],
+        &[param(&owner)],
     )
     .await?;
-    db.execute(
+    db.execute_typed(
         "update reactor.handler_state set lease_owner = null, lease_expires_at = null where lease_owner = $1",
-        &[&owner],
+        &[param(&owner)],
     )
     .await
 }

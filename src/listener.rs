@@ -45,10 +45,11 @@ pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error(
-        "LISTEN receives no notifications on this connection (a self-check sent with NOTIFY did not come back \
-         within {0:?}). This is what a transaction-mode pooler does (Supabase port 6543, PgBouncer \
-         pool_mode=transaction): connect the reactor directly (port 5432) or through a session-mode pooler, \
-         or run poll-only with REACTOR_LISTEN=false"
+        "LISTEN receives no notifications on this connection: the reactor's own test notification did not come \
+         back within {0:?} on a fresh connection. This is what a transaction-mode pooler does (PgBouncer \
+         pool_mode=transaction, Supabase's Supavisor on port 6543): each statement may run on another server \
+         connection, so notifications go to one nobody listens on. To get notifications, connect the reactor \
+         directly (port 5432) or through a session-mode pooler; to run poll-only on purpose, set REACTOR_LISTEN=false"
     )]
     Deaf(Duration),
 }
@@ -69,10 +70,10 @@ enum End {
 }
 
 impl Listener {
-    /// Runs until shutdown. Fails only if the very first connection cannot
-    /// hear its own notifications (a misconfiguration, not an outage).
+    /// Runs until shutdown. Fails when a fresh connection cannot hear its own
+    /// first notification: a pooler between us and the server (a lost
+    /// connection or a listener that goes deaf later is reconnected instead).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
-        let mut first_session = true;
         loop {
             let connect = || async {
                 crate::db::connect_raw(&self.url, Some(APPLICATION_NAME))
@@ -99,7 +100,7 @@ impl Listener {
             };
             match self.session(client, connection, &shutdown).await {
                 End::Shutdown => return Ok(()),
-                End::Deaf { first_check: true } if first_session => {
+                End::Deaf { first_check: true } => {
                     return Err(ListenError::Deaf(self.check_timeout));
                 }
                 End::Deaf { .. } => {
@@ -111,7 +112,6 @@ impl Listener {
                     tracing::warn!(%reason, "listener: connection lost; reconnecting");
                 }
             }
-            first_session = false;
             (self.sink)(Event::Disconnected);
         }
     }
@@ -171,7 +171,10 @@ impl Listener {
                         .to_string();
                 let check = async {
                     client
-                        .execute("select pg_notify($1, $2)", &[&CHANNEL, &ping])
+                        .execute_typed(
+                            "select pg_notify($1, $2)",
+                            &[crate::db::param(&CHANNEL), crate::db::param(&ping)],
+                        )
                         .await
                         .map_err(|e| crate::db::describe(&e))?;
                     seen.wait_for(|s| *s >= seq)

@@ -1,6 +1,7 @@
 //! What operators ask of a running system (`reactor status`, `reactor retry`,
 //! the dashboard): answered from the database alone, so it works from any
 //! machine and with no reactor running.
+use crate::db::param;
 use crate::handler::Spec;
 use crate::handlers;
 use serde::Serialize;
@@ -41,7 +42,7 @@ pub async fn backlog(
             table = spec.table,
             pending = spec.pending,
         );
-        let row = db.query_one(&sql, &[&spec.name]).await?;
+        let row = db.query_typed_one(&sql, &[param(&spec.name)]).await?;
         out.push(Backlog {
             handler: spec.name.clone(),
             pending: row.get(0),
@@ -65,10 +66,10 @@ pub async fn dead_rows(
     limit: i64,
 ) -> Result<Vec<DeadRow>, tokio_postgres::Error> {
     Ok(db
-        .query(
+        .query_typed(
             "select handler, row_id, attempts, last_error, dead_at from reactor.handler_state
              where dead_at is not null order by dead_at desc limit $1",
-            &[&limit],
+            &[param(&limit)],
         )
         .await?
         .iter()
@@ -148,7 +149,7 @@ async fn jobs(
     let sql =
         format!("select {JOB_COLUMNS} from public.generation_jobs {filter_and_order} limit $1");
     Ok(db
-        .query(&sql, &[&limit])
+        .query_typed(&sql, &[param(&limit)])
         .await?
         .iter()
         .map(job_line)
@@ -159,7 +160,7 @@ pub async fn jobs_by_status(
     db: &impl GenericClient,
 ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
     Ok(db
-        .query(
+        .query_typed(
             "select status, count(*) from public.generation_jobs group by status order by status",
             &[],
         )
@@ -175,12 +176,12 @@ pub async fn throughput(
     minutes: i32,
 ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
     Ok(db
-        .query(
+        .query_typed(
             "select to_char(m, 'HH24:MI'), count(j.id)
              from generate_series(date_trunc('minute', now()) - make_interval(mins => $1 - 1), date_trunc('minute', now()), interval '1 minute') m
              left join public.generation_jobs j on date_trunc('minute', j.completed_at) = m
              group by m order by m",
-            &[&minutes],
+            &[param(&minutes)],
         )
         .await?
         .iter()
@@ -201,7 +202,7 @@ pub async fn usage_by_plan(
     db: &impl GenericClient,
 ) -> Result<Vec<PlanUsage>, tokio_postgres::Error> {
     Ok(db
-        .query(
+        .query_typed(
             "with month as (select date_trunc('month', now() at time zone 'UTC') at time zone 'UTC' as start),
              owner_plan as (
                select pr.id as owner_id, coalesce(p.price_id, d.price_id) as price_id
@@ -250,7 +251,10 @@ pub async fn retry(
     let mut cleared = Vec::new();
     for handler in handlers_of(table, specs) {
         let had: bool = db
-            .query_one("select reactor.retry($1, $2)", &[&handler, &row_id])
+            .query_typed_one(
+                "select reactor.retry($1, $2)",
+                &[param(&handler), param(&row_id)],
+            )
             .await?
             .get(0);
         if had {

@@ -9,6 +9,7 @@
 //! outcome is unknown (timeout after sending, an unreadable answer, a crash)
 //! leaves it, and the next attempt first asks the provider for a prediction
 //! made for this job since the mark, and adopts it instead of creating another.
+use crate::db::param;
 use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::lease::Lease;
 use crate::provider::{JobInput, Prediction, Provider, ProviderError, Status};
@@ -109,10 +110,10 @@ pub async fn apply_prediction(
         Status::Starting => return Ok(false),
         Status::Processing => {
             let n = db
-                .execute(
+                .execute_typed(
                     "update public.generation_jobs set status = 'processing'
                      where id = $1 and status = 'starting' and prediction_id = $2",
-                    &[&job_id, &p.id],
+                    &[param(&job_id), param(&p.id)],
                 )
                 .await?;
             return Ok(n > 0);
@@ -140,12 +141,19 @@ pub async fn apply_prediction(
         Status::Canceled => ("canceled", None, None),
     };
     let n = db
-        .execute(
+        .execute_typed(
             "update public.generation_jobs
              set status = $2, output = $3, error = $4, completed_at = now()
              where id = $1 and prediction_id = $5
                and (status in ('starting', 'processing') or (status = 'failed' and error = $6))",
-            &[&job_id, &status, &output, &error, &p.id, &TIMED_OUT],
+            &[
+                param(&job_id),
+                param(&status),
+                param(&output),
+                param(&error),
+                param(&p.id),
+                param(&TIMED_OUT),
+            ],
         )
         .await?;
     Ok(n > 0)
@@ -160,11 +168,11 @@ impl Generation {
         let row = pool
             .get()
             .await?
-            .query_opt(
+            .query_typed_opt(
                 "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
                         prediction_id, submit_started_at, cancel_requested_at is not null, created_at
                  from public.generation_jobs where id = $1",
-                &[&id],
+                &[param(&id)],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -486,7 +494,7 @@ impl LeasedWork for Generation {
         };
         pool.get()
             .await?
-            .execute(FAIL_IN_FLIGHT, &[&id, &error])
+            .execute_typed(FAIL_IN_FLIGHT, &[param(&id), param(&error)])
             .await?;
         Ok(())
     }

@@ -16,6 +16,7 @@
 //!   `X-Reactor-Id` (the row's key).
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
+use crate::db::param;
 use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
 use crate::lease::{literal, Lease};
 use crate::table_config::{ConfigError, TableConfig, Target};
@@ -343,18 +344,27 @@ impl HttpTable {
     async fn verify(&self, pool: &deadpool_postgres::Pool) -> Result<(), String> {
         self.verified
             .get_or_try_init(|| async {
-                let client = pool
-                    .get()
+                let cannot_check =
+                    |e: String| format!("cannot check the table against REACTOR_CONFIG: {e}");
+                let mut client = pool.get().await.map_err(|e| cannot_check(e.to_string()))?;
+                // In a transaction, so each prepared statement is closed on the
+                // server connection it was made on (a transaction-mode pooler
+                // may switch connections between transactions).
+                let tx = client
+                    .transaction()
                     .await
-                    .map_err(|e| format!("cannot check the table against REACTOR_CONFIG: {e}"))?;
+                    .map_err(|e| cannot_check(crate::db::describe(&e)))?;
                 for (what, sql) in self.sql.all() {
-                    client.prepare(sql).await.map_err(|e| {
+                    tx.prepare(sql).await.map_err(|e| {
                         format!(
                             "the table does not match REACTOR_CONFIG ({what} statement): {}",
                             crate::db::describe(&e)
                         )
                     })?;
                 }
+                tx.rollback()
+                    .await
+                    .map_err(|e| cannot_check(crate::db::describe(&e)))?;
                 Ok::<(), String>(())
             })
             .await
@@ -374,11 +384,11 @@ impl HttpTable {
         let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
         if !state.watch_checked {
             let watched: i64 = client
-                .query_one(
+                .query_typed_one(
                     "select count(*) from pg_trigger
                      where tgrelid = $1::text::regclass
                        and tgname in ('reactor_watch_insert', 'reactor_watch_status')",
-                    &[&self.spec.table],
+                    &[param(&self.spec.table)],
                 )
                 .await
                 .map_err(describe)?
@@ -394,7 +404,7 @@ impl HttpTable {
             state.watch_checked = true;
         }
         if let Some(sql) = &self.sql.unrouted {
-            for row in client.query(sql, &[]).await.map_err(describe)? {
+            for row in client.query_typed(sql, &[]).await.map_err(describe)? {
                 let job_type: Option<String> = row.get(0);
                 let rows: i64 = row.get(1);
                 tracing::warn!(
@@ -406,7 +416,7 @@ impl HttpTable {
             }
         }
         let repaired = client
-            .query(&self.sql.repair_dead, &[&self.name])
+            .query_typed(&self.sql.repair_dead, &[param(&self.name)])
             .await
             .map_err(describe)?;
         for row in repaired {
@@ -459,7 +469,10 @@ impl LeasedWork for HttpTable {
         // dropped, so setting the row back to pending runs it again.
         pool.get()
             .await?
-            .execute(&self.sql.give_up, &[&row_id, &error, &self.name])
+            .execute_typed(
+                &self.sql.give_up,
+                &[param(&row_id), param(&error), param(&self.name)],
+            )
             .await?;
         Ok(())
     }

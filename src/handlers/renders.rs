@@ -8,6 +8,7 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
+use crate::db::param;
 use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::lease::Lease;
 use crate::storage::Storage;
@@ -207,10 +208,10 @@ impl LeasedWork for Renders {
         let job = pool
             .get()
             .await?
-            .query_opt(
+            .query_typed_opt(
                 "select owner_id, mode, room_type, style, output from public.generation_jobs
                  where id = $1 and status = 'succeeded' and output is not null",
-                &[&job_id],
+                &[param(&job_id)],
             )
             .await?;
         let render_id = render_id(job_id);

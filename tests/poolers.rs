@@ -1,0 +1,280 @@
+//! The reactor behind a real PgBouncer (Debian's, 1.18), in session and in
+//! transaction mode, doing the whole pipeline: profile → favorites, a job with
+//! the local provider → succeeded, its render, its debit.
+//!
+//! PgBouncer here keeps several idle server connections and hands them out in
+//! turn (`server_round_robin`), as a busy production pooler does: in
+//! transaction mode, consecutive statements of one client then really run on
+//! different server connections, so nothing that lives on one (a named
+//! prepared statement, a LISTEN) can pass by luck.
+mod common;
+
+use common::{count, eventually, ChildReactor, TestDb};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A PgBouncer in front of the test's cluster, stopped when dropped (or when
+/// this process ends: a shell holds it and stops it when its stdin closes).
+struct PgBouncer {
+    port: u16,
+    _dir: tempfile::TempDir,
+    watchdog: Child,
+    stdin: Option<ChildStdin>,
+}
+
+const WATCHDOG: &str = r#"
+"$@" &
+pid=$!
+read -r _ || true
+kill -INT "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+"#;
+
+fn pgbouncer_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("pgbouncer").is_file() {
+                return dir.join("pgbouncer");
+            }
+        }
+    }
+    let debian = PathBuf::from("/usr/sbin/pgbouncer");
+    assert!(
+        debian.is_file(),
+        "pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run does it)"
+    );
+    debian
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl PgBouncer {
+    async fn start(db: &TestDb, pool_mode: &str) -> Self {
+        let server = url::Url::parse(&db.url).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n\
+                 * = host=127.0.0.1 port={server_port}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = trust\n\
+                 auth_file = {userlist}\n\
+                 pool_mode = {pool_mode}\n\
+                 default_pool_size = 8\n\
+                 min_pool_size = 4\n\
+                 server_round_robin = 1\n\
+                 max_client_conn = 200\n",
+                server_port = server.port().unwrap(),
+                userlist = dir.path().join("userlist.txt").display(),
+            ),
+        )
+        .unwrap();
+        // PgBouncer refuses to run as root: as root, it runs as postgres (as
+        // the throwaway clusters do).
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(WATCHDOG).arg("pgbouncer-watchdog");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            command.args([
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ]);
+        }
+        command.arg(pgbouncer_binary()).arg(&ini);
+        let mut watchdog = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let stdin = watchdog.stdin.take();
+        let bouncer = PgBouncer {
+            port,
+            _dir: dir,
+            watchdog,
+            stdin,
+        };
+        let url = bouncer.url(db);
+        eventually("pgbouncer accepts connections", LONG, || async {
+            match reactor::db::connect(&url).await {
+                Ok(client) => client.simple_query("select 1").await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        bouncer
+    }
+
+    /// `db`'s URL through this pooler.
+    fn url(&self, db: &TestDb) -> String {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        format!("{url}?sslmode=disable")
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// The reactor binary, connected through `bouncer`, with its log in `storage`.
+fn reactor_behind(
+    bouncer: &PgBouncer,
+    db: &TestDb,
+    storage: &std::path::Path,
+    extra: &[&str],
+) -> ChildReactor {
+    let through = TestDb {
+        url: bouncer.url(db),
+        name: db.name.clone(),
+    };
+    ChildReactor::spawn(&through, storage, extra)
+}
+
+fn log_of(storage: &std::path::Path) -> String {
+    std::fs::read_dir(storage)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("reactor-"))
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+/// Profile → favorites; a job → succeeded, one render with its images, one debit.
+async fn whole_pipeline(db: &TestDb) {
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    eventually("favorites for the new profile", LONG, || async {
+        count(
+            &client,
+            &format!("select count(*) from collections where owner_id = '{user}' and is_default_favorites"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    let mut submitter = db.client().await;
+    let tx = submitter.transaction().await.unwrap();
+    reactor::db::act_as_user(&tx, user).await.unwrap();
+    let job: Uuid = tx
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
+             values ($1, 'staging', 'cozy', 'living room', 'scandinavian', 'https://inputs.example/room.jpg')
+             returning id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    let succeeded =
+        format!("select count(*) from generation_jobs where id = '{job}' and status = 'succeeded'");
+    eventually("the job succeeded", LONG, || async {
+        count(&client, &succeeded).await == 1
+    })
+    .await;
+    let variants = format!(
+        "select count(*) from render_variants v join renders r on r.id = v.render_id where r.job_id = '{job}'"
+    );
+    eventually("its render with two images", LONG, || async {
+        count(&client, &variants).await == 2
+    })
+    .await;
+    let debit = format!("select count(*) from usage_ledger where job_id = '{job}'");
+    eventually("its debit", LONG, || async {
+        count(&client, &debit).await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn session_mode_runs_the_whole_pipeline_with_listen() {
+    let db = common::migrated_db().await;
+    let bouncer = PgBouncer::start(&db, "session").await;
+    let storage = tempfile::tempdir().unwrap();
+    // Sweeps once an hour: after the start-up replay, only notifications drive the work.
+    let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--sweep-interval", "1h"]);
+    eventually("the listener hears itself", LONG, || async {
+        log_of(storage.path()).contains("listening on channel reactor")
+    })
+    .await;
+    whole_pipeline(&db).await;
+    assert!(reactor.terminate().success());
+    let log = log_of(storage.path());
+    assert!(!log.contains("pooler"), "{log}");
+    assert!(!log.contains("prepared statement"), "{log}");
+}
+
+#[tokio::test]
+async fn transaction_mode_with_listen_off_runs_the_whole_pipeline() {
+    let db = common::migrated_db().await;
+    let bouncer = PgBouncer::start(&db, "transaction").await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--listen", "false"]);
+    whole_pipeline(&db).await;
+    assert!(reactor.terminate().success());
+    let log = log_of(storage.path());
+    assert!(!log.contains("prepared statement"), "{log}");
+}
+
+#[tokio::test]
+async fn transaction_mode_with_listen_on_is_named_and_polling_does_the_work() {
+    let db = common::migrated_db().await;
+    let bouncer = PgBouncer::start(&db, "transaction").await;
+    let storage = tempfile::tempdir().unwrap();
+    // Sweeps once an hour: the work below gets done only if the reactor
+    // notices that LISTEN is deaf here and polls instead.
+    let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--sweep-interval", "1h"]);
+    eventually("the pooler is named in the log", LONG, || async {
+        log_of(storage.path()).contains("transaction-mode pooler")
+    })
+    .await;
+    whole_pipeline(&db).await;
+    assert!(
+        reactor.child.try_wait().unwrap().is_none(),
+        "still running: {}",
+        log_of(storage.path())
+    );
+    assert!(reactor.terminate().success());
+    let log = log_of(storage.path());
+    assert!(log.contains("polling"), "{log}");
+    assert!(!log.contains("prepared statement"), "{log}");
+}
