@@ -63,7 +63,9 @@ fn split_tls_params(url: &str) -> (String, TlsParams) {
     };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+        // Percent-decoding only: in a postgres URL, as in libpq, '+' is a plus.
+        let plus_kept = pair.replace('+', "%2B");
+        let decoded = url::form_urlencoded::parse(plus_kept.as_bytes()).next();
         match decoded {
             Some((k, v)) if k == "sslmode" => params.mode = Some(v.into_owned()),
             Some((k, v)) if k == "sslrootcert" => params.root_cert = Some(v.into_owned()),
@@ -217,6 +219,8 @@ mod tests {
         );
         assert_eq!(p.mode.as_deref(), Some("verify-full"));
         assert_eq!(p.root_cert.as_deref(), Some("/etc/ca.crt"));
+        let (_, p) = split_tls_params("postgres://u@h/db?sslrootcert=/certs/a+b%20c.crt");
+        assert_eq!(p.root_cert.as_deref(), Some("/certs/a+b c.crt"));
         let (rest, p) = split_tls_params("postgres://u@h/db?sslmode=disable");
         assert_eq!(rest, "postgres://u@h/db");
         assert_eq!(p.mode.as_deref(), Some("disable"));
