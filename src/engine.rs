@@ -289,7 +289,6 @@ impl Engine {
                     let Ok(Err(deaf)) = ended else { break };
                     // A pooler eats notifications: keep doing the work by polling.
                     tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
-                    metrics::gauge!("reactor_poll_only_fallback").set(1.0);
                     inner.status.listening.store(true, Ordering::SeqCst);
                     ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
                 }
