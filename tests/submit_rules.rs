@@ -482,7 +482,7 @@ async fn compose_without_input1_path_is_refused_naming_input1_path() {
     assert_input_rule(
         "compose",
         ", input2_path",
-        ", 'u/inputs/2.jpg'",
+        ", 'https://inputs.example/2.jpg'",
         "input1_path",
     )
     .await;
@@ -493,7 +493,7 @@ async fn compose_without_input2_path_is_refused_naming_input2_path() {
     assert_input_rule(
         "compose",
         ", input1_path",
-        ", 'u/inputs/1.jpg'",
+        ", 'https://inputs.example/1.jpg'",
         "input2_path",
     )
     .await;
@@ -501,7 +501,13 @@ async fn compose_without_input2_path_is_refused_naming_input2_path() {
 
 #[tokio::test]
 async fn imagine_without_prompt_is_refused_naming_prompt() {
-    assert_input_rule("imagine", ", input1_path", ", 'u/inputs/1.jpg'", "prompt").await;
+    assert_input_rule(
+        "imagine",
+        ", input1_path",
+        ", 'https://inputs.example/1.jpg'",
+        "prompt",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -515,12 +521,12 @@ async fn each_mode_with_its_required_inputs_is_accepted() {
     let db = common::migrated_db().await;
     let mut c = db.client().await;
     for (mode, columns, values) in [
-        ("redesign", "input1_path", "'u/inputs/1.jpg'"),
-        ("staging", "input1_path", "'u/inputs/1.jpg'"),
+        ("redesign", "input1_path", "'https://inputs.example/1.jpg'"),
+        ("staging", "input1_path", "'https://inputs.example/1.jpg'"),
         (
             "compose",
             "input1_path, input2_path",
-            "'u/inputs/1.jpg', 'u/inputs/2.jpg'",
+            "'https://inputs.example/1.jpg', 'https://inputs.example/2.jpg'",
         ),
         ("imagine", "prompt", "'a sunny loft'"),
     ] {

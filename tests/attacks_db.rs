@@ -1,0 +1,394 @@
+//! Issue 10, the database side: each attack an attacker with a Supabase client
+//! (or a SQL session) tried, performed against a real PostgreSQL.
+//!   1. input paths that would have become signed links to others' files;
+//!   3. the monthly quota race between a job's success and its debit;
+//!   4. cancel_generation_job trusting a claim, and EXECUTE grants.
+mod common;
+
+use common::fake_replicate::{FakeReplicate, TOKEN};
+use common::{count, eventually, start_reactor};
+use serde_json::json;
+use std::time::Duration;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
+    (
+        common::sqlstate(e),
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+async fn jobs_of(client: &Client, user: Uuid) -> i64 {
+    count(
+        client,
+        &format!("select count(*) from generation_jobs where owner_id = '{user}'"),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// 1. Input paths
+// ---------------------------------------------------------------------------
+
+/// Inserts a compose job as `user` would through supabase-js.
+async fn submit_paths(
+    client: &mut Client,
+    user: Uuid,
+    input1: &str,
+    input2: &str,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    reactor::db::act_as_user(&tx, user).await?;
+    let id = tx
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, input1_path, input2_path)
+             values ($1, 'compose', $2, $3) returning id",
+            &[&user, &input1, &input2],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Paths `me` may not use: someone else's files, other buckets, traversal in
+/// every spelling, and things that are not paths at all.
+fn bad_paths(me: Uuid, other: Uuid) -> Vec<String> {
+    [
+        format!("private/{other}/inputs/room.jpg"),
+        "billing-exports/2026/all.csv".to_string(),
+        "public/renders/1/0.jpg".to_string(),
+        format!("{me}/inputs/room.jpg"),
+        format!("/private/{me}/inputs/room.jpg"),
+        format!("private/{me}"),
+        format!("private/{me}/"),
+        format!("private/{me}/../{other}/inputs/room.jpg"),
+        format!("private/{me}/inputs/.."),
+        format!("private/{me}/./inputs/room.jpg"),
+        format!("private/{me}/%2e%2e/{other}/inputs/room.jpg"),
+        format!("private/{me}/%2E%2E/{other}/inputs/room.jpg"),
+        format!("private/{me}/..%2f{other}%2finputs%2froom.jpg"),
+        format!("private/{me}/%252e%252e/{other}/inputs/room.jpg"),
+        format!("private/{me}//inputs/room.jpg"),
+        format!("private/{me}/inputs\\..\\..\\{other}\\room.jpg"),
+        format!("private/{me}/inputs/room.jpg?x-id=GetObject"),
+        format!("private/{me}/inputs/room.jpg#frag"),
+        format!("private/{me}/inputs/room\n.jpg"),
+        format!("s3://private/{other}/inputs/room.jpg"),
+        "file:///etc/passwd".to_string(),
+        "https://".to_string(),
+        "https:// evil.example/x.jpg".to_string(),
+    ]
+    .into()
+}
+
+#[tokio::test]
+async fn a_client_cannot_submit_an_input_path_outside_its_own_private_prefix() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let me = common::user_with_profile(&c).await;
+    let other = common::user_with_profile(&c).await;
+    let mine = format!("private/{me}/inputs/room.jpg");
+    for bad in bad_paths(me, other) {
+        for (column, input1, input2) in [
+            ("input1_path", bad.as_str(), mine.as_str()),
+            ("input2_path", mine.as_str(), bad.as_str()),
+        ] {
+            let err = submit_paths(&mut c, me, input1, input2)
+                .await
+                .expect_err(&format!("{column} = {bad:?} must be refused"));
+            let (code, message) = code_and_message(&err);
+            assert_eq!(code, "23514", "{column} = {bad:?}: {message}");
+            assert!(
+                message.contains(column),
+                "the message names {column}: {message}"
+            );
+            assert_eq!(err.as_db_error().and_then(|d| d.column()), Some(column));
+            assert_eq!(jobs_of(&c, me).await, 0, "{column} = {bad:?}: no row");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_or_blank_input_path_is_refused_naming_the_column() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let me = common::user_with_profile(&c).await;
+    let mine = format!("private/{me}/inputs/room.jpg");
+    for blank in ["", "   "] {
+        let err = submit_paths(&mut c, me, &mine, blank)
+            .await
+            .expect_err("blank input2_path");
+        let (code, message) = code_and_message(&err);
+        assert_eq!(code, "23502", "{message}");
+        assert!(message.contains("input2_path"), "{message}");
+        // Also where the mode does not need the input at all.
+        let tx = c.transaction().await.unwrap();
+        reactor::db::act_as_user(&tx, me).await.unwrap();
+        let err = tx
+            .execute(
+                "insert into generation_jobs (owner_id, mode, prompt, input1_path)
+                 values ($1, 'imagine', 'a loft', $2)",
+                &[&me, &blank],
+            )
+            .await
+            .expect_err("blank input1_path on an imagine job");
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            err.as_db_error().and_then(|d| d.column()),
+            Some("input1_path")
+        );
+    }
+    assert_eq!(jobs_of(&c, me).await, 0);
+}
+
+#[tokio::test]
+async fn own_keys_and_http_urls_are_accepted_unchanged() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    for (input1, input2) in [
+        (
+            "private/{me}/inputs/room.jpg",
+            "private/{me}/inputs/sub dir/sofa.v2.png",
+        ),
+        (
+            "https://cdn.example.com/rooms/1.jpg?token=abc",
+            "http://127.0.0.1:9/x.jpg",
+        ),
+    ] {
+        let me = common::user_with_profile(&c).await;
+        let (input1, input2) = (
+            input1.replace("{me}", &me.to_string()),
+            input2.replace("{me}", &me.to_string()),
+        );
+        let id = submit_paths(&mut c, me, &input1, &input2).await.unwrap();
+        let row = c
+            .query_one(
+                "select input1_path, input2_path from generation_jobs where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            (input1, input2)
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_service_is_held_to_the_input_path_rule_too() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let me = common::user_with_profile(&c).await;
+    let other = common::user_with_profile(&c).await;
+    let stolen = format!("private/{other}/inputs/room.jpg");
+
+    // As the reactor's own login (no SET ROLE) and as service_role.
+    let err = c
+        .execute(
+            "insert into generation_jobs (owner_id, mode, input1_path) values ($1, 'redesign', $2)",
+            &[&me, &stolen],
+        )
+        .await
+        .expect_err("owner login");
+    assert_eq!(common::sqlstate(&err), "23514");
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("set local role service_role")
+        .await
+        .unwrap();
+    let err = tx
+        .execute(
+            "insert into generation_jobs (owner_id, mode, input1_path) values ($1, 'redesign', $2)",
+            &[&me, &stolen],
+        )
+        .await
+        .expect_err("service_role");
+    tx.rollback().await.unwrap();
+    assert_eq!(common::sqlstate(&err), "23514");
+    assert_eq!(jobs_of(&c, me).await, 0);
+
+    // Nor may it point an existing job at someone else's file.
+    let id: Uuid = c
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, input1_path, status)
+             values ($1, 'redesign', $2, 'failed') returning id",
+            &[&me, &format!("private/{me}/inputs/room.jpg")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let err = c
+        .execute(
+            "update generation_jobs set input1_path = $2 where id = $1",
+            &[&id, &stolen],
+        )
+        .await
+        .expect_err("update to a stolen key");
+    assert_eq!(common::sqlstate(&err), "23514");
+}
+
+fn replicate_flags(fake: &FakeReplicate, extra: &[&str]) -> Vec<String> {
+    let mut flags: Vec<String> = [
+        "--provider",
+        "replicate",
+        "--replicate-base-url",
+        &fake.base,
+        "--replicate-api-token",
+        TOKEN,
+        "--provider-timeout",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    flags
+}
+
+/// Writes a starting job the way a row from before the rule exists: with the
+/// table's triggers off (as a restore or logical replication writes rows).
+async fn insert_bypassing_triggers(c: &mut Client, owner: Uuid, input1: &str) -> Uuid {
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("set local session_replication_role = replica")
+        .await
+        .unwrap();
+    let id = tx
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, input1_path) values ($1, 'redesign', $2) returning id",
+            &[&owner, &input1],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn status_and_error(c: &Client, id: Uuid) -> (String, Option<String>) {
+    let row = c
+        .query_one(
+            "select status, error from generation_jobs where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn wait_status(c: &Client, id: Uuid, status: &str) -> Option<String> {
+    eventually(&format!("job {id} {status}"), LONG, || async {
+        status_and_error(c, id).await.0 == status
+    })
+    .await;
+    status_and_error(c, id).await.1
+}
+
+#[tokio::test]
+async fn the_reactor_refuses_to_prefix_a_key_outside_the_job_owners_prefix_and_sends_nothing() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    let base = "http://127.0.0.1:9/storage/v1/object/public";
+    let flags = replicate_flags(&fake, &["--input-base-url", base]);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut c = db.client().await;
+    let victim = common::user_with_profile(&c).await;
+    let thief = common::user_with_profile(&c).await;
+
+    let stolen = format!("private/{victim}/inputs/room.jpg");
+    for bad in [stolen.as_str(), "billing-exports/2026/all.csv"] {
+        let id = insert_bypassing_triggers(&mut c, thief, bad).await;
+        let error = wait_status(&c, id, "failed").await.unwrap_or_default();
+        assert!(
+            error.contains("input1_path") && error.contains(&format!("private/{thief}/")),
+            "a clear error naming the rule: {error}"
+        );
+        assert_eq!(fake.create_calls(), 0, "nothing was sent to the provider");
+    }
+
+    // The job owner's own key is prefixed; an http(s) URL passes unchanged.
+    let own = format!("private/{thief}/inputs/room.jpg");
+    let url = "https://cdn.example.com/rooms/1.jpg?token=abc";
+    for (i, (input, expected)) in [
+        (own.as_str(), format!("{base}/{own}")),
+        (url, url.to_string()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let user = common::user_with_profile(&c).await;
+        let input = input.replace(&thief.to_string(), &user.to_string());
+        let expected = expected.replace(&thief.to_string(), &user.to_string());
+        let tx = c.transaction().await.unwrap();
+        reactor::db::act_as_user(&tx, user).await.unwrap();
+        tx.execute(
+            "insert into generation_jobs (owner_id, mode, input1_path) values ($1, 'redesign', $2)",
+            &[&user, &input],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        eventually("prediction created", LONG, || async {
+            fake.predictions().len() > i
+        })
+        .await;
+        assert_eq!(
+            fake.predictions()[i].input["image_input"],
+            json!([expected])
+        );
+    }
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_error_never_copies_a_signed_url_or_query_string_into_the_job() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    let flags = replicate_flags(&fake, &[]);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut c = db.client().await;
+    let user = common::user_with_profile(&c).await;
+    let id = submit_paths(
+        &mut c,
+        user,
+        "https://cdn.example.com/a.jpg",
+        "https://cdn.example.com/b.jpg",
+    )
+    .await
+    .unwrap();
+    eventually("prediction created", LONG, || async {
+        !fake.predictions().is_empty()
+    })
+    .await;
+    let pid = fake.predictions()[0].id.clone();
+    fake.finish(
+        &pid,
+        "failed",
+        serde_json::Value::Null,
+        json!("could not download https://s3.example/private/u/in.jpg?X-Amz-Credential=AKID&X-Amz-Signature=abc123: 403"),
+    );
+    let error = wait_status(&c, id, "failed").await.unwrap_or_default();
+    for secret in ["X-Amz", "AKID", "abc123", "?", "s3.example/private"] {
+        assert!(!error.contains(secret), "{secret:?} leaked into {error:?}");
+    }
+    assert!(error.contains("could not download"), "{error}");
+    reactor.stop().await;
+}
+
