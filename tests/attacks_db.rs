@@ -392,3 +392,155 @@ async fn a_provider_error_never_copies_a_signed_url_or_query_string_into_the_job
     reactor.stop().await;
 }
 
+// ---------------------------------------------------------------------------
+// 3. The quota race
+// ---------------------------------------------------------------------------
+
+/// A plan of `limit` generations a month; returns its price id.
+async fn plan(c: &Client, limit: i32) -> String {
+    let price = format!("price_{}", Uuid::new_v4().simple());
+    c.execute(
+        "insert into plans (price_id, name, monthly_generations) values ($1, $1, $2)",
+        &[&price, &limit],
+    )
+    .await
+    .unwrap();
+    price
+}
+
+/// A user on `price` with one generation debited this month and one job
+/// processing; returns (user, the processing job).
+async fn user_one_below_two(c: &Client, price: &str) -> (Uuid, Uuid) {
+    let user = common::user_with_profile(c).await;
+    c.execute(
+        "update profiles set price_id = $2 where id = $1",
+        &[&user, &price],
+    )
+    .await
+    .unwrap();
+    let done = common::succeeded_job(c, user, &["https://x.example/0.jpg".into()]).await;
+    debit(c, done).await;
+    let running: Uuid = c
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, status) values ($1, 'imagine', 'x', 'processing') returning id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (user, running)
+}
+
+async fn debit(c: &Client, job: Uuid) {
+    c.execute(
+        "insert into usage_ledger (owner_id, kind, amount, job_id)
+         select owner_id, 'generation_debit', 1, id from generation_jobs where id = $1",
+        &[&job],
+    )
+    .await
+    .unwrap();
+}
+
+async fn succeed(c: &Client, job: Uuid) -> Result<u64, tokio_postgres::Error> {
+    c.execute(
+        "update generation_jobs set status = 'succeeded', output = '[\"https://x.example/1.jpg\"]', completed_at = now()
+         where id = $1",
+        &[&job],
+    )
+    .await
+}
+
+async fn submit_imagine(c: &mut Client, user: Uuid) -> Result<u64, tokio_postgres::Error> {
+    common::as_user(
+        c,
+        user,
+        &format!("insert into generation_jobs (owner_id, mode, prompt) values ('{user}', 'imagine', 'a loft')"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_succeeded_job_not_yet_debited_counts_against_the_quota() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let price = plan(&c, 2).await;
+    let (user, running) = user_one_below_two(&c, &price).await;
+    // The job succeeds; its debit has not been written (no reactor running).
+    succeed(&c, running).await.unwrap();
+    let err = submit_imagine(&mut c, user)
+        .await
+        .expect_err("1 debited + 1 pending = 2 of 2");
+    let (code, message) = code_and_message(&err);
+    assert_eq!(code, "PT402", "{message}");
+    assert!(message.contains("2 of 2"), "{message}");
+    // Once debited, it is counted once, not twice.
+    debit(&c, running).await;
+    let err = submit_imagine(&mut c, user).await.expect_err("2 of 2");
+    assert!(code_and_message(&err).1.contains("2 of 2"), "{err}");
+    assert_eq!(jobs_of(&c, user).await, 2);
+
+    // Failed and canceled jobs are never debited, so they never count.
+    let (user, running) = user_one_below_two(&c, &price).await;
+    c.execute(
+        "update generation_jobs set status = 'failed', completed_at = now() where id = $1",
+        &[&running],
+    )
+    .await
+    .unwrap();
+    submit_imagine(&mut c, user).await.expect("1 of 2 used");
+}
+
+#[tokio::test]
+async fn success_racing_a_submission_never_ends_above_the_plan() {
+    let db = common::migrated_db().await;
+    let service = db.client().await;
+    let mut client = db.client().await;
+    let setup = db.client().await;
+    let price = plan(&setup, 2).await;
+    let mut accepted = 0;
+    for _ in 0..120 {
+        let (user, running) = user_one_below_two(&setup, &price).await;
+        let (a, b) = (rand::random_range(0..3u64), rand::random_range(0..3u64));
+        let (succeeded, submitted) = tokio::join!(
+            async {
+                tokio::time::sleep(Duration::from_micros(a * 300)).await;
+                succeed(&service, running).await
+            },
+            async {
+                tokio::time::sleep(Duration::from_micros(b * 300)).await;
+                submit_imagine(&mut client, user).await
+            }
+        );
+        succeeded.unwrap();
+        if let Ok(n) = submitted {
+            accepted += n;
+        }
+        // Whatever got in succeeds and is debited, as the reactor would do.
+        setup
+            .execute(
+                "update generation_jobs set status = 'succeeded', output = '[\"https://x.example/2.jpg\"]', completed_at = now()
+                 where owner_id = $1 and status in ('starting', 'processing')",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        setup
+            .execute(
+                "insert into usage_ledger (owner_id, kind, amount, job_id)
+                 select owner_id, 'generation_debit', 1, id from generation_jobs j
+                 where owner_id = $1 and status = 'succeeded'
+                   and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        let used = count(
+            &setup,
+            &format!("select coalesce(sum(amount), 0)::bigint from usage_ledger where owner_id = '{user}'"),
+        )
+        .await;
+        assert!(used <= 2, "{used} generations used on a plan of 2");
+    }
+    assert_eq!(accepted, 0, "no submission could get past a pending debit");
+}
+
