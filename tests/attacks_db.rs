@@ -6,7 +6,7 @@
 mod common;
 
 use common::fake_replicate::{FakeReplicate, TOKEN};
-use common::{count, eventually, start_reactor};
+use common::{count, eventually, start_reactor, TestDb};
 use serde_json::json;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -544,3 +544,161 @@ async fn success_racing_a_submission_never_ends_above_the_plan() {
     assert_eq!(accepted, 0, "no submission could get past a pending debit");
 }
 
+// ---------------------------------------------------------------------------
+// 4. cancel_generation_job and EXECUTE grants
+// ---------------------------------------------------------------------------
+
+async fn starting_job(c: &Client, owner: Uuid) -> Uuid {
+    c.query_one(
+        "insert into generation_jobs (owner_id, mode, prompt) values ($1, 'imagine', 'a barn') returning id",
+        &[&owner],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn status(c: &Client, id: Uuid) -> String {
+    status_and_error(c, id).await.0
+}
+
+#[tokio::test]
+async fn a_session_claiming_service_role_cannot_cancel_anothers_job() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let victim = common::user_with_profile(&c).await;
+    let attacker = common::user_with_profile(&c).await;
+    let job = starting_job(&c, victim).await;
+
+    for forge in [
+        "select set_config('request.jwt.claim.role', 'service_role', false)".to_string(),
+        format!(
+            "select set_config('request.jwt.claims', '{}', false)",
+            json!({"sub": attacker.to_string(), "role": "service_role"})
+        ),
+    ] {
+        let tx = c.transaction().await.unwrap();
+        tx.batch_execute("set local role authenticated")
+            .await
+            .unwrap();
+        tx.execute(
+            "select set_config('request.jwt.claim.sub', $1, false)",
+            &[&attacker.to_string()],
+        )
+        .await
+        .unwrap();
+        tx.batch_execute(&forge).await.unwrap();
+        let err = tx
+            .query_one("select cancel_generation_job($1)", &[&job])
+            .await
+            .expect_err("a forged claim gives no authority");
+        tx.rollback().await.unwrap();
+        assert_eq!(common::sqlstate(&err), "PT404", "{forge}");
+        assert_eq!(status(&c, job).await, "starting");
+    }
+
+    // Real authority still works: the service_role role, and the reactor's login.
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("set local role service_role")
+        .await
+        .unwrap();
+    let s: String = tx
+        .query_one("select cancel_generation_job($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(s, "canceled");
+    let other = common::user_with_profile(&c).await;
+    let job = starting_job(&c, other).await;
+    let s: String = c
+        .query_one("select cancel_generation_job($1)", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(s, "canceled");
+}
+
+/// A database migrated the way it is on Supabase: default privileges grant
+/// every new table and function in schema public to anon and authenticated.
+async fn supabase_like_db() -> TestDb {
+    let db = common::empty_db().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "do $$ declare r text; begin
+           foreach r in array array['anon', 'authenticated', 'service_role'] loop
+             if not exists (select 1 from pg_roles where rolname = r) then
+               begin execute format('create role %I nologin noinherit', r);
+               exception when duplicate_object or unique_violation then null; end;
+             end if;
+           end loop;
+         end $$;
+         alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let mut c = db.client().await;
+    reactor::migrate::run(&mut c).await.expect("migrate");
+    db
+}
+
+/// Functions the migrations install in public and reactor that `role` may execute.
+async fn executable_by(c: &Client, role: &str) -> Vec<String> {
+    c.query(
+        "select p.oid::regprocedure::text from pg_proc p
+         where p.pronamespace in ('public'::regnamespace, 'reactor'::regnamespace)
+           and not exists (select 1 from pg_depend d
+                           where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+           and has_function_privilege($1, p.oid, 'EXECUTE')
+         order by 1",
+        &[&role],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn on_supabase_default_privileges_anon_may_execute_nothing_and_clients_only_cancel() {
+    let db = supabase_like_db().await;
+    let mut c = db.client().await;
+    assert_eq!(executable_by(&c, "anon").await, Vec::<String>::new());
+    assert_eq!(
+        executable_by(&c, "authenticated").await,
+        vec!["cancel_generation_job(uuid)".to_string()]
+    );
+
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("set local role anon").await.unwrap();
+    let err = tx
+        .query_one("select cancel_generation_job(gen_random_uuid())", &[])
+        .await
+        .expect_err("anon may not call it");
+    tx.rollback().await.unwrap();
+    assert_eq!(common::sqlstate(&err), "42501");
+
+    // Tables: anon reads only the public catalogue.
+    let readable: Vec<String> = c
+        .query(
+            "select c.oid::regclass::text from pg_class c
+             where c.relnamespace in ('public'::regnamespace, 'reactor'::regnamespace)
+               and c.relkind in ('r', 'p', 'v', 'm')
+               and has_table_privilege('anon', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+             order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        readable,
+        vec!["community_collections", "community_items", "plans"]
+    );
+}
