@@ -444,8 +444,8 @@ impl LeasedWork for Generation {
             return Ok(Done::Finished);
         };
         if let Some(refusal) = job.input_refusal.take() {
-            // Written around the database's input rule (or before it): never
-            // sign, prefix or send it. Nothing was sent for it, nothing will be.
+            // Written around the database's input rule (or before it): fail
+            // the job rather than sign, prefix or send what is not the owner's.
             if job.in_flight() {
                 tracing::warn!(owner = %job.owner_id, "refusing a job whose input is not its owner's");
                 return self.fail_job(pool, lease, id, &refusal).await;
