@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub enum StorageError {
     #[error("signing a URL for input {path:?}: {reason}")]
     Sign { path: String, reason: String },
+    #[error("input {path:?} refused: it {reason}")]
+    Refused { path: String, reason: String },
     #[error("REACTOR_STORAGE_URL {url:?} is not usable: {reason}")]
     Config { url: String, reason: String },
     #[error("storing {path}: {source}")]
@@ -96,10 +98,58 @@ impl Storage {
     }
 }
 
+/// Whether an input path is an http(s) URL: given to the provider as it is,
+/// never signed or prefixed. The same test as `reactor.input_path_problem`.
+pub fn is_http_url(path: &str) -> bool {
+    let Some(rest) = path
+        .strip_prefix("https://")
+        .or_else(|| path.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    host_len > 0 && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Why `path` may not be an input of a job owned by `owner` (None: it may).
+/// A storage key must be one of the owner's own uploads, `private/{owner}/…`,
+/// with nothing that could walk out of that prefix once it is part of a URL
+/// (`..`, `%2e%2e`, `%2f`, `//`, backslashes, `?`, `#`). The database refuses
+/// such rows at insert (`reactor.input_path_problem`, the same rule); this is
+/// the reactor's own check for rows written before the rule or around it.
+pub fn input_path_problem(path: &str, owner: uuid::Uuid) -> Option<String> {
+    if is_http_url(path) {
+        return None;
+    }
+    let prefix = format!("private/{owner}/");
+    let Some(key) = path.strip_prefix(&prefix) else {
+        return Some(format!(
+            "must be an http(s) URL or a key under {prefix} (the owner's own uploads)"
+        ));
+    };
+    if path
+        .chars()
+        .any(|c| matches!(c, '%' | '\\' | '?' | '#') || c.is_control())
+    {
+        return Some("may not contain %, \\, ?, # or control characters".into());
+    }
+    if key.is_empty() {
+        return Some(format!("must name a file under {prefix}"));
+    }
+    if key.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Some(format!(
+            "must be a key under {prefix} without empty, \".\" or \"..\" segments"
+        ));
+    }
+    None
+}
+
 /// Signs short-lived GET URLs for input images kept in an S3-compatible store
 /// (Supabase Storage's private bucket, say), so the provider can fetch them.
 /// Input paths are `bucket/key`, as seed 004 writes them
 /// (`private/{user}/inputs/{uuid}.jpg`). Signing is local: no request is made.
+/// Only the job owner's own keys are signed (see [`input_path_problem`]): the
+/// signature is the service's, and would open any object of any bucket.
 #[derive(Debug, Clone)]
 pub struct InputSigner {
     base: object_store::aws::AmazonS3Builder,
@@ -124,18 +174,27 @@ impl InputSigner {
         InputSigner { base }
     }
 
+    /// A presigned GET URL for `path`, an input of a job owned by `owner`.
     pub async fn sign(
         &self,
         path: &str,
+        owner: uuid::Uuid,
         valid_for: std::time::Duration,
     ) -> Result<String, StorageError> {
         use object_store::signer::Signer as _;
+        if let Some(reason) = input_path_problem(path, owner).or_else(|| {
+            is_http_url(path).then(|| "is a URL already (URLs are never signed)".to_string())
+        }) {
+            return Err(StorageError::Refused {
+                path: path.to_string(),
+                reason,
+            });
+        }
         let error = |reason: String| StorageError::Sign {
             path: path.to_string(),
             reason,
         };
         let (bucket, key) = path
-            .trim_start_matches('/')
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
             .ok_or_else(|| error("expected bucket/key".into()))?;
@@ -168,17 +227,23 @@ mod tests {
         )
     }
 
+    const OWNER: uuid::Uuid = uuid::uuid!("6f1c2a3b-0000-4000-8000-00000000000a");
+    const OTHER: uuid::Uuid = uuid::uuid!("6f1c2a3b-0000-4000-8000-00000000000b");
+
     #[tokio::test]
     async fn an_input_path_becomes_a_presigned_url_of_its_bucket_and_key() {
         let url = signer()
             .sign(
-                "private/u1/inputs/room.jpg",
+                &format!("private/{OWNER}/inputs/room.jpg"),
+                OWNER,
                 std::time::Duration::from_secs(3600),
             )
             .await
             .unwrap();
         assert!(
-            url.starts_with("http://127.0.0.1:9000/private/u1/inputs/room.jpg?"),
+            url.starts_with(&format!(
+                "http://127.0.0.1:9000/private/{OWNER}/inputs/room.jpg?"
+            )),
             "{url}"
         );
         for part in [
@@ -191,11 +256,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_path_without_a_bucket_is_refused_clearly() {
-        let err = signer()
-            .sign("room.jpg", std::time::Duration::from_secs(60))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("bucket/key"), "{err}");
+    async fn only_the_owners_own_keys_are_signed() {
+        for path in [
+            format!("private/{OTHER}/inputs/room.jpg"),
+            "billing-exports/2026/all.csv".into(),
+            "room.jpg".into(),
+            format!("/private/{OWNER}/inputs/room.jpg"),
+            format!("private/{OWNER}/../{OTHER}/inputs/room.jpg"),
+            format!("private/{OWNER}/%2e%2e/{OTHER}/inputs/room.jpg"),
+            format!("private/{OWNER}/..%2F{OTHER}/room.jpg"),
+            format!("private/{OWNER}//room.jpg"),
+            format!("private/{OWNER}/inputs\\..\\x.jpg"),
+            format!("private/{OWNER}/x.jpg?x-id=GetObject"),
+            format!("private/{OWNER}/"),
+            "https://cdn.example.com/room.jpg".into(),
+            String::new(),
+        ] {
+            let err = signer()
+                .sign(&path, OWNER, std::time::Duration::from_secs(60))
+                .await
+                .expect_err(&path);
+            assert!(
+                matches!(err, StorageError::Refused { .. }),
+                "{path:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_urls_need_a_host_and_no_whitespace() {
+        for url in [
+            "https://a.example/x.jpg?sig=1",
+            "http://127.0.0.1:9/x",
+            "https://h",
+        ] {
+            assert!(is_http_url(url), "{url}");
+            assert_eq!(input_path_problem(url, OWNER), None, "{url}");
+        }
+        for not_url in [
+            "https://",
+            "https:///x",
+            "https:// h/x",
+            "HTTPS://h/x",
+            "ftp://h/x",
+        ] {
+            assert!(!is_http_url(not_url), "{not_url}");
+            assert!(input_path_problem(not_url, OWNER).is_some(), "{not_url}");
+        }
+    }
+
+    #[test]
+    fn own_keys_may_have_any_depth_and_spaces() {
+        for key in [
+            "inputs/room.jpg",
+            "inputs/sub dir/sofa.v2.png",
+            "a..b/c.jpg",
+        ] {
+            assert_eq!(
+                input_path_problem(&format!("private/{OWNER}/{key}"), OWNER),
+                None,
+                "{key}"
+            );
+        }
     }
 }

@@ -70,6 +70,21 @@ async fn debit(client: &Client, user: Uuid, n: i32, at: &str) {
         .expect("service writes debits");
 }
 
+/// Debits `user`'s succeeded jobs that have no debit yet, as the reactor's
+/// usage handler does (one debit per job, naming the job).
+async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "insert into usage_ledger (owner_id, kind, amount, job_id)
+             select owner_id, 'generation_debit', 1, id from generation_jobs j
+             where owner_id = $1 and status = 'succeeded'
+               and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
+            &[&user],
+        )
+        .await
+        .expect("service writes debits");
+}
+
 /// Start of the current UTC calendar month, as SQL.
 const MONTH_START_UTC: &str = "(date_trunc('month', now() at time zone 'UTC') at time zone 'UTC')";
 
@@ -325,7 +340,7 @@ async fn at_the_plan_limit_a_submission_gets_pt402_naming_the_limit() {
     submit(&mut c, a).await.expect("1 of 2 used");
     set_status(&c, a, "succeeded").await;
 
-    debit(&c, a, 1, "now()").await;
+    debit_succeeded_jobs(&c, a).await;
     let err = submit(&mut c, a).await.expect_err("2 of 2 used");
     let (code, message) = code_and_message(&err);
     assert_eq!(code, "PT402", "{message}");
@@ -414,7 +429,7 @@ async fn an_unknown_or_missing_price_id_falls_back_to_the_default_plan() {
         debit(&c, user, 2, "now()").await;
         submit(&mut c, user).await.expect("2 of 3 used");
         set_status(&c, user, "succeeded").await;
-        debit(&c, user, 1, "now()").await;
+        debit_succeeded_jobs(&c, user).await;
         let err = submit(&mut c, user).await.expect_err("3 of 3 used");
         let (code, message) = code_and_message(&err);
         assert_eq!(code, "PT402", "{message}");
@@ -482,7 +497,7 @@ async fn compose_without_input1_path_is_refused_naming_input1_path() {
     assert_input_rule(
         "compose",
         ", input2_path",
-        ", 'u/inputs/2.jpg'",
+        ", 'https://inputs.example/2.jpg'",
         "input1_path",
     )
     .await;
@@ -493,7 +508,7 @@ async fn compose_without_input2_path_is_refused_naming_input2_path() {
     assert_input_rule(
         "compose",
         ", input1_path",
-        ", 'u/inputs/1.jpg'",
+        ", 'https://inputs.example/1.jpg'",
         "input2_path",
     )
     .await;
@@ -501,7 +516,13 @@ async fn compose_without_input2_path_is_refused_naming_input2_path() {
 
 #[tokio::test]
 async fn imagine_without_prompt_is_refused_naming_prompt() {
-    assert_input_rule("imagine", ", input1_path", ", 'u/inputs/1.jpg'", "prompt").await;
+    assert_input_rule(
+        "imagine",
+        ", input1_path",
+        ", 'https://inputs.example/1.jpg'",
+        "prompt",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -515,12 +536,12 @@ async fn each_mode_with_its_required_inputs_is_accepted() {
     let db = common::migrated_db().await;
     let mut c = db.client().await;
     for (mode, columns, values) in [
-        ("redesign", "input1_path", "'u/inputs/1.jpg'"),
-        ("staging", "input1_path", "'u/inputs/1.jpg'"),
+        ("redesign", "input1_path", "'https://inputs.example/1.jpg'"),
+        ("staging", "input1_path", "'https://inputs.example/1.jpg'"),
         (
             "compose",
             "input1_path, input2_path",
-            "'u/inputs/1.jpg', 'u/inputs/2.jpg'",
+            "'https://inputs.example/1.jpg', 'https://inputs.example/2.jpg'",
         ),
         ("imagine", "prompt", "'a sunny loft'"),
     ] {

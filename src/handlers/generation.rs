@@ -83,6 +83,9 @@ struct Generation {
 
 struct Job {
     input: JobInput,
+    owner_id: Uuid,
+    /// Why an input may not be sent (see `storage::input_path_problem`).
+    input_refusal: Option<String>,
     status: String,
     error: Option<String>,
     prediction_id: Option<String>,
@@ -129,7 +132,8 @@ pub async fn apply_prediction(
             None,
             Some(
                 p.error
-                    .clone()
+                    .as_deref()
+                    .map(job_error_text)
                     .unwrap_or_else(|| "the provider reported failure".into()),
             ),
         ),
@@ -170,19 +174,28 @@ impl Generation {
             .await?
             .query_typed_opt(
                 "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
-                        prediction_id, submit_started_at, cancel_requested_at is not null, created_at
+                        prediction_id, submit_started_at, cancel_requested_at is not null, created_at,
+                        owner_id
                  from public.generation_jobs where id = $1",
                 &[param(&id)],
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let paths: Vec<String> = [row.get::<_, Option<String>>(4), row.get(5)]
+        let owner_id: Uuid = row.get(12);
+        let paths = [("input1_path", row.get(4)), ("input2_path", row.get(5))];
+        let paths: Vec<(&str, String)> = paths
             .into_iter()
-            .flatten()
+            .filter_map(|(column, path): (&str, Option<String>)| Some((column, path?)))
             .collect();
+        let input_refusal = paths.iter().find_map(|(column, path)| {
+            crate::storage::input_path_problem(path, owner_id)
+                .map(|problem| format!("{column} {path:?} refused: it {problem}"))
+        });
         let mut images = Vec::with_capacity(paths.len());
-        for path in &paths {
-            images.push(self.input_url(path).await?);
+        if input_refusal.is_none() {
+            for (_, path) in &paths {
+                images.push(self.input_url(path, owner_id).await?);
+            }
         }
         Ok(Some(Job {
             input: JobInput {
@@ -193,6 +206,8 @@ impl Generation {
                 prompt: row.get(3),
                 images,
             },
+            owner_id,
+            input_refusal,
             status: row.get(6),
             error: row.get(7),
             prediction_id: row.get(8),
@@ -204,20 +219,22 @@ impl Generation {
 
     /// An input path as a URL the provider can fetch: http(s) URLs as they
     /// are, else under REACTOR_INPUT_BASE_URL, else signed (s3:// storage).
-    async fn input_url(&self, path: &str) -> Result<String, HandlerError> {
-        if self.settings.raw_inputs || path.starts_with("https://") || path.starts_with("http://") {
+    /// Only the job owner's own keys are ever prefixed or signed.
+    async fn input_url(&self, path: &str, owner: Uuid) -> Result<String, HandlerError> {
+        if let Some(problem) = crate::storage::input_path_problem(path, owner) {
+            return Err(HandlerError::Permanent(format!(
+                "input {path:?} refused: it {problem}"
+            )));
+        }
+        if self.settings.raw_inputs || crate::storage::is_http_url(path) {
             return Ok(path.to_string());
         }
         if let Some(base) = &self.settings.input_base_url {
-            return Ok(format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            ));
+            return Ok(format!("{}/{path}", base.trim_end_matches('/')));
         }
         match &self.settings.input_signer {
             Some(signer) => signer
-                .sign(path, INPUT_URL_VALIDITY)
+                .sign(path, owner, INPUT_URL_VALIDITY)
                 .await
                 .map_err(|e| HandlerError::Permanent(e.to_string())),
             None => Err(HandlerError::Permanent(format!(
@@ -250,6 +267,7 @@ impl Generation {
         id: Uuid,
         error: &str,
     ) -> Result<Done, HandlerError> {
+        let error = job_error_text(error);
         tracing::warn!(%error, "job failed");
         self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &error])
             .await?;
@@ -433,6 +451,15 @@ impl LeasedWork for Generation {
         let Some(mut job) = self.load(pool, id).await? else {
             return Ok(Done::Finished);
         };
+        if let Some(refusal) = job.input_refusal.take() {
+            // Written around the database's input rule (or before it): fail
+            // the job rather than sign, prefix or send what is not the owner's.
+            if job.in_flight() {
+                tracing::warn!(owner = %job.owner_id, "refusing a job whose input is not its owner's");
+                return self.fail_job(pool, lease, id, &refusal).await;
+            }
+            return Ok(Done::Finished);
+        }
         if job.cancel_requested && job.in_flight() {
             // A submission may be in flight or interrupted: cancel what it created.
             if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
@@ -494,15 +521,82 @@ impl LeasedWork for Generation {
         };
         pool.get()
             .await?
-            .execute_typed(FAIL_IN_FLIGHT, &[param(&id), param(&error)])
+            .execute_typed(FAIL_IN_FLIGHT, &[param(&id), param(&job_error_text(error))])
             .await?;
         Ok(())
     }
 }
 
+/// `text` fit for `generation_jobs.error`, which the job's owner reads. A
+/// provider's message may quote the URLs it was given, signed input URLs
+/// included: every URL becomes `<url>`, and any other query string is cut.
+pub fn job_error_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        out.push_str(&redact_word(&rest[..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One whitespace-free word of an error text, with a URL or query string cut.
+fn redact_word(word: &str) -> String {
+    // Kept after the cut, so "…: <url>." still reads as a sentence.
+    let trailing = word.len()
+        - word
+            .trim_end_matches(['.', ',', ';', ':', ')', ']', '}', '"', '\''])
+            .len();
+    let (body, tail) = word.split_at(word.len() - trailing);
+    let lower = body.to_ascii_lowercase();
+    if let Some(at) = lower.find("://").or_else(|| lower.find("%3a%2f%2f")) {
+        let scheme_start = body[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        return format!("{}<url>{tail}", &body[..scheme_start]);
+    }
+    if let Some(at) = body.find('?').filter(|&at| at + 1 < body.len()) {
+        return format!("{}{tail}", &body[..at]);
+    }
+    word.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_errors_lose_urls_and_query_strings_and_keep_the_rest() {
+        for (raw, clean) in [
+            (
+                "could not download https://s3.example/private/u/in.jpg?X-Amz-Signature=abc: 403",
+                "could not download <url>: 403",
+            ),
+            (
+                "bad input (\"https://a.example/x.jpg?sig=1\").",
+                "bad input (\"<url>\").",
+            ),
+            (
+                "fetch failed: url=https%3A%2F%2Fh%2Fx%3Fsig%3D1",
+                "fetch failed: url=<url>",
+            ),
+            (
+                "key private/u/x.jpg?X-Amz-Credential=AKID refused",
+                "key private/u/x.jpg refused",
+            ),
+            (
+                "  NSFW content detected.  Try again?  ",
+                "  NSFW content detected.  Try again?  ",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(job_error_text(raw), clean, "{raw}");
+        }
+    }
 
     #[test]
     fn status_parse_covers_replicates_terminal_statuses() {
