@@ -454,3 +454,47 @@ async fn state_left_behind_for_finished_rows_is_removed_and_dead_or_waiting_rows
     );
     reactor.stop().await;
 }
+
+/// After renders (one retried, one dead), usage and favorites have done their
+/// work, handler_state holds the dead row and nothing else.
+#[tokio::test]
+async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let images = image_server().await;
+    let client = db.client().await;
+    let owner = common::user_with_profile(&client).await;
+    let retried = common::succeeded_job(&client, owner, &[images.url("/flaky/1/a.jpg")]).await;
+    let dead = common::succeeded_job(&client, owner, &[images.url("/missing/b.jpg")]).await;
+    let reactor = start(&db, storage.path(), &[]).await;
+    let rendered = format!("select count(*) from renders where job_id = '{retried}'");
+    eventually("the retried job rendered", LONG, || async {
+        count(&client, &rendered).await == 1
+    })
+    .await;
+    let dead_state = format!(
+        "select count(*) from reactor.handler_state
+         where handler = 'renders' and row_id = '{dead}' and dead_at is not null"
+    );
+    eventually("the missing image's render dead", LONG, || async {
+        count(&client, &dead_state).await == 1
+    })
+    .await;
+    eventually("two debits and the default collection", LONG, || async {
+        count(&client, "select count(*) from usage_ledger").await == 2
+            && count(
+                &client,
+                "select count(*) from collections where is_default_favorites",
+            )
+            .await
+                == 1
+    })
+    .await;
+    eventually("only the dead row left", LONG, || async {
+        count(&client, "select count(*) from reactor.handler_state").await == 1
+    })
+    .await;
+    assert_eq!(count(&client, &dead_state).await, 1);
+    assert_eq!(images.hits("/flaky/1/a.jpg"), 2, "one retry");
+    reactor.stop().await;
+}
