@@ -454,3 +454,48 @@ pub async fn release_all(
     )
     .await
 }
+
+#[cfg(test)]
+mod live_lease_tests {
+    use super::*;
+
+    fn lease(row_id: &str, token: i64) -> Lease {
+        Lease {
+            handler: "renders".into(),
+            row_id: row_id.into(),
+            owner: Uuid::nil(),
+            token,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_exactly_while_its_guard_lives_and_a_newer_claim_survives_an_older_guard() {
+        let live = Arc::new(LiveLeases::default());
+        let first = live.hold(&lease("a", 1));
+        let other = live.hold(&lease("b", 5));
+        assert_eq!(live.snapshot().1.len(), 2);
+        // The same row claimed again (its old lease expired) before the old task ended.
+        let again = live.hold(&lease("a", 2));
+        drop(first);
+        let (_, rows, tokens) = live.snapshot();
+        let mut held: Vec<(String, i64)> = rows.into_iter().zip(tokens).collect();
+        held.sort();
+        assert_eq!(held, vec![("a".to_string(), 2), ("b".to_string(), 5)]);
+        drop(again);
+        drop(other);
+        assert!(live.snapshot().0.is_empty());
+    }
+
+    #[test]
+    fn a_panicking_task_releases_its_lease() {
+        let live = Arc::new(LiveLeases::default());
+        let registry = live.clone();
+        let result = std::panic::catch_unwind(move || {
+            let _guard = registry.hold(&lease("c", 1));
+            panic!("the attempt panicked");
+        });
+        assert!(result.is_err());
+        assert!(live.snapshot().0.is_empty());
+    }
+}
