@@ -144,6 +144,8 @@ struct Inner {
     instance: Uuid,
     slots: Vec<Slot>,
     permits: Arc<Semaphore>,
+    /// Leases of attempts running in this process: what the heartbeat renews.
+    live: Arc<lease::LiveLeases>,
     tracker: TaskTracker,
     status: Arc<Status>,
     shutdown: CancellationToken,
@@ -208,6 +210,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 statuses: tokio::sync::broadcast::channel(STATUS_BUFFER).0,
                 permits: Arc::new(Semaphore::new(cfg.concurrency)),
+                live: Arc::default(),
                 cfg,
                 pool,
                 instance: Uuid::new_v4(),
@@ -252,6 +255,7 @@ impl Engine {
             inner.tracker.spawn(async move { w.worker(i).await });
         }
         let heartbeat = tokio::spawn(inner.clone().heartbeat());
+        let tidy = tokio::spawn(inner.clone().tidy());
         let outbox = cfg
             .outbox_poll
             .map(|every| tokio::spawn(inner.clone().drain_outbox(every)));
@@ -304,6 +308,7 @@ impl Engine {
             tracing::warn!(grace = ?cfg.shutdown_grace, "in-flight work did not finish in time; its leases are released");
         }
         heartbeat.abort();
+        tidy.abort();
         if let Some(outbox) = outbox {
             outbox.abort();
         }
@@ -449,12 +454,51 @@ impl Inner {
             ticker.tick().await;
             let renewed = async {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                lease::renew(&**client, self.instance, self.cfg.lease)
+                lease::renew(&**client, self.instance, &self.live, self.cfg.lease)
                     .await
                     .map_err(|e| crate::db::describe(&e))
             };
             if let Err(e) = renewed.await {
                 tracing::warn!(error = %e, "renewing leases failed");
+            }
+        }
+    }
+
+    /// Every sweep interval, what holds from table state alone: each leased
+    /// handler's own sweep (e.g. the stuck rule), and state rows that are
+    /// neither leased nor dead and whose row needs nothing more are dropped.
+    async fn tidy(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.cfg.sweep_interval);
+        loop {
+            ticker.tick().await;
+            for slot in &self.slots {
+                if let Err(e) = self.tidy_slot(slot).await {
+                    tracing::warn!(handler = %slot.handler.spec.name, error = %e, "tidying handler state failed; will try again");
+                }
+            }
+        }
+    }
+
+    async fn tidy_slot(&self, slot: &Slot) -> Result<(), String> {
+        if let Action::Leased(work) = &slot.handler.action {
+            for id in work.sweep(&self.pool).await.map_err(|e| e.to_string())? {
+                slot.inbox.push(id);
+            }
+        }
+        // Bounded batches, so a large backlog of stale rows (e.g. left by an
+        // older version) never becomes one long statement.
+        const BATCH: i64 = 1000;
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        loop {
+            let forgotten = client
+                .execute_typed(&slot.statements.forget, &[param(&BATCH)])
+                .await
+                .map_err(|e| crate::db::describe(&e))?;
+            if forgotten > 0 {
+                tracing::debug!(handler = %slot.handler.spec.name, rows = forgotten, "dropped state of rows that need nothing more");
+            }
+            if (forgotten as i64) < BATCH || self.shutdown.is_cancelled() {
+                return Ok(());
             }
         }
     }
@@ -742,6 +786,9 @@ impl Inner {
     ) {
         let inner = self.clone();
         let span = tracing::info_span!("work", handler = %lease.handler, id = %lease.row_id, attempt = lease.attempts + 1);
+        // Owned by the task, so the heartbeat renews this lease exactly while
+        // the task lives, however it ends.
+        let live = self.live.hold(&lease);
         self.tracker.spawn(
             async move {
                 let _permit = permit;
@@ -751,8 +798,11 @@ impl Inner {
                     inner.slots[index].handled(1, started);
                 }
                 if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
-                    // The lease expires and the row is picked up again.
-                    tracing::warn!(error = %e, "recording the attempt's outcome failed");
+                    // The database is away: stop renewing so the lease expires,
+                    // and look at the row again once it has.
+                    drop(live);
+                    tracing::warn!(error = %e, retry_in = ?inner.cfg.lease, "recording the attempt's outcome failed; the row is retried once its lease has expired");
+                    inner.wake_later(&inner.slots[index], &lease.row_id, inner.cfg.lease);
                 }
             }
             .instrument(span),
@@ -770,6 +820,10 @@ impl Inner {
         let slot = &self.slots[index];
         let (error, permanent, not_before) = match outcome {
             Ok(Done::Finished) => {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                lease::release(&**client, lease)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?;
                 tracing::debug!("done");
                 return Ok(());
             }

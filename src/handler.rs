@@ -133,6 +133,14 @@ pub trait LeasedWork: Send + Sync {
         lease: &Lease,
     ) -> Result<Done, HandlerError>;
 
+    /// Runs on every sweep, independent of claims and leases: what the handler
+    /// enforces from table state alone (e.g. the stuck rule), so it holds
+    /// whatever state this or any reactor is in. Returns the ids of the rows
+    /// it changed that may still need the handler.
+    async fn sweep(&self, _pool: &deadpool_postgres::Pool) -> Result<Vec<String>, HandlerError> {
+        Ok(Vec::new())
+    }
+
     /// Called once when the row has just been marked dead, e.g. to show the
     /// failure on the row itself.
     async fn gave_up(

@@ -7,6 +7,8 @@
 use crate::db::param;
 use crate::handler::{HandlerError, Spec};
 use deadpool_postgres::Transaction;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -85,6 +87,10 @@ pub struct Statements {
     pub effect_first: Option<String>,
     /// … and over the next pages (`$1` limit, `$2` after-key).
     pub effect_after: Option<String>,
+    /// Deletes up to `$1` state rows that are neither leased nor dead and
+    /// whose row no longer needs the handler (done elsewhere, e.g. by a
+    /// webhook, or deleted). Costs O(state rows of the handler), never O(table).
+    pub forget: String,
 }
 
 /// Quotes a string as an SQL literal.
@@ -157,6 +163,23 @@ impl Statements {
             })
         };
         let order_limit = format!("order by t.{key} limit $1");
+        // Not leased (an expired lease's work is gone), not dead, and the row
+        // is not pending: probed per state row through the table's key.
+        let forgettable = format!(
+            "s.handler = {handler} and s.dead_at is null
+             and (s.lease_expires_at is null or s.lease_expires_at <= now())"
+        );
+        let forget = format!(
+            "with stale as (
+               select s.row_id from reactor.handler_state s
+               where {forgettable}
+                 and (select not exists (select 1 from {table} t
+                   where t.{key} = s.row_id::{kt} and ({pending})))
+               limit $1
+             )
+             delete from reactor.handler_state s using stale
+             where s.row_id = stale.row_id and {forgettable}"
+        );
         Statements {
             pending_first: page("true"),
             pending_after: page(&after),
@@ -164,6 +187,7 @@ impl Statements {
             effect_by_ids: effect(&format!("t.{key} = any($1::text[]::{kt}[])"), ""),
             effect_first: effect("true", &order_limit),
             effect_after: effect(&after, &order_limit),
+            forget,
         }
     }
 
@@ -320,16 +344,107 @@ pub async fn postpone(
     Ok(n > 0)
 }
 
-/// Extends every lease this reactor holds (called periodically while work runs).
+/// The leases whose work is running in this process right now, the only ones
+/// the heartbeat renews. A lease is in here exactly as long as the
+/// [`LiveLease`] guard its task owns exists: when the task ends in any way
+/// (return, error, panic, abort) the guard is dropped and the lease is left to
+/// expire or is released, never kept alive for work that is gone.
+#[derive(Debug, Default)]
+pub struct LiveLeases {
+    held: Mutex<HashMap<(String, String), i64>>,
+}
+
+/// Keeps one lease in [`LiveLeases`] while it exists.
+#[derive(Debug)]
+pub struct LiveLease {
+    registry: Arc<LiveLeases>,
+    key: (String, String),
+    token: i64,
+}
+
+impl LiveLeases {
+    /// Registers `lease` as worked by a live task, until the guard is dropped.
+    pub fn hold(self: &Arc<Self>, lease: &Lease) -> LiveLease {
+        let key = (lease.handler.clone(), lease.row_id.clone());
+        self.lock().insert(key.clone(), lease.token);
+        LiveLease {
+            registry: self.clone(),
+            key,
+            token: lease.token,
+        }
+    }
+
+    /// The held leases as parallel arrays: handlers, row ids, tokens.
+    fn snapshot(&self) -> (Vec<String>, Vec<String>, Vec<i64>) {
+        let held = self.lock();
+        let mut handlers = Vec::with_capacity(held.len());
+        let mut row_ids = Vec::with_capacity(held.len());
+        let mut tokens = Vec::with_capacity(held.len());
+        for ((handler, row_id), token) in held.iter() {
+            handlers.push(handler.clone());
+            row_ids.push(row_id.clone());
+            tokens.push(*token);
+        }
+        (handlers, row_ids, tokens)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), i64>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LiveLease {
+    fn drop(&mut self) {
+        let mut held = self.registry.lock();
+        // A newer claim of the same row in this process replaced the entry: keep it.
+        if held.get(&self.key) == Some(&self.token) {
+            held.remove(&self.key);
+        }
+    }
+}
+
+/// Extends the leases in `live` that this reactor still holds (called
+/// periodically). Only leases of running work are renewed: a lease whose task
+/// is gone expires, and the row is picked up again.
 pub async fn renew(
     db: &impl GenericClient,
     owner: Uuid,
+    live: &LiveLeases,
     lease: Duration,
 ) -> Result<u64, tokio_postgres::Error> {
+    let (handlers, row_ids, tokens) = live.snapshot();
+    if handlers.is_empty() {
+        return Ok(0);
+    }
     db.execute_typed(
-        "update reactor.handler_state set lease_expires_at = now() + make_interval(secs => $2)
-         where lease_owner = $1",
-        &[param(&owner), param(&lease.as_secs_f64())],
+        "update reactor.handler_state s set lease_expires_at = now() + make_interval(secs => $2)
+         from unnest($3::text[], $4::text[], $5::int8[]) as l(handler, row_id, token)
+         where s.handler = l.handler and s.row_id = l.row_id
+           and s.lease_token = l.token and s.lease_owner = $1",
+        &[
+            param(&owner),
+            param(&lease.as_secs_f64()),
+            param(&handlers),
+            param(&row_ids),
+            param(&tokens),
+        ],
+    )
+    .await
+}
+
+/// Ends an attempt after which the row needs nothing more: drops its state
+/// row if this reactor still holds the lease (handlers that end with
+/// [`Lease::finish`] have already dropped it).
+pub async fn release(db: &impl GenericClient, lease: &Lease) -> Result<u64, tokio_postgres::Error> {
+    db.execute_typed(
+        "delete from reactor.handler_state
+         where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+        &[
+            param(&lease.handler),
+            param(&lease.row_id),
+            param(&lease.owner),
+            param(&lease.token),
+        ],
     )
     .await
 }
@@ -350,4 +465,49 @@ pub async fn release_all(
         &[param(&owner)],
     )
     .await
+}
+
+#[cfg(test)]
+mod live_lease_tests {
+    use super::*;
+
+    fn lease(row_id: &str, token: i64) -> Lease {
+        Lease {
+            handler: "renders".into(),
+            row_id: row_id.into(),
+            owner: Uuid::nil(),
+            token,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_exactly_while_its_guard_lives_and_a_newer_claim_survives_an_older_guard() {
+        let live = Arc::new(LiveLeases::default());
+        let first = live.hold(&lease("a", 1));
+        let other = live.hold(&lease("b", 5));
+        assert_eq!(live.snapshot().1.len(), 2);
+        // The same row claimed again (its old lease expired) before the old task ended.
+        let again = live.hold(&lease("a", 2));
+        drop(first);
+        let (_, rows, tokens) = live.snapshot();
+        let mut held: Vec<(String, i64)> = rows.into_iter().zip(tokens).collect();
+        held.sort();
+        assert_eq!(held, vec![("a".to_string(), 2), ("b".to_string(), 5)]);
+        drop(again);
+        drop(other);
+        assert!(live.snapshot().0.is_empty());
+    }
+
+    #[test]
+    fn a_panicking_task_releases_its_lease() {
+        let live = Arc::new(LiveLeases::default());
+        let registry = live.clone();
+        let result = std::panic::catch_unwind(move || {
+            let _guard = registry.hold(&lease("c", 1));
+            panic!("the attempt panicked");
+        });
+        assert!(result.is_err());
+        assert!(live.snapshot().0.is_empty());
+    }
 }

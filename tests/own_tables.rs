@@ -1289,3 +1289,39 @@ async fn watch_table_refuses_a_table_without_a_single_column_primary_key_or_with
             .is_err()
     );
 }
+
+/// Issue 11: a row waiting for its retry that is finished by someone else
+/// (no longer pending) leaves no state behind for the http handler.
+#[tokio::test]
+async fn a_row_waiting_for_its_retry_and_finished_elsewhere_leaves_no_state() {
+    let s = setup(VISION_BOARD).await;
+    let reactor = s
+        .start(&["--max-attempts", "5", "--retry-backoff", "10m"])
+        .await;
+    let owner = auth_user(&s.client).await;
+    let id = s.submit(owner, None, FAIL).await;
+    let waiting = format!(
+        "select count(*) from reactor.handler_state
+         where row_id = '{id}' and attempts = 1 and lease_owner is null and dead_at is null"
+    );
+    eventually("a failed attempt waiting for its retry", LONG, || async {
+        count(&s.client, &waiting).await == 1
+    })
+    .await;
+    s.client
+        .execute(
+            &format!(
+                "update {} set status = '{}' where id = $1",
+                VISION_BOARD.table, VISION_BOARD.succeeded
+            ),
+            &[&id],
+        )
+        .await
+        .unwrap();
+    eventually("its state dropped", LONG, || async {
+        count(&s.client, "select count(*) from reactor.handler_state").await == 0
+    })
+    .await;
+    assert_eq!(s.handler.requests_for(id).len(), 1, "never posted again");
+    reactor.stop().await;
+}

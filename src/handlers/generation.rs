@@ -26,6 +26,13 @@ const FAIL_IN_FLIGHT: &str =
     "update public.generation_jobs set status = 'failed', error = $2, completed_at = now()
      where id = $1 and status in ('starting', 'processing')";
 
+/// Fails every in-flight job older than `$2` seconds with error `$1`: the
+/// stuck rule, enforced from table state (served by idx_jobs_status).
+const TIME_OUT_STUCK: &str =
+    "update public.generation_jobs set status = 'failed', error = $1, completed_at = now()
+     where status in ('starting', 'processing') and created_at <= now() - make_interval(secs => $2)
+     returning id::text, prediction_id is not null";
+
 /// The error a job gets when it has no terminal status in time.
 pub const TIMED_OUT: &str = "timed out";
 
@@ -508,6 +515,33 @@ impl LeasedWork for Generation {
                 }
             },
         }
+    }
+
+    /// The stuck rule for every job, including ones no reactor works on (a
+    /// lost lease, a missed wake-up): the attempt's own check only runs when
+    /// the job is claimed. Timed-out jobs with a prediction stay followed for
+    /// a late success, so their ids go back to the handler.
+    async fn sweep(&self, pool: &deadpool_postgres::Pool) -> Result<Vec<String>, HandlerError> {
+        let rows = pool
+            .get()
+            .await?
+            .query_typed(
+                TIME_OUT_STUCK,
+                &[
+                    param(&TIMED_OUT),
+                    param(&self.settings.stuck_after.as_secs_f64()),
+                ],
+            )
+            .await?;
+        let mut followed = Vec::new();
+        for row in rows {
+            let id: String = row.get(0);
+            tracing::warn!(job = %id, stuck_after = ?self.settings.stuck_after, "job timed out (stuck sweep); a late success is still accepted");
+            if row.get::<_, bool>(1) {
+                followed.push(id);
+            }
+        }
+        Ok(followed)
     }
 
     async fn gave_up(
