@@ -425,3 +425,84 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
         }
     }
 }
+
+/// The plans of every statement `sql` runs, nested ones included (the submit
+/// rules run in a trigger), as auto_explain reports them.
+async fn nested_plans(db: &TestDb, sql: &str) -> Vec<String> {
+    use futures::StreamExt as _;
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (sender, mut plans) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = sender.send(notice.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "load 'auto_explain';
+             set auto_explain.log_min_duration = 0;
+             set auto_explain.log_nested_statements = on;
+             set client_min_messages = log;
+             -- What plpgsql ends up running after a few calls.
+             set plan_cache_mode = force_generic_plan;",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    reader.await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(plan) = plans.try_recv() {
+        out.push(plan);
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_per_submit_query_reads_only_the_owners_month() {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    // 1,000 owners with 50 handled jobs and debits each, spread over a year.
+    profiles(&client, 1_000).await;
+    client
+        .batch_execute(
+            "insert into generation_jobs (owner_id, mode, prompt, status, created_at, debited_at, idempotency_key)
+               select p.id, 'imagine', 'history', 'succeeded', now() - g * interval '7 days', now(), gen_random_uuid()
+               from profiles p, generate_series(1, 50) g;
+             insert into usage_ledger (owner_id, kind, amount, meta, job_id, created_at)
+               select owner_id, 'generation_debit', 1, jsonb_build_object('jobId', id), id, created_at
+               from generation_jobs;
+             analyze;",
+        )
+        .await
+        .unwrap();
+    let owner: uuid::Uuid = client
+        .query_one("select id from profiles limit 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let plans = nested_plans(
+        &db,
+        &format!(
+            "insert into generation_jobs (owner_id, mode, prompt, idempotency_key)
+             values ('{owner}', 'imagine', 'one more', gen_random_uuid())"
+        ),
+    )
+    .await;
+    assert!(
+        plans.iter().any(|p| p.contains("usage_ledger")),
+        "the quota sum was explained: {plans:#?}"
+    );
+    for plan in &plans {
+        for table in ["generation_jobs", "usage_ledger", "profiles"] {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "a per-submit statement scans {table}:\n{plan}"
+            );
+        }
+    }
+}
