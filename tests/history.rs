@@ -506,3 +506,55 @@ async fn every_per_submit_query_reads_only_the_owners_month() {
         }
     }
 }
+
+/// The README's advice for big tables: add the columns and build the partial
+/// indexes concurrently before `reactor migrate`, which then skips them.
+#[tokio::test]
+async fn the_readmes_concurrent_index_statements_run_before_the_migration_and_it_skips_them() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("-- Instant: a nullable column without a default rewrites nothing.")
+        .expect("the README's statements");
+    let block = &readme[start..start + readme[start..].find("```").expect("end of block")];
+    let statements: Vec<String> = block
+        .split(';')
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    assert_eq!(statements.len(), 7, "{statements:#?}");
+
+    let db = common::empty_db().await;
+    let mut client = db.client().await;
+    let before: Vec<Migration> = migrate::MIGRATIONS
+        .iter()
+        .filter(|m| !is_marker_migration(m))
+        .copied()
+        .collect();
+    migrate::apply(&mut client, &before).await.unwrap();
+    let partial_indexes = "select count(*) from pg_index
+         where indrelid in ('public.generation_jobs'::regclass, 'public.profiles'::regclass)
+           and indpred is not null and indisvalid";
+    let partial_before = count(&client, partial_indexes).await;
+    for statement in &statements {
+        // One by one, outside a transaction, as CONCURRENTLY requires.
+        client
+            .simple_query(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let report = migrate::run(&mut client).await.unwrap();
+    assert!(
+        report
+            .applied
+            .iter()
+            .any(|n| n == "sql/180_pending_markers.sql"),
+        "{report:?}"
+    );
+    // The migration made no second copy: the README names its indexes.
+    assert_eq!(count(&client, partial_indexes).await, partial_before + 5);
+}
