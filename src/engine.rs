@@ -74,9 +74,7 @@ impl Slot {
         metrics::histogram!("reactor_handler_duration_seconds", "handler" => name)
             .record(started.elapsed().as_secs_f64());
     }
-}
 
-impl Slot {
     /// Records one finished scan (sweep, replay or poll) that found `found`
     /// pending rows: its cost is what operators watch as history grows.
     fn swept(&self, found: usize, started: std::time::Instant) {
