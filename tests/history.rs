@@ -233,6 +233,23 @@ async fn clients_cannot_set_or_clear_the_markers() {
     .await
     .expect_err("a client may not submit a job marked as debited");
     assert_eq!(common::sqlstate(&forged), "42501", "{forged}");
+    // Nor clear it once the reactor set it (that would only re-run the effect,
+    // but the marker is the server's).
+    client
+        .execute(
+            "update profiles set favorites_at = now() where id = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    let forged = as_user(
+        &mut client,
+        user,
+        &format!("update profiles set favorites_at = null where id = '{user}'"),
+    )
+    .await
+    .expect_err("a client may not clear favorites_at");
+    assert_eq!(common::sqlstate(&forged), "42501", "{forged}");
     // Their own profile's other columns stay theirs to update.
     as_user(
         &mut client,
