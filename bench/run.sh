@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7's benchmark in one command: the reactor against graphile-worker and
 # the set-based floor, on one throwaway PostgreSQL, written to BENCHMARKS.md.
+# Also issue 12's "history" workload: sweeps and polls over 10k, 100k and 1M
+# handled rows with nothing pending (--workloads history --history-rows …).
 #
 #   bench/run.sh                 # the full run (about 20-30 minutes on 2 cores)
 #   bench/run.sh --ci            # ~2,000 rows, few samples: proves the harness works

@@ -10,13 +10,14 @@
 //! |---|---|---|
 //! | `BENCH_CI` / `--ci` | off | small run that only proves the harness works |
 //! | `BENCH_FAV_ROWS` | 100000 | profiles in the favorites backlog |
-//! | `BENCH_USAGE_ROWS` | 50000 | succeeded jobs in the usage backlog |
+//! | `BENCH_USAGE_ROWS` | 50000 | succeeded jobs in the usage backlog (and the history workload's insert-rate rows) |
+//! | `BENCH_HISTORY_ROWS` | 10000,100000,1000000 | handled rows of each history database (issue 12) |
 //! | `BENCH_SAMPLES` | 1000 | live-latency samples per contender |
 //! | `BENCH_WRITE_CLIENTS` | 1,8,32 | concurrent writers for the trigger overhead |
 //! | `BENCH_WRITE_SECS` | 6 | seconds per pgbench run |
 //! | `BENCH_WRITE_REPEATS` | 3 | pgbench runs per point (the median counts) |
 //! | `BENCH_WRITE_DURABLE` | 1 | also measure with fsync and synchronous_commit on |
-//! | `BENCH_WORKLOADS` | favorites,usage,latency,write | which workloads run |
+//! | `BENCH_WORKLOADS` | favorites,usage,latency,write,history | which workloads run |
 //! | `BENCH_PEER_DIR` | (none: no peer) | folder holding the peer's `runner.mjs` |
 //! | `BENCH_PEER` | default,batched | which peer configurations run (`none`: skip) |
 //! | `BENCH_MERGE` | (none) | an earlier results JSON whose figures fill what this run lacks |
@@ -43,6 +44,9 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+#[path = "reactor_vs_peer/history.rs"]
+mod history;
+
 /// How long a drain may take before the run gives up on a contender.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often a drain checks whether the work is done (the figure itself comes
@@ -57,6 +61,7 @@ struct Params {
     ci: bool,
     fav_rows: i64,
     usage_rows: i64,
+    history_rows: Vec<i64>,
     samples: usize,
     write_clients: Vec<usize>,
     write_secs: u64,
@@ -125,6 +130,10 @@ impl Params {
             ci,
             fav_rows: pick("fav-rows", "100000", "2000").parse()?,
             usage_rows: pick("usage-rows", "50000", "2000").parse()?,
+            history_rows: list(pick("history-rows", "10000,100000,1000000", "1000,5000"))
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<_, _>>()?,
             samples: pick("samples", "1000", "20").parse()?,
             write_clients: list(pick("write-clients", "1,8,32", "1,8"))
                 .iter()
@@ -135,8 +144,8 @@ impl Params {
             write_durable: truthy(Some(pick("write-durable", "1", "0"))),
             workloads: list(pick(
                 "workloads",
-                "favorites,usage,latency,write",
-                "favorites,usage,latency,write",
+                "favorites,usage,latency,write,history",
+                "favorites,usage,latency,write,history",
             )),
             peer_dir: get("peer-dir").map(PathBuf::from),
             peer_modes: list(pick("peer", "default,batched", "default,batched")),
@@ -673,19 +682,28 @@ impl Backlog {
         }
     }
 
-    /// The whole backlog in one statement: the physical floor.
+    /// The whole backlog in one statement: the physical floor. The same work
+    /// as the reactor's effect: the rows, and the source rows' markers that
+    /// keep later sweeps O(pending) (sql/180_pending_markers.sql).
     fn floor(self) -> &'static str {
         match self {
             Backlog::Favorites => {
-                "insert into public.collections (owner_id, name, is_default_favorites)
-                 select p.id, 'My Favorites', true from public.profiles p
-                 on conflict (owner_id) where is_default_favorites do nothing"
+                "with effect as (
+                   insert into public.collections (owner_id, name, is_default_favorites)
+                   select p.id, 'My Favorites', true from public.profiles p
+                   on conflict (owner_id) where is_default_favorites do nothing
+                 )
+                 update public.profiles set favorites_at = now() where favorites_at is null"
             }
             Backlog::Usage => {
-                "insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)
-                 select j.owner_id, 'generation_debit', 1, jsonb_build_object('jobId', j.id), j.id
-                 from public.generation_jobs j where j.status = 'succeeded'
-                 on conflict (job_id) where kind = 'generation_debit' do nothing"
+                "with effect as (
+                   insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)
+                   select j.owner_id, 'generation_debit', 1, jsonb_build_object('jobId', j.id), j.id
+                   from public.generation_jobs j where j.status = 'succeeded'
+                   on conflict (job_id) where kind = 'generation_debit' do nothing
+                 )
+                 update public.generation_jobs set debited_at = now()
+                 where status = 'succeeded' and debited_at is null"
             }
         }
     }
@@ -1493,6 +1511,7 @@ impl Report<'_> {
             }
         }
         s.push('\n');
+        s.push_str(&history::render(r, self.p));
         if !r.merged.is_empty() {
             s.push_str(
                 "† taken from an earlier run (`BENCH_MERGE`), not measured in this one.\n\n",
@@ -1517,7 +1536,9 @@ const METHOD: &str = "## How each figure is measured
   *graphile-worker batched*: the configuration of graphile-worker's performance page:
   `concurrentJobs: 24, maxPoolSize: 25, localQueue: { size: 500 }, completeJobBatchDelay: 0,
   failJobBatchDelay: 0`. Its logger keeps warnings and errors only (no line per job).
-  *set-based floor*: one `INSERT … SELECT … ON CONFLICT DO NOTHING` over the whole backlog.
+  *set-based floor*: one `INSERT … SELECT … ON CONFLICT DO NOTHING` over the whole backlog, in the
+  same statement as the `UPDATE` that sets the source rows' markers (`favorites_at`, `debited_at`),
+  which the reactor's effect also writes.
 - **Databases.** One cluster for the run; every workload and every contender gets a fresh
   database cloned from a migrated template. The reactor's database has its notify triggers;
   the floor's and the peer's have them dropped; the peer's has graphile-worker's schema and an
@@ -1597,7 +1618,7 @@ async fn run(p: Params) -> Result<()> {
     // A workload that fails is reported (and fails the run at the end), but
     // the others still run and every figure measured so far is written.
     let mut failed = Vec::new();
-    for workload in ["favorites", "usage", "latency", "write"] {
+    for workload in ["favorites", "usage", "latency", "write", "history"] {
         if !ctx.p.runs(workload) {
             continue;
         }
@@ -1605,6 +1626,7 @@ async fn run(p: Params) -> Result<()> {
             "favorites" => backlog_workload(&ctx, Backlog::Favorites, &mut results).await,
             "usage" => backlog_workload(&ctx, Backlog::Usage, &mut results).await,
             "latency" => latency_workload(&ctx, &mut results).await,
+            "history" => history::history_workload(&ctx, &mut results).await,
             _ => write_workload(&ctx, &mut results).await,
         };
         if let Err(e) = outcome {

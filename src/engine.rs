@@ -73,6 +73,17 @@ impl Slot {
         metrics::histogram!("reactor_handler_duration_seconds", "handler" => name)
             .record(started.elapsed().as_secs_f64());
     }
+
+    /// Records one finished scan (sweep, replay or poll) that found `found`
+    /// pending rows: its cost is what operators watch as history grows.
+    fn swept(&self, found: usize, started: std::time::Instant) {
+        let name = self.handler.spec.name.clone();
+        metrics::histogram!("reactor_sweep_duration_seconds", "handler" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("reactor_sweep_rows_examined_total", "handler" => name.clone())
+            .increment(found as u64);
+        metrics::gauge!("reactor_backlog", "handler" => name).set(found as f64);
+    }
 }
 
 impl Inbox {
@@ -193,13 +204,13 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(index, handler)| {
-                let effect = match &handler.action {
-                    Action::Sql { effect } => Some(effect.as_str()),
-                    Action::Leased(_) => None,
+                let (effect, mark) = match &handler.action {
+                    Action::Sql { effect, mark } => (Some(effect.as_str()), mark.as_deref()),
+                    Action::Leased(_) => (None, None),
                 };
                 Slot {
                     index,
-                    statements: Statements::build(&handler.spec, effect),
+                    statements: Statements::build(&handler.spec, effect, mark),
                     handler,
                     inbox: Inbox::new(),
                     scans: AtomicU64::new(0),
@@ -575,6 +586,16 @@ impl Inner {
 
     /// Runs the handler's pending query over the whole table, page by page.
     async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let result = self.scan_pages(slot).await;
+        if let Ok(found) = result {
+            slot.swept(found, started);
+        }
+        result.map(|_| ())
+    }
+
+    /// The pages of one scan; returns how many pending rows the pages held.
+    async fn scan_pages(self: &Arc<Self>, slot: &Slot) -> Result<usize, String> {
         let limit = self.cfg.batch_size as i64;
         let mut after: Option<String> = None;
         let mut found = 0usize;
@@ -620,11 +641,7 @@ impl Inner {
             found += page.len();
             match page.last() {
                 Some(last) if !self.shutdown.is_cancelled() => after = Some(last.clone()),
-                _ => {
-                    metrics::gauge!("reactor_backlog", "handler" => slot.handler.spec.name.clone())
-                        .set(found as f64);
-                    return Ok(());
-                }
+                _ => return Ok(found),
             }
         }
     }

@@ -26,6 +26,9 @@ pub struct Spec {
     pub key: String,
     pub key_type: KeyType,
     /// SQL condition over alias `t`: true while the row still needs this handler.
+    /// Scans put it at the top level of their WHERE clause so the planner can
+    /// walk a partial index whose predicate is this condition: keep it to
+    /// columns of `t` (markers), and a sweep costs O(pending rows).
     pub pending: String,
     /// Statuses that can make a row pending; notifications with another status
     /// are ignored (None: every notification for the table).
@@ -74,6 +77,12 @@ pub enum Action {
     /// One statement over CTE `picked(id)`: the locked, pending rows.
     Sql {
         effect: String,
+        /// A second statement over `picked`, run in the same statement as
+        /// `effect`: sets the source row's marker (e.g. `debited_at`) that
+        /// takes it out of the pending condition and its partial index. The
+        /// effect must leave its row in place even when it already existed
+        /// (ON CONFLICT DO NOTHING), so marking it is always true.
+        mark: Option<String>,
     },
     Leased(Arc<dyn LeasedWork>),
 }

@@ -65,14 +65,15 @@ impl Lease {
 
 /// The SQL a handler runs, built once from its spec.
 ///
-/// Scans page through the table in key order (keyset pagination). Two details
+/// Scans page through the table in key order (keyset pagination). Three details
 /// keep a page's cost proportional to the page, not to the table: the first
 /// page and the following ones are separate statements (an `$after is null or
-/// key > $after` filter cannot become an index range in a generic plan), and
-/// the pending and state conditions are wrapped in scalar subqueries, which
-/// the planner evaluates per candidate row with index probes instead of
-/// flattening them into anti-joins that walk the other table from its start
-/// on every page (quadratic over a backlog).
+/// key > $after` filter cannot become an index range in a generic plan); the
+/// pending condition stands at the top level, so a partial index with that
+/// predicate (sql/180_pending_markers.sql) holds exactly the candidate rows;
+/// and the state condition is wrapped in a scalar subquery, which the planner
+/// evaluates per candidate row with an index probe instead of flattening it
+/// into an anti-join that walks reactor.handler_state on every page.
 #[derive(Debug, Clone)]
 pub struct Statements {
     /// Pending rows, no lock: `$1` limit (first page).
@@ -99,7 +100,8 @@ pub fn literal(s: &str) -> String {
 }
 
 impl Statements {
-    pub fn build(spec: &Spec, sql_effect: Option<&str>) -> Self {
+    /// `sql_effect` and `mark`: an SQL action's statements (see [`crate::handler::Action::Sql`]).
+    pub fn build(spec: &Spec, sql_effect: Option<&str>, mark: Option<&str>) -> Self {
         let Spec {
             name,
             table,
@@ -113,7 +115,7 @@ impl Statements {
         // A row is workable if it needs the handler and is not dead, waiting
         // for its retry, or leased.
         let workable = format!(
-            "(select ({pending}))
+            "({pending})
              and (select not exists (select 1 from reactor.handler_state s
                where s.handler = {handler} and s.row_id = t.{key}::text
                  and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))"
@@ -144,6 +146,9 @@ impl Statements {
                and (s.lease_expires_at is null or s.lease_expires_at <= now())
              returning row_id, lease_token, attempts"
         );
+        let marked = mark
+            .map(|mark| format!("marked as ({mark}),"))
+            .unwrap_or_default();
         let effect = |filter: &str, order_limit: &str| {
             sql_effect.map(|effect| {
                 format!(
@@ -154,6 +159,7 @@ impl Statements {
                        for no key update of t skip locked
                      ),
                      effect as ({effect}),
+                     {marked}
                      cleared as (
                        delete from reactor.handler_state s using picked p
                        where s.handler = {handler} and s.row_id = p.id::text

@@ -174,8 +174,8 @@ async fn status(database_url: &str, stuck_after: Duration) -> anyhow::Result<()>
     );
     for b in ops::backlog(&client, &specs).await? {
         println!(
-            "  {:<12} {:>8} pending  {:>5} dead",
-            b.handler, b.pending, b.dead
+            "  {:<12} {:>8} pending  {:>5} dead  (pending query {:.1} ms)",
+            b.handler, b.pending, b.dead, b.pending_query_ms
         );
     }
     let in_flight = ops::in_flight(&client, 1000).await?;

@@ -28,6 +28,10 @@ pub struct Backlog {
     /// Rows still needing the handler, counted up to [`BACKLOG_CAP`].
     pub pending: i64,
     pub dead: i64,
+    /// How long reading the pending rows took, in milliseconds: what a sweep
+    /// or poll of this handler pays to find its work (it should follow the
+    /// backlog, not the table's size).
+    pub pending_query_ms: f64,
 }
 
 pub async fn backlog(
@@ -42,11 +46,13 @@ pub async fn backlog(
             table = spec.table,
             pending = spec.pending,
         );
+        let started = std::time::Instant::now();
         let row = db.query_typed_one(&sql, &[param(&spec.name)]).await?;
         out.push(Backlog {
             handler: spec.name.clone(),
             pending: row.get(0),
             dead: row.get(1),
+            pending_query_ms: started.elapsed().as_secs_f64() * 1000.0,
         });
     }
     Ok(out)

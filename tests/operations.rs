@@ -174,6 +174,9 @@ async fn metrics_change_when_work_happens() {
         "reactor_notify_to_start_seconds_bucket",
         "reactor_backlog",
         "reactor_provider_requests_total",
+        // What sweeps (and polls) cost, per handler: duration and rows found.
+        "reactor_sweep_duration_seconds_bucket{handler=\"usage\"",
+        "reactor_sweep_rows_examined_total{handler=\"usage\"}",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
@@ -524,6 +527,12 @@ async fn reactor_status_and_retry_show_and_bring_back_a_dead_row() {
             .lines()
             .any(|l| l.contains("usage") && l.contains("1 pending") && l.contains("1 dead")),
         "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("favorites") && l.contains("pending query") && l.contains(" ms)")),
+        "the cost of each handler's pending query is shown: {status}"
     );
     assert!(status.contains("Free"), "{status}");
     let retried = run(&["retry", "generation_jobs", &id.to_string()]);

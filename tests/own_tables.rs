@@ -1325,3 +1325,59 @@ async fn a_row_waiting_for_its_retry_and_finished_elsewhere_leaves_no_state() {
     assert_eq!(s.handler.requests_for(id).len(), 1, "never posted again");
     reactor.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Sweeps in O(pending): the pending query must be served by an index
+
+const PENDING_INDEX_SQL: &str =
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"image_jobs_reactor_pending\" \
+     ON \"public\".\"image_jobs\" (\"id\") WHERE \"status\" in ('pending', 'processing')";
+
+#[tokio::test]
+async fn a_table_whose_pending_query_has_no_index_gets_a_warning_with_the_statement_that_adds_it() {
+    let s = setup(IMAGE_JOBS).await;
+    // Without the example's in-flight index (nor the one led by user_id).
+    s.client
+        .batch_execute(
+            "drop index idx_image_jobs_in_flight; drop index idx_image_jobs_user_id_status",
+        )
+        .await
+        .unwrap();
+    let _reactor = s.spawn(&[]);
+    eventually("the index advice in the log", LONG, || async {
+        s.logs().lines().any(|line| {
+            line.contains("WARN")
+                && line.contains("table=public.image_jobs")
+                && line.contains("the pending query reads the whole table")
+                && line.contains(PENDING_INDEX_SQL)
+        })
+    })
+    .await;
+    // The advice, run as given, is what the check wants to see.
+    s.client.batch_execute(PENDING_INDEX_SQL).await.unwrap();
+    let _second = ChildReactor::spawn(&s.db, s.storage.path(), &s.flags(&[]));
+    eventually("the second reactor's check passes", LONG, || async {
+        s.logs()
+            .lines()
+            .any(|line| line.contains("the pending query is served by an index"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_table_whose_pending_query_is_index_served_gets_no_index_warning() {
+    let s = setup(IMAGE_JOBS).await;
+    let _reactor = s.spawn(&[]);
+    eventually("the check in the log", LONG, || async {
+        s.logs().lines().any(|line| {
+            line.contains("table=public.image_jobs")
+                && line.contains("the pending query is served by an index")
+        })
+    })
+    .await;
+    assert!(
+        !s.logs().contains("the pending query reads the whole table"),
+        "{}",
+        s.logs()
+    );
+}

@@ -1,8 +1,12 @@
 //! A new profile gets its owner's default "My Favorites" collection.
 //!
-//! Pending: a profile with no default favorites collection. Effect: one
-//! set-based insert; `uniq_owner_default_fav` makes it exactly one per owner
-//! even with several reactors (a concurrent duplicate is `DO NOTHING`).
+//! Pending: a profile whose `favorites_at` marker is null (served by the
+//! partial index `idx_profiles_pending_favorites`). Effect: one set-based
+//! insert; `uniq_owner_default_fav` makes it exactly one per owner even with
+//! several reactors (a concurrent or earlier duplicate is `DO NOTHING`), and
+//! the same statement sets `favorites_at`, so the marker always means "the
+//! collection exists". Deleting the collection clears the marker
+//! (triggers/170_pending_markers.sql): the next sweep re-creates it.
 use crate::handler::{Action, Handler, KeyType, Spec};
 
 pub const NAME: &str = "favorites";
@@ -16,9 +20,7 @@ pub fn handler() -> Handler {
             notify_table: "profiles".into(),
             key: "id".into(),
             key_type: KeyType::Uuid,
-            pending: "not exists (select 1 from public.collections c
-                       where c.owner_id = t.id and c.is_default_favorites)"
-                .into(),
+            pending: "t.favorites_at is null".into(),
             statuses: None,
         },
         action: Action::Sql {
@@ -26,6 +28,11 @@ pub fn handler() -> Handler {
                 "insert into public.collections (owner_id, name, is_default_favorites)
                  select id, '{COLLECTION_NAME}', true from picked
                  on conflict (owner_id) where is_default_favorites do nothing"
+            ),
+            mark: Some(
+                "update public.profiles m set favorites_at = now()
+                 from picked p where m.id = p.id"
+                    .into(),
             ),
         },
     }

@@ -181,6 +181,7 @@ struct Answer {
 #[derive(Debug, Clone, Default)]
 struct CheckState {
     watch_checked: bool,
+    index_checked: bool,
 }
 
 impl HttpTable {
@@ -380,7 +381,7 @@ impl HttpTable {
             tracing::error!(table = %self.cfg.name, error = %e, "rows of this table are not worked until it matches REACTOR_CONFIG");
             return Ok(());
         }
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let mut client = pool.get().await.map_err(|e| e.to_string())?;
         let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
         if !state.watch_checked {
             let watched: i64 = client
@@ -402,6 +403,10 @@ impl HttpTable {
                 );
             }
             state.watch_checked = true;
+        }
+        if !state.index_checked {
+            self.check_pending_index(&mut client).await?;
+            state.index_checked = true;
         }
         if let Some(sql) = &self.sql.unrouted {
             for row in client.query_typed(sql, &[]).await.map_err(describe)? {
@@ -478,6 +483,87 @@ impl LeasedWork for HttpTable {
     }
 }
 
+impl HttpTable {
+    /// Warns, with the statement that fixes it, when the pending query would
+    /// read the whole table: sweeps and polls would then cost O(history).
+    /// Asked of the planner with sequential scans disabled, so a small table
+    /// (where a scan is the cheaper plan) gives the same answer as a big one.
+    async fn check_pending_index(
+        &self,
+        client: &mut deadpool_postgres::Client,
+    ) -> Result<(), String> {
+        let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
+        // A transaction, so the setting ends with it (dropped: rolled back).
+        let tx = client.transaction().await.map_err(describe)?;
+        tx.batch_execute("set local enable_seqscan = off")
+            .await
+            .map_err(describe)?;
+        let explain = format!(
+            "explain (format json) select t.{} from {} t where {}",
+            self.spec.key, self.spec.table, self.spec.pending
+        );
+        let plan: serde_json::Value = tx.query_one(&explain, &[]).await.map_err(describe)?.get(0);
+        drop(tx);
+        let partial: Vec<String> = client
+            .query_typed(
+                "select c.relname::text from pg_index i join pg_class c on c.oid = i.indexrelid
+                 where i.indrelid = $1::text::regclass and i.indpred is not null",
+                &[param(&self.spec.table)],
+            )
+            .await
+            .map_err(describe)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if index_served(&plan[0]["Plan"], &self.cfg.table, &partial) {
+            tracing::info!(table = %self.cfg.name, "the pending query is served by an index");
+        } else {
+            tracing::warn!(
+                table = %self.cfg.name,
+                "the pending query reads the whole table, so every sweep and poll costs as much as the table's history; run: {}",
+                pending_index_sql(&self.cfg)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether every scan of `table` in an EXPLAIN (format json) plan node reads
+/// an index range or a partial index (one of `partial`), not the whole table.
+fn index_served(node: &serde_json::Value, table: &str, partial: &[String]) -> bool {
+    let index_ok = |n: &serde_json::Value| {
+        n.get("Index Cond").is_some()
+            || n["Index Name"]
+                .as_str()
+                .is_some_and(|i| partial.iter().any(|p| p == i))
+    };
+    let children = node["Plans"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let this_ok = match node["Node Type"].as_str().unwrap_or("") {
+        "Seq Scan" | "Tid Scan" | "Tid Range Scan" => node["Relation Name"] != table,
+        "Index Scan" | "Index Only Scan" if node["Relation Name"] == table => index_ok(node),
+        "Bitmap Index Scan" => index_ok(node),
+        _ => true,
+    };
+    this_ok && children.iter().all(|c| index_served(c, table, partial))
+}
+
+/// The index that makes a table's pending query O(pending rows): its key,
+/// restricted to the pending rows.
+fn pending_index_sql(cfg: &TableConfig) -> String {
+    let mut name = format!("{}_reactor_pending", cfg.table);
+    while name.len() > 63 {
+        name.pop();
+    }
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {}.{} ({}) WHERE {}",
+        ident(&name),
+        ident(&cfg.schema),
+        ident(&cfg.table),
+        ident(&cfg.key),
+        pending(cfg, "")
+    )
+}
+
 fn spec(cfg: &TableConfig, name: &str) -> Spec {
     Spec {
         name: name.to_string(),
@@ -485,22 +571,22 @@ fn spec(cfg: &TableConfig, name: &str) -> Spec {
         notify_table: cfg.table.clone(),
         key: ident(&cfg.key),
         key_type: cfg.key_type,
-        pending: pending(cfg, "t"),
+        pending: pending(cfg, "t."),
         // Our own claim (→ processing) needs no hint; a processing row is
         // recovered by replay and sweeps.
         statuses: Some(vec![cfg.status.pending.clone()]),
     }
 }
 
-/// The pending condition over alias `alias`.
-fn pending(cfg: &TableConfig, alias: &str) -> String {
-    let status = format!("{alias}.{}", ident(&cfg.status.column));
+/// The pending condition, its columns prefixed with `prefix` (`t.` or nothing).
+fn pending(cfg: &TableConfig, prefix: &str) -> String {
+    let status = format!("{prefix}{}", ident(&cfg.status.column));
     let mut sql = format!(
         "{status} in ({}, {})",
         literal(&cfg.status.pending),
         literal(&cfg.status.processing)
     );
-    sql.push_str(&routed(cfg, &format!("{alias}.")));
+    sql.push_str(&routed(cfg, prefix));
     sql
 }
 
@@ -746,7 +832,7 @@ mod tests {
             "routes = { b = \"http://h/b\", a = \"http://h/a\" }",
         );
         assert_eq!(
-            pending(&t, "t"),
+            pending(&t, "t."),
             "t.\"status\" in ('pending', 'processing') and t.\"job_type\" in ('a', 'b')"
         );
         let sql = statements(&t);

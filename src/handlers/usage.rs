@@ -1,10 +1,13 @@
 //! A succeeded generation job is debited once in the usage ledger.
 //!
-//! Pending: a succeeded job with no `generation_debit`. Effect: one set-based
-//! insert of `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}` (the owner
-//! is looked up per row by key: a join would hash the whole table every page);
-//! `uniq_usage_debit_job` makes it at most one per job. Failed and canceled
-//! jobs are never pending, so they are never debited.
+//! Pending: a succeeded job whose `debited_at` marker is null (served by the
+//! partial index `idx_jobs_pending_usage`). Effect: one set-based insert of
+//! `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}` (the owner is
+//! looked up per row by key: a join would hash the whole table every page);
+//! `uniq_usage_debit_job` makes it at most one per job, and the same statement
+//! sets `debited_at`, so the marker always means "the debit exists" (also for
+//! jobs debited before the marker existed: their insert does nothing). Failed
+//! and canceled jobs are never pending, so they are never debited.
 use crate::handler::{Action, Handler, KeyType, Spec};
 
 pub const NAME: &str = "usage";
@@ -17,10 +20,7 @@ pub fn handler() -> Handler {
             notify_table: "generation_jobs".into(),
             key: "id".into(),
             key_type: KeyType::Uuid,
-            pending: "t.status = 'succeeded' and not exists (
-                        select 1 from public.usage_ledger u
-                        where u.job_id = t.id and u.kind = 'generation_debit')"
-                .into(),
+            pending: "t.status = 'succeeded' and t.debited_at is null".into(),
             statuses: Some(vec!["succeeded".into()]),
         },
         action: Action::Sql {
@@ -30,6 +30,11 @@ pub fn handler() -> Handler {
                      from picked p
                      on conflict (job_id) where kind = 'generation_debit' do nothing"
                 .into(),
+            mark: Some(
+                "update public.generation_jobs m set debited_at = now()
+                 from picked p where m.id = p.id"
+                    .into(),
+            ),
         },
     }
 }

@@ -1,0 +1,36 @@
+-- profiles.favorites_at (sql/180_pending_markers.sql) records that the owner's
+-- favorites collection exists; only the reactor's favorites effect sets it. A
+-- client that set it would never get its collection, breaking the marker's
+-- promise. Replaces reactor.guard_profile from triggers/100_client_guards.sql,
+-- keeping its price_id rule; the trigger itself is unchanged.
+create or replace function reactor.guard_profile() returns trigger
+language plpgsql as $$
+begin
+  if current_user in ('anon', 'authenticated') then
+    if tg_op = 'INSERT' and new.price_id is not null then
+      raise exception 'clients may not set profiles.price_id (billing sets the plan)'
+        using errcode = '42501', column = 'price_id', table = 'profiles';
+    end if;
+    if tg_op = 'UPDATE' and new.price_id is distinct from old.price_id then
+      raise exception 'clients may not change profiles.price_id (billing sets the plan)'
+        using errcode = '42501', column = 'price_id', table = 'profiles';
+    end if;
+    if tg_op = 'INSERT' and new.favorites_at is not null then
+      raise exception 'clients may not set profiles.favorites_at (the reactor sets it)'
+        using errcode = '42501', column = 'favorites_at', table = 'profiles';
+    end if;
+    if tg_op = 'UPDATE' and new.favorites_at is distinct from old.favorites_at then
+      raise exception 'clients may not change profiles.favorites_at (the reactor sets it)'
+        using errcode = '42501', column = 'favorites_at', table = 'profiles';
+    end if;
+    if tg_op = 'INSERT' then
+      new.created_at := now();
+    end if;
+  end if;
+  if tg_op = 'UPDATE' then
+    new.created_at := old.created_at;
+  end if;
+  new.updated_at := now();
+  return new;
+end
+$$;
