@@ -25,3 +25,6 @@ create trigger reactor_reopen_favorites_unflag
   for each row when (old.is_default_favorites
     and (not new.is_default_favorites or new.owner_id is distinct from old.owner_id))
   execute function reactor.reopen_favorites();
+
+-- A trigger function: nobody calls it (see triggers/139_function_privileges.sql).
+revoke all on function reactor.reopen_favorites() from public, anon, authenticated;
