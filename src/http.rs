@@ -62,7 +62,7 @@ fn unauthorized(e: AuthError) -> Response {
 
 #[derive(serde::Deserialize)]
 struct TokenQuery {
-    /// For EventSource, which cannot send headers.
+    /// For EventSource, which cannot send headers (users' tokens only).
     access_token: Option<String>,
 }
 
@@ -70,23 +70,47 @@ struct TokenQuery {
 /// admin. Every client is fed from the reactor's one listener through a
 /// bounded buffer; a client that falls behind gets a `resync` event and the
 /// stream ends (reconnect and re-read the jobs), so it never slows anyone else.
+/// A user's stream ends with an `expired` event when their token expires
+/// (reconnect with a fresh token).
 async fn events(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let token = bearer(&headers).map(str::to_string).or(q.access_token);
-    let viewer = match state.auth.viewer(token.as_deref()).await {
-        Ok(v) => v,
+    let access = match bearer(&headers) {
+        Some(header) => state.auth.access(Some(header)).await,
+        None => state.auth.user_access(q.access_token.as_deref()).await,
+    };
+    let access = match access {
+        Ok(a) => a,
         Err(e) => return unauthorized(e),
     };
+    let expiry = access.expires_at.map(|exp| {
+        let left = (exp - chrono::Utc::now().timestamp()).max(0);
+        tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs())
+    });
+    let viewer = access.viewer;
     let receiver = state.statuses.subscribe();
     let stream = futures::stream::unfold(Some(receiver), move |receiver| {
         let viewer = viewer.clone();
         async move {
             let mut receiver = receiver?;
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
             loop {
-                match receiver.recv().await {
+                let received = tokio::select! {
+                    r = receiver.recv() => r,
+                    _ = &mut expired => {
+                        let event = Event::default().event("expired").data("{}");
+                        return Some((Ok(event), None));
+                    }
+                };
+                match received {
                     Ok(change) if viewer.sees(change.owner_id.as_deref()) => {
                         let data = serde_json::to_string(&change).unwrap_or_default();
                         let event = Event::default().event("job_status").data(data);
