@@ -4,7 +4,7 @@ use crate::auth::{Auth, AuthError};
 use crate::engine::Status;
 use crate::handler::Spec;
 use crate::notification::Change;
-use crate::provider::replicate::parse_prediction;
+use crate::provider::replicate::{created_for, parse_prediction};
 use crate::webhook_signature::{self, Secret};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -281,17 +281,20 @@ async fn replicate_webhook_inner(
         tracing::warn!(error = %e, "webhook refused: bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid signature: {e}"));
     }
-    let prediction = match serde_json::from_slice(body)
+    let parsed = serde_json::from_slice(body)
         .map_err(|e| e.to_string())
-        .and_then(|v| parse_prediction(&v))
-    {
+        .and_then(|v| Ok((parse_prediction(&v)?, created_for(&v))));
+    let (prediction, created_for) = match parsed {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "webhook refused: not a prediction");
             return (StatusCode::BAD_REQUEST, format!("not a prediction: {e}"));
         }
     };
-    match apply_webhook(&state.pool, query.job_id, &prediction).await {
+    // The query string is not signed: `?job_id=` is only a hint, followed
+    // when the signed body's own webhook URL names the same job.
+    let proven_job = query.job_id.filter(|hint| created_for == Some(*hint));
+    match apply_webhook(&state.pool, proven_job, &prediction).await {
         Ok(Some(job)) => {
             tracing::info!(job = %job, prediction = %prediction.id, status = ?prediction.status, "webhook applied");
             (StatusCode::OK, "ok".into())
@@ -308,12 +311,13 @@ async fn replicate_webhook_inner(
     }
 }
 
-/// Finds the job (by prediction id; or by the job id in the webhook URL when
-/// the reactor never learned the prediction id, e.g. it crashed right after
-/// creating it) and applies the prediction. Returns the job id when known.
+/// Finds the job (by prediction id; or, when the reactor never learned the
+/// prediction id, e.g. it crashed right after creating it, by `proven_job`:
+/// the job the signed prediction was created for) and applies the
+/// prediction. Returns the job id when known.
 async fn apply_webhook(
     pool: &Pool,
-    job_id: Option<uuid::Uuid>,
+    proven_job: Option<uuid::Uuid>,
     prediction: &crate::provider::Prediction,
 ) -> Result<Option<uuid::Uuid>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
@@ -328,7 +332,7 @@ async fn apply_webhook(
         )
         .await
         .map_err(|e| crate::db::describe(&e))?;
-    let job = match (found, job_id) {
+    let job = match (found, proven_job) {
         (Some(row), _) => Some(row.get::<_, uuid::Uuid>(0)),
         (None, Some(id)) => tx
             .query_opt(
