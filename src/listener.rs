@@ -4,8 +4,10 @@
 //! inside a transaction (a listener in an open transaction stops the server's
 //! notification queue from draining). Listeners are known to go deaf without
 //! any error, so it checks itself: every check interval it sends a
-//! notification to itself that must come back within the check timeout, or the
-//! connection is dropped and made again. Every (re)connection is reported so
+//! notification carrying a fresh random nonce that must come back within the
+//! check timeout, or the connection is dropped and made again. Anyone may
+//! NOTIFY on the channel, and sees the pings: only the nonce of the check in
+//! progress counts, so nothing sent earlier or by anyone else can pass a check. Every (re)connection is reported so
 //! the engine rescans: notifications sent while nobody listened are lost.
 use crate::notification::{self, Change, Message};
 use backon::{ExponentialBuilder, Retryable as _};
@@ -55,7 +57,6 @@ pub enum ListenError {
 
 pub struct Listener {
     pub url: String,
-    pub instance: Uuid,
     pub check_interval: Duration,
     pub check_timeout: Duration,
     pub sink: Sink,
@@ -128,8 +129,9 @@ impl Listener {
         >,
         shutdown: &CancellationToken,
     ) -> End {
-        let (seen_tx, mut seen) = watch::channel(0u64);
-        let prefix = format!("{}:", self.instance);
+        // The nonce of the check in progress, and the last one heard back.
+        let (expected_tx, expected) = watch::channel(String::new());
+        let (heard_tx, mut heard) = watch::channel(String::new());
         let sink = self.sink.clone();
         // Drives the connection and routes what arrives; ends when it closes.
         let mut driver = tokio::spawn(async move {
@@ -150,8 +152,8 @@ impl Listener {
                     Ok(Message::Change(change)) => sink(Event::Change(change)),
                     Ok(Message::Retry { handler, id }) => sink(Event::Retry { handler, id }),
                     Ok(Message::Ping(ping)) => {
-                        if let Some(seq) = ping.strip_prefix(&prefix).and_then(|s| s.parse().ok()) {
-                            seen_tx.send_replace(seq);
+                        if !ping.is_empty() && *expected.borrow() == ping {
+                            heard_tx.send_replace(ping);
                         }
                     }
                     Err(e) => {
@@ -169,32 +171,29 @@ impl Listener {
             {
                 return End::Lost(crate::db::describe(&e));
             }
-            let mut seq = 0u64;
+            let mut first_check = true;
             loop {
-                seq += 1;
-                let ping =
-                    serde_json::json!({ "reactor_ping": format!("{}:{seq}", self.instance) })
-                        .to_string();
+                let nonce = Uuid::new_v4().to_string();
+                expected_tx.send_replace(nonce.clone());
+                let ping = serde_json::json!({ "reactor_ping": nonce }).to_string();
                 let check = async {
                     client
                         .execute("select pg_notify($1, $2)", &[&CHANNEL, &ping])
                         .await
                         .map_err(|e| crate::db::describe(&e))?;
-                    seen.wait_for(|s| *s >= seq)
+                    heard
+                        .wait_for(|h| *h == nonce)
                         .await
                         .map_err(|_| "listener stopped".to_string())?;
                     Ok::<(), String>(())
                 };
                 match tokio::time::timeout(self.check_timeout, check).await {
-                    Err(_) => {
-                        return End::Deaf {
-                            first_check: seq == 1,
-                        }
-                    }
+                    Err(_) => return End::Deaf { first_check },
                     Ok(Err(reason)) => return End::Lost(reason),
                     Ok(Ok(())) => {}
                 }
-                if seq == 1 {
+                if first_check {
+                    first_check = false;
                     tracing::info!("listener: listening on channel {CHANNEL}");
                     (self.sink)(Event::Connected);
                 }
