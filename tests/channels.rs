@@ -422,3 +422,65 @@ async fn a_forged_ping_does_not_mask_a_listener_that_stopped_hearing() {
     forging.abort();
     r.stop().await;
 }
+
+#[tokio::test]
+async fn a_watched_tables_changes_reach_its_owner_verified_and_forgeries_do_not() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.chores (id bigint primary key, state text not null, \"Owner\" uuid);
+             select reactor.watch_table('public.chores', 'state', 'Owner');",
+        )
+        .await
+        .unwrap();
+    let r = reactor(&db, storage.path()).await;
+    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let owner = user_with_profile(&client).await;
+    let mut owners = stream(&r, &user_token(owner)).await;
+    client
+        .execute(
+            "insert into public.chores values (7, 'todo', $1)",
+            &[&owner],
+        )
+        .await
+        .unwrap();
+    as_stranger(
+        &db,
+        &format!(
+            "select pg_notify('job_status', '{}'), pg_notify('job_status', '{}')",
+            json!({"table": "chores", "op": "UPDATE", "id": "8", "owner_id": owner.to_string(), "status": "done"}),
+            json!({"table": "chores", "op": "UPDATE", "id": "7", "owner_id": owner.to_string(), "status": "burnt"}),
+        ),
+    )
+    .await;
+    client
+        .execute("update public.chores set state = 'done' where id = 7", &[])
+        .await
+        .unwrap();
+    let seen = read_events(&mut owners, |e| {
+        e.iter()
+            .any(|(_, e)| e["id"] == json!("7") && e["status"] == json!("done"))
+    })
+    .await;
+    let statuses: Vec<(String, String)> = seen
+        .iter()
+        .map(|(_, e)| {
+            (
+                e["id"].as_str().unwrap_or("").to_string(),
+                e["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|(id, s)| id == "7" && (s == "todo" || s == "done")),
+        "{statuses:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|(_, e)| e["table"] == json!("chores") && e["owner_id"] == json!(owner.to_string())));
+    r.stop().await;
+}
