@@ -23,6 +23,9 @@ pub const CHANNEL: &str = "reactor";
 /// Status changes for dashboards, fed to SSE clients from this one connection
 /// (a LISTEN connection per client would slow NOTIFY for the whole server).
 pub const STATUS_CHANNEL: &str = "job_status";
+/// How many check timeouts a self-check may take while notifications keep
+/// arriving (a flood queued in front of the ping delays it without deafness).
+const MAX_CHECK_EXTENSIONS: u32 = 10;
 /// `application_name` of the listener's connection (visible in pg_stat_activity).
 pub const APPLICATION_NAME: &str = "reactor listener";
 
@@ -132,6 +135,10 @@ impl Listener {
         // The nonce of the check in progress, and the last one heard back.
         let (expected_tx, expected) = watch::channel(String::new());
         let (heard_tx, mut heard) = watch::channel(String::new());
+        // Notifications received: a connection that is receiving is not deaf,
+        // however far behind a flood of notifications puts the self-check.
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = received.clone();
         let sink = self.sink.clone();
         // Drives the connection and routes what arrives; ends when it closes.
         let mut driver = tokio::spawn(async move {
@@ -142,6 +149,7 @@ impl Listener {
                     Ok(_) => continue,
                     Err(e) => return crate::db::describe(&e),
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.channel() == STATUS_CHANNEL {
                     if let Ok(Message::Change(change)) = notification::parse(n.payload()) {
                         sink(Event::Status(change));
@@ -187,10 +195,24 @@ impl Listener {
                         .map_err(|_| "listener stopped".to_string())?;
                     Ok::<(), String>(())
                 };
-                match tokio::time::timeout(self.check_timeout, check).await {
-                    Err(_) => return End::Deaf { first_check },
-                    Ok(Err(reason)) => return End::Lost(reason),
-                    Ok(Ok(())) => {}
+                tokio::pin!(check);
+                let mut waited = Duration::ZERO;
+                let mut seen = received.load(std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    match tokio::time::timeout(self.check_timeout, &mut check).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(reason)) => return End::Lost(reason),
+                        Err(_) => {
+                            // Late but still receiving (the ping is queued behind
+                            // others): wait on, up to MAX_CHECK_EXTENSIONS timeouts.
+                            waited += self.check_timeout;
+                            let now = received.load(std::sync::atomic::Ordering::Relaxed);
+                            if now == seen || waited >= self.check_timeout * MAX_CHECK_EXTENSIONS {
+                                return End::Deaf { first_check };
+                            }
+                            seen = now;
+                        }
+                    }
                 }
                 if first_check {
                     first_check = false;
