@@ -159,6 +159,7 @@ params_of_type! {
     &str => TEXT,
     uuid::Uuid => UUID,
     Vec<String> => TEXT_ARRAY,
+    Vec<&str> => TEXT_ARRAY,
     Vec<i64> => INT8_ARRAY,
     &[String] => TEXT_ARRAY,
     serde_json::Value => JSONB,

@@ -151,6 +151,8 @@ struct Inner {
     cfg: RunConfig,
     /// Job status changes for SSE clients; a slow receiver lags, it never blocks us.
     statuses: tokio::sync::broadcast::Sender<crate::notification::Change>,
+    /// Checks job_status hints against the tables and feeds `statuses`.
+    status_feed: Arc<crate::status_feed::StatusFeed>,
     pool: Pool,
     instance: Uuid,
     slots: Vec<Slot>,
@@ -217,9 +219,11 @@ impl Engine {
                 }
             })
             .collect();
+        let statuses = tokio::sync::broadcast::channel(STATUS_BUFFER).0;
         Ok(Engine {
             inner: Arc::new(Inner {
-                statuses: tokio::sync::broadcast::channel(STATUS_BUFFER).0,
+                status_feed: Arc::new(crate::status_feed::StatusFeed::new(statuses.clone())),
+                statuses,
                 permits: Arc::new(Semaphore::new(cfg.concurrency)),
                 live: Arc::default(),
                 cfg,
@@ -241,7 +245,7 @@ impl Engine {
         self.inner.pool.clone()
     }
 
-    /// Job status changes as they arrive on channel job_status.
+    /// Job status changes, verified against the tables (see `status_feed`).
     pub fn statuses(&self) -> tokio::sync::broadcast::Sender<crate::notification::Change> {
         self.inner.statuses.clone()
     }
@@ -267,6 +271,12 @@ impl Engine {
         }
         let heartbeat = tokio::spawn(inner.clone().heartbeat());
         let tidy = tokio::spawn(inner.clone().tidy());
+        let status_feed = tokio::spawn(
+            inner
+                .status_feed
+                .clone()
+                .run(inner.pool.clone(), inner.shutdown.clone()),
+        );
         let outbox = cfg
             .outbox_poll
             .map(|every| tokio::spawn(inner.clone().drain_outbox(every)));
@@ -276,7 +286,6 @@ impl Engine {
             let sink: listener::Sink = Arc::new(move |event| sink_inner.route(event));
             let l = Listener {
                 url: cfg.database_url.clone(),
-                instance: inner.instance,
                 check_interval: cfg.listen_check_interval,
                 check_timeout: cfg.listen_check_timeout,
                 sink,
@@ -320,6 +329,7 @@ impl Engine {
         }
         heartbeat.abort();
         tidy.abort();
+        status_feed.abort();
         if let Some(outbox) = outbox {
             outbox.abort();
         }
@@ -384,10 +394,7 @@ impl Inner {
                 metrics::counter!("reactor_listener_reconnects_total").increment(1);
                 self.status.listening.store(false, Ordering::SeqCst);
             }
-            Event::Status(change) => {
-                // No subscriber is fine.
-                let _ = self.statuses.send(change);
-            }
+            Event::Status(change) => self.status_feed.hint(change),
             Event::Retry { handler, id } => {
                 for slot in self.slots.iter().filter(|s| s.handler.spec.name == handler) {
                     if slot.handler.spec.key_type.accepts(&id) {

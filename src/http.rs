@@ -4,7 +4,7 @@ use crate::auth::{Auth, AuthError};
 use crate::engine::Status;
 use crate::handler::Spec;
 use crate::notification::Change;
-use crate::provider::replicate::parse_prediction;
+use crate::provider::replicate::{created_for, parse_prediction};
 use crate::webhook_signature::{self, Secret};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -62,7 +62,7 @@ fn unauthorized(e: AuthError) -> Response {
 
 #[derive(serde::Deserialize)]
 struct TokenQuery {
-    /// For EventSource, which cannot send headers.
+    /// For EventSource, which cannot send headers (users' tokens only).
     access_token: Option<String>,
 }
 
@@ -70,23 +70,47 @@ struct TokenQuery {
 /// admin. Every client is fed from the reactor's one listener through a
 /// bounded buffer; a client that falls behind gets a `resync` event and the
 /// stream ends (reconnect and re-read the jobs), so it never slows anyone else.
+/// A user's stream ends with an `expired` event when their token expires
+/// (reconnect with a fresh token).
 async fn events(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let token = bearer(&headers).map(str::to_string).or(q.access_token);
-    let viewer = match state.auth.viewer(token.as_deref()).await {
-        Ok(v) => v,
+    let access = match bearer(&headers) {
+        Some(header) => state.auth.access(Some(header)).await,
+        None => state.auth.user_access(q.access_token.as_deref()).await,
+    };
+    let access = match access {
+        Ok(a) => a,
         Err(e) => return unauthorized(e),
     };
+    let expiry = access.expires_at.map(|exp| {
+        let left = (exp - chrono::Utc::now().timestamp()).max(0);
+        tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs())
+    });
+    let viewer = access.viewer;
     let receiver = state.statuses.subscribe();
     let stream = futures::stream::unfold(Some(receiver), move |receiver| {
         let viewer = viewer.clone();
         async move {
             let mut receiver = receiver?;
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
             loop {
-                match receiver.recv().await {
+                let received = tokio::select! {
+                    r = receiver.recv() => r,
+                    _ = &mut expired => {
+                        let event = Event::default().event("expired").data("{}");
+                        return Some((Ok(event), None));
+                    }
+                };
+                match received {
                     Ok(change) if viewer.sees(change.owner_id.as_deref()) => {
                         let data = serde_json::to_string(&change).unwrap_or_default();
                         let event = Event::default().event("job_status").data(data);
@@ -263,17 +287,20 @@ async fn replicate_webhook_inner(
         tracing::warn!(error = %e, "webhook refused: bad signature");
         return (StatusCode::UNAUTHORIZED, format!("invalid signature: {e}"));
     }
-    let prediction = match serde_json::from_slice(body)
+    let parsed = serde_json::from_slice(body)
         .map_err(|e| e.to_string())
-        .and_then(|v| parse_prediction(&v))
-    {
+        .and_then(|v| Ok((parse_prediction(&v)?, created_for(&v))));
+    let (prediction, created_for) = match parsed {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "webhook refused: not a prediction");
             return (StatusCode::BAD_REQUEST, format!("not a prediction: {e}"));
         }
     };
-    match apply_webhook(&state.pool, query.job_id, &prediction).await {
+    // The query string is not signed: `?job_id=` is only a hint, followed
+    // when the signed body's own webhook URL names the same job.
+    let proven_job = query.job_id.filter(|hint| created_for == Some(*hint));
+    match apply_webhook(&state.pool, proven_job, &prediction).await {
         Ok(Some(job)) => {
             tracing::info!(job = %job, prediction = %prediction.id, status = ?prediction.status, "webhook applied");
             (StatusCode::OK, "ok".into())
@@ -290,12 +317,13 @@ async fn replicate_webhook_inner(
     }
 }
 
-/// Finds the job (by prediction id; or by the job id in the webhook URL when
-/// the reactor never learned the prediction id, e.g. it crashed right after
-/// creating it) and applies the prediction. Returns the job id when known.
+/// Finds the job (by prediction id; or, when the reactor never learned the
+/// prediction id, e.g. it crashed right after creating it, by `proven_job`:
+/// the job the signed prediction was created for) and applies the
+/// prediction. Returns the job id when known.
 async fn apply_webhook(
     pool: &Pool,
-    job_id: Option<uuid::Uuid>,
+    proven_job: Option<uuid::Uuid>,
     prediction: &crate::provider::Prediction,
 ) -> Result<Option<uuid::Uuid>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
@@ -310,7 +338,7 @@ async fn apply_webhook(
         )
         .await
         .map_err(|e| crate::db::describe(&e))?;
-    let job = match (found, job_id) {
+    let job = match (found, proven_job) {
         (Some(row), _) => Some(row.get::<_, uuid::Uuid>(0)),
         (None, Some(id)) => tx
             .query_opt(

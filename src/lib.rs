@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod notification;
 pub mod ops;
 pub mod provider;
+pub mod status_feed;
 pub mod storage;
 pub mod table_config;
 pub mod telemetry;

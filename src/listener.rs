@@ -4,8 +4,10 @@
 //! inside a transaction (a listener in an open transaction stops the server's
 //! notification queue from draining). Listeners are known to go deaf without
 //! any error, so it checks itself: every check interval it sends a
-//! notification to itself that must come back within the check timeout, or the
-//! connection is dropped and made again. Every (re)connection is reported so
+//! notification carrying a fresh random nonce that must come back within the
+//! check timeout, or the connection is dropped and made again. Anyone may
+//! NOTIFY on the channel, and sees the pings: only the nonce of the check in
+//! progress counts, so nothing sent earlier or by anyone else can pass a check. Every (re)connection is reported so
 //! the engine rescans: notifications sent while nobody listened are lost.
 use crate::notification::{self, Change, Message};
 use backon::{ExponentialBuilder, Retryable as _};
@@ -21,6 +23,9 @@ pub const CHANNEL: &str = "reactor";
 /// Status changes for dashboards, fed to SSE clients from this one connection
 /// (a LISTEN connection per client would slow NOTIFY for the whole server).
 pub const STATUS_CHANNEL: &str = "job_status";
+/// How many check timeouts a self-check may take while notifications keep
+/// arriving (a flood queued in front of the ping delays it without deafness).
+const MAX_CHECK_EXTENSIONS: u32 = 10;
 /// `application_name` of the listener's connection (visible in pg_stat_activity).
 pub const APPLICATION_NAME: &str = "reactor listener";
 
@@ -56,7 +61,6 @@ pub enum ListenError {
 
 pub struct Listener {
     pub url: String,
-    pub instance: Uuid,
     pub check_interval: Duration,
     pub check_timeout: Duration,
     pub sink: Sink,
@@ -122,8 +126,13 @@ impl Listener {
         mut connection: crate::db::Connection,
         shutdown: &CancellationToken,
     ) -> End {
-        let (seen_tx, mut seen) = watch::channel(0u64);
-        let prefix = format!("{}:", self.instance);
+        // The nonce of the check in progress, and the last one heard back.
+        let (expected_tx, expected) = watch::channel(String::new());
+        let (heard_tx, mut heard) = watch::channel(String::new());
+        // Notifications received: a connection that is receiving is not deaf,
+        // however far behind a flood of notifications puts the self-check.
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = received.clone();
         let sink = self.sink.clone();
         // Drives the connection and routes what arrives; ends when it closes.
         let mut driver = tokio::spawn(async move {
@@ -134,6 +143,7 @@ impl Listener {
                     Ok(_) => continue,
                     Err(e) => return crate::db::describe(&e),
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.channel() == STATUS_CHANNEL {
                     if let Ok(Message::Change(change)) = notification::parse(n.payload()) {
                         sink(Event::Status(change));
@@ -144,8 +154,8 @@ impl Listener {
                     Ok(Message::Change(change)) => sink(Event::Change(change)),
                     Ok(Message::Retry { handler, id }) => sink(Event::Retry { handler, id }),
                     Ok(Message::Ping(ping)) => {
-                        if let Some(seq) = ping.strip_prefix(&prefix).and_then(|s| s.parse().ok()) {
-                            seen_tx.send_replace(seq);
+                        if !ping.is_empty() && *expected.borrow() == ping {
+                            heard_tx.send_replace(ping);
                         }
                     }
                     Err(e) => {
@@ -163,12 +173,11 @@ impl Listener {
             {
                 return End::Lost(crate::db::describe(&e));
             }
-            let mut seq = 0u64;
+            let mut first_check = true;
             loop {
-                seq += 1;
-                let ping =
-                    serde_json::json!({ "reactor_ping": format!("{}:{seq}", self.instance) })
-                        .to_string();
+                let nonce = Uuid::new_v4().to_string();
+                expected_tx.send_replace(nonce.clone());
+                let ping = serde_json::json!({ "reactor_ping": nonce }).to_string();
                 let check = async {
                     client
                         .execute_typed(
@@ -177,21 +186,33 @@ impl Listener {
                         )
                         .await
                         .map_err(|e| crate::db::describe(&e))?;
-                    seen.wait_for(|s| *s >= seq)
+                    heard
+                        .wait_for(|h| *h == nonce)
                         .await
                         .map_err(|_| "listener stopped".to_string())?;
                     Ok::<(), String>(())
                 };
-                match tokio::time::timeout(self.check_timeout, check).await {
-                    Err(_) => {
-                        return End::Deaf {
-                            first_check: seq == 1,
+                tokio::pin!(check);
+                let mut waited = Duration::ZERO;
+                let mut seen = received.load(std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    match tokio::time::timeout(self.check_timeout, &mut check).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(reason)) => return End::Lost(reason),
+                        Err(_) => {
+                            // Late but still receiving (the ping is queued behind
+                            // others): wait on, up to MAX_CHECK_EXTENSIONS timeouts.
+                            waited += self.check_timeout;
+                            let now = received.load(std::sync::atomic::Ordering::Relaxed);
+                            if now == seen || waited >= self.check_timeout * MAX_CHECK_EXTENSIONS {
+                                return End::Deaf { first_check };
+                            }
+                            seen = now;
                         }
                     }
-                    Ok(Err(reason)) => return End::Lost(reason),
-                    Ok(Ok(())) => {}
                 }
-                if seq == 1 {
+                if first_check {
+                    first_check = false;
                     tracing::info!("listener: listening on channel {CHANNEL}");
                     (self.sink)(Event::Connected);
                 }

@@ -454,7 +454,21 @@ async fn a_crash_between_create_and_save_never_creates_a_second_prediction() {
     // The first create is recorded by the provider, but its answer never comes.
     fake.script(&[CreateScript::CreateThenHang]);
     let mut flags = replicate_flags(&fake);
-    flags.extend(["--provider-timeout", "30s"].map(String::from));
+    // Webhooks on: every create carries the job id in its webhook URL, the
+    // proof that lets a later attempt adopt what this one created.
+    flags.extend(
+        [
+            "--provider-timeout",
+            "30s",
+            "--public-url",
+            "http://127.0.0.1:9",
+            "--replicate-webhook-secret",
+            SECRET,
+            "--webhook-grace",
+            "0s",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut first = ChildReactor::spawn(&db, storage.path(), &args);
     let client = db.client().await;
@@ -483,6 +497,117 @@ async fn a_crash_between_create_and_save_never_creates_a_second_prediction() {
     one_render_one_debit(&client, id).await;
     assert_eq!(fake.predictions().len(), 1, "the provider was paid once");
     assert_eq!(fake.create_calls(), 1);
+}
+
+/// A job whose create was interrupted (marked, no prediction id), inserted as
+/// the service would find it after a crash.
+async fn interrupted_job(
+    client: &tokio_postgres::Client,
+    owner: Uuid,
+    prompt: &str,
+    status: &str,
+) -> Uuid {
+    client
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path, status, submit_started_at)
+             values ($1, 'imagine', $2, 'living room', 'scandinavian', 'https://inputs.example/room.jpg', $3, now())
+             returning id",
+            &[&owner, &prompt, &status],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_interrupted_submission_never_adopts_another_users_prediction_with_the_same_input() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    let flags = replicate_flags(&fake);
+    let reactor = start_reactor(
+        &db,
+        storage.path(),
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let client = db.client().await;
+    let (bob, alice) = (
+        common::user_with_profile(&client).await,
+        common::user_with_profile(&client).await,
+    );
+    let bobs = submit(&db, bob, "imagine", "a sauna").await.unwrap();
+    let bobs_prediction = wait_prediction(&fake, 1).await;
+    wait_status(&client, bobs, "processing").await;
+    // Alice's identical job, whose create may or may not have gone through.
+    let alices = interrupted_job(&client, alice, "a sauna", "starting").await;
+    wait_status(&client, alices, "failed").await;
+    let (_, prediction, error) = job(&client, alices).await;
+    assert_eq!(
+        prediction, None,
+        "Bob's prediction was not attached to Alice's job"
+    );
+    let error = error.unwrap();
+    assert!(error.contains("could not be proven"), "{error}");
+    assert_eq!(fake.create_calls(), 1, "nothing created for Alice either");
+    assert_eq!(
+        job(&client, bobs).await.1.as_deref(),
+        Some(bobs_prediction.as_str())
+    );
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_webhook_cannot_be_pointed_at_another_job_with_job_id() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let (reactor, hook) = webhook_reactor(&db, storage.path(), &fake).await;
+    let client = db.client().await;
+    let (owner, victim) = (
+        common::user_with_profile(&client).await,
+        common::user_with_profile(&client).await,
+    );
+    let id = submit(&db, owner, "imagine", "a den").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+    // The victim's job waits for its own prediction (processing, id not yet saved:
+    // the reactor leaves it to its webhook).
+    let victims = interrupted_job(&client, victim, "a porch", "processing").await;
+    let done = fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/den.jpg")]),
+        json!(null),
+    );
+    let now = chrono::Utc::now().timestamp();
+    // A validly signed delivery for another prediction (no job has it yet),
+    // sent to ?job_id=<victim>: once as Replicate shaped it (its webhook URL
+    // names the owner's job), once without a webhook URL in the body.
+    let mut orphan = done.json();
+    orphan["id"] = json!("pred_orphan");
+    let mut bare = orphan.clone();
+    bare.as_object_mut().unwrap().remove("webhook");
+    for (n, body) in [orphan, bare].into_iter().enumerate() {
+        let (body, headers) = signed_webhook(&body, &format!("msg_hint_{n}"), now);
+        assert_eq!(
+            deliver(&format!("{hook}?job_id={victims}"), body, &headers).await,
+            reqwest::StatusCode::OK
+        );
+    }
+    // The real delivery, also pointed at the victim: it completes the owner's job only.
+    let (body, headers) = signed_webhook(&done.json(), "msg_real", now);
+    assert_eq!(
+        deliver(&format!("{hook}?job_id={victims}"), body, &headers).await,
+        reqwest::StatusCode::OK
+    );
+    wait_status(&client, id, "succeeded").await;
+    assert_eq!(
+        job(&client, victims).await,
+        ("processing".to_string(), None, None),
+        "the victim's job is untouched"
+    );
+    reactor.stop().await;
 }
 
 #[tokio::test]

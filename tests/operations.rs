@@ -289,6 +289,74 @@ async fn expired_forged_or_missing_tokens_are_refused() {
     r.stop().await;
 }
 
+fn token_with(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn anon_tokens_and_the_admin_token_in_a_url_are_refused_on_the_event_stream() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let r = reactor(&db, storage.path(), &[]).await;
+    // The project's anon key is a valid signature with role anon: not a user.
+    let anon = token_with(
+        json!({"aud": "authenticated", "role": "anon", "sub": Uuid::new_v4().to_string(),
+                                 "exp": chrono::Utc::now().timestamp() + 60}),
+    );
+    assert_eq!(get(&url(&r, "/v1/events"), Some(&anon)).await.status(), 401);
+    assert_eq!(
+        get(&url(&r, &format!("/v1/events?access_token={anon}")), None)
+            .await
+            .status(),
+        401
+    );
+    // URLs end up in logs: the admin token only counts in the Authorization header.
+    assert_eq!(
+        get(&url(&r, &format!("/v1/events?access_token={ADMIN}")), None)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(get(&url(&r, "/v1/events"), Some(ADMIN)).await.status(), 200);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_expires() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let r = reactor(&db, storage.path(), &[]).await;
+    let user = Uuid::new_v4();
+    // Valid now, expired in two seconds.
+    let mut stream = get(
+        &url(&r, "/v1/events"),
+        Some(&user_token(user, JWT_SECRET, 2)),
+    )
+    .await;
+    assert_eq!(stream.status(), 200);
+    let events = read_events(&mut stream, |e| e.iter().any(|(k, _)| k == "expired")).await;
+    assert!(
+        events.iter().any(|(k, _)| k == "expired"),
+        "told why: {events:?}"
+    );
+    let end = tokio::time::timeout(LONG, async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            assert!(
+                String::from_utf8_lossy(&chunk).starts_with(':'),
+                "only keep-alives after expiry"
+            );
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+    r.stop().await;
+}
+
 /// An event-stream client that connects and then reads nothing, with a tiny
 /// receive window so the kernel cannot absorb the stream for it.
 async fn stuck_client(r: &InProcess) -> tokio::net::TcpStream {

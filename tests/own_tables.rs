@@ -145,6 +145,10 @@ const PRODUCT_PACK: System = System {
 struct Request {
     path: String,
     id: String,
+    /// The Standard Webhooks delivery id.
+    webhook_id: String,
+    /// `webhook_signature::verify` with the Standard Webhooks headers.
+    standard_verified: Result<(), String>,
     attempt: String,
     timestamp: String,
     signature: String,
@@ -210,10 +214,25 @@ async fn loopback() -> Loopback {
             chrono::Utc::now().timestamp(),
         )
         .map_err(|e| e.to_string());
+        let standard_verified = webhook_signature::verify(
+            &secret,
+            headers.get("webhook-id").and_then(|v| v.to_str().ok()),
+            headers
+                .get("webhook-timestamp")
+                .and_then(|v| v.to_str().ok()),
+            headers
+                .get("webhook-signature")
+                .and_then(|v| v.to_str().ok()),
+            &raw,
+            chrono::Utc::now().timestamp(),
+        )
+        .map_err(|e| e.to_string());
         let text = String::from_utf8_lossy(&raw).to_string();
         let request = Request {
             path: uri.path().to_string(),
             id: header("x-reactor-id"),
+            webhook_id: header("webhook-id"),
+            standard_verified,
             attempt: header("x-reactor-attempt"),
             timestamp: header("x-reactor-timestamp"),
             signature: header("x-reactor-signature"),
@@ -901,7 +920,19 @@ async fn generic_jobs_a_failed_job_set_back_to_pending_runs_again() {
         .await
         .unwrap();
     s.wait_status(id, "completed").await;
-    assert_eq!(s.handler.requests_for(id).len(), 4, "3 failed, then 1 more");
+    let requests = s.handler.requests_for(id);
+    assert_eq!(requests.len(), 4, "3 failed, then 1 more");
+    // Every delivery is its own message (a worker de-duplicating on webhook-id
+    // must not drop the re-run), about the same row, and verifiable either way.
+    let ids: std::collections::HashSet<&str> =
+        requests.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "webhook-ids: {ids:?}");
+    assert!(!ids.contains(""));
+    for r in &requests {
+        assert_eq!(r.id, id.to_string());
+        assert_eq!(r.verified, Ok(()));
+        assert_eq!(r.standard_verified, Ok(()));
+    }
     assert_eq!(s.column("retry_count", id).await.as_deref(), Some("3"));
     reactor.stop().await;
 }

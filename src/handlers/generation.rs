@@ -9,10 +9,13 @@
 //! outcome is unknown (timeout after sending, an unreadable answer, a crash)
 //! leaves it, and the next attempt first asks the provider for a prediction
 //! made for this job since the mark, and adopts it instead of creating another.
+//! Only a prediction that carries this job's id is adopted; one that merely
+//! has the same input may be another user's identical job, so the job fails
+//! with [`UNPROVEN`] instead (we never attach another user's images).
 use crate::db::param;
 use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::lease::Lease;
-use crate::provider::{JobInput, Prediction, Provider, ProviderError, Status};
+use crate::provider::{Found, JobInput, Prediction, Provider, ProviderError, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -32,6 +35,11 @@ const TIME_OUT_STUCK: &str =
     "update public.generation_jobs set status = 'failed', error = $1, completed_at = now()
      where status in ('starting', 'processing') and created_at <= now() - make_interval(secs => $2)
      returning id::text, prediction_id is not null";
+
+/// The error a job gets when an interrupted submission cannot be reconciled.
+pub const UNPROVEN: &str = "the submission was interrupted and its outcome could not be proven: \
+     the provider has a prediction with this job's input that does not carry this job's id, \
+     so it was not adopted and nothing was submitted again; submit the job again";
 
 /// The error a job gets when it has no terminal status in time.
 pub const TIMED_OUT: &str = "timed out";
@@ -390,11 +398,15 @@ impl Generation {
         if let Some(since) = job.submit_started_at {
             // An earlier create may have gone through: look before paying again.
             match self.provider.find(&job.input, since).await {
-                Ok(Some(p)) => {
+                Ok(Found::Ours(p)) => {
                     tracing::warn!(prediction = %p.id, "adopting the prediction an interrupted submission created");
                     return self.adopt(pool, lease, job, p).await;
                 }
-                Ok(None) => {
+                Ok(Found::Unproven { prediction_id }) => {
+                    tracing::warn!(prediction = %prediction_id, "a prediction with this job's input carries no proof that it is this job's; not adopting it");
+                    return self.fail_job(pool, lease, id, UNPROVEN).await;
+                }
+                Ok(Found::Nothing) => {
                     tracing::info!("no prediction from the interrupted submission; submitting")
                 }
                 Err(e) => {
@@ -470,7 +482,7 @@ impl LeasedWork for Generation {
         if job.cancel_requested && job.in_flight() {
             // A submission may be in flight or interrupted: cancel what it created.
             if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
-                if let Some(p) =
+                if let Found::Ours(p) =
                     self.provider.find(&job.input, since).await.map_err(|e| {
                         HandlerError::Retry(format!("reconciling before cancel: {e}"))
                     })?

@@ -13,7 +13,7 @@
 //!   failed value and the error.
 //! * Delivery is at least once: a reactor that dies after the request but before
 //!   the write-back leaves the row to be posted again. Receivers deduplicate on
-//!   `X-Reactor-Id` (the row's key).
+//!   `X-Reactor-Id` (the row's key); `webhook-id` is new on every POST.
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
 use crate::db::param;
@@ -236,6 +236,16 @@ impl HttpTable {
             timestamp,
             body.as_bytes(),
         );
+        // Standard Webhooks receivers de-duplicate on webhook-id, so each POST
+        // is its own message: a row set back to pending and run again must not
+        // be dropped as a repeat. X-Reactor-Id stays the row's key.
+        let delivery = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let delivery_signature = crate::webhook_signature::sign(
+            &self.cfg.http.secret,
+            &delivery,
+            timestamp,
+            body.as_bytes(),
+        );
         let timestamp = timestamp.to_string();
         let response = self
             .http
@@ -245,9 +255,12 @@ impl HttpTable {
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(SIGNATURE_HEADER, &signature)
             // The Standard Webhooks names too, so stock verifier libraries work as they are.
-            .header(crate::webhook_signature::ID_HEADER, &lease.row_id)
+            .header(crate::webhook_signature::ID_HEADER, &delivery)
             .header(crate::webhook_signature::TIMESTAMP_HEADER, &timestamp)
-            .header(crate::webhook_signature::SIGNATURE_HEADER, &signature)
+            .header(
+                crate::webhook_signature::SIGNATURE_HEADER,
+                &delivery_signature,
+            )
             .header(TABLE_HEADER, &self.cfg.name)
             .header(ATTEMPT_HEADER, (lease.attempts + 1).to_string())
             .body(body)

@@ -6,7 +6,7 @@
 //! Predictions live in memory: a restarted reactor does not know the local
 //! predictions of its previous life (they read as not found, and those jobs
 //! fail with that error).
-use super::{JobInput, Prediction, Provider, ProviderError, Status};
+use super::{Found, JobInput, Prediction, Provider, ProviderError, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -142,17 +142,14 @@ impl Provider for Local {
         Ok(())
     }
 
-    async fn find(
-        &self,
-        job: &JobInput,
-        since: DateTime<Utc>,
-    ) -> Result<Option<Prediction>, ProviderError> {
+    /// The local provider records each prediction's job, which is proof.
+    async fn find(&self, job: &JobInput, since: DateTime<Utc>) -> Result<Found, ProviderError> {
         let predictions = self.lock();
         Ok(predictions
             .iter()
             .find(|(_, e)| {
                 e.job.id == job.id && e.created_at >= since - chrono::Duration::seconds(60)
             })
-            .map(|(id, e)| self.view(id, e)))
+            .map_or(Found::Nothing, |(id, e)| Found::Ours(self.view(id, e))))
     }
 }

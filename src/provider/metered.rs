@@ -1,6 +1,6 @@
 //! Counts every provider call by operation and outcome
 //! (`reactor_provider_requests_total{op, outcome}`).
-use super::{JobInput, Prediction, Provider, ProviderError};
+use super::{Found, JobInput, Prediction, Provider, ProviderError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -44,11 +44,7 @@ impl Provider for Metered {
         r
     }
 
-    async fn find(
-        &self,
-        job: &JobInput,
-        since: DateTime<Utc>,
-    ) -> Result<Option<Prediction>, ProviderError> {
+    async fn find(&self, job: &JobInput, since: DateTime<Utc>) -> Result<Found, ProviderError> {
         let r = self.0.find(job, since).await;
         count("find", &r);
         r

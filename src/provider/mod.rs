@@ -80,6 +80,18 @@ pub enum ProviderError {
     NotFound,
 }
 
+/// What reconciliation found for an interrupted create.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// A prediction proven to be this job's (it carries the job's id).
+    Ours(Prediction),
+    /// A prediction with this job's input but no proof that it is this job's:
+    /// it may be another user's job with the same prompt. Never adopted.
+    Unproven { prediction_id: String },
+    /// Nothing the interrupted create could have made.
+    Nothing,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// Creates a prediction for `job`. `webhook`: where completion is reported.
@@ -91,10 +103,7 @@ pub trait Provider: Send + Sync {
     async fn get(&self, id: &str) -> Result<Prediction, ProviderError>;
     async fn cancel(&self, id: &str) -> Result<(), ProviderError>;
     /// Finds a prediction an earlier, interrupted `create` for `job` may have
-    /// made at or after `since` (reconciliation: never pay twice).
-    async fn find(
-        &self,
-        job: &JobInput,
-        since: DateTime<Utc>,
-    ) -> Result<Option<Prediction>, ProviderError>;
+    /// made at or after `since` (reconciliation: never pay twice), and says
+    /// whether it is provably this job's.
+    async fn find(&self, job: &JobInput, since: DateTime<Utc>) -> Result<Found, ProviderError>;
 }

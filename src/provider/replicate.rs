@@ -3,9 +3,11 @@
 //! Replicate has no idempotency key, so this client says precisely whether a
 //! failed create may have created something ([`ProviderError::Ambiguous`]) or
 //! surely did not (429, connection refused, 5xx), and [`Replicate::find`]
-//! looks for a prediction an interrupted create made: by the job id carried in
-//! its webhook URL, or by identical input created since the attempt began.
-use super::{JobInput, Prediction, Provider, ProviderError, Status};
+//! looks for a prediction an interrupted create made. Only the job id carried
+//! in its webhook URL (`?job_id=`) proves a prediction is the job's; one with
+//! identical input but no such proof may be another user's identical job and
+//! is reported, never adopted.
+use super::{Found, JobInput, Prediction, Provider, ProviderError, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -177,6 +179,16 @@ fn truncate(s: &str) -> String {
     }
 }
 
+/// The job a prediction object was created for: the `job_id` query
+/// parameter of the webhook URL the reactor gave it (echoed back as
+/// `webhook`). None when it has no such URL.
+pub fn created_for(prediction: &Value) -> Option<uuid::Uuid> {
+    let webhook = prediction.get("webhook").and_then(Value::as_str)?;
+    let url = url::Url::parse(webhook).ok()?;
+    let (_, id) = url.query_pairs().find(|(k, _)| k == "job_id")?;
+    uuid::Uuid::parse_str(&id).ok()
+}
+
 /// A prediction object → [`Prediction`]; anything unexpected is an error.
 pub fn parse_prediction(v: &Value) -> Result<Prediction, String> {
     let id = v
@@ -260,15 +272,11 @@ impl Provider for Replicate {
         read(response, false).await.map(|_| ())
     }
 
-    async fn find(
-        &self,
-        job: &JobInput,
-        since: DateTime<Utc>,
-    ) -> Result<Option<Prediction>, ProviderError> {
+    async fn find(&self, job: &JobInput, since: DateTime<Utc>) -> Result<Found, ProviderError> {
         let input = model_input(job);
-        let job_id = job.id.to_string();
         // Clocks differ: look a minute further back than the attempt began.
         let horizon = since - chrono::Duration::seconds(60);
+        let mut unproven = None;
         let mut url = format!("{}/predictions", self.base_url);
         for _ in 0..FIND_MAX_PAGES {
             let page = self.get_json(&url).await?;
@@ -284,25 +292,26 @@ impl Provider for Replicate {
                     .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                     .map(|t| t.with_timezone(&Utc));
                 if created.is_some_and(|t| t < horizon) {
-                    return Ok(None);
+                    return Ok(unproven.unwrap_or(Found::Nothing));
                 }
-                let by_webhook = item
-                    .get("webhook")
-                    .and_then(Value::as_str)
-                    .is_some_and(|w| w.contains(&job_id));
-                let by_input = item.get("input") == Some(&input);
-                if by_webhook || by_input {
+                if created_for(item) == Some(job.id) {
                     return parse_prediction(item)
-                        .map(Some)
+                        .map(Found::Ours)
                         .map_err(ProviderError::Unavailable);
+                }
+                if unproven.is_none() && item.get("input") == Some(&input) {
+                    let prediction_id = item.get("id").and_then(Value::as_str).unwrap_or("?");
+                    unproven = Some(Found::Unproven {
+                        prediction_id: prediction_id.to_string(),
+                    });
                 }
             }
             match page.get("next").and_then(Value::as_str) {
                 Some(next) if !next.is_empty() => url = next.to_string(),
-                _ => return Ok(None),
+                _ => break,
             }
         }
-        Ok(None)
+        Ok(unproven.unwrap_or(Found::Nothing))
     }
 }
 
@@ -329,6 +338,32 @@ mod tests {
             json!({"id": "p", "status": "succeeded", "output": 3}),
         ] {
             assert!(parse_prediction(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_job_id_parameter_of_the_webhook_url_names_the_job() {
+        let job = uuid::Uuid::new_v4();
+        let other = uuid::Uuid::new_v4();
+        let with = |webhook: Value| json!({"id": "p", "status": "starting", "webhook": webhook});
+        assert_eq!(
+            created_for(&with(json!(format!(
+                "https://r.example/webhooks/replicate?job_id={job}"
+            )))),
+            Some(job)
+        );
+        for not_proof in [
+            with(json!(null)),
+            json!({"id": "p", "status": "starting"}),
+            with(json!(format!("https://r.example/{job}?job_id={other}"))),
+            with(json!(format!(
+                "https://r.example/webhooks/replicate?job_id={job}x"
+            ))),
+            with(json!(format!(
+                "https://r.example/webhooks/replicate?other={job}"
+            ))),
+        ] {
+            assert_ne!(created_for(&not_proof), Some(job), "{not_proof}");
         }
     }
 
