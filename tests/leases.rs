@@ -35,6 +35,29 @@ fn replicate_flags(fake: &FakeReplicate, extra: &[&str]) -> Vec<String> {
     flags
 }
 
+/// Flags that turn webhooks on (a free local port for the reactor's HTTP
+/// server), so every create carries the job id that proves a prediction is
+/// the job's own when an interrupted submission is reconciled.
+fn webhook_flags(grace: &str) -> Vec<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    [
+        "--http-addr".to_string(),
+        addr.clone(),
+        "--public-url".to_string(),
+        format!("http://{addr}"),
+        "--replicate-webhook-secret".to_string(),
+        SECRET.to_string(),
+        "--webhook-grace".to_string(),
+        grace.to_string(),
+    ]
+    .into()
+}
+
 async fn start(db: &TestDb, storage: &std::path::Path, flags: &[String]) -> common::InProcess {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let reactor = start_reactor(db, storage, &flags).await;
@@ -152,12 +175,9 @@ async fn an_outcome_write_failing_while_the_database_is_away_is_retried_once_it_
     // The create is received, then never answered: the attempt ends after the
     // 2 s provider timeout, while the database is away.
     fake.script(&[CreateScript::CreateThenHang]);
-    let reactor = start(
-        &db,
-        storage.path(),
-        &replicate_flags(&fake, &["--lease", "6s"]),
-    )
-    .await;
+    let mut flags = replicate_flags(&fake, &["--lease", "6s"]);
+    flags.extend(webhook_flags("60s"));
+    let reactor = start(&db, storage.path(), &flags).await;
     let admin = admin(&db).await;
     let user = common::user_with_profile(&db.client().await).await;
     let id = submit(&db, user).await;
@@ -197,31 +217,9 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let public = format!("http://{addr}");
-    let reactor = start(
-        &db,
-        storage.path(),
-        &replicate_flags(
-            &fake,
-            &[
-                "--http-addr",
-                &addr,
-                "--public-url",
-                &public,
-                "--replicate-webhook-secret",
-                SECRET,
-                "--webhook-grace",
-                "4s",
-            ],
-        ),
-    )
-    .await;
+    let mut flags = replicate_flags(&fake, &[]);
+    flags.extend(webhook_flags("4s"));
+    let reactor = start(&db, storage.path(), &flags).await;
     let admin = admin(&db).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
