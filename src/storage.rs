@@ -131,7 +131,7 @@ impl Storage {
 
 /// Signs short-lived GET URLs for input images kept in an S3-compatible store
 /// (Supabase Storage's private bucket, say), so the provider can fetch them.
-/// Input paths are `bucket/key`, as seed 004 writes them
+/// Input paths are `bucket/key`, as the room-redesign app writes them
 /// (`private/{user}/inputs/{uuid}.jpg`). Signing is local: no request is made.
 #[derive(Debug, Clone)]
 pub struct InputSigner {
