@@ -30,7 +30,11 @@ begin
       and topic = 'job_status:' || (select auth.uid())::text
     );
   return 'installed policy reactor_job_status_owner_read on realtime.messages';
-exception when insufficient_privilege then
+exception
+when duplicate_object then
+  -- A concurrent migrate created it first.
+  return 'policy reactor_job_status_owner_read on realtime.messages already installed';
+when insufficient_privilege then
   -- Realtime stays optional: say what is missing instead of failing the migration.
   return 'warning: cannot create the policy on realtime.messages (' || sqlerrm
     || '); run reactor migrate as its owner (on Supabase: postgres) so clients can join job_status:<uid>';

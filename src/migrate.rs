@@ -301,3 +301,38 @@ async fn apply_locked(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_policies_are_read_from_the_embedded_sql() {
+        let managed = managed_policies();
+        for (table, name) in [
+            ("public.profiles", "profiles_owner_select"),
+            ("public.generation_jobs", "jobs_owner_insert"),
+            ("public.plans", "plans_read"),
+            // Removed by 080_security.sql, so also the reactor's business.
+            ("public.usage_ledger", "usage_owner_insert"),
+        ] {
+            assert!(
+                managed.contains(&(table.to_string(), name.to_string())),
+                "{table} {name} missing from {managed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_printed_script_records_every_file_after_its_sql() {
+        let script = script();
+        let mut from = 0;
+        for m in MIGRATIONS {
+            let record = format!("values ('{}', '{}')", m.name, checksum(m.sql));
+            let at = script[from..]
+                .find(&record)
+                .unwrap_or_else(|| panic!("{} not recorded in order", m.name));
+            from += at + record.len();
+        }
+    }
+}
