@@ -24,6 +24,9 @@ const MODES: [(&str, &str, &str, &str); 4] = [
     ),
 ];
 
+/// The demo's database owner on its throwaway cluster (not a superuser).
+const DEMO_ROLE: &str = "reactor_demo_owner";
+
 pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut _server = None;
@@ -32,7 +35,10 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
         None => {
             println!("· starting a throwaway PostgreSQL (set DATABASE_URL to use yours)");
             let server = crate::localpg::LocalPostgres::start().await?;
-            let url = server.url("postgres");
+            // Everything after set-up runs as a role shaped like Supabase's
+            // `postgres` (no superuser), as it would on a hosted project.
+            let url = crate::supabase_like::prepare(&server.url("postgres"), "postgres", DEMO_ROLE)
+                .await?;
             _server = Some(server);
             url
         }

@@ -24,9 +24,24 @@ enum LogFormat {
 enum Command {
     /// Apply the embedded schema, RLS policies and triggers (idempotent).
     Migrate {
-        /// Postgres connection string.
+        /// Postgres connection string (not needed with --print).
+        #[arg(long, env = "DATABASE_URL", required_unless_present = "print")]
+        database_url: Option<String>,
+        /// Write the whole schema as one SQL file to stdout (for supabase/migrations/),
+        /// with the bookkeeping rows that make a later `reactor migrate` agree it is applied.
+        #[arg(long)]
+        print: bool,
+        /// Migrate even when a table the reactor secures has permissive policies it did
+        /// not install (they are kept and named in a warning).
+        #[arg(long, env = "REACTOR_ALLOW_FOREIGN_POLICIES")]
+        allow_foreign_policies: bool,
+    },
+    /// Show or switch how the triggers hand hints over: NOTIFY, or the outbox table.
+    NotifyMode {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
+        /// notify or outbox; omit to show the current mode.
+        mode: Option<reactor::notify_mode::Mode>,
     },
     /// The whole pipeline offline: throwaway Postgres, local provider, one job per mode.
     Demo {
@@ -96,9 +111,21 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     match cli.command {
-        Command::Migrate { database_url } => {
+        Command::Migrate {
+            database_url,
+            print,
+            allow_foreign_policies,
+        } => {
+            if print {
+                print!("{}", reactor::migrate::script());
+                return Ok(());
+            }
+            let database_url = database_url.context("DATABASE_URL is required")?;
             let mut client = reactor::db::connect(&database_url).await?;
-            let report = reactor::migrate::run(&mut client)
+            let options = reactor::migrate::Options {
+                allow_foreign_policies,
+            };
+            let report = reactor::migrate::run_with(&mut client, options)
                 .await
                 .context("reactor migrate")?;
             println!(
@@ -106,6 +133,34 @@ async fn main() -> anyhow::Result<()> {
                 report.applied.len(),
                 report.skipped
             );
+            for policy in &report.foreign_policies {
+                println!("warning: kept {policy}");
+            }
+            if let Some(realtime) = &report.realtime {
+                println!("realtime: {realtime}");
+            }
+        }
+        Command::NotifyMode { database_url, mode } => {
+            let client = reactor::db::connect(&database_url).await?;
+            let settings = match mode {
+                Some(mode) => reactor::notify_mode::set(&client, mode).await,
+                None => reactor::notify_mode::show(&client).await,
+            }
+            .map_err(|e| anyhow::anyhow!(reactor::db::describe(&e)))
+            .context("reactor notify-mode")?;
+            println!("{settings}");
+            if mode.is_some_and(|m| m.as_str() != settings.effective) {
+                anyhow::bail!(
+                    "reactor.settings now says {}, but the database setting reactor.notify_mode overrides it \
+                     (remove it with: alter database <db> reset reactor.notify_mode)",
+                    settings.table
+                );
+            }
+            if settings.effective == "outbox" {
+                println!(
+                    "hints now go to reactor.outbox: run the reactor with REACTOR_OUTBOX_POLL (e.g. 200ms) to act on them at once"
+                );
+            }
         }
         Command::Demo {
             database_url,

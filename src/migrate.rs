@@ -31,6 +31,13 @@ pub enum MigrateError {
     },
     #[error("migration {name} failed (rolled back): {message}")]
     Apply { name: String, message: String },
+    #[error(
+        "refusing to migrate: {}\nThese policies were not installed by the reactor and stay in force next to its \
+         own (permissive policies are OR-ed). Drop them, or run with --allow-foreign-policies \
+         (REACTOR_ALLOW_FOREIGN_POLICIES=true) to keep them and migrate anyway. Nothing was changed.",
+        .0.iter().map(ForeignPolicy::to_string).collect::<Vec<_>>().join("\n")
+    )]
+    ForeignPolicies(Vec<ForeignPolicy>),
     #[error("migration bookkeeping failed: {}", crate::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
 }
@@ -40,15 +47,183 @@ pub enum MigrateError {
 pub struct Report {
     pub applied: Vec<String>,
     pub skipped: usize,
+    /// Policies the reactor did not install, kept because they were allowed.
+    pub foreign_policies: Vec<ForeignPolicy>,
+    /// What the Realtime policy check found or did (see sql/176_realtime_policy.sql).
+    pub realtime: Option<String>,
+}
+
+/// How `reactor migrate` treats what it finds in the database.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options {
+    /// Proceed (with a warning) when a table the reactor secures has permissive
+    /// policies it did not install.
+    pub allow_foreign_policies: bool,
+}
+
+/// A permissive policy on a table the reactor secures that the reactor did not
+/// install (e.g. Supabase's starter "Public profiles are viewable by everyone.").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignPolicy {
+    pub table: String,
+    pub name: String,
+    /// SELECT, INSERT, UPDATE, DELETE or ALL.
+    pub command: String,
+    pub roles: Vec<String>,
+    /// The USING expression (which rows it opens), if any.
+    pub using: Option<String>,
+    /// The WITH CHECK expression (which rows it lets in), if any.
+    pub with_check: Option<String>,
+    /// The table's columns, all of which a SELECT policy exposes.
+    pub columns: Vec<String>,
+}
+
+impl std::fmt::Display for ForeignPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {:?} on {} lets {} {} rows",
+            self.name,
+            self.table,
+            self.roles.join(", "),
+            self.command
+        )?;
+        if let Some(using) = &self.using {
+            write!(f, " where {using}")?;
+        }
+        if let Some(check) = &self.with_check {
+            write!(f, " (with check {check})")?;
+        }
+        if matches!(self.command.as_str(), "SELECT" | "ALL") {
+            write!(
+                f,
+                "; it exposes every column to them, now {} and any added later",
+                self.columns.join(", ")
+            )?;
+        }
+        Ok(())
+    }
 }
 
 pub fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
-/// Applies the embedded migrations.
+/// Applies the embedded migrations (refusing foreign policies).
 pub async fn run(client: &mut Client) -> Result<Report, MigrateError> {
-    apply(client, MIGRATIONS).await
+    run_with(client, Options::default()).await
+}
+
+/// Applies the embedded migrations: first checks the tables it secures for
+/// policies it did not install, and afterwards (re)installs the Realtime policy
+/// when Realtime is there (it may have been enabled after an earlier migrate).
+pub async fn run_with(client: &mut Client, options: Options) -> Result<Report, MigrateError> {
+    let foreign = foreign_policies(client).await?;
+    if !foreign.is_empty() && !options.allow_foreign_policies {
+        return Err(MigrateError::ForeignPolicies(foreign));
+    }
+    for policy in &foreign {
+        tracing::warn!(%policy, "kept a policy the reactor did not install (--allow-foreign-policies)");
+    }
+    let mut report = apply(client, MIGRATIONS).await?;
+    report.foreign_policies = foreign;
+    let realtime: String = client
+        .query_one("select reactor.install_realtime_policy()", &[])
+        .await?
+        .get(0);
+    tracing::info!(realtime = %realtime, "realtime policy check");
+    report.realtime = Some(realtime);
+    Ok(report)
+}
+
+/// The policies the embedded SQL manages, as (table, policy name): every one
+/// it creates is preceded by `drop policy if exists "name" on table`, and the
+/// ones it removes are named the same way.
+fn managed_policies() -> Vec<(String, String)> {
+    let mut managed = Vec::new();
+    for m in MIGRATIONS {
+        for line in m.sql.lines() {
+            let Some(rest) = line.trim().strip_prefix("drop policy if exists \"") else {
+                continue;
+            };
+            let Some((name, after)) = rest.split_once('"') else {
+                continue;
+            };
+            if let Some(table) = after.trim().strip_prefix("on ") {
+                let table = table.trim_end_matches(';').trim();
+                managed.push((table.to_string(), name.to_string()));
+            }
+        }
+    }
+    managed
+}
+
+/// Permissive policies on the tables the reactor secures that it did not install.
+pub async fn foreign_policies(client: &Client) -> Result<Vec<ForeignPolicy>, MigrateError> {
+    let managed = managed_policies();
+    let mut tables: Vec<String> = managed.iter().map(|(t, _)| t.clone()).collect();
+    tables.sort();
+    tables.dedup();
+    let names: Vec<String> = managed.iter().map(|(t, n)| format!("{t}|{n}")).collect();
+    let rows = client
+        .query(
+            "select p.schemaname || '.' || p.tablename, p.policyname, p.cmd,
+                    p.roles::text[], p.qual, p.with_check,
+                    array(select a.attname::text from pg_attribute a
+                          where a.attrelid = format('%I.%I', p.schemaname, p.tablename)::regclass
+                            and a.attnum > 0 and not a.attisdropped order by a.attnum)
+             from pg_policies p
+             where p.permissive = 'PERMISSIVE'
+               and p.schemaname || '.' || p.tablename = any($1)
+               and p.schemaname || '.' || p.tablename || '|' || p.policyname <> all($2)
+             order by 1, 2",
+            &[&tables, &names],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ForeignPolicy {
+            table: row.get(0),
+            name: row.get(1),
+            command: row.get(2),
+            roles: row.get(3),
+            using: row.get(4),
+            with_check: row.get(5),
+            columns: row.get(6),
+        })
+        .collect())
+}
+
+/// The whole schema as one SQL script (for `supabase/migrations/`): every
+/// embedded file in order, each followed by its bookkeeping row, so that a
+/// later `reactor migrate` finds them applied (and checks their checksums).
+pub fn script() -> String {
+    let mut out = String::from(
+        "-- The reactor's schema, written by `reactor migrate --print`. Apply it as one\n\
+         -- migration (e.g. supabase/migrations/<timestamp>_reactor.sql); a later\n\
+         -- `reactor migrate` records nothing new except files added since.\n\
+         create schema if not exists reactor;\n\
+         create table if not exists reactor.schema_migrations (\n\
+         \x20 name text primary key,\n\
+         \x20 checksum text not null,\n\
+         \x20 applied_at timestamptz not null default now()\n\
+         );\n",
+    );
+    for m in MIGRATIONS {
+        out.push_str(&format!("\n-- ===== {} =====\n", m.name));
+        out.push_str(m.sql);
+        if !m.sql.ends_with('\n') {
+            out.push('\n');
+        }
+        // A file whose last statement lacks its semicolon must not swallow the insert.
+        out.push_str(&format!(
+            ";\ninsert into reactor.schema_migrations (name, checksum) values ('{}', '{}')\n\
+             on conflict (name) do nothing;\n",
+            m.name,
+            checksum(m.sql)
+        ));
+    }
+    out
 }
 
 /// Applies `migrations` (in the order given) that are not recorded yet.
@@ -125,4 +300,39 @@ async fn apply_locked(
         report.applied.push(m.name.to_string());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_policies_are_read_from_the_embedded_sql() {
+        let managed = managed_policies();
+        for (table, name) in [
+            ("public.profiles", "profiles_owner_select"),
+            ("public.generation_jobs", "jobs_owner_insert"),
+            ("public.plans", "plans_read"),
+            // Removed by 080_security.sql, so also the reactor's business.
+            ("public.usage_ledger", "usage_owner_insert"),
+        ] {
+            assert!(
+                managed.contains(&(table.to_string(), name.to_string())),
+                "{table} {name} missing from {managed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_printed_script_records_every_file_after_its_sql() {
+        let script = script();
+        let mut from = 0;
+        for m in MIGRATIONS {
+            let record = format!("values ('{}', '{}')", m.name, checksum(m.sql));
+            let at = script[from..]
+                .find(&record)
+                .unwrap_or_else(|| panic!("{} not recorded in order", m.name));
+            from += at + record.len();
+        }
+    }
 }

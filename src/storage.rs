@@ -5,7 +5,9 @@
 //! (`public` / `renders/{render_id}/{idx}.jpg`). For `s3://BUCKET` the bucket
 //! is the URL's (point it at your `public` bucket); for a local directory the
 //! bucket is a sub-directory of it (`./storage/public/renders/…`).
-use object_store::{path::Path as ObjectPath, ObjectStore, PutPayload};
+use object_store::{
+    path::Path as ObjectPath, Attribute, Attributes, ObjectStore, PutOptions, PutPayload,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,8 +32,17 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     /// `public/` for a local directory, empty for an S3 bucket.
     bucket_prefix: &'static str,
+    /// Whether objects carry Content-Type and Cache-Control (S3 does; a local
+    /// file has only its name, whose extension says the type).
+    has_headers: bool,
     description: String,
 }
+
+/// Cache-Control of stored renders. A key (`renders/{render_id}/{idx}.{ext}`)
+/// only ever holds the bytes of one job's output (a retry writes the same
+/// bytes again), so caching is safe; a day rather than a year, so that a
+/// render its owner deleted stops being served by shared caches soon.
+pub const RENDER_CACHE_CONTROL: &str = "public, max-age=86400";
 
 /// The local directory behind a `file://` URL or a plain path; None for s3://.
 pub fn local_dir(url: &str) -> Option<PathBuf> {
@@ -61,6 +72,7 @@ impl Storage {
             return Ok(Storage {
                 store: Arc::new(store),
                 bucket_prefix: "public/",
+                has_headers: false,
                 description: dir.display().to_string(),
             });
         }
@@ -75,6 +87,7 @@ impl Storage {
             return Ok(Storage {
                 store: Arc::new(store),
                 bucket_prefix: "",
+                has_headers: true,
                 description: url.to_string(),
             });
         }
@@ -83,11 +96,31 @@ impl Storage {
         ))
     }
 
-    /// Writes `bytes` at `path` inside the public bucket (overwriting).
-    pub async fn put_public(&self, path: &str, bytes: bytes::Bytes) -> Result<(), StorageError> {
+    /// Writes `bytes` at `path` inside the public bucket (overwriting), served
+    /// as `content_type` with `cache_control` where the store keeps headers.
+    pub async fn put_public(
+        &self,
+        path: &str,
+        bytes: bytes::Bytes,
+        content_type: &'static str,
+        cache_control: &'static str,
+    ) -> Result<(), StorageError> {
         let full = format!("{}{path}", self.bucket_prefix);
+        let mut attributes = Attributes::new();
+        if self.has_headers {
+            attributes.insert(Attribute::ContentType, content_type.into());
+            attributes.insert(Attribute::CacheControl, cache_control.into());
+        }
+        let options = PutOptions {
+            attributes,
+            ..Default::default()
+        };
         self.store
-            .put(&ObjectPath::from(full.as_str()), PutPayload::from(bytes))
+            .put_opts(
+                &ObjectPath::from(full.as_str()),
+                PutPayload::from(bytes),
+                options,
+            )
             .await
             .map_err(|source| StorageError::Put { path: full, source })?;
         Ok(())
@@ -146,7 +179,7 @@ pub fn input_path_problem(path: &str, owner: uuid::Uuid) -> Option<String> {
 
 /// Signs short-lived GET URLs for input images kept in an S3-compatible store
 /// (Supabase Storage's private bucket, say), so the provider can fetch them.
-/// Input paths are `bucket/key`, as seed 004 writes them
+/// Input paths are `bucket/key`, as the room-redesign app writes them
 /// (`private/{user}/inputs/{uuid}.jpg`). Signing is local: no request is made.
 /// Only the job owner's own keys are signed (see [`input_path_problem`]): the
 /// signature is the service's, and would open any object of any bucket.

@@ -1,10 +1,10 @@
--- Seed 002: the generic jobs table (job_type, payload, result, retry_count) of a
+-- A generic job table (job_type, payload, result, retry_count) of a
 -- Chrome extension's background work, worked by the reactor's http handler
 -- instead of a background worker polling it.
 --   reactor migrate                      # first: creates reactor.watch_table
 --   psql "$DATABASE_URL" -f examples/generic_jobs/migration.sql
 --   REACTOR_CONFIG=examples/generic_jobs/reactor.toml REACTOR_HTTP_SECRET=whsec_… reactor run
--- Idempotent: safe to run twice, and where the seed's migration already ran.
+-- Idempotent: safe to run twice, and where the original migration already ran.
 
 do $$
 begin
@@ -13,7 +13,7 @@ exception when duplicate_object then null;
 end
 $$;
 
--- The seed's table as its guide describes it.
+-- The original table as its guide describes it.
 create table if not exists public.jobs (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users(id) on delete cascade,
@@ -47,7 +47,7 @@ drop trigger if exists jobs_touch_updated_at on public.jobs;
 create trigger jobs_touch_updated_at before update on public.jobs
   for each row execute function public.jobs_touch_updated_at();
 
--- Row-level security. The seed's third policy let users update their own jobs,
+-- Row-level security. The original third policy let users update their own jobs,
 -- so a user could mark a job completed with any result, clear its error or
 -- reset retry_count. Only the reactor (a role that bypasses RLS) writes the
 -- outcome: clients get no update policy and no update privilege. This file

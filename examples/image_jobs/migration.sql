@@ -1,9 +1,9 @@
--- Seed 000: image_jobs (shadow/reflection processing), worked by the reactor's
+-- An image-effects job table: image_jobs (shadow/reflection processing), worked by the reactor's
 -- http handler instead of a server polling the table.
 --   reactor migrate                      # first: creates reactor.watch_table
 --   psql "$DATABASE_URL" -f examples/image_jobs/migration.sql
 --   REACTOR_CONFIG=examples/image_jobs/reactor.toml REACTOR_HTTP_SECRET=whsec_… reactor run
--- Idempotent: safe to run twice, and on a database where the seed already ran
+-- Idempotent: safe to run twice, and on a database where the original already ran
 -- (it then only replaces the policies and privileges).
 
 do $$
@@ -13,7 +13,7 @@ exception when duplicate_object then null;
 end
 $$;
 
--- The seed's table, unchanged.
+-- The original table, unchanged.
 create table if not exists public.image_jobs (
   id uuid primary key default gen_random_uuid(),
   user_id uuid references auth.users(id) on delete cascade,
@@ -31,7 +31,7 @@ create index if not exists idx_image_jobs_user_id_status on public.image_jobs (u
 create index if not exists idx_image_jobs_in_flight on public.image_jobs (id)
   where status in ('pending', 'processing');
 
--- Row-level security. The seed's "Server-side updates are allowed" policy was
+-- Row-level security. The original "Server-side updates are allowed" policy was
 -- FOR UPDATE USING (true) WITH CHECK (true) for every role: any client could
 -- rewrite any user's job (mark it completed, point final_image_url anywhere).
 -- The reactor connects as a role that bypasses RLS, so clients need no update

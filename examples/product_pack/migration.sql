@@ -1,13 +1,13 @@
--- Seed 001: the product-pack app's jobs and job_outputs (types product_pack,
+-- A product-pack pipeline: the product-pack app's jobs and job_outputs (types product_pack,
 -- tryon_image, canvas_edit, extract_garment), worked by the reactor's http
 -- handler: one URL per job type.
 --   reactor migrate                      # first: creates reactor.watch_table
 --   psql "$DATABASE_URL" -f examples/product_pack/migration.sql
 --   REACTOR_CONFIG=examples/product_pack/reactor.toml REACTOR_HTTP_SECRET=whsec_… reactor run
--- Idempotent: safe to run twice. Only the job tables are here; the seed's
+-- Idempotent: safe to run twice. Only the job tables are here; the original
 -- profiles, canvas_* and garment_cutouts tables are not job tables.
 
--- The seed's jobs table (its ERD gives columns, not statuses: the four status
+-- The original jobs table (its ERD gives columns, not statuses: the four status
 -- values and the type rule are ours).
 create table if not exists public.jobs (
   id uuid primary key default gen_random_uuid(),
@@ -84,7 +84,7 @@ create trigger jobs_write_outputs after update of status on public.jobs
   for each row when (new.status = 'succeeded' and old.status is distinct from 'succeeded')
   execute function public.jobs_write_outputs();
 
--- Row-level security. The seed's app expects owners to select, insert, update
+-- Row-level security. The original app expects owners to select, insert, update
 -- and delete their own jobs; an owner who may update could mark a job
 -- succeeded with outputs pointing at anyone's files. Owners submit, read and
 -- delete their own jobs; only the reactor (a role that bypasses RLS) writes

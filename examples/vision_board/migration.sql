@@ -1,11 +1,11 @@
--- Seed 003: vision_board_jobs (goals in, a generated board image out), worked by
+-- A vision-board generator: vision_board_jobs (goals in, a generated board image out), worked by
 -- the reactor's http handler instead of QStash and a Lambda.
 --   reactor migrate                      # first: creates reactor.watch_table
 --   psql "$DATABASE_URL" -f examples/vision_board/migration.sql
 --   REACTOR_CONFIG=examples/vision_board/reactor.toml REACTOR_HTTP_SECRET=whsec_… reactor run
--- Idempotent: safe to run twice, and where the seed's schema already exists.
+-- Idempotent: safe to run twice, and where the original schema already exists.
 
--- The seed's table, unchanged (qstash_message_id is kept for old rows; the
+-- The original table, unchanged (qstash_message_id is kept for old rows; the
 -- reactor does not need it).
 create table if not exists public.vision_board_jobs (
   id uuid primary key default gen_random_uuid(),
@@ -23,7 +23,7 @@ create table if not exists public.vision_board_jobs (
   expires_at timestamptz
 );
 
--- Added: the owner. The seed has no user column and its suggested policy
+-- Added: the owner. The original has no user column and its suggested policy
 -- matched rows by email, which is only what the client typed: anyone could
 -- read anyone's board (name, email, goals) by submitting or knowing an email.
 -- Row-level security needs a real owner: auth.uid(), filled in by default.
@@ -54,7 +54,7 @@ create index if not exists idx_vision_board_jobs_user_id on public.vision_board_
 create index if not exists idx_vision_board_jobs_in_flight on public.vision_board_jobs (id)
   where status in ('pending', 'processing');
 
--- The seed set updated_at by hand in every UPDATE; a trigger keeps it right
+-- The original set updated_at by hand in every UPDATE; a trigger keeps it right
 -- for the reactor's writes too.
 create or replace function public.vision_board_jobs_touch_updated_at() returns trigger
 language plpgsql as $$
@@ -67,7 +67,7 @@ drop trigger if exists vision_board_jobs_touch_updated_at on public.vision_board
 create trigger vision_board_jobs_touch_updated_at before update on public.vision_board_jobs
   for each row execute function public.vision_board_jobs_touch_updated_at();
 
--- Row-level security (the seed left it off: every client could read every
+-- Row-level security (the original left it off: every client could read every
 -- row). Owners submit and read their own boards; only the reactor writes the
 -- outcome. This file owns the table's policies: it drops whatever is there.
 alter table public.vision_board_jobs enable row level security;

@@ -116,6 +116,18 @@ fn image_ext(content_type: &str) -> Option<&'static str> {
     }
 }
 
+/// The content type stored with an image of extension `ext` (the one its
+/// magic bytes were checked against).
+fn content_type_of(ext: &str) -> &'static str {
+    match ext {
+        "jpg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Whether `bytes` start the way an image with extension `ext` does.
 fn has_magic(ext: &str, b: &[u8]) -> bool {
     match ext {
@@ -222,7 +234,12 @@ impl LeasedWork for Renders {
                 let image = self.download(url).await?;
                 let path = format!("renders/{render_id}/{idx}.{}", image.ext);
                 self.storage
-                    .put_public(&path, image.bytes)
+                    .put_public(
+                        &path,
+                        image.bytes,
+                        content_type_of(image.ext),
+                        crate::storage::RENDER_CACHE_CONTROL,
+                    )
                     .await
                     .map_err(|e| HandlerError::Retry(e.to_string()))?;
                 variants.push(path);
@@ -309,6 +326,7 @@ mod tests {
         assert_eq!(image_ext("image/png; charset=binary"), Some("png"));
         assert_eq!(image_ext("image/webp"), Some("webp"));
         assert_eq!(image_ext("text/html"), None);
+        assert_eq!(content_type_of("webp"), "image/webp");
         assert!(has_magic("jpg", &[0xFF, 0xD8, 0xFF, 0xE0]));
         assert!(!has_magic("jpg", b"<html>"));
     }

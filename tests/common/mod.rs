@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 static SERVER: OnceCell<String> = OnceCell::const_new();
 
 /// URL of the server's maintenance database (`postgres`).
-async fn server_url() -> &'static str {
+pub async fn server_url() -> &'static str {
     SERVER
         .get_or_init(|| async {
             match std::env::var("DATABASE_URL") {
