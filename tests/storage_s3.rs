@@ -139,11 +139,24 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
             format!("renders/{render}/1.png")
         ]
     );
-    // As a browser gets them (moto serves unsigned GETs).
+    // As a browser gets them (the bucket is private in moto: through a
+    // presigned GET of the public bucket, signed here with object_store).
+    use object_store::signer::Signer as _;
+    let public = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name("public")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
     for (path, content_type) in paths.iter().zip(["image/jpeg", "image/png"]) {
-        let got = reqwest::get(format!("{}/public/{path}", moto.endpoint))
+        let url = public
+            .signed_url(
+                reqwest::Method::GET,
+                &object_store::path::Path::from(path.as_str()),
+                Duration::from_secs(600),
+            )
             .await
             .unwrap();
+        let got = reqwest::get(url).await.unwrap();
         assert!(got.status().is_success(), "GET {path}: {}", got.status());
         let header = |name: &str| {
             got.headers()
