@@ -10,7 +10,6 @@ use crate::reactors::Fleet;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub enum Fault {
@@ -73,15 +72,11 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Applies the schedule until it ends or `stop`; returns with PostgreSQL
-    /// up and every reactor running.
-    pub async fn run(&mut self, events: Vec<(Duration, Fault)>, stop: CancellationToken) {
+    /// Applies the schedule; returns with PostgreSQL up and every reactor running.
+    pub async fn run(&mut self, events: Vec<(Duration, Fault)>) {
         let start = Instant::now();
         for (at, fault) in events {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until((start + at).into()) => {}
-            }
+            tokio::time::sleep_until((start + at).into()).await;
             self.apply(fault).await;
         }
     }

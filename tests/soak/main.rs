@@ -152,10 +152,7 @@ async fn soak() {
         counts: Default::default(),
     };
     let client = workload::Workload::new(db.url.clone(), config.seed.wrapping_add(1));
-    let (stats, ()) = tokio::join!(
-        client.run(Instant::now() + length),
-        injector.run(schedule, CancellationToken::new())
-    );
+    let (stats, ()) = tokio::join!(client.run(Instant::now() + length), injector.run(schedule));
 
     // Quiesce: no more faults or clients; the reactors finish what is left.
     fleet.lock().unwrap().restart_down();
