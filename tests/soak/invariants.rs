@@ -94,7 +94,12 @@ async fn one_render_one_debit_per_success(db: &Client) -> Vec<Violation> {
         .query(
             "select j.id::text, j.status,
                     (select count(*) from renders r where r.job_id = j.id),
-                    (select count(*) from usage_ledger u where u.job_id = j.id and u.kind = 'generation_debit')
+                    (select count(*) from usage_ledger u where u.job_id = j.id and u.kind = 'generation_debit'),
+                    (select string_agg(format('%s lease_owner=%s lease_expires=%s attempts=%s last_error=%s',
+                                              h.handler, coalesce(h.lease_owner::text, '-'),
+                                              coalesce(to_char(h.lease_expires_at, 'HH24:MI:SS.MS'), '-'),
+                                              h.attempts, coalesce(h.last_error, '-')), '; ')
+                     from reactor.handler_state h where h.row_id = j.id::text)
              from generation_jobs j",
             &[],
         )
@@ -104,6 +109,7 @@ async fn one_render_one_debit_per_success(db: &Client) -> Vec<Violation> {
     for r in rows {
         let (id, status): (String, String) = (r.get(0), r.get(1));
         let (renders, debits): (i64, i64) = (r.get(2), r.get(3));
+        let state: Option<String> = r.get(4);
         let (want_renders, want_debits) = if status == "succeeded" {
             (1, 1)
         } else {
@@ -116,7 +122,10 @@ async fn one_render_one_debit_per_success(db: &Client) -> Vec<Violation> {
             if n != want {
                 violations.push(Violation {
                     kind: if n < want { Kind::Lost } else { Kind::Doubled },
-                    what: format!("{status} job {id} has {n} {what} (expected {want})"),
+                    what: format!(
+                        "{status} job {id} has {n} {what} (expected {want}); handler_state: {}",
+                        state.as_deref().unwrap_or("none")
+                    ),
                 });
             }
         }
