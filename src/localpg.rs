@@ -182,7 +182,8 @@ fn write_options(dir: &Path, options: &Options) -> std::io::Result<()> {
     Ok(())
 }
 
-fn find_bindir() -> Option<PathBuf> {
+/// The directory holding `initdb`, `postgres` and `pg_ctl`.
+pub fn find_bindir() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
@@ -199,13 +200,15 @@ fn find_bindir() -> Option<PathBuf> {
     versions.pop()
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (then servers run as user `postgres`).
+pub fn is_root() -> bool {
     // /proc/self/status "Uid:" line; avoids a libc dependency for one call.
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -20,6 +20,11 @@ pub enum CreateScript {
     ServerError,
     /// Creates the prediction, then never answers (the client times out or dies).
     CreateThenHang,
+    /// Waits this long, then creates and answers normally (a slow provider).
+    Slow(Duration),
+    /// Creates the prediction, then answers only after this long: when that is
+    /// past the caller's timeout, the caller cannot know it was created.
+    CreateThenAnswerAfter(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +101,18 @@ impl FakeReplicate {
         self.inner.lock().unwrap().times.clone()
     }
 
+    /// Predictions created per job, by the `job_id` the reactor puts in the
+    /// webhook URL (so only for predictions created with a webhook).
+    pub fn creates_per_job(&self) -> std::collections::HashMap<String, u32> {
+        let mut per_job = std::collections::HashMap::new();
+        for p in self.inner.lock().unwrap().predictions.iter() {
+            if let Some(job) = p.webhook.as_deref().and_then(|w| w.split("job_id=").nth(1)) {
+                *per_job.entry(job.to_string()).or_insert(0) += 1;
+            }
+        }
+        per_job
+    }
+
     /// Sets a prediction's outcome (what the next GET or a webhook reports).
     pub fn finish(&self, id: &str, status: &str, output: Value, error: Value) -> FakePrediction {
         let mut inner = self.inner.lock().unwrap();
@@ -151,6 +168,7 @@ async fn create(
         Some(CreateScript::ServerError) => {
             return (StatusCode::BAD_GATEWAY, "upstream trouble").into_response()
         }
+        Some(CreateScript::Slow(delay)) => tokio::time::sleep(delay).await,
         _ => {}
     }
     let prediction = FakePrediction {
@@ -167,8 +185,10 @@ async fn create(
         canceled: false,
     };
     inner.lock().unwrap().predictions.push(prediction.clone());
-    if matches!(step, Some(CreateScript::CreateThenHang)) {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+    match step {
+        Some(CreateScript::CreateThenHang) => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Some(CreateScript::CreateThenAnswerAfter(delay)) => tokio::time::sleep(delay).await,
+        _ => {}
     }
     (StatusCode::CREATED, Json(prediction.json())).into_response()
 }
