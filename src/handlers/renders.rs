@@ -249,6 +249,7 @@ impl LeasedWork for Renders {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         lease.hold(&tx).await?;
+        let mut created = false;
         if let Some(job) = job {
             let owner: Uuid = job.get("owner_id");
             let inserted = tx
@@ -275,15 +276,20 @@ impl LeasedWork for Renders {
                     )
                     .await?;
                 }
-                tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
             }
             tx.execute(
                 "update public.generation_jobs set rendered_at = now() where id = $1 and rendered_at is null",
                 &[&job_id],
             )
             .await?;
+            created = inserted == 1;
         }
-        lease.finish(tx).await
+        let done = lease.finish(tx).await?;
+        // Only once committed: a rolled-back render was never created.
+        if created {
+            tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
+        }
+        Ok(done)
     }
 }
 
