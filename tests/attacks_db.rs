@@ -5,7 +5,7 @@
 //!   4. cancel_generation_job trusting a claim, and EXECUTE grants.
 mod common;
 
-use common::fake_replicate::{FakeReplicate, TOKEN};
+use common::fake_replicate::FakeReplicate;
 use common::{count, eventually, start_reactor, TestDb};
 use serde_json::json;
 use std::time::Duration;
@@ -233,24 +233,6 @@ async fn the_service_is_held_to_the_input_path_rule_too() {
     assert_eq!(common::sqlstate(&err), "23514");
 }
 
-fn replicate_flags(fake: &FakeReplicate, extra: &[&str]) -> Vec<String> {
-    let mut flags: Vec<String> = [
-        "--provider",
-        "replicate",
-        "--replicate-base-url",
-        &fake.base,
-        "--replicate-api-token",
-        TOKEN,
-        "--provider-timeout",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    flags
-}
-
 /// Writes a starting job the way a row from before the rule exists: with the
 /// table's triggers off (as a restore or logical replication writes rows).
 async fn insert_bypassing_triggers(c: &mut Client, owner: Uuid, input1: &str) -> Uuid {
@@ -295,7 +277,7 @@ async fn the_reactor_refuses_to_prefix_a_key_outside_the_job_owners_prefix_and_s
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     let base = "http://127.0.0.1:9/storage/v1/object/public";
-    let flags = replicate_flags(&fake, &["--input-base-url", base]);
+    let flags = fake.reactor_flags(&["--input-base-url", base]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -356,7 +338,7 @@ async fn a_provider_error_never_copies_a_signed_url_or_query_string_into_the_job
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
-    let flags = replicate_flags(&fake, &[]);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),

@@ -3,7 +3,7 @@
 //! fake of Replicate's API and a real PostgreSQL.
 mod common;
 
-use common::fake_replicate::{CreateScript, FakeReplicate, TOKEN};
+use common::fake_replicate::{CreateScript, FakeReplicate};
 use common::{count, eventually, image_server, start_reactor, ChildReactor, TestDb};
 use serde_json::json;
 use std::time::Duration;
@@ -12,22 +12,6 @@ use uuid::Uuid;
 const LONG: Duration = Duration::from_secs(60);
 /// "whsec_" + base64("reactor-test-webhook-signing-key").
 const SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
-
-fn replicate_flags(fake: &FakeReplicate) -> Vec<String> {
-    [
-        "--provider",
-        "replicate",
-        "--replicate-base-url",
-        &fake.base,
-        "--replicate-api-token",
-        TOKEN,
-        "--provider-timeout",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 /// Submits a job the way supabase-js does (role authenticated + JWT claims).
 async fn submit(
@@ -130,7 +114,7 @@ async fn a_submitted_job_is_created_polled_to_success_and_rendered_and_debited_o
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -194,7 +178,7 @@ async fn webhook_reactor(
         .local_addr()
         .unwrap()
         .port();
-    let mut flags = replicate_flags(fake);
+    let mut flags = fake.reactor_flags(&[]);
     let addr = format!("127.0.0.1:{port}");
     let public = format!("http://{addr}");
     flags.extend(
@@ -323,7 +307,7 @@ async fn a_429_is_retried_after_its_retry_after_and_creates_exactly_one_predicti
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     fake.script(&[CreateScript::RateLimited(Some(1))]);
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -356,7 +340,7 @@ async fn an_outage_fails_the_job_with_the_error_after_the_last_attempt_and_creat
         CreateScript::ServerError,
         CreateScript::ServerError,
     ]);
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -382,7 +366,7 @@ async fn a_provider_reported_failure_fails_the_job_with_its_message_and_no_debit
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -417,7 +401,7 @@ async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
-    let mut flags = replicate_flags(&fake);
+    let mut flags = fake.reactor_flags(&[]);
     flags.extend(["--stuck-after", "1s"].map(String::from));
     let reactor = start_reactor(
         &db,
@@ -453,7 +437,7 @@ async fn a_crash_between_create_and_save_never_creates_a_second_prediction() {
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
     // The first create is recorded by the provider, but its answer never comes.
     fake.script(&[CreateScript::CreateThenHang]);
-    let mut flags = replicate_flags(&fake);
+    let mut flags = fake.reactor_flags(&[]);
     // Webhooks on: every create carries the job id in its webhook URL, the
     // proof that lets a later attempt adopt what this one created.
     flags.extend(
@@ -524,7 +508,7 @@ async fn an_interrupted_submission_never_adopts_another_users_prediction_with_th
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),
@@ -615,7 +599,7 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
-    let flags = replicate_flags(&fake);
+    let flags = fake.reactor_flags(&[]);
     let reactor = start_reactor(
         &db,
         storage.path(),

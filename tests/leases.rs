@@ -5,7 +5,7 @@
 //! one is terminated, then it is let back in.
 mod common;
 
-use common::fake_replicate::{CreateScript, FakeReplicate, TOKEN};
+use common::fake_replicate::{CreateScript, FakeReplicate};
 use common::{count, eventually, image_server, start_reactor, TestDb};
 use serde_json::json;
 use std::time::Duration;
@@ -16,24 +16,6 @@ const LONG: Duration = Duration::from_secs(60);
 /// "whsec_" + base64("reactor-test-webhook-signing-key").
 const SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
 const STATE_BUT_DEAD: &str = "select count(*) from reactor.handler_state where dead_at is null";
-
-fn replicate_flags(fake: &FakeReplicate, extra: &[&str]) -> Vec<String> {
-    let mut flags: Vec<String> = [
-        "--provider",
-        "replicate",
-        "--replicate-base-url",
-        &fake.base,
-        "--replicate-api-token",
-        TOKEN,
-        "--provider-timeout",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    flags
-}
 
 /// Flags that turn webhooks on (a free local port for the reactor's HTTP
 /// server), so every create carries the job id that proves a prediction is
@@ -175,7 +157,7 @@ async fn an_outcome_write_failing_while_the_database_is_away_is_retried_once_it_
     // The create is received, then never answered: the attempt ends after the
     // 2 s provider timeout, while the database is away.
     fake.script(&[CreateScript::CreateThenHang]);
-    let mut flags = replicate_flags(&fake, &["--lease", "6s"]);
+    let mut flags = fake.reactor_flags(&["--lease", "6s"]);
     flags.extend(webhook_flags("60s"));
     let reactor = start(&db, storage.path(), &flags).await;
     let admin = admin(&db).await;
@@ -217,7 +199,7 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
-    let mut flags = replicate_flags(&fake, &[]);
+    let mut flags = fake.reactor_flags(&[]);
     flags.extend(webhook_flags("4s"));
     let reactor = start(&db, storage.path(), &flags).await;
     let admin = admin(&db).await;
@@ -292,7 +274,7 @@ async fn the_heartbeat_renews_running_work_but_not_a_lease_whose_task_is_gone() 
         &db,
         storage.path(),
         // The hung create stays in flight for the whole test.
-        &replicate_flags(&fake, &["--provider-timeout", "1h", "--lease", "2s"]),
+        &fake.reactor_flags(&["--provider-timeout", "1h", "--lease", "2s"]),
     )
     .await;
     let (hung, owner, token) = instance_holding_a_hung_job(&db, &fake).await;
@@ -364,7 +346,7 @@ async fn the_stuck_sweep_fails_an_in_flight_job_nobody_holds_a_claim_on() {
     let reactor = start(
         &db,
         storage.path(),
-        &replicate_flags(&fake, &["--stuck-after", "2s"]),
+        &fake.reactor_flags(&["--stuck-after", "2s"]),
     )
     .await;
     wait_status(&client, id, "failed").await;
@@ -424,7 +406,7 @@ async fn state_left_behind_for_finished_rows_is_removed_and_dead_or_waiting_rows
     );
 
     let fake = FakeReplicate::start().await;
-    let reactor = start(&db, storage.path(), &replicate_flags(&fake, &[])).await;
+    let reactor = start(&db, storage.path(), &fake.reactor_flags(&[])).await;
     eventually("left-behind state removed", LONG, || async {
         count(&client, "select count(*) from reactor.handler_state").await == 2
     })

@@ -64,6 +64,26 @@ pub struct FakeReplicate {
 }
 
 impl FakeReplicate {
+    /// `reactor run` flags that point the replicate provider at this fake
+    /// (2 s provider timeout), then `extra`.
+    pub fn reactor_flags(&self, extra: &[&str]) -> Vec<String> {
+        let mut flags: Vec<String> = [
+            "--provider",
+            "replicate",
+            "--replicate-base-url",
+            &self.base,
+            "--replicate-api-token",
+            TOKEN,
+            "--provider-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        flags
+    }
+
     pub async fn start() -> Self {
         let inner: Arc<Mutex<Inner>> = Default::default();
         let app = axum::Router::new()
