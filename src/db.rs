@@ -125,6 +125,16 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Pool(e.to_string()))
 }
 
+/// Quotes a string as an SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Double-quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// A statement parameter with the Postgres type it is sent as, for
 /// `query_typed` / `execute_typed`.
 ///

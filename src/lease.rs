@@ -4,7 +4,7 @@
 //! Every claim bumps `lease_token`; the final write of an attempt locks the
 //! state row and checks owner and token, so a reactor that was paused past its
 //! lease (and was replaced) cannot commit a second effect.
-use crate::db::param;
+use crate::db::{param, quote_literal};
 use crate::handler::{HandlerError, Spec};
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
@@ -94,11 +94,6 @@ pub struct Statements {
     pub forget: String,
 }
 
-/// Quotes a string as an SQL literal.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 impl Statements {
     /// `sql_effect` and `mark`: an SQL action's statements (see [`crate::handler::Action::Sql`]).
     pub fn build(spec: &Spec, sql_effect: Option<&str>, mark: Option<&str>) -> Self {
@@ -111,7 +106,7 @@ impl Statements {
             ..
         } = spec;
         let kt = key_type.sql();
-        let handler = literal(name);
+        let handler = quote_literal(name);
         // A row is workable if it needs the handler and is not dead, waiting
         // for its retry, or leased.
         let workable = format!(

@@ -10,7 +10,7 @@
 //! it never becomes an event, and a flood of them cannot make viewers lag.
 //! A row that changes twice before its hint is checked is shown once, in its
 //! current state.
-use crate::db::param;
+use crate::db::{param, quote_ident};
 use crate::notification::Change;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -79,10 +79,6 @@ impl KeyKind {
             KeyKind::Text => "text[]",
         }
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl Source {

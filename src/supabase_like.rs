@@ -7,6 +7,7 @@
 //! authenticated and service_role, has every privilege on the `auth` schema's
 //! objects (which belong to another role), and objects it creates in `public`
 //! are granted to anon, authenticated and service_role by default.
+use crate::db::{quote_ident, quote_literal};
 use tokio_postgres::Client;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,12 +110,4 @@ fn with_database(
         parsed.set_password(None).ok();
     }
     Ok(parsed.to_string())
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }

@@ -17,8 +17,9 @@
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
 use crate::db::param;
+use crate::db::{quote_ident, quote_literal};
 use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
-use crate::lease::{literal, Lease};
+use crate::lease::Lease;
 use crate::table_config::{ConfigError, TableConfig, Target};
 use async_trait::async_trait;
 use futures::StreamExt as _;
@@ -109,11 +110,6 @@ impl OwnTables {
             }
         });
     }
-}
-
-/// Double-quotes an SQL identifier.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The statements of one table, built once from its config.
@@ -569,10 +565,10 @@ fn pending_index_sql(cfg: &TableConfig) -> String {
     }
     format!(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {}.{} ({}) WHERE {}",
-        ident(&name),
-        ident(&cfg.schema),
-        ident(&cfg.table),
-        ident(&cfg.key),
+        quote_ident(&name),
+        quote_ident(&cfg.schema),
+        quote_ident(&cfg.table),
+        quote_ident(&cfg.key),
         pending(cfg, "")
     )
 }
@@ -580,9 +576,9 @@ fn pending_index_sql(cfg: &TableConfig) -> String {
 fn spec(cfg: &TableConfig, name: &str) -> Spec {
     Spec {
         name: name.to_string(),
-        table: format!("{}.{}", ident(&cfg.schema), ident(&cfg.table)),
+        table: format!("{}.{}", quote_ident(&cfg.schema), quote_ident(&cfg.table)),
         notify_table: cfg.table.clone(),
-        key: ident(&cfg.key),
+        key: quote_ident(&cfg.key),
         key_type: cfg.key_type,
         pending: pending(cfg, "t."),
         // Our own claim (→ processing) needs no hint; a processing row is
@@ -593,11 +589,11 @@ fn spec(cfg: &TableConfig, name: &str) -> Spec {
 
 /// The pending condition, its columns prefixed with `prefix` (`t.` or nothing).
 fn pending(cfg: &TableConfig, prefix: &str) -> String {
-    let status = format!("{prefix}{}", ident(&cfg.status.column));
+    let status = format!("{prefix}{}", quote_ident(&cfg.status.column));
     let mut sql = format!(
         "{status} in ({}, {})",
-        literal(&cfg.status.pending),
-        literal(&cfg.status.processing)
+        quote_literal(&cfg.status.pending),
+        quote_literal(&cfg.status.processing)
     );
     sql.push_str(&routed(cfg, prefix));
     sql
@@ -608,7 +604,7 @@ fn routed(cfg: &TableConfig, prefix: &str) -> String {
     match (&cfg.job_type_column, &cfg.http.target) {
         (Some(column), Target::Routes(routes)) => format!(
             " and {prefix}{} in ({})",
-            ident(column),
+            quote_ident(column),
             routed_types(routes)
         ),
         _ => String::new(),
@@ -618,47 +614,56 @@ fn routed(cfg: &TableConfig, prefix: &str) -> String {
 fn routed_types(routes: &std::collections::BTreeMap<String, String>) -> String {
     routes
         .keys()
-        .map(|t| literal(t))
+        .map(|t| quote_literal(t))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 fn statements(cfg: &TableConfig) -> Statements {
-    let table = format!("{}.{}", ident(&cfg.schema), ident(&cfg.table));
-    let key = ident(&cfg.key);
+    let table = format!("{}.{}", quote_ident(&cfg.schema), quote_ident(&cfg.table));
+    let key = quote_ident(&cfg.key);
     let by_key = format!("{key} = $1::text::{}", cfg.key_type.sql());
-    let status = ident(&cfg.status.column);
+    let status = quote_ident(&cfg.status.column);
     let in_flight = format!(
         "{status} in ({}, {})",
-        literal(&cfg.status.pending),
-        literal(&cfg.status.processing)
+        quote_literal(&cfg.status.pending),
+        quote_literal(&cfg.status.processing)
     );
     let routed_t = routed(cfg, "t.");
     let routed = routed(cfg, "");
     let job_type = cfg
         .job_type_column
         .as_deref()
-        .map(|c| format!("t.{}::text", ident(c)))
+        .map(|c| format!("t.{}::text", quote_ident(c)))
         .unwrap_or_else(|| "null::text".into());
 
-    let mut sets = vec![format!("{status} = {}", literal(&cfg.status.succeeded))];
+    let mut sets = vec![format!(
+        "{status} = {}",
+        quote_literal(&cfg.status.succeeded)
+    )];
     let mut n = 1;
     if let Some(c) = &cfg.result_column {
         n += 1;
-        sets.push(format!("{c} = coalesce(${n}::jsonb, {c})", c = ident(c)));
+        sets.push(format!(
+            "{c} = coalesce(${n}::jsonb, {c})",
+            c = quote_ident(c)
+        ));
     }
     if let Some(c) = &cfg.url_column {
         n += 1;
-        sets.push(format!("{c} = coalesce(${n}::text, {c})", c = ident(c)));
+        sets.push(format!(
+            "{c} = coalesce(${n}::text, {c})",
+            c = quote_ident(c)
+        ));
     }
-    let error = ident(&cfg.error_column);
-    let failed = literal(&cfg.status.failed);
+    let error = quote_ident(&cfg.error_column);
+    let failed = quote_literal(&cfg.status.failed);
 
     Statements {
         claim: format!(
             "update {table} set {status} = {} where {by_key} and {status} = {}{routed}",
-            literal(&cfg.status.processing),
-            literal(&cfg.status.pending),
+            quote_literal(&cfg.status.processing),
+            quote_literal(&cfg.status.pending),
         ),
         load: format!(
             "select to_jsonb(t)::text, {job_type} from {table} t
@@ -669,7 +674,7 @@ fn statements(cfg: &TableConfig) -> Statements {
             sets.join(", ")
         ),
         count_failure: cfg.retry_column.as_ref().map(|c| {
-            let c = ident(c);
+            let c = quote_ident(c);
             format!("update {table} set {c} = coalesce({c}, 0) + 1 where {by_key}")
         }),
         give_up: format!(
@@ -698,7 +703,7 @@ fn statements(cfg: &TableConfig) -> Statements {
                  where t.{in_flight} and (t.{c} is null or t.{c} not in ({}))
                  group by 1 order by 1",
                 routed_types(routes),
-                c = ident(column),
+                c = quote_ident(column),
             )),
             _ => None,
         },
