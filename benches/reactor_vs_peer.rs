@@ -317,7 +317,7 @@ create trigger bench_done after insert on public.collections
 
 impl Ctx {
     async fn connect(&self, url: &str) -> Result<Client> {
-        Ok(reactor::db::connect(url).await?)
+        Ok(reactor::store::db::connect(url).await?)
     }
 
     async fn create_templates(&self, with_peer: bool) -> Result<()> {
@@ -332,7 +332,9 @@ impl Ctx {
         let url = with_dbname(&self.server_url, Template::Reactor.db())?;
         {
             let mut c = self.connect(&url).await?;
-            reactor::migrate::run(&mut c).await.context("migrate")?;
+            reactor::store::migrate::run(&mut c)
+                .await
+                .context("migrate")?;
             c.batch_execute(BENCH_TWEAKS).await?;
         }
         self.admin
@@ -1206,7 +1208,7 @@ async fn describe_machine(ctx: &Ctx, res: &mut Results) -> Result<()> {
         if ctx.p.database_url.is_some() {
             "BENCH_DATABASE_URL (not throwaway)".into()
         } else {
-            "throwaway cluster (reactor::localpg::LocalPostgres), same host".into()
+            "throwaway cluster (reactor::store::localpg::LocalPostgres), same host".into()
         },
     );
     let commit = command_line("git", &["rev-parse", "--short", "HEAD"], None)
@@ -1586,11 +1588,11 @@ async fn run(p: Params) -> Result<()> {
     let (server_url, local) = match &p.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let pg = reactor::localpg::LocalPostgres::start().await?;
+            let pg = reactor::store::localpg::LocalPostgres::start().await?;
             (pg.url("postgres"), Some(pg))
         }
     };
-    let admin = reactor::db::connect(&server_url).await?;
+    let admin = reactor::store::db::connect(&server_url).await?;
     let peers = p.peers();
     if p.peer_dir.is_none() {
         results.notes.push(

@@ -17,7 +17,7 @@ pub enum AppError {
     #[error(transparent)]
     OwnTables(#[from] crate::handlers::http_table::OwnTablesError),
     #[error("REPLICATE_WEBHOOK_SECRET: {0}")]
-    WebhookSecret(crate::webhook_signature::SignatureError),
+    WebhookSecret(crate::http::webhook_signature::SignatureError),
     #[error("cannot listen on REACTOR_HTTP_ADDR {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -39,7 +39,7 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
     let webhook_secret = cfg
         .replicate_webhook_secret
         .as_deref()
-        .map(crate::webhook_signature::Secret::parse)
+        .map(crate::http::webhook_signature::Secret::parse)
         .transpose()
         .map_err(AppError::WebhookSecret)?
         .map(Arc::new);
@@ -54,7 +54,7 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
     let listener = listen(cfg.http_addr).map_err(bind_error)?;
     let http_addr = listener.local_addr().map_err(bind_error)?;
     let specs = Arc::new(handlers.iter().map(|h| h.spec.clone()).collect::<Vec<_>>());
-    let auth = Arc::new(crate::auth::Auth::new(
+    let auth = Arc::new(crate::http::auth::Auth::new(
         cfg.admin_token.as_deref(),
         cfg.supabase_jwt_secret.as_deref(),
         cfg.supabase_jwks_url.as_deref(),

@@ -98,11 +98,11 @@ pub struct RunConfig {
     pub replicate_api_token: Option<String>,
 
     /// Replicate model (`owner/name`, or `owner/name:version`).
-    #[arg(long, env = "REPLICATE_MODEL", default_value = crate::provider::replicate::DEFAULT_MODEL)]
+    #[arg(long, env = "REPLICATE_MODEL", default_value = crate::providers::replicate::DEFAULT_MODEL)]
     pub replicate_model: String,
 
     /// Replicate API base URL.
-    #[arg(long, env = "REPLICATE_BASE_URL", default_value = crate::provider::replicate::DEFAULT_BASE_URL)]
+    #[arg(long, env = "REPLICATE_BASE_URL", default_value = crate::providers::replicate::DEFAULT_BASE_URL)]
     pub replicate_base_url: String,
 
     /// Secret that signs Replicate's webhooks (`whsec_…`); required with REACTOR_PUBLIC_URL.
@@ -197,6 +197,6 @@ impl RunConfig {
 
     /// The local directory behind a `file://` or plain-path storage URL.
     pub fn local_storage_dir(&self) -> Option<PathBuf> {
-        crate::storage::local_dir(&self.storage_url)
+        crate::providers::storage::local_dir(&self.storage_url)
     }
 }

@@ -2,28 +2,22 @@
 //!
 //! Notifications are hints; correctness comes from idempotent handlers plus
 //! pending-state scans (see README.md, "Guarantees").
+//!
+//! The layers, from the inside out:
+//! - [`job`]: what a handler is (a pending query plus an action), leases and retries;
+//! - [`store`]: the database: connections, TLS, migrations, settings, throwaway clusters;
+//! - [`engine`]: hearing hints (listener, status feed) and running handlers over pending rows;
+//! - [`handlers`]: one file per kind of change ("a job succeeded → its debit" is `handlers/usage.rs`);
+//! - [`providers`]: image providers and where renders are stored;
+//! - [`http`]: the HTTP server: webhooks, auth, the dashboard and its operations;
+//! - [`cli`]: commands other than `run` (demo, watch); [`app`] assembles `reactor run`.
 pub mod app;
-pub mod auth;
+pub mod cli;
 pub mod config;
-pub mod db;
-pub mod demo;
 pub mod engine;
-pub mod handler;
 pub mod handlers;
 pub mod http;
-pub mod lease;
-pub mod listener;
-pub mod localpg;
-pub mod migrate;
-pub mod notification;
-pub mod notify_mode;
-pub mod ops;
-pub mod provider;
-pub mod status_feed;
-pub mod storage;
-pub mod supabase_like;
-pub mod table_config;
+pub mod job;
+pub mod providers;
+pub mod store;
 pub mod telemetry;
-pub mod tls;
-pub mod watch;
-pub mod webhook_signature;

@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
         /// notify or outbox; omit to show the current mode.
-        mode: Option<reactor::notify_mode::Mode>,
+        mode: Option<reactor::store::notify_mode::Mode>,
     },
     /// The whole pipeline offline: throwaway Postgres, local provider, one job per mode.
     Demo {
@@ -117,15 +117,15 @@ async fn main() -> anyhow::Result<()> {
             allow_foreign_policies,
         } => {
             if print {
-                print!("{}", reactor::migrate::script());
+                print!("{}", reactor::store::migrate::script());
                 return Ok(());
             }
             let database_url = database_url.context("DATABASE_URL is required")?;
-            let mut client = reactor::db::connect(&database_url).await?;
-            let options = reactor::migrate::Options {
+            let mut client = reactor::store::db::connect(&database_url).await?;
+            let options = reactor::store::migrate::Options {
                 allow_foreign_policies,
             };
-            let report = reactor::migrate::run_with(&mut client, options)
+            let report = reactor::store::migrate::run_with(&mut client, options)
                 .await
                 .context("reactor migrate")?;
             println!(
@@ -141,12 +141,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::NotifyMode { database_url, mode } => {
-            let client = reactor::db::connect(&database_url).await?;
+            let client = reactor::store::db::connect(&database_url).await?;
             let settings = match mode {
-                Some(mode) => reactor::notify_mode::set(&client, mode).await,
-                None => reactor::notify_mode::show(&client).await,
+                Some(mode) => reactor::store::notify_mode::set(&client, mode).await,
+                None => reactor::store::notify_mode::show(&client).await,
             }
-            .map_err(|e| anyhow::anyhow!(reactor::db::describe(&e)))
+            .map_err(|e| anyhow::anyhow!(reactor::store::db::describe(&e)))
             .context("reactor notify-mode")?;
             println!("{settings}");
             if mode.is_some_and(|m| m.as_str() != settings.effective) {
@@ -165,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo {
             database_url,
             storage_url,
-        } => reactor::demo::run(database_url, &storage_url).await?,
+        } => reactor::cli::demo::run(database_url, &storage_url).await?,
         Command::Run(cfg) => {
             let shutdown = tokio_util::sync::CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             owner,
             json,
-        } => reactor::watch::run(&database_url, owner, json, std::io::stdout()).await?,
+        } => reactor::cli::watch::run(&database_url, owner, json, std::io::stdout()).await?,
         Command::Status {
             database_url,
             stuck_after,
@@ -186,14 +186,14 @@ async fn main() -> anyhow::Result<()> {
             table,
             id,
         } => {
-            let client = reactor::db::connect(&database_url).await?;
-            let specs = reactor::ops::builtin_specs(Duration::from_secs(3600));
-            if reactor::ops::handlers_of(&table, &specs).is_empty() {
+            let client = reactor::store::db::connect(&database_url).await?;
+            let specs = reactor::http::ops::builtin_specs(Duration::from_secs(3600));
+            if reactor::http::ops::handlers_of(&table, &specs).is_empty() {
                 anyhow::bail!(
                     "no handler works on table {table:?} (built-in: generation_jobs, profiles)"
                 );
             }
-            let cleared = reactor::ops::retry(&client, &table, &id, &specs).await?;
+            let cleared = reactor::http::ops::retry(&client, &table, &id, &specs).await?;
             if cleared.is_empty() {
                 println!("{table} {id}: nothing to retry (no handler has given up on it)");
             } else {
@@ -220,8 +220,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn status(database_url: &str, stuck_after: Duration) -> anyhow::Result<()> {
-    use reactor::ops;
-    let client = reactor::db::connect(database_url).await?;
+    use reactor::http::ops;
+    let client = reactor::store::db::connect(database_url).await?;
     let specs = ops::builtin_specs(Duration::from_secs(3600));
     println!(
         "backlog per handler (pending, counted up to {}):",

@@ -43,7 +43,7 @@ async fn submit_paths(
     input2: &str,
 ) -> Result<Uuid, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    reactor::db::act_as_user(&tx, user).await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
     let id = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, input1_path, input2_path)
@@ -129,7 +129,7 @@ async fn an_empty_or_blank_input_path_is_refused_naming_the_column() {
         assert!(message.contains("input2_path"), "{message}");
         // Also where the mode does not need the input at all.
         let tx = c.transaction().await.unwrap();
-        reactor::db::act_as_user(&tx, me).await.unwrap();
+        reactor::store::db::act_as_user(&tx, me).await.unwrap();
         let err = tx
             .execute(
                 "insert into generation_jobs (owner_id, mode, prompt, input1_path)
@@ -313,7 +313,7 @@ async fn the_reactor_refuses_to_prefix_a_key_outside_the_job_owners_prefix_and_s
         let input = input.replace(&thief.to_string(), &user.to_string());
         let expected = expected.replace(&thief.to_string(), &user.to_string());
         let tx = c.transaction().await.unwrap();
-        reactor::db::act_as_user(&tx, user).await.unwrap();
+        reactor::store::db::act_as_user(&tx, user).await.unwrap();
         tx.execute(
             "insert into generation_jobs (owner_id, mode, input1_path) values ($1, 'redesign', $2)",
             &[&user, &input],
@@ -623,7 +623,7 @@ async fn supabase_like_db() -> TestDb {
     .unwrap();
     drop(c);
     let mut c = db.client().await;
-    reactor::migrate::run(&mut c).await.expect("migrate");
+    reactor::store::migrate::run(&mut c).await.expect("migrate");
     db
 }
 

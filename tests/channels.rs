@@ -105,7 +105,7 @@ async fn as_stranger(db: &TestDb, sql: &str) {
 async fn submit(db: &TestDb, user: Uuid, prompt: &str) -> Uuid {
     let mut client = db.client().await;
     let tx = client.transaction().await.unwrap();
-    reactor::db::act_as_user(&tx, user).await.unwrap();
+    reactor::store::db::act_as_user(&tx, user).await.unwrap();
     let id = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt) values ($1, 'imagine', $2) returning id",
@@ -167,7 +167,7 @@ async fn a_forged_status_event_never_reaches_a_viewer() {
     {
         let mut c = db.client().await;
         let tx = c.transaction().await.unwrap();
-        reactor::db::act_as_user(&tx, alice).await.unwrap();
+        reactor::store::db::act_as_user(&tx, alice).await.unwrap();
         tx.execute(
             "select pg_notify('job_status', $1)",
             &[&forged(&first.to_string(), &alice.to_string(), "failed")],

@@ -22,7 +22,7 @@ async fn submit(
 ) -> Result<Uuid, tokio_postgres::Error> {
     let mut client = db.client().await;
     let tx = client.transaction().await?;
-    reactor::db::act_as_user(&tx, user).await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
     let row = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
@@ -82,8 +82,8 @@ fn signed_webhook(
     at: i64,
 ) -> (String, Vec<(&'static str, String)>) {
     let body = body.to_string();
-    let secret = reactor::webhook_signature::Secret::parse(SECRET).unwrap();
-    let signature = reactor::webhook_signature::sign(&secret, delivery, at, body.as_bytes());
+    let secret = reactor::http::webhook_signature::Secret::parse(SECRET).unwrap();
+    let signature = reactor::http::webhook_signature::sign(&secret, delivery, at, body.as_bytes());
     (
         body,
         vec![
@@ -662,7 +662,7 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
 async fn cancel_as(db: &TestDb, user: Uuid, id: Uuid) -> Result<String, tokio_postgres::Error> {
     let mut client = db.client().await;
     let tx = client.transaction().await?;
-    reactor::db::act_as_user(&tx, user).await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
     let status: String = tx
         .query_one("select cancel_generation_job($1)", &[&id])
         .await?

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{as_user, auth_user, count, eventually, start_reactor, user_with_profile, TestDb};
-use reactor::lease::Statements;
-use reactor::migrate::{self, Migration};
+use reactor::job::lease::Statements;
+use reactor::store::migrate::{self, Migration};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -395,13 +395,13 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
     ];
     let limit = 500i64;
     let after = uuid::Uuid::nil().to_string();
-    for spec in reactor::ops::builtin_specs(Duration::from_secs(3600)) {
+    for spec in reactor::http::ops::builtin_specs(Duration::from_secs(3600)) {
         let (_, indexes) = expected
             .iter()
             .find(|(name, _)| *name == spec.name)
             .expect("every built-in handler is checked");
         let sql_action = handlers.iter().find_map(|h| match &h.action {
-            reactor::handler::Action::Sql { effect, mark } if h.spec.name == spec.name => {
+            reactor::job::handler::Action::Sql { effect, mark } if h.spec.name == spec.name => {
                 Some((effect.clone(), mark.clone()))
             }
             _ => None,

@@ -52,7 +52,7 @@ async fn start(db: &TestDb, storage: &std::path::Path, flags: &[String]) -> comm
 async fn admin(db: &TestDb) -> Client {
     let mut url = url::Url::parse(&db.url).unwrap();
     url.set_path("/postgres");
-    reactor::db::connect(url.as_str()).await.unwrap()
+    reactor::store::db::connect(url.as_str()).await.unwrap()
 }
 
 /// The database goes away: new connections are refused and open ones end.
@@ -88,7 +88,7 @@ async fn back(admin: &Client, db: &TestDb) {
 async fn submit(db: &TestDb, user: Uuid) -> Uuid {
     let mut client = db.client().await;
     let tx = client.transaction().await.unwrap();
-    reactor::db::act_as_user(&tx, user).await.unwrap();
+    reactor::store::db::act_as_user(&tx, user).await.unwrap();
     let row = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
@@ -218,9 +218,10 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
         json!(null),
     );
     let body = done.json().to_string();
-    let secret = reactor::webhook_signature::Secret::parse(SECRET).unwrap();
+    let secret = reactor::http::webhook_signature::Secret::parse(SECRET).unwrap();
     let at = chrono::Utc::now().timestamp();
-    let signature = reactor::webhook_signature::sign(&secret, "msg_outage", at, body.as_bytes());
+    let signature =
+        reactor::http::webhook_signature::sign(&secret, "msg_outage", at, body.as_bytes());
     let status = reqwest::Client::new()
         .post(&hook)
         .header("content-type", "application/json")

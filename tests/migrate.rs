@@ -1,6 +1,6 @@
 mod common;
 
-use reactor::migrate::{self, MigrateError, Migration};
+use reactor::store::migrate::{self, MigrateError, Migration};
 
 #[tokio::test]
 async fn migrate_applies_every_file_on_an_empty_database_then_is_a_no_op() {
@@ -42,7 +42,7 @@ async fn every_embedded_file_is_itself_idempotent() {
             panic!(
                 "{} is not idempotent: {}",
                 m.name,
-                reactor::db::describe(&e)
+                reactor::store::db::describe(&e)
             )
         });
     }

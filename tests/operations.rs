@@ -99,9 +99,10 @@ async fn healthz_is_always_up_and_readyz_follows_the_listener_and_the_database()
     .await;
 
     // Take the database away: not ready. Give it back: ready again.
-    let server = reactor::db::connect(&db.url.replace(&format!("/{}", db.name), "/postgres"))
-        .await
-        .unwrap();
+    let server =
+        reactor::store::db::connect(&db.url.replace(&format!("/{}", db.name), "/postgres"))
+            .await
+            .unwrap();
     server
         .batch_execute(&format!(
             "alter database {name} with allow_connections false;

@@ -5,7 +5,7 @@ mod common;
 
 use common::{as_user, auth_user, count, eventually, start_reactor, ChildReactor, TestDb};
 use futures::StreamExt as _;
-use reactor::webhook_signature::{self, Secret};
+use reactor::http::webhook_signature::{self, Secret};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1224,8 +1224,8 @@ async fn watch_table_sends_the_documented_payload_on_insert_and_on_a_real_status
     );
 
     // The payload is what the reactor parses.
-    match reactor::notification::parse(update).unwrap() {
-        reactor::notification::Message::Change(change) => {
+    match reactor::engine::notification::parse(update).unwrap() {
+        reactor::engine::notification::Message::Change(change) => {
             assert_eq!(change.table, "orders");
             assert_eq!(change.id, "42");
         }

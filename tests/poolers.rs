@@ -126,7 +126,7 @@ impl PgBouncer {
         };
         let url = bouncer.url(db);
         eventually("pgbouncer accepts connections", LONG, || async {
-            match reactor::db::connect(&url).await {
+            match reactor::store::db::connect(&url).await {
                 Ok(client) => client.simple_query("select 1").await.is_ok(),
                 Err(_) => false,
             }
@@ -193,7 +193,7 @@ async fn whole_pipeline(db: &TestDb) {
     .await;
     let mut submitter = db.client().await;
     let tx = submitter.transaction().await.unwrap();
-    reactor::db::act_as_user(&tx, user).await.unwrap();
+    reactor::store::db::act_as_user(&tx, user).await.unwrap();
     let job: Uuid = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)

@@ -169,7 +169,7 @@ async fn a_killed_listener_reconnects_and_catches_up_on_what_it_missed() {
     let writer = {
         let db_url = db.url.clone();
         tokio::spawn(async move {
-            let client = reactor::db::connect(&db_url).await.unwrap();
+            let client = reactor::store::db::connect(&db_url).await.unwrap();
             for _ in 0..60 {
                 user_with_profile(&client).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -62,7 +62,7 @@ async fn as_anon(client: &mut Client, sql: &str) -> Result<u64, tokio_postgres::
 async fn texts_as(client: &mut Client, who: Who, sql: &str) -> Vec<String> {
     let mut v: Vec<String> = query_as(client, who, sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::db::describe(&e)))
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -83,7 +83,7 @@ fn assert_denied<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>, w
             common::sqlstate(&e),
             DENIED,
             "{what}: {}",
-            reactor::db::describe(&e)
+            reactor::store::db::describe(&e)
         ),
     }
 }
@@ -93,7 +93,7 @@ async fn count(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i6
     client
         .query_one(sql, params)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::db::describe(&e)))
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
         .get(0)
 }
 
@@ -101,7 +101,7 @@ async fn insert_id(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -
     client
         .query_one(sql, params)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::db::describe(&e)))
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
         .get(0)
 }
 
@@ -1112,7 +1112,7 @@ async fn a_client_cannot_submit_a_job_for_another_user() {
         common::sqlstate(&err),
         DENIED,
         "{}",
-        reactor::db::describe(&err)
+        reactor::store::db::describe(&err)
     );
     assert_eq!(
         count(&su, "select count(*) from generation_jobs", &[]).await,
@@ -1149,7 +1149,7 @@ async fn a_job_submitted_for_another_user_is_refused_before_revealing_that_users
         common::sqlstate(&err),
         DENIED,
         "{}",
-        reactor::db::describe(&err)
+        reactor::store::db::describe(&err)
     );
 
     su.execute(
@@ -1183,9 +1183,9 @@ async fn a_job_submitted_for_another_user_is_refused_before_revealing_that_users
         common::sqlstate(&err),
         DENIED,
         "{}",
-        reactor::db::describe(&err)
+        reactor::store::db::describe(&err)
     );
-    let message = reactor::db::describe(&err);
+    let message = reactor::store::db::describe(&err);
     assert!(
         !message.contains("Free") && !message.contains("1 of 1"),
         "leaks A's plan: {message}"
@@ -1215,7 +1215,7 @@ async fn a_client_cannot_submit_a_job_in_any_status_but_starting() {
             common::sqlstate(&err),
             DENIED,
             "{status}: {}",
-            reactor::db::describe(&err)
+            reactor::store::db::describe(&err)
         );
     }
     assert_eq!(
@@ -1248,7 +1248,7 @@ async fn a_client_cannot_submit_a_job_carrying_prediction_id_error_output_or_com
             common::sqlstate(&err),
             DENIED,
             "{column} = {value}: {}",
-            reactor::db::describe(&err)
+            reactor::store::db::describe(&err)
         );
     }
     assert_eq!(
@@ -1319,7 +1319,7 @@ async fn a_client_cannot_set_any_server_owned_job_column_including_ones_added_la
             )
             .await;
             let err = result.expect_err(&format!("client sets {column} = {value}"));
-            let message = reactor::db::describe(&err);
+            let message = reactor::store::db::describe(&err);
             assert_eq!(
                 common::sqlstate(&err),
                 DENIED,
@@ -1550,7 +1550,7 @@ async fn a_client_cannot_set_its_profiles_price_id_on_insert() {
         common::sqlstate(&err),
         DENIED,
         "{}",
-        reactor::db::describe(&err)
+        reactor::store::db::describe(&err)
     );
     assert_eq!(count(&su, "select count(*) from profiles", &[]).await, 0);
 }
@@ -1620,7 +1620,7 @@ async fn a_client_cannot_create_a_default_favorites_collection() {
         common::sqlstate(&err),
         DENIED,
         "{}",
-        reactor::db::describe(&err)
+        reactor::store::db::describe(&err)
     );
     assert_eq!(count(&su, "select count(*) from collections", &[]).await, 0);
 }

@@ -83,7 +83,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
     }
 
     // Inputs: a presigned GET of bucket/key fetches the object.
-    let signer = reactor::storage::InputSigner::for_storage_url("s3://public").unwrap();
+    let signer = reactor::providers::storage::InputSigner::for_storage_url("s3://public").unwrap();
     let url = signer
         .sign(&input, owner, Duration::from_secs(600))
         .await
@@ -168,7 +168,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         assert_eq!(header("content-type"), content_type, "{path}");
         assert_eq!(
             header("cache-control"),
-            reactor::storage::RENDER_CACHE_CONTROL,
+            reactor::providers::storage::RENDER_CACHE_CONTROL,
             "{path}"
         );
         let body = got.bytes().await.unwrap();

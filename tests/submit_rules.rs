@@ -22,7 +22,7 @@ async fn count(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i6
     client
         .query_one(sql, params)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::db::describe(&e)))
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
         .get(0)
 }
 
@@ -128,7 +128,7 @@ async fn a_job_in_a_terminal_status_does_not_block_a_new_one() {
     for terminal in ["succeeded", "failed", "canceled"] {
         submit(&mut c, a)
             .await
-            .unwrap_or_else(|e| panic!("after {terminal}: {}", reactor::db::describe(&e)));
+            .unwrap_or_else(|e| panic!("after {terminal}: {}", reactor::store::db::describe(&e)));
         expected += 1;
         set_status(&c, a, terminal).await;
     }
@@ -552,7 +552,7 @@ async fn each_mode_with_its_required_inputs_is_accepted() {
             &format!("insert into generation_jobs (owner_id, mode, {columns}) values ('{a}', '{mode}', {values})"),
         )
         .await
-        .unwrap_or_else(|e| panic!("{mode}: {}", reactor::db::describe(&e)));
+        .unwrap_or_else(|e| panic!("{mode}: {}", reactor::store::db::describe(&e)));
         assert_eq!(n, 1, "{mode}");
         assert_eq!(
             count(
@@ -590,7 +590,7 @@ fn assert_idempotency_violation(err: &tokio_postgres::Error) {
         common::sqlstate(err),
         "23505",
         "{}",
-        reactor::db::describe(err)
+        reactor::store::db::describe(err)
     );
     assert_eq!(
         err.as_db_error().and_then(|d| d.constraint()),

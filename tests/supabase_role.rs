@@ -1,12 +1,12 @@
 //! The reactor as Supabase's `postgres` role runs it: no superuser after the
-//! set-up (see src/supabase_like.rs for the role's shape), Realtime's read
+//! set-up (see src/store/supabase_like.rs for the role's shape), Realtime's read
 //! authorization on realtime.messages, the outbox switch, foreign policies,
 //! and the one-file schema for the Supabase CLI.
 mod common;
 
 use common::{count, eventually, TestDb};
-use reactor::migrate::{self, MigrateError, Options};
-use reactor::notify_mode::{self, Mode};
+use reactor::store::migrate::{self, MigrateError, Options};
+use reactor::store::notify_mode::{self, Mode};
 use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ const LONG: Duration = Duration::from_secs(30);
 async fn supabase_db() -> TestDb {
     let db = common::empty_db().await;
     let role = format!("owner_{}", Uuid::new_v4().simple());
-    let url = reactor::supabase_like::prepare(common::server_url().await, &db.name, &role)
+    let url = reactor::store::supabase_like::prepare(common::server_url().await, &db.name, &role)
         .await
         .expect("Supabase-like set-up");
     TestDb { url, name: db.name }
@@ -28,7 +28,7 @@ async fn supabase_db() -> TestDb {
 async fn superuser(db: &TestDb) -> Client {
     let mut url = url::Url::parse(common::server_url().await).unwrap();
     url.set_path(&format!("/{}", db.name));
-    reactor::db::connect(url.as_str()).await.unwrap()
+    reactor::store::db::connect(url.as_str()).await.unwrap()
 }
 
 async fn migrate_as_owner(db: &TestDb) -> migrate::Report {
@@ -41,7 +41,7 @@ async fn migrate_as_owner(db: &TestDb) -> migrate::Report {
 async fn submit(db: &TestDb, user: Uuid) -> Uuid {
     let mut client = db.client().await;
     let tx = client.transaction().await.unwrap();
-    reactor::db::act_as_user(&tx, user).await.unwrap();
+    reactor::store::db::act_as_user(&tx, user).await.unwrap();
     let id: Uuid = tx
         .query_one(
             "insert into generation_jobs (owner_id, mode, prompt, room_type, style)
@@ -383,7 +383,7 @@ async fn a_foreign_permissive_policy_is_named_and_refused_and_nothing_changes() 
     let db = supabase_db().await;
     let mut client = db.client().await;
     client
-        .batch_execute(reactor::migrate::MIGRATIONS[0].sql)
+        .batch_execute(reactor::store::migrate::MIGRATIONS[0].sql)
         .await
         .unwrap();
     client.batch_execute(STARTER_PROFILES).await.unwrap();
@@ -420,7 +420,7 @@ async fn foreign_policies_are_kept_with_a_warning_when_allowed() {
     let db = supabase_db().await;
     let mut client = db.client().await;
     client
-        .batch_execute(reactor::migrate::MIGRATIONS[0].sql)
+        .batch_execute(reactor::store::migrate::MIGRATIONS[0].sql)
         .await
         .unwrap();
     client.batch_execute(STARTER_PROFILES).await.unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{eventually, ChildReactor, TestDb};
-use reactor::localpg::{LocalPostgres, Options};
+use reactor::store::localpg::{LocalPostgres, Options};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -122,7 +122,9 @@ fn root(path: &Path) -> String {
 
 /// Whether the server sees this connection as TLS.
 async fn encrypted(url: &str) -> Result<bool, String> {
-    let client = reactor::db::connect(url).await.map_err(|e| e.to_string())?;
+    let client = reactor::store::db::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
     let row = client
         .query_one(
             "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
@@ -259,9 +261,10 @@ async fn the_cli_reads_pgsslmode_and_pgsslrootcert_and_the_url_wins() {
 async fn migrate_and_run_do_the_work_over_verify_full_on_every_connection() {
     let s = tls_server().await;
     let ca = root(&s.pki.ca());
-    let admin = reactor::db::connect(&s.by_name("postgres", &format!("sslmode=verify-full&{ca}")))
-        .await
-        .unwrap();
+    let admin =
+        reactor::store::db::connect(&s.by_name("postgres", &format!("sslmode=verify-full&{ca}")))
+            .await
+            .unwrap();
     let name = format!("reactor_tls_{}", uuid::Uuid::new_v4().simple());
     admin
         .batch_execute(&format!("create database {name}"))

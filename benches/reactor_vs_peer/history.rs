@@ -6,8 +6,8 @@
 //! scan of each handler runs). Once: the insert rate with and without the
 //! pending indexes, so the write path's price is visible.
 use super::*;
-use reactor::handler::{Action, Spec};
-use reactor::lease::Statements;
+use reactor::job::handler::{Action, Spec};
+use reactor::job::lease::Statements;
 
 /// The partial indexes sql/180_pending_markers.sql adds (dropped for "without").
 const PENDING_INDEXES: &str =
@@ -51,7 +51,7 @@ fn first_pages() -> Vec<(String, String)> {
         reactor::handlers::usage::handler(),
         reactor::handlers::favorites::handler(),
     ];
-    reactor::ops::builtin_specs(Duration::from_secs(3600))
+    reactor::http::ops::builtin_specs(Duration::from_secs(3600))
         .into_iter()
         .map(|spec: Spec| {
             let sql = sql_actions.iter().find_map(|h| match &h.action {

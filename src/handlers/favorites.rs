@@ -7,7 +7,7 @@
 //! the same statement sets `favorites_at`, so the marker always means "the
 //! collection exists". Deleting the collection clears the marker
 //! (triggers/170_pending_markers.sql): the next sweep re-creates it.
-use crate::handler::{Action, Handler, KeyType, Spec};
+use crate::job::handler::{Action, Handler, KeyType, Spec};
 
 pub const NAME: &str = "favorites";
 pub const COLLECTION_NAME: &str = "My Favorites";

@@ -12,10 +12,10 @@
 //! Only a prediction that carries this job's id is adopted; one that merely
 //! has the same input may be another user's identical job, so the job fails
 //! with [`UNPROVEN`] instead (we never attach another user's images).
-use crate::db::param;
-use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
-use crate::lease::Lease;
-use crate::provider::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::lease::Lease;
+use crate::providers::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use crate::store::db::param;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub struct Settings {
     /// Pass input paths through unchanged (the local provider reads no inputs).
     pub raw_inputs: bool,
     /// Signs `bucket/key` input paths (with s3:// storage and no base URL).
-    pub input_signer: Option<crate::storage::InputSigner>,
+    pub input_signer: Option<crate::providers::storage::InputSigner>,
 }
 
 /// How long a signed input URL stays valid (the provider fetches it at once).
@@ -203,7 +203,7 @@ impl Generation {
             .filter_map(|(column, path): (&str, Option<String>)| Some((column, path?)))
             .collect();
         let input_refusal = paths.iter().find_map(|(column, path)| {
-            crate::storage::input_path_problem(path, owner_id)
+            crate::providers::storage::input_path_problem(path, owner_id)
                 .map(|problem| format!("{column} {path:?} refused: it {problem}"))
         });
         let mut images = Vec::with_capacity(paths.len());
@@ -236,12 +236,12 @@ impl Generation {
     /// are, else under REACTOR_INPUT_BASE_URL, else signed (s3:// storage).
     /// Only the job owner's own keys are ever prefixed or signed.
     async fn input_url(&self, path: &str, owner: Uuid) -> Result<String, HandlerError> {
-        if let Some(problem) = crate::storage::input_path_problem(path, owner) {
+        if let Some(problem) = crate::providers::storage::input_path_problem(path, owner) {
             return Err(HandlerError::Permanent(format!(
                 "input {path:?} refused: it {problem}"
             )));
         }
-        if self.settings.raw_inputs || crate::storage::is_http_url(path) {
+        if self.settings.raw_inputs || crate::providers::storage::is_http_url(path) {
             return Ok(path.to_string());
         }
         if let Some(base) = &self.settings.input_base_url {

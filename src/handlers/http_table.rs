@@ -16,11 +16,11 @@
 //!   `X-Reactor-Id` (the row's key); `webhook-id` is new on every POST.
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
-use crate::db::param;
-use crate::db::{quote_ident, quote_literal};
-use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
-use crate::lease::Lease;
-use crate::table_config::{ConfigError, TableConfig, Target};
+use crate::handlers::table_config::{ConfigError, TableConfig, Target};
+use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
+use crate::job::lease::Lease;
+use crate::store::db::param;
+use crate::store::db::{quote_ident, quote_literal};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub struct OwnTables {
 impl OwnTables {
     /// Reads and checks REACTOR_CONFIG (no file: no tables). Connects to nothing.
     pub fn load(cfg: &crate::config::RunConfig) -> Result<Self, OwnTablesError> {
-        let tables = crate::table_config::load(cfg)?
+        let tables = crate::handlers::table_config::load(cfg)?
             .into_iter()
             .map(|t| HttpTable::new(t, cfg.sweep_interval).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -226,7 +226,7 @@ impl HttpTable {
     async fn post(&self, url: &str, lease: &Lease, body: String) -> Result<Answer, HandlerError> {
         let shown = display_url(url);
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = crate::webhook_signature::sign(
+        let signature = crate::http::webhook_signature::sign(
             &self.cfg.http.secret,
             &lease.row_id,
             timestamp,
@@ -236,7 +236,7 @@ impl HttpTable {
         // is its own message: a row set back to pending and run again must not
         // be dropped as a repeat. X-Reactor-Id stays the row's key.
         let delivery = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        let delivery_signature = crate::webhook_signature::sign(
+        let delivery_signature = crate::http::webhook_signature::sign(
             &self.cfg.http.secret,
             &delivery,
             timestamp,
@@ -251,10 +251,10 @@ impl HttpTable {
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(SIGNATURE_HEADER, &signature)
             // The Standard Webhooks names too, so stock verifier libraries work as they are.
-            .header(crate::webhook_signature::ID_HEADER, &delivery)
-            .header(crate::webhook_signature::TIMESTAMP_HEADER, &timestamp)
+            .header(crate::http::webhook_signature::ID_HEADER, &delivery)
+            .header(crate::http::webhook_signature::TIMESTAMP_HEADER, &timestamp)
             .header(
-                crate::webhook_signature::SIGNATURE_HEADER,
+                crate::http::webhook_signature::SIGNATURE_HEADER,
                 &delivery_signature,
             )
             .header(TABLE_HEADER, &self.cfg.name)
@@ -363,18 +363,18 @@ impl HttpTable {
                 let tx = client
                     .transaction()
                     .await
-                    .map_err(|e| cannot_check(crate::db::describe(&e)))?;
+                    .map_err(|e| cannot_check(crate::store::db::describe(&e)))?;
                 for (what, sql) in self.sql.all() {
                     tx.prepare(sql).await.map_err(|e| {
                         format!(
                             "the table does not match REACTOR_CONFIG ({what} statement): {}",
-                            crate::db::describe(&e)
+                            crate::store::db::describe(&e)
                         )
                     })?;
                 }
                 tx.rollback()
                     .await
-                    .map_err(|e| cannot_check(crate::db::describe(&e)))?;
+                    .map_err(|e| cannot_check(crate::store::db::describe(&e)))?;
                 Ok::<(), String>(())
             })
             .await
@@ -391,7 +391,7 @@ impl HttpTable {
             return Ok(());
         }
         let mut client = pool.get().await.map_err(|e| e.to_string())?;
-        let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
+        let describe = |e: tokio_postgres::Error| crate::store::db::describe(&e);
         if !state.watch_checked {
             let watched: i64 = client
                 .query_typed_one(
@@ -501,7 +501,7 @@ impl HttpTable {
         &self,
         client: &mut deadpool_postgres::Client,
     ) -> Result<(), String> {
-        let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
+        let describe = |e: tokio_postgres::Error| crate::store::db::describe(&e);
         // A transaction, so the setting ends with it (dropped: rolled back).
         let tx = client.transaction().await.map_err(describe)?;
         tx.batch_execute("set local enable_seqscan = off")
@@ -813,7 +813,7 @@ fn parse_answer(body: &[u8]) -> Result<Answer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table_config::parse;
+    use crate::handlers::table_config::parse;
     use std::path::Path;
 
     fn table(extra: &str, http: &str) -> TableConfig {

@@ -3,11 +3,12 @@ pub mod favorites;
 pub mod generation;
 pub mod http_table;
 pub mod renders;
+pub mod table_config;
 pub mod usage;
 
 use crate::config::{ProviderKind, RunConfig};
-use crate::handler::Handler;
-use crate::provider::Provider;
+use crate::job::handler::Handler;
+use crate::providers::Provider;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +20,7 @@ pub enum SetupError {
     )]
     MissingWebhookSecret,
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::providers::storage::StorageError),
     #[error("{0}")]
     Other(String),
 }
@@ -37,7 +38,7 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
                 return Err(SetupError::MissingWebhookSecret);
             }
             Arc::new(
-                crate::provider::replicate::Replicate::new(
+                crate::providers::replicate::Replicate::new(
                     &cfg.replicate_base_url,
                     token,
                     &cfg.replicate_model,
@@ -47,7 +48,7 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
             )
         }
         ProviderKind::Local => Arc::new(
-            crate::provider::local::Local::start(cfg.local_delay, 2)
+            crate::providers::local::Local::start(cfg.local_delay, 2)
                 .await
                 .map_err(|e| SetupError::Other(format!("starting the local provider: {e}")))?,
         ),
@@ -56,9 +57,9 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
 
 /// generation, renders, usage and favorites, configured from `cfg`.
 pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
-    let storage = crate::storage::Storage::from_url(&cfg.storage_url)?;
+    let storage = crate::providers::storage::Storage::from_url(&cfg.storage_url)?;
     let provider: Arc<dyn Provider> =
-        Arc::new(crate::provider::metered::Metered(provider(cfg).await?));
+        Arc::new(crate::providers::metered::Metered(provider(cfg).await?));
     let settings = generation::Settings {
         webhook_url: cfg
             .public_url
@@ -70,7 +71,7 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
         late_window: cfg.late_window,
         input_base_url: cfg.input_base_url.clone(),
         raw_inputs: cfg.provider == ProviderKind::Local,
-        input_signer: crate::storage::InputSigner::for_storage_url(&cfg.storage_url),
+        input_signer: crate::providers::storage::InputSigner::for_storage_url(&cfg.storage_url),
     };
     Ok(vec![
         generation::handler(provider, settings),

@@ -8,10 +8,10 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
-use crate::db::param;
-use crate::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
-use crate::lease::Lease;
-use crate::storage::Storage;
+use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::lease::Lease;
+use crate::providers::storage::Storage;
+use crate::store::db::param;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use std::sync::Arc;
@@ -238,7 +238,7 @@ impl LeasedWork for Renders {
                         &path,
                         image.bytes,
                         content_type_of(image.ext),
-                        crate::storage::RENDER_CACHE_CONTROL,
+                        crate::providers::storage::RENDER_CACHE_CONTROL,
                     )
                     .await
                     .map_err(|e| HandlerError::Retry(e.to_string()))?;

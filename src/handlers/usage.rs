@@ -8,7 +8,7 @@
 //! sets `debited_at`, so the marker always means "the debit exists" (also for
 //! jobs debited before the marker existed: their insert does nothing). Failed
 //! and canceled jobs are never pending, so they are never debited.
-use crate::handler::{Action, Handler, KeyType, Spec};
+use crate::job::handler::{Action, Handler, KeyType, Spec};
 
 pub const NAME: &str = "usage";
 

@@ -19,7 +19,7 @@ pub async fn server_url() -> &'static str {
         .get_or_init(|| async {
             match std::env::var("DATABASE_URL") {
                 Ok(url) if !url.is_empty() => url,
-                _ => reactor::localpg::LocalPostgres::start()
+                _ => reactor::store::localpg::LocalPostgres::start()
                     .await
                     .expect("starting a throwaway PostgreSQL (set DATABASE_URL to use a running server)")
                     .leak(),
@@ -36,7 +36,7 @@ pub struct TestDb {
 impl TestDb {
     /// A new connection to this test's database.
     pub async fn client(&self) -> Client {
-        reactor::db::connect(&self.url)
+        reactor::store::db::connect(&self.url)
             .await
             .expect("connect to test database")
     }
@@ -46,7 +46,7 @@ impl TestDb {
 pub async fn empty_db() -> TestDb {
     let server = server_url().await;
     let name = format!("reactor_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = reactor::db::connect(server)
+    let admin = reactor::store::db::connect(server)
         .await
         .expect("connect to server");
     admin
@@ -61,7 +61,9 @@ pub async fn empty_db() -> TestDb {
 pub async fn migrated_db() -> TestDb {
     let db = empty_db().await;
     let mut client = db.client().await;
-    reactor::migrate::run(&mut client).await.expect("migrate");
+    reactor::store::migrate::run(&mut client)
+        .await
+        .expect("migrate");
     db
 }
 
@@ -120,7 +122,7 @@ pub async fn as_user(
     sql: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    reactor::db::act_as_user(&tx, user).await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
     let n = tx.execute(sql, &[]).await?;
     tx.commit().await?;
     Ok(n)

@@ -119,7 +119,7 @@ impl Injector {
                 self.counts.pg_stop += 1;
             }
             Fault::Terminate => {
-                if let Ok(admin) = reactor::db::connect(&self.admin_url).await {
+                if let Ok(admin) = reactor::store::db::connect(&self.admin_url).await {
                     let _ = admin
                         .execute(
                             "select pg_terminate_backend(pid) from pg_stat_activity

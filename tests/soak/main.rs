@@ -99,7 +99,7 @@ async fn soak() {
         config.seed, config.seconds, config.reactors
     );
     let cluster = cluster::SoakCluster::start().await;
-    let admin = reactor::db::connect(&cluster.url("postgres"))
+    let admin = reactor::store::db::connect(&cluster.url("postgres"))
         .await
         .expect("connect");
     admin
@@ -110,7 +110,7 @@ async fn soak() {
         url: cluster.url("soak"),
         name: "soak".into(),
     };
-    reactor::migrate::run(&mut db.client().await)
+    reactor::store::migrate::run(&mut db.client().await)
         .await
         .expect("migrate");
 

@@ -49,7 +49,7 @@ pub async fn autopilot(
     stop: CancellationToken,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let secret = Arc::new(reactor::webhook_signature::Secret::parse(SECRET).expect("secret"));
+    let secret = Arc::new(reactor::http::webhook_signature::Secret::parse(SECRET).expect("secret"));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -109,7 +109,7 @@ pub async fn autopilot(
 /// One webhook, retried until a 2xx or the retries run out.
 async fn deliver(
     http: reqwest::Client,
-    secret: Arc<reactor::webhook_signature::Secret>,
+    secret: Arc<reactor::http::webhook_signature::Secret>,
     url: String,
     body: String,
     stats: Arc<WebhookStats>,
@@ -122,7 +122,8 @@ async fn deliver(
         tokio::time::sleep(wait).await;
         // Every attempt is signed afresh (the timestamp must be recent).
         let at = chrono::Utc::now().timestamp();
-        let signature = reactor::webhook_signature::sign(&secret, &delivery, at, body.as_bytes());
+        let signature =
+            reactor::http::webhook_signature::sign(&secret, &delivery, at, body.as_bytes());
         let sent = http
             .post(&url)
             .header("content-type", "application/json")

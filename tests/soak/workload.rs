@@ -1,5 +1,5 @@
 //! The client side: what a Supabase app does, through the same roles and
-//! RLS (`reactor::db::act_as_user`). Users sign up (the auth service writes
+//! RLS (`reactor::store::db::act_as_user`). Users sign up (the auth service writes
 //! auth.users, the app inserts the profile as the user), submit generation
 //! jobs (PT409: one in flight per user; PT402: monthly quota — both are
 //! normal answers, the client waits), and sometimes cancel one. When the
@@ -73,7 +73,7 @@ impl Workload {
 
     async fn step(&mut self, step: Step) {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            match reactor::db::connect(&self.url).await {
+            match reactor::store::db::connect(&self.url).await {
                 Ok(c) => self.client = Some(c),
                 Err(_) => {
                     self.stats.interrupted += 1;
@@ -95,7 +95,7 @@ impl Workload {
             Err(e) => self
                 .stats
                 .unexpected
-                .push(format!("{step:?}: {}", reactor::db::describe(&e))),
+                .push(format!("{step:?}: {}", reactor::store::db::describe(&e))),
         }
     }
 
@@ -113,7 +113,7 @@ impl Workload {
             )
             .await?;
         let tx = client.transaction().await?;
-        reactor::db::act_as_user(&tx, id).await?;
+        reactor::store::db::act_as_user(&tx, id).await?;
         tx.execute("insert into profiles (id) values ($1)", &[&id])
             .await?;
         tx.commit().await?;
@@ -132,7 +132,7 @@ impl Workload {
         // A unique prompt: the reactor may reconcile an interrupted create by input.
         let prompt = format!("a soak room {}", Uuid::new_v4().simple());
         let tx = self.client().transaction().await?;
-        reactor::db::act_as_user(&tx, user).await?;
+        reactor::store::db::act_as_user(&tx, user).await?;
         let inserted = tx
             .query_one(
                 "insert into generation_jobs (owner_id, mode, prompt, room_type, style)
@@ -176,7 +176,7 @@ impl Workload {
         };
         let (user, job) = self.recent_jobs[pick];
         let tx = self.client().transaction().await?;
-        reactor::db::act_as_user(&tx, user).await?;
+        reactor::store::db::act_as_user(&tx, user).await?;
         tx.query_one("select cancel_generation_job($1)", &[&job])
             .await?;
         tx.commit().await?;

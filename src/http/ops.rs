@@ -1,9 +1,9 @@
 //! What operators ask of a running system (`reactor status`, `reactor retry`,
 //! the dashboard): answered from the database alone, so it works from any
 //! machine and with no reactor running.
-use crate::db::param;
-use crate::handler::Spec;
 use crate::handlers;
+use crate::job::handler::Spec;
+use crate::store::db::param;
 use serde::Serialize;
 use std::time::Duration;
 use tokio_postgres::GenericClient;

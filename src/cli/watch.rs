@@ -1,6 +1,6 @@
 //! `reactor watch`: one readable line per job status change on channel
 //! `job_status` (or the payload itself with `--json`).
-use crate::notification::{self, Change, Message};
+use crate::engine::notification::{self, Change, Message};
 use futures::StreamExt as _;
 use std::io::Write;
 use tokio_postgres::AsyncMessage;
@@ -38,7 +38,7 @@ pub async fn run(
     json: bool,
     mut out: impl Write,
 ) -> anyhow::Result<()> {
-    let (client, mut connection) = crate::db::connect_raw(url, None).await?;
+    let (client, mut connection) = crate::store::db::connect_raw(url, None).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -51,7 +51,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(error = %crate::db::describe(&e), "watch: connection lost");
+                    tracing::error!(error = %crate::store::db::describe(&e), "watch: connection lost");
                     return;
                 }
             }

@@ -7,12 +7,16 @@
 //! handler's pending query page by page (keyset pagination, never the whole
 //! backlog in memory); ids are worked in one batch. An inbox that overflows
 //! just turns into a scan: notifications are hints, table state is the truth.
+pub mod listener;
+pub mod notification;
+pub mod status_feed;
+
 use crate::config::RunConfig;
-use crate::db::param;
-use crate::handler::{Action, Done, Handler, HandlerError, LeasedWork};
-use crate::lease::{self, Lease, Statements};
-use crate::listener::{self, Event, Listener};
+use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork};
+use crate::job::lease::{self, Lease, Statements};
+use crate::store::db::param;
 use deadpool_postgres::Pool;
+use listener::{Event, Listener};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +42,7 @@ pub enum EngineError {
     #[error("the database has no reactor schema: run `reactor migrate` first")]
     NotMigrated,
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Db(#[from] crate::store::db::DbError),
 }
 
 /// Readiness as seen from outside (HTTP /readyz, tests).
@@ -150,9 +154,9 @@ struct Slot {
 struct Inner {
     cfg: RunConfig,
     /// Job status changes for SSE clients; a slow receiver lags, it never blocks us.
-    statuses: tokio::sync::broadcast::Sender<crate::notification::Change>,
+    statuses: tokio::sync::broadcast::Sender<crate::engine::notification::Change>,
     /// Checks job_status hints against the tables and feeds `statuses`.
-    status_feed: Arc<crate::status_feed::StatusFeed>,
+    status_feed: Arc<crate::engine::status_feed::StatusFeed>,
     pool: Pool,
     instance: Uuid,
     slots: Vec<Slot>,
@@ -201,7 +205,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
         // Leased work, SQL batches, the heartbeat and spare connections.
-        let pool = crate::db::pool(&cfg.database_url, cfg.concurrency + handlers.len() + 2)?;
+        let pool = crate::store::db::pool(&cfg.database_url, cfg.concurrency + handlers.len() + 2)?;
         let slots = handlers
             .into_iter()
             .enumerate()
@@ -222,7 +226,9 @@ impl Engine {
         let statuses = tokio::sync::broadcast::channel(STATUS_BUFFER).0;
         Ok(Engine {
             inner: Arc::new(Inner {
-                status_feed: Arc::new(crate::status_feed::StatusFeed::new(statuses.clone())),
+                status_feed: Arc::new(crate::engine::status_feed::StatusFeed::new(
+                    statuses.clone(),
+                )),
                 statuses,
                 permits: Arc::new(Semaphore::new(cfg.concurrency)),
                 live: Arc::default(),
@@ -246,7 +252,7 @@ impl Engine {
     }
 
     /// Job status changes, verified against the tables (see `status_feed`).
-    pub fn statuses(&self) -> tokio::sync::broadcast::Sender<crate::notification::Change> {
+    pub fn statuses(&self) -> tokio::sync::broadcast::Sender<crate::engine::notification::Change> {
         self.inner.statuses.clone()
     }
 
@@ -256,7 +262,7 @@ impl Engine {
         let inner = self.inner;
         let cfg = &inner.cfg;
         if cfg.listen
-            && crate::db::parse_url(&cfg.database_url)?
+            && crate::store::db::parse_url(&cfg.database_url)?
                 .get_ports()
                 .contains(&6543)
         {
@@ -337,7 +343,7 @@ impl Engine {
             Ok(client) => match lease::release_all(&**client, inner.instance).await {
                 Ok(_) => tracing::info!("leases released"),
                 Err(e) => {
-                    tracing::warn!(error = %crate::db::describe(&e), "releasing leases failed; they expire on their own")
+                    tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")
                 }
             },
             Err(e) => {
@@ -361,7 +367,7 @@ impl Inner {
                     )
                     .await
                     .map(|row| row.get::<_, bool>(0))
-                    .map_err(|e| crate::db::describe(&e))
+                    .map_err(|e| crate::store::db::describe(&e))
             };
             match check.await {
                 Ok(true) => return Ok(()),
@@ -443,10 +449,10 @@ impl Inner {
                             &[param(&BATCH)],
                         )
                         .await
-                        .map_err(|e| crate::db::describe(&e))?;
+                        .map_err(|e| crate::store::db::describe(&e))?;
                     for row in &rows {
-                        match crate::notification::parse(row.get(0)) {
-                            Ok(crate::notification::Message::Change(change)) => {
+                        match crate::engine::notification::parse(row.get(0)) {
+                            Ok(crate::engine::notification::Message::Change(change)) => {
                                 self.route(Event::Change(change))
                             }
                             _ => tracing::warn!(
@@ -474,7 +480,7 @@ impl Inner {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 lease::renew(&**client, self.instance, &self.live, self.cfg.lease)
                     .await
-                    .map_err(|e| crate::db::describe(&e))
+                    .map_err(|e| crate::store::db::describe(&e))
             };
             if let Err(e) = renewed.await {
                 tracing::warn!(error = %e, "renewing leases failed");
@@ -511,7 +517,7 @@ impl Inner {
             let forgotten = client
                 .execute_typed(&slot.statements.forget, &[param(&BATCH)])
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                .map_err(|e| crate::store::db::describe(&e))?;
             if forgotten > 0 {
                 tracing::debug!(handler = %slot.handler.spec.name, rows = forgotten, "dropped state of rows that need nothing more");
             }
@@ -626,13 +632,13 @@ impl Inner {
                             rows.iter().map(|r| r.get(0)).collect()
                         }
                         Err(e) if is_row_fault(&e) => {
-                            tracing::warn!(handler = %slot.handler.spec.name, error = %crate::db::describe(&e), "a page failed; retrying its rows one by one");
+                            tracing::warn!(handler = %slot.handler.spec.name, error = %crate::store::db::describe(&e), "a page failed; retrying its rows one by one");
                             let ids = self.pending_page(&client, slot, limit, &after).await?;
                             drop(client);
                             self.sql_one_by_one(slot, &ids).await?;
                             ids
                         }
-                        Err(e) => return Err(crate::db::describe(&e)),
+                        Err(e) => return Err(crate::store::db::describe(&e)),
                     }
                 }
                 (Action::Leased(work), _) => {
@@ -666,7 +672,7 @@ impl Inner {
                 &page_params(&limit, after),
             )
             .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .map_err(|e| crate::store::db::describe(&e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -691,7 +697,7 @@ impl Inner {
                 drop(client);
                 self.sql_one_by_one(slot, ids).await
             }
-            Err(e) => Err(crate::db::describe(&e)),
+            Err(e) => Err(crate::store::db::describe(&e)),
         }
     }
 
@@ -713,7 +719,7 @@ impl Inner {
             {
                 Ok(rows) => slot.handled(rows.len(), started),
                 Err(e) if is_row_fault(&e) => {
-                    let error = crate::db::describe(&e);
+                    let error = crate::store::db::describe(&e);
                     let failure = lease::record_failure(
                         &**client,
                         name,
@@ -724,10 +730,10 @@ impl Inner {
                         false,
                     )
                     .await
-                    .map_err(|e| crate::db::describe(&e))?;
+                    .map_err(|e| crate::store::db::describe(&e))?;
                     self.after_failure(slot, id, &error, &failure);
                 }
-                Err(e) => return Err(crate::db::describe(&e)),
+                Err(e) => return Err(crate::store::db::describe(&e)),
             }
         }
         Ok(())
@@ -785,7 +791,7 @@ impl Inner {
                     ],
                 )
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                .map_err(|e| crate::store::db::describe(&e))?;
             drop(client);
             for (row, permit) in rows.iter().zip(permits) {
                 let lease = Lease {
@@ -847,7 +853,7 @@ impl Inner {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 lease::release(&**client, lease)
                     .await
-                    .map_err(|e| crate::db::describe(&e))?;
+                    .map_err(|e| crate::store::db::describe(&e))?;
                 tracing::debug!("done");
                 return Ok(());
             }
@@ -855,7 +861,7 @@ impl Inner {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 if lease::postpone(&**client, lease, delay)
                     .await
-                    .map_err(|e| crate::db::describe(&e))?
+                    .map_err(|e| crate::store::db::describe(&e))?
                 {
                     self.wake_later(slot, &lease.row_id, delay);
                 }
@@ -880,7 +886,7 @@ impl Inner {
             not_before,
         )
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .map_err(|e| crate::store::db::describe(&e))?;
         drop(client);
         match failure {
             Some(failure) => {

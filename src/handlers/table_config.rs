@@ -17,8 +17,8 @@
 //! name (a typo must not silently turn a column off), and every value is
 //! checked with a message naming the table and the key.
 use crate::config::RunConfig;
-use crate::handler::KeyType;
-use crate::webhook_signature::Secret;
+use crate::http::webhook_signature::Secret;
+use crate::job::handler::KeyType;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -38,7 +38,7 @@ pub enum MigrateError {
         .0.iter().map(ForeignPolicy::to_string).collect::<Vec<_>>().join("\n")
     )]
     ForeignPolicies(Vec<ForeignPolicy>),
-    #[error("migration bookkeeping failed: {}", crate::db::describe(.0))]
+    #[error("migration bookkeeping failed: {}", crate::store::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -288,7 +288,7 @@ async fn apply_locked(
             .await
             .map_err(|e| MigrateError::Apply {
                 name: m.name.to_string(),
-                message: crate::db::describe(&e),
+                message: crate::store::db::describe(&e),
             })?;
         tx.execute(
             "insert into reactor.schema_migrations (name, checksum) values ($1, $2)",

@@ -7,7 +7,7 @@
 //! authenticated and service_role, has every privilege on the `auth` schema's
 //! objects (which belong to another role), and objects it creates in `public`
 //! are granted to anon, authenticated and service_role by default.
-use crate::db::{quote_ident, quote_literal};
+use crate::store::db::{quote_ident, quote_literal};
 use tokio_postgres::Client;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum SupabaseLikeError {
 }
 
 fn setup_error(e: tokio_postgres::Error) -> SupabaseLikeError {
-    SupabaseLikeError::Setup(crate::db::describe(&e))
+    SupabaseLikeError::Setup(crate::store::db::describe(&e))
 }
 
 /// Makes `role` (created if missing) the Supabase-`postgres`-like owner of
@@ -28,7 +28,7 @@ pub async fn prepare(
     database: &str,
     role: &str,
 ) -> Result<String, SupabaseLikeError> {
-    let server = crate::db::connect(superuser_url)
+    let server = crate::store::db::connect(superuser_url)
         .await
         .map_err(|e| SupabaseLikeError::Setup(e.to_string()))?;
     // Roles are cluster-wide: create each only where it is missing, and take a
@@ -65,12 +65,12 @@ pub async fn prepare(
         .map_err(setup_error)?;
 
     let db_url = with_database(superuser_url, database, None)?;
-    let db = crate::db::connect(&db_url)
+    let db = crate::store::db::connect(&db_url)
         .await
         .map_err(|e| SupabaseLikeError::Setup(e.to_string()))?;
     // The auth pieces belong to the superuser here (to supabase_auth_admin on
     // Supabase): sql/000_supabase_compat.sql creates them as on plain Postgres.
-    db.batch_execute(crate::migrate::MIGRATIONS[0].sql)
+    db.batch_execute(crate::store::migrate::MIGRATIONS[0].sql)
         .await
         .map_err(setup_error)?;
     grant_supabase_privileges(&db, role).await?;

@@ -6,6 +6,7 @@ pub mod local;
 pub mod local_image;
 pub mod metered;
 pub mod replicate;
+pub mod storage;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -9,7 +9,7 @@
 //! NOTIFY on the channel, and sees the pings: only the nonce of the check in
 //! progress counts, so nothing sent earlier or by anyone else can pass a check. Every (re)connection is reported so
 //! the engine rescans: notifications sent while nobody listened are lost.
-use crate::notification::{self, Change, Message};
+use crate::engine::notification::{self, Change, Message};
 use backon::{ExponentialBuilder, Retryable as _};
 use futures::StreamExt as _;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl Listener {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
         loop {
             let connect = || async {
-                crate::db::connect_raw(&self.url, Some(APPLICATION_NAME))
+                crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
                     .await
                     .map_err(|e| e.to_string())
             };
@@ -123,7 +123,7 @@ impl Listener {
     async fn session(
         &self,
         client: tokio_postgres::Client,
-        mut connection: crate::db::Connection,
+        mut connection: crate::store::db::Connection,
         shutdown: &CancellationToken,
     ) -> End {
         // The nonce of the check in progress, and the last one heard back.
@@ -141,7 +141,7 @@ impl Listener {
                 let n = match message {
                     Ok(AsyncMessage::Notification(n)) => n,
                     Ok(_) => continue,
-                    Err(e) => return crate::db::describe(&e),
+                    Err(e) => return crate::store::db::describe(&e),
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.channel() == STATUS_CHANNEL {
@@ -171,7 +171,7 @@ impl Listener {
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
                 .await
             {
-                return End::Lost(crate::db::describe(&e));
+                return End::Lost(crate::store::db::describe(&e));
             }
             let mut first_check = true;
             loop {
@@ -182,10 +182,13 @@ impl Listener {
                     client
                         .execute_typed(
                             "select pg_notify($1, $2)",
-                            &[crate::db::param(&CHANNEL), crate::db::param(&ping)],
+                            &[
+                                crate::store::db::param(&CHANNEL),
+                                crate::store::db::param(&ping),
+                            ],
                         )
                         .await
-                        .map_err(|e| crate::db::describe(&e))?;
+                        .map_err(|e| crate::store::db::describe(&e))?;
                     heard
                         .wait_for(|h| *h == nonce)
                         .await

@@ -1,7 +1,7 @@
 //! Connections: one helper for single connections (migrate, the listener) and
 //! one for the work pool, plus readable errors. Every connection goes through
-//! [`crate::tls`] with the URL's (or PGSSLMODE's) `sslmode`.
-use crate::tls::{MakeTls, TlsStream};
+//! [`crate::store::tls`] with the URL's (or PGSSLMODE's) `sslmode`.
+use crate::store::tls::{MakeTls, TlsStream};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Socket};
@@ -18,7 +18,7 @@ pub enum DbError {
     #[error("building the connection pool: {0}")]
     Pool(String),
     #[error("TLS settings: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::store::tls::TlsError),
 }
 
 /// The URL's settings for tokio-postgres, with `sslmode` already applied
@@ -47,8 +47,8 @@ struct TlsParams {
     root_cert: Option<String>,
 }
 
-fn tls_settings(p: &TlsParams) -> Result<crate::tls::Settings, DbError> {
-    Ok(crate::tls::Settings::from_url_and_env(
+fn tls_settings(p: &TlsParams) -> Result<crate::store::tls::Settings, DbError> {
+    Ok(crate::store::tls::Settings::from_url_and_env(
         p.mode.as_deref(),
         p.root_cert.as_deref(),
     )?)

@@ -8,8 +8,8 @@
 //! * [`Action::Leased`]: the work happens outside the database (downloads,
 //!   provider calls), under a lease recorded in `reactor.handler_state` that is
 //!   renewed while the work runs; the final write is fenced by the lease token.
-use crate::lease::Lease;
-use crate::notification::Change;
+use crate::engine::notification::Change;
+use crate::job::lease::Lease;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -111,7 +111,7 @@ pub enum HandlerError {
 
 impl From<tokio_postgres::Error> for HandlerError {
     fn from(e: tokio_postgres::Error) -> Self {
-        HandlerError::Retry(crate::db::describe(&e))
+        HandlerError::Retry(crate::store::db::describe(&e))
     }
 }
 

@@ -1,11 +1,14 @@
 //! The HTTP surface on `REACTOR_HTTP_ADDR`: health, metrics, Replicate's
 //! webhooks, the live event stream and the dashboard.
-use crate::auth::{Auth, AuthError};
+pub mod auth;
+pub mod ops;
+pub mod webhook_signature;
+
+use crate::engine::notification::Change;
 use crate::engine::Status;
-use crate::handler::Spec;
-use crate::notification::Change;
-use crate::provider::replicate::{created_for, parse_prediction};
-use crate::webhook_signature::{self, Secret};
+use crate::http::auth::{Auth, AuthError};
+use crate::job::handler::Spec;
+use crate::providers::replicate::{created_for, parse_prediction};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use std::sync::Arc;
+use webhook_signature::Secret;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -141,16 +145,16 @@ async fn admin_summary(State(state): State<HttpState>, headers: HeaderMap) -> Re
     let summary = async {
         let client = state.pool.get().await.map_err(|e| e.to_string())?;
         let db = &**client;
-        let describe = |e: tokio_postgres::Error| crate::db::describe(&e);
+        let describe = |e: tokio_postgres::Error| crate::store::db::describe(&e);
         Ok::<_, String>(serde_json::json!({
             "ready": state.status.ready(),
-            "jobs_by_status": crate::ops::jobs_by_status(db).await.map_err(describe)?,
-            "in_flight": crate::ops::in_flight(db, 50).await.map_err(describe)?,
-            "recent_jobs": crate::ops::recent_jobs(db, 25).await.map_err(describe)?,
-            "backlog": crate::ops::backlog(db, &state.specs).await.map_err(describe)?,
-            "throughput": crate::ops::throughput(db, 10).await.map_err(describe)?,
-            "recent_failures": crate::ops::recent_failures(db, 10).await.map_err(describe)?,
-            "dead": crate::ops::dead_rows(db, 50).await.map_err(describe)?,
+            "jobs_by_status": crate::http::ops::jobs_by_status(db).await.map_err(describe)?,
+            "in_flight": crate::http::ops::in_flight(db, 50).await.map_err(describe)?,
+            "recent_jobs": crate::http::ops::recent_jobs(db, 25).await.map_err(describe)?,
+            "backlog": crate::http::ops::backlog(db, &state.specs).await.map_err(describe)?,
+            "throughput": crate::http::ops::throughput(db, 10).await.map_err(describe)?,
+            "recent_failures": crate::http::ops::recent_failures(db, 10).await.map_err(describe)?,
+            "dead": crate::http::ops::dead_rows(db, 50).await.map_err(describe)?,
         }))
     };
     match summary.await {
@@ -191,13 +195,13 @@ async fn admin_retry(
             .query_typed_one(
                 "select reactor.retry($1, $2)",
                 &[
-                    crate::db::param(&req.handler),
-                    crate::db::param(&req.row_id),
+                    crate::store::db::param(&req.handler),
+                    crate::store::db::param(&req.row_id),
                 ],
             )
             .await
             .map(|r| r.get::<_, bool>(0))
-            .map_err(|e| crate::db::describe(&e))
+            .map_err(|e| crate::store::db::describe(&e))
     };
     match retried.await {
         Ok(had_state) => Json(serde_json::json!({ "retried": had_state })).into_response(),
@@ -223,7 +227,7 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
         client
             .simple_query("select 1")
             .await
-            .map_err(|e| crate::db::describe(&e))
+            .map_err(|e| crate::store::db::describe(&e))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), db).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
@@ -324,20 +328,20 @@ async fn replicate_webhook_inner(
 async fn apply_webhook(
     pool: &Pool,
     proven_job: Option<uuid::Uuid>,
-    prediction: &crate::provider::Prediction,
+    prediction: &crate::providers::Prediction,
 ) -> Result<Option<uuid::Uuid>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client
         .transaction()
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .map_err(|e| crate::store::db::describe(&e))?;
     let found = tx
         .query_opt(
             "select id from public.generation_jobs where prediction_id = $1",
             &[&prediction.id],
         )
         .await
-        .map_err(|e| crate::db::describe(&e))?;
+        .map_err(|e| crate::store::db::describe(&e))?;
     let job = match (found, proven_job) {
         (Some(row), _) => Some(row.get::<_, uuid::Uuid>(0)),
         (None, Some(id)) => tx
@@ -349,15 +353,17 @@ async fn apply_webhook(
                 &[&id, &prediction.id],
             )
             .await
-            .map_err(|e| crate::db::describe(&e))?
+            .map_err(|e| crate::store::db::describe(&e))?
             .map(|row| row.get(0)),
         (None, None) => None,
     };
     if let Some(id) = job {
         crate::handlers::generation::apply_prediction(&*tx, id, prediction)
             .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .map_err(|e| crate::store::db::describe(&e))?;
     }
-    tx.commit().await.map_err(|e| crate::db::describe(&e))?;
+    tx.commit()
+        .await
+        .map_err(|e| crate::store::db::describe(&e))?;
     Ok(job)
 }

@@ -4,8 +4,8 @@
 //! Every claim bumps `lease_token`; the final write of an attempt locks the
 //! state row and checks owner and token, so a reactor that was paused past its
 //! lease (and was replaced) cannot commit a second effect.
-use crate::db::{param, quote_literal};
-use crate::handler::{HandlerError, Spec};
+use crate::job::handler::{HandlerError, Spec};
+use crate::store::db::{param, quote_literal};
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,10 @@ impl Lease {
 
     /// Ends a successful attempt: drops the state row and commits `tx`.
     /// Call [`Lease::hold`] on `tx` before writing the effect.
-    pub async fn finish(&self, tx: Transaction<'_>) -> Result<crate::handler::Done, HandlerError> {
+    pub async fn finish(
+        &self,
+        tx: Transaction<'_>,
+    ) -> Result<crate::job::handler::Done, HandlerError> {
         tx.execute(
             "delete from reactor.handler_state
              where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
@@ -59,7 +62,7 @@ impl Lease {
         )
         .await?;
         tx.commit().await?;
-        Ok(crate::handler::Done::Finished)
+        Ok(crate::job::handler::Done::Finished)
     }
 }
 
@@ -95,7 +98,7 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// `sql_effect` and `mark`: an SQL action's statements (see [`crate::handler::Action::Sql`]).
+    /// `sql_effect` and `mark`: an SQL action's statements (see [`crate::job::handler::Action::Sql`]).
     pub fn build(spec: &Spec, sql_effect: Option<&str>, mark: Option<&str>) -> Self {
         let Spec {
             name,

@@ -34,17 +34,21 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
         Some(url) => url,
         None => {
             println!("· starting a throwaway PostgreSQL (set DATABASE_URL to use yours)");
-            let server = crate::localpg::LocalPostgres::start().await?;
+            let server = crate::store::localpg::LocalPostgres::start().await?;
             // Everything after set-up runs as a role shaped like Supabase's
             // `postgres` (no superuser), as it would on a hosted project.
-            let url = crate::supabase_like::prepare(&server.url("postgres"), "postgres", DEMO_ROLE)
-                .await?;
+            let url = crate::store::supabase_like::prepare(
+                &server.url("postgres"),
+                "postgres",
+                DEMO_ROLE,
+            )
+            .await?;
             _server = Some(server);
             url
         }
     };
-    let mut admin = crate::db::connect(&url).await?;
-    let report = crate::migrate::run(&mut admin).await?;
+    let mut admin = crate::store::db::connect(&url).await?;
+    let report = crate::store::migrate::run(&mut admin).await?;
     println!(
         "· schema: {} migrations applied, {} already there",
         report.applied.len(),
@@ -81,10 +85,9 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
     println!("· reactor running (local image provider, storage {storage_url})");
 
     let watch_url = url.clone();
-    let watcher =
-        tokio::spawn(
-            async move { crate::watch::run(&watch_url, None, false, std::io::stdout()).await },
-        );
+    let watcher = tokio::spawn(async move {
+        crate::cli::watch::run(&watch_url, None, false, std::io::stdout()).await
+    });
 
     let user = Uuid::new_v4();
     admin
@@ -144,7 +147,7 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
             if let Err(e) = second {
                 println!(
                     "· a second submission meanwhile is refused: {}",
-                    crate::db::describe(&e)
+                    crate::store::db::describe(&e)
                 );
             }
         }
@@ -267,7 +270,7 @@ async fn as_client(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    crate::db::act_as_user(&tx, user).await?;
+    crate::store::db::act_as_user(&tx, user).await?;
     let n = tx.execute(sql, params).await?;
     tx.commit().await?;
     Ok(n)
@@ -280,7 +283,7 @@ async fn as_client_one(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Uuid, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    crate::db::act_as_user(&tx, user).await?;
+    crate::store::db::act_as_user(&tx, user).await?;
     let id = tx.query_one(sql, params).await?.get(0);
     tx.commit().await?;
     Ok(id)

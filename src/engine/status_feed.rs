@@ -10,8 +10,8 @@
 //! it never becomes an event, and a flood of them cannot make viewers lag.
 //! A row that changes twice before its hint is checked is shown once, in its
 //! current state.
-use crate::db::{param, quote_ident};
-use crate::notification::Change;
+use crate::engine::notification::Change;
+use crate::store::db::{param, quote_ident};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -241,7 +241,7 @@ impl StatusFeed {
             let rows = client
                 .query_typed(&source.select(), &[param(&keys)])
                 .await
-                .map_err(|e| crate::db::describe(&e))?;
+                .map_err(|e| crate::store::db::describe(&e))?;
             let inserted: HashMap<&str, bool> =
                 ids.iter().map(|(id, ins)| (id.as_str(), *ins)).collect();
             for row in rows {
@@ -319,7 +319,7 @@ impl StatusFeed {
                 watched_source(r.get(0), r.get(1), r.get::<_, &[u8]>(2), r.get(3))
             })),
             Err(e) => {
-                tracing::warn!(error = %crate::db::describe(&e), "looking up watched tables failed")
+                tracing::warn!(error = %crate::store::db::describe(&e), "looking up watched tables failed")
             }
         }
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());

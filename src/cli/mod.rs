@@ -1,0 +1,3 @@
+//! Commands other than `reactor run`: the offline demo and `reactor watch`.
+pub mod demo;
+pub mod watch;

@@ -1,0 +1,4 @@
+//! What a unit of work is: a handler (a pending query plus an action), the
+//! lease that fences its attempt, and what happens when it fails.
+pub mod handler;
+pub mod lease;
