@@ -9,7 +9,8 @@
 //! - [`engine`]: hearing hints (listener, status feed) and running handlers over pending rows;
 //! - [`handlers`]: one file per kind of change ("a job succeeded → its debit" is `handlers/usage.rs`);
 //! - [`providers`]: image providers and where renders are stored;
-//! - [`http`]: the HTTP server: webhooks, auth, the dashboard and its operations;
+//! - [`http`]: the HTTP server: webhooks, auth, the dashboard and its operations
+//!   (and `http::client`, what every outgoing request shares);
 //! - [`cli`]: commands other than `run` (demo, watch); [`app`] assembles `reactor run`.
 pub mod app;
 pub mod cli;

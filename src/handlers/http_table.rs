@@ -17,12 +17,12 @@
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
 use crate::handlers::table_config::{ConfigError, TableConfig, Target};
+use crate::http::client;
 use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
 use crate::job::lease::Lease;
 use crate::store::db::param;
 use crate::store::db::{quote_ident, quote_literal};
 use async_trait::async_trait;
-use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -30,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest answer read from a handler URL; what it carries goes into a row.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-/// How much of an error answer is kept in the error message.
-const MAX_ERROR_DETAIL: usize = 300;
 
 pub const ID_HEADER: &str = "X-Reactor-Id";
 pub const TIMESTAMP_HEADER: &str = "X-Reactor-Timestamp";
@@ -224,7 +222,7 @@ impl HttpTable {
     }
 
     async fn post(&self, url: &str, lease: &Lease, body: String) -> Result<Answer, HandlerError> {
-        let shown = display_url(url);
+        let shown = client::display_url(url);
         let timestamp = chrono::Utc::now().timestamp();
         let signature = crate::http::webhook_signature::sign(
             &self.cfg.http.secret,
@@ -266,26 +264,26 @@ impl HttpTable {
                 HandlerError::Retry(if e.is_timeout() {
                     format!("POST {shown}: timed out after {:?}", self.cfg.http.timeout)
                 } else {
-                    format!("POST {shown}: {}", describe_reqwest(&e))
+                    format!("POST {shown}: {}", client::error_text_without_url(&e))
                 })
             })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = read_limited(response).await.map_err(|e| {
-            HandlerError::Retry(if e.is_timeout() {
-                format!(
-                    "POST {shown}: timed out after {:?} reading the answer",
-                    self.cfg.http.timeout
-                )
-            } else {
-                format!("POST {shown}: reading the answer: {}", describe_reqwest(&e))
-            })
-        })?;
+        let retry_after = client::retry_after(response.headers());
+        let body = client::read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| {
+                HandlerError::Retry(if e.is_timeout() {
+                    format!(
+                        "POST {shown}: timed out after {:?} reading the answer",
+                        self.cfg.http.timeout
+                    )
+                } else {
+                    format!(
+                        "POST {shown}: reading the answer: {}",
+                        client::error_text_without_url(&e)
+                    )
+                })
+            })?;
         let Some(body) = body else {
             return Err(HandlerError::Retry(format!(
                 "POST {shown}: HTTP {status}, answer larger than {MAX_ANSWER_BYTES} bytes"
@@ -710,58 +708,6 @@ fn statements(cfg: &TableConfig) -> Statements {
     }
 }
 
-/// A URL fit for logs and error columns: no credentials, no query string.
-fn display_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
-        Err(_) => "(invalid URL)".into(),
-    }
-}
-
-/// reqwest's message with its causes ("error sending request" alone says little).
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut text = match e.url() {
-        // The URL is shown by the caller without its query string.
-        Some(url) => e
-            .to_string()
-            .replace(&format!(" for url ({url})"), "")
-            .replace(&format!(" ({url})"), ""),
-        None => e.to_string(),
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
-/// Reads an answer body; None when it is larger than MAX_ANSWER_BYTES.
-async fn read_limited(response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-    {
-        return Ok(None);
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
 /// `: <message>` from an error answer: its JSON `error` (or `message`) string,
 /// else the start of its text.
 fn error_detail(body: &[u8]) -> String {
@@ -770,19 +716,9 @@ fn error_detail(body: &[u8]) -> String {
     if text.is_empty() {
         return String::new();
     }
-    let from_json = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| {
-            ["error", "message"]
-                .iter()
-                .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_string))
-        });
-    let detail = from_json.unwrap_or_else(|| text.to_string());
-    let mut cut: String = detail.chars().take(MAX_ERROR_DETAIL).collect();
-    if cut.len() < detail.len() {
-        cut.push('…');
-    }
-    format!(": {cut}")
+    let detail =
+        client::json_message(text, &["error", "message"]).unwrap_or_else(|| text.to_string());
+    format!(": {}", client::truncate(&detail, client::MAX_DETAIL_CHARS))
 }
 
 /// A 2xx body: empty, or a JSON object with optional `result` and `url`.
@@ -925,7 +861,7 @@ mod tests {
     #[test]
     fn urls_in_errors_lose_credentials_and_query() {
         assert_eq!(
-            display_url("https://user:pw@h.example/p?token=secret"),
+            client::display_url("https://user:pw@h.example/p?token=secret"),
             "https://h.example/p"
         );
     }

@@ -287,10 +287,20 @@ impl Auth {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| AuthError::Invalid(format!("fetching SUPABASE_JWKS_URL: {e}")))?
+            .map_err(|e| {
+                AuthError::Invalid(format!(
+                    "fetching SUPABASE_JWKS_URL: {}",
+                    crate::http::client::error_text(&e)
+                ))
+            })?
             .json()
             .await
-            .map_err(|e| AuthError::Invalid(format!("SUPABASE_JWKS_URL is not a JWK set: {e}")))
+            .map_err(|e| {
+                AuthError::Invalid(format!(
+                    "SUPABASE_JWKS_URL is not a JWK set: {}",
+                    crate::http::client::error_text(&e)
+                ))
+            })
     }
 }
 

@@ -8,6 +8,7 @@
 //! identical input but no such proof may be another user's identical job and
 //! is reported, never adopted.
 use super::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use crate::http::client;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -71,7 +72,7 @@ impl Replicate {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(send_error(&e)))?;
+            .map_err(|e| ProviderError::Unavailable(client::error_text(&e)))?;
         read(response, false).await
     }
 }
@@ -103,29 +104,13 @@ pub fn model_input(job: &JobInput) -> Value {
     json!({ "prompt": prompt, "image_input": job.images, "output_format": "jpg" })
 }
 
-fn send_error(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    s
-}
-
 /// Reads an answer: 2xx → JSON, else the matching error. `creating`: a 2xx we
 /// cannot read may hide a created prediction.
 async fn read(response: reqwest::Response, creating: bool) -> Result<Value, ProviderError> {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let retry_after = client::retry_after(response.headers());
     let body = response.text().await.map_err(|e| {
-        let message = format!("reading the answer: {}", send_error(&e));
+        let message = format!("reading the answer: {}", client::error_text(&e));
         if creating && status.is_success() {
             ProviderError::Ambiguous(message)
         } else {
@@ -136,7 +121,7 @@ async fn read(response: reqwest::Response, creating: bool) -> Result<Value, Prov
         return serde_json::from_str(&body).map_err(|e| {
             let message = format!(
                 "HTTP {status} with a body that is not JSON ({e}): {}",
-                truncate(&body)
+                client::truncate(&body, client::MAX_DETAIL_CHARS)
             );
             if creating {
                 ProviderError::Ambiguous(message)
@@ -154,29 +139,12 @@ async fn read(response: reqwest::Response, creating: bool) -> Result<Value, Prov
     if status.is_server_error() {
         return Err(ProviderError::Unavailable(format!(
             "HTTP {status}: {}",
-            truncate(&body)
+            client::truncate(&body, client::MAX_DETAIL_CHARS)
         )));
     }
-    let message = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.get("detail")
-                .or_else(|| v.get("title"))
-                .or_else(|| v.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| truncate(&body));
+    let message = client::json_message(&body, &["detail", "title", "error"])
+        .unwrap_or_else(|| client::truncate(&body, client::MAX_DETAIL_CHARS));
     Err(ProviderError::Rejected(format!("HTTP {status}: {message}")))
-}
-
-fn truncate(s: &str) -> String {
-    let t: String = s.chars().take(300).collect();
-    if t.len() < s.len() {
-        format!("{t}…")
-    } else {
-        t
-    }
 }
 
 /// The job a prediction object was created for: the `job_id` query
@@ -244,9 +212,9 @@ impl Provider for Replicate {
         let response = self.create_request(body).send().await.map_err(|e| {
             // Refused or unresolvable: the request never reached Replicate.
             if e.is_connect() {
-                ProviderError::Unavailable(send_error(&e))
+                ProviderError::Unavailable(client::error_text(&e))
             } else {
-                ProviderError::Ambiguous(send_error(&e))
+                ProviderError::Ambiguous(client::error_text(&e))
             }
         })?;
         let value = read(response, true).await?;
@@ -268,7 +236,7 @@ impl Provider for Replicate {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(send_error(&e)))?;
+            .map_err(|e| ProviderError::Unavailable(client::error_text(&e)))?;
         read(response, false).await.map(|_| ())
     }
 
