@@ -15,7 +15,7 @@ pub enum AppError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
-    OwnTables(#[from] crate::handlers::http_table::OwnTablesError),
+    OwnTables(#[from] crate::handlers::own_tables::OwnTablesError),
     #[error("REPLICATE_WEBHOOK_SECRET: {0}")]
     WebhookSecret(crate::http::webhook_signature::SignatureError),
     #[error("cannot listen on REACTOR_HTTP_ADDR {addr}: {source}")]
@@ -44,7 +44,7 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         .map_err(AppError::WebhookSecret)?
         .map(Arc::new);
     // REACTOR_CONFIG is checked before anything starts or connects.
-    let own_tables = crate::handlers::http_table::OwnTables::load(&cfg)?;
+    let own_tables = crate::handlers::own_tables::OwnTables::load(&cfg)?;
     let mut handlers = crate::handlers::builtin(&cfg).await?;
     handlers.extend(own_tables.handlers());
     let bind_error = |source| AppError::Bind {
@@ -61,7 +61,9 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
     ));
     let engine = Engine::new(cfg, handlers, shutdown.clone())?;
     let status = engine.status();
-    own_tables.spawn_checks(engine.pool(), shutdown.clone());
+    // The own tables' checks run beside the engine and end with it.
+    let stop_checks = shutdown.child_token();
+    let checks = own_tables.checks(engine.pool(), stop_checks.clone());
     let router = http::router(HttpState {
         pool: engine.pool(),
         status: status.clone(),
@@ -81,7 +83,14 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         }
     });
     tracing::info!(%http_addr, "HTTP server listening");
-    let handle = tokio::spawn(engine.run());
+    let handle = tokio::spawn(async move {
+        let run = async {
+            let ended = engine.run().await;
+            stop_checks.cancel();
+            ended
+        };
+        tokio::join!(run, checks).0
+    });
     Ok(App {
         status,
         http_addr,

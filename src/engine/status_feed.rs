@@ -11,6 +11,7 @@
 //! A row that changes twice before its hint is checked is shown once, in its
 //! current state.
 use crate::engine::notification::Change;
+use crate::job::handler::KeyType;
 use crate::store::db::{param, quote_ident};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,44 +41,20 @@ struct Source {
     /// The table as SQL (`regclass` text, quoted as needed).
     table: String,
     key: String,
-    key_kind: KeyKind,
+    key_type: KeyType,
     status: String,
     owner: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum KeyKind {
-    Uuid,
-    Integer,
-    Text,
-}
-
-impl KeyKind {
-    fn of(sql_type: &str) -> Option<KeyKind> {
-        match sql_type {
-            "uuid" => Some(KeyKind::Uuid),
-            "smallint" | "integer" | "bigint" => Some(KeyKind::Integer),
-            "text" => Some(KeyKind::Text),
-            t if t.starts_with("character varying") => Some(KeyKind::Text),
-            _ => None,
-        }
-    }
-
-    /// Whether `id` can be a key of this kind (so garbage never reaches SQL casts).
-    fn accepts(self, id: &str) -> bool {
-        match self {
-            KeyKind::Uuid => uuid::Uuid::parse_str(id).is_ok(),
-            KeyKind::Integer => id.parse::<i64>().is_ok(),
-            KeyKind::Text => true,
-        }
-    }
-
-    fn sql_array(self) -> &'static str {
-        match self {
-            KeyKind::Uuid => "uuid[]",
-            KeyKind::Integer => "bigint[]",
-            KeyKind::Text => "text[]",
-        }
+/// The key type of a watched table, from its column's SQL type (None: a type
+/// the feed does not follow). Integers of every width are read as bigint.
+fn key_type_of(sql_type: &str) -> Option<KeyType> {
+    match sql_type {
+        "uuid" => Some(KeyType::Uuid),
+        "smallint" | "integer" | "bigint" => Some(KeyType::Bigint),
+        "text" => Some(KeyType::Text),
+        t if t.starts_with("character varying") => Some(KeyType::Text),
+        _ => None,
     }
 }
 
@@ -87,7 +64,7 @@ impl Source {
             name: "generation_jobs".into(),
             table: "public.generation_jobs".into(),
             key: "id".into(),
-            key_kind: KeyKind::Uuid,
+            key_type: KeyType::Uuid,
             status: "status".into(),
             owner: Some("owner_id".into()),
         }
@@ -100,11 +77,11 @@ impl Source {
         });
         format!(
             "select t.{key}::text, t.{status}::text, {owner} from {table} t
-             where t.{key} = any($1::text[]::{array})",
+             where t.{key} = any($1::text[]::{key_type}[])",
             key = quote_ident(&self.key),
             status = quote_ident(&self.status),
             table = self.table,
-            array = self.key_kind.sql_array(),
+            key_type = self.key_type.sql(),
         )
     }
 }
@@ -130,7 +107,7 @@ fn watched_source(name: String, table: String, args: &[u8], key_type: &str) -> O
         name,
         table,
         key,
-        key_kind: KeyKind::of(key_type)?,
+        key_type: key_type_of(key_type)?,
         status,
         owner,
     })
@@ -230,7 +207,7 @@ impl StatusFeed {
         let mut by_source: HashMap<usize, Vec<(String, bool)>> = HashMap::new();
         for ((table, id), inserted) in batch {
             for (i, source) in sources.iter().enumerate() {
-                if source.name == table && source.key_kind.accepts(&id) {
+                if source.name == table && source.key_type.accepts(&id) {
                     by_source.entry(i).or_default().push((id.clone(), inserted));
                 }
             }
@@ -347,15 +324,15 @@ mod tests {
             ("id", "status", Some("user_id"))
         );
         let s = watched_source("t".into(), "t".into(), b"k\0state\0\0", "bigint").unwrap();
-        assert_eq!((s.owner, s.key_kind), (None, KeyKind::Integer));
+        assert_eq!((s.owner, s.key_type), (None, KeyType::Bigint));
         assert!(watched_source("t".into(), "t".into(), b"k\0s\0\0", "point").is_none());
     }
 
     #[test]
     fn ids_that_cannot_be_keys_never_reach_sql() {
-        assert!(!KeyKind::Uuid.accepts("1; drop table x"));
-        assert!(!KeyKind::Integer.accepts("12a"));
-        assert!(KeyKind::Integer.accepts("12"));
-        assert!(KeyKind::Text.accepts("anything"));
+        assert!(!KeyType::Uuid.accepts("1; drop table x"));
+        assert!(!KeyType::Bigint.accepts("12a"));
+        assert!(KeyType::Bigint.accepts("12"));
+        assert!(KeyType::Text.accepts("anything"));
     }
 }

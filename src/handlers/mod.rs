@@ -1,7 +1,7 @@
 //! The built-in handlers. Each file says what happens for one kind of change.
 pub mod favorites;
 pub mod generation;
-pub mod http_table;
+pub mod own_tables;
 pub mod renders;
 pub mod table_config;
 pub mod usage;

@@ -13,9 +13,9 @@
 //! url = "https://worker.example.com/shadow"
 //! ```
 //!
-//! Every key is listed in README-own-table.md. Unknown keys are refused by
-//! name (a typo must not silently turn a column off), and every value is
-//! checked with a message naming the table and the key.
+//! Every key is listed in README.md, "Config reference (`REACTOR_CONFIG`)".
+//! Unknown keys are refused by name (a typo must not silently turn a column
+//! off), and every value is checked with a message naming the table and the key.
 use crate::config::RunConfig;
 use crate::http::webhook_signature::Secret;
 use crate::job::handler::KeyType;
@@ -64,8 +64,8 @@ struct RawTable {
     name: String,
     #[serde(default = "default_key")]
     key: String,
-    #[serde(default)]
-    key_type: RawKeyType,
+    #[serde(default = "default_key_type")]
+    key_type: KeyType,
     #[serde(default = "default_status_column")]
     status_column: String,
     #[serde(default = "default_pending")]
@@ -83,15 +83,6 @@ struct RawTable {
     http: RawHttp,
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum RawKeyType {
-    #[default]
-    Uuid,
-    Bigint,
-    Text,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
@@ -104,6 +95,9 @@ struct RawHttp {
 
 fn default_key() -> String {
     "id".into()
+}
+fn default_key_type() -> KeyType {
+    KeyType::Uuid
 }
 fn default_status_column() -> String {
     "status".into()
@@ -448,11 +442,7 @@ impl Checker<'_> {
             schema,
             table,
             key,
-            key_type: match raw.key_type {
-                RawKeyType::Uuid => KeyType::Uuid,
-                RawKeyType::Bigint => KeyType::Bigint,
-                RawKeyType::Text => KeyType::Text,
-            },
+            key_type: raw.key_type,
             status,
             result_column,
             url_column,

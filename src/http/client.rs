@@ -134,6 +134,14 @@ mod tests {
     }
 
     #[test]
+    fn urls_in_errors_lose_credentials_and_query() {
+        assert_eq!(
+            display_url("https://user:pw@h.example/p?token=secret"),
+            "https://h.example/p"
+        );
+    }
+
+    #[test]
     fn truncation_counts_characters_and_marks_the_cut() {
         assert_eq!(truncate("abc", 3), "abc");
         assert_eq!(truncate("abcd", 3), "abc…");

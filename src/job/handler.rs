@@ -35,7 +35,9 @@ pub struct Spec {
     pub statuses: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The type of a table's primary key (as written in REACTOR_CONFIG's `key_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KeyType {
     Uuid,
     Bigint,
