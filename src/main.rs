@@ -1,5 +1,6 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Turns a Supabase/Postgres database into an event-driven system.
@@ -72,12 +73,19 @@ enum Command {
         /// In-flight jobs older than this are reported as stuck.
         #[arg(long, env = "REACTOR_STUCK_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
         stuck_after: Duration,
+        /// TOML file declaring your own job tables (as for `reactor run`): their handlers are listed too.
+        #[arg(long, env = "REACTOR_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Bring a dead row back: `reactor retry generation_jobs <id>`.
     Retry {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// The row's table (e.g. generation_jobs, profiles).
+        /// TOML file declaring your own job tables (as for `reactor run`): their rows can be retried too.
+        #[arg(long, env = "REACTOR_CONFIG")]
+        config: Option<PathBuf>,
+        /// The row's table (e.g. generation_jobs, profiles, public.image_jobs), or one
+        /// handler's name as `reactor status` lists it (e.g. http:public.image_jobs).
         table: String,
         /// The row's primary key.
         id: String,
@@ -180,19 +188,26 @@ async fn main() -> anyhow::Result<()> {
         Command::Status {
             database_url,
             stuck_after,
-        } => status(&database_url, stuck_after).await?,
+            config,
+        } => status(&database_url, stuck_after, config.as_deref()).await?,
         Command::Retry {
             database_url,
+            config,
             table,
             id,
         } => {
-            let client = reactor::store::db::connect(&database_url).await?;
-            let specs = reactor::http::ops::builtin_specs(Duration::from_secs(3600));
+            // The config is checked before anything connects.
+            let specs = reactor::http::ops::specs(config.as_deref())?;
             if reactor::http::ops::handlers_of(&table, &specs).is_empty() {
+                let own = match &config {
+                    Some(path) => format!("your own tables in {}", path.display()),
+                    None => "your own tables: set REACTOR_CONFIG or --config".to_string(),
+                };
                 anyhow::bail!(
-                    "no handler works on table {table:?} (built-in: generation_jobs, profiles)"
+                    "no handler works on table {table:?} (built-in: generation_jobs, profiles; {own})"
                 );
             }
+            let client = reactor::store::db::connect(&database_url).await?;
             let cleared = reactor::http::ops::retry(&client, &table, &id, &specs).await?;
             if cleared.is_empty() {
                 println!("{table} {id}: nothing to retry (no handler has given up on it)");
@@ -219,10 +234,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(database_url: &str, stuck_after: Duration) -> anyhow::Result<()> {
+async fn status(
+    database_url: &str,
+    stuck_after: Duration,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
     use reactor::http::ops;
+    // The config is checked before anything connects.
+    let specs = ops::specs(config)?;
     let client = reactor::store::db::connect(database_url).await?;
-    let specs = ops::builtin_specs(Duration::from_secs(3600));
     println!(
         "backlog per handler (pending, counted up to {}):",
         ops::BACKLOG_CAP

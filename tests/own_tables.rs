@@ -1412,3 +1412,137 @@ async fn a_table_whose_pending_query_is_index_served_gets_no_index_warning() {
         s.logs()
     );
 }
+
+// ---------------------------------------------------------------------------
+// The CLI reads REACTOR_CONFIG too
+
+/// Runs the `reactor` binary against `database_url`, without REACTOR_HTTP_SECRET
+/// (reading state signs nothing); `env` sets more variables.
+fn cli(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("REACTOR_CONFIG")
+        .env_remove("REACTOR_HTTP_SECRET")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn stdout_of(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn reactor_status_and_retry_see_the_own_tables_of_reactor_config() {
+    let s = setup(IMAGE_JOBS).await;
+    let owner = auth_user(&s.client).await;
+    let id = s.submit(owner, None, FAIL).await;
+    let handler = "http:public.image_jobs";
+    s.client
+        .execute(
+            "insert into reactor.handler_state (handler, row_id, attempts, last_error, dead_at)
+             values ($1, $2, 5, 'POST …: HTTP 500: renderer crashed', now())",
+            &[&handler, &id.to_string()],
+        )
+        .await
+        .unwrap();
+    let config = s.config.to_str().unwrap();
+    let with_config = [("REACTOR_CONFIG", config)];
+
+    let status = stdout_of(&["status"], cli(&s.db.url, &["status"], &with_config));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(handler) && l.contains("1 pending") && l.contains("1 dead")),
+        "the own table's handler is listed with its backlog: {status}"
+    );
+    assert!(
+        status.contains("renderer crashed") && status.contains(&id.to_string()),
+        "{status}"
+    );
+    let flag = ["status", "--config", config];
+    let status = stdout_of(&flag, cli(&s.db.url, &flag, &[]));
+    assert!(status.contains(handler), "--config works as well: {status}");
+    let without = stdout_of(&["status"], cli(&s.db.url, &["status"], &[]));
+    assert!(
+        !without
+            .lines()
+            .any(|l| l.contains(handler) && l.contains("pending")),
+        "without it the table has no backlog line (its dead row is still listed): {without}"
+    );
+
+    let retry = ["retry", "public.image_jobs", &id.to_string()];
+    let bad = cli(&s.db.url, &retry, &[]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("no handler") && stderr.contains("REACTOR_CONFIG"),
+        "without the config the table is unknown, and the error says where tables come from: {stderr}"
+    );
+    let retried = stdout_of(&retry, cli(&s.db.url, &retry, &with_config));
+    assert!(
+        retried.contains(&format!("retrying for {handler}")),
+        "{retried}"
+    );
+    assert_eq!(
+        count(&s.client, "select count(*) from reactor.handler_state").await,
+        0
+    );
+    // By handler name as well (what `reactor status` lists).
+    s.client
+        .execute(
+            "insert into reactor.handler_state (handler, row_id, attempts, last_error, dead_at)
+             values ($1, $2, 5, 'again', now())",
+            &[&handler, &id.to_string()],
+        )
+        .await
+        .unwrap();
+    let by_name = ["retry", handler, &id.to_string()];
+    let retried = stdout_of(&by_name, cli(&s.db.url, &by_name, &with_config));
+    assert!(
+        retried.contains(&format!("retrying for {handler}")),
+        "{retried}"
+    );
+}
+
+#[tokio::test]
+async fn reactor_status_and_retry_refuse_a_bad_config_file_with_the_reason() {
+    // Checked before anything connects: no database needed.
+    let nowhere = "postgres://nobody@127.0.0.1:1/nothing";
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[table]]\nname = \"image_jobs\"\nsucceeded = \"completed\"\nfailed = \"failed\"\n\
+         error_column = \"error_message\"\n[table.http]\nurl = \"http://127.0.0.1:1/\"\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.toml");
+    for path in [&bad, &missing] {
+        let path = path.to_str().unwrap();
+        for args in [&["status"][..], &["retry", "image_jobs", "1"][..]] {
+            let out = cli(nowhere, args, &[("REACTOR_CONFIG", path)]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} with {path}");
+            assert!(
+                stderr.contains(&format!("REACTOR_CONFIG {path}")),
+                "{args:?}: the error names the file: {stderr}"
+            );
+        }
+    }
+    let out = cli(
+        nowhere,
+        &["status"],
+        &[("REACTOR_CONFIG", bad.to_str().unwrap())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`name` must be schema.table"),
+        "and the bad key: {stderr}"
+    );
+}

@@ -178,16 +178,20 @@ pub fn load(cfg: &RunConfig) -> Result<Vec<TableConfig>, ConfigError> {
     let Some(path) = &cfg.config else {
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
     parse(
-        &text,
+        &read(path)?,
         path,
         cfg.http_secret.as_deref(),
         cfg.max_attempts as i64,
     )
+}
+
+/// The text of the config file at `path`.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Parses and checks a config file's text. `env_secret` is REACTOR_HTTP_SECRET,

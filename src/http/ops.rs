@@ -2,9 +2,11 @@
 //! the dashboard): answered from the database alone, so it works from any
 //! machine and with no reactor running.
 use crate::handlers;
+use crate::handlers::table_config::ConfigError;
 use crate::job::handler::Spec;
 use crate::store::db::param;
 use serde::Serialize;
+use std::path::Path;
 use std::time::Duration;
 use tokio_postgres::GenericClient;
 
@@ -20,6 +22,16 @@ pub fn builtin_specs(late_window: Duration) -> Vec<Spec> {
         handlers::usage::handler().spec,
         handlers::favorites::handler().spec,
     ]
+}
+
+/// The handlers `reactor status` and `reactor retry` know: the built-in ones
+/// and, with a REACTOR_CONFIG file, one per table of yours.
+pub fn specs(config: Option<&Path>) -> Result<Vec<Spec>, ConfigError> {
+    let mut specs = builtin_specs(Duration::from_secs(3600));
+    if let Some(path) = config {
+        specs.extend(handlers::own_tables::specs(path)?);
+    }
+    Ok(specs)
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -236,8 +248,12 @@ pub async fn usage_by_plan(
         .collect())
 }
 
-/// The handlers that act on `table` (schema optional).
+/// The handlers that act on `table` (schema optional), or the one handler
+/// named `table` (as `reactor status` lists it, e.g. `http:public.image_jobs`).
 pub fn handlers_of(table: &str, specs: &[Spec]) -> Vec<String> {
+    if let Some(spec) = specs.iter().find(|s| s.name == table) {
+        return vec![spec.name.clone()];
+    }
     let bare = table.rsplit('.').next().unwrap_or(table);
     specs
         .iter()
@@ -246,7 +262,8 @@ pub fn handlers_of(table: &str, specs: &[Spec]) -> Vec<String> {
         .collect()
 }
 
-/// Brings a row back for every handler of `table` that has given up on it
+/// Brings a row back for every handler of `table` (or the handler named
+/// `table`, see [`handlers_of`]) that has given up on it
 /// (or is waiting to retry it). Returns the handlers whose state was cleared.
 pub async fn retry(
     db: &impl GenericClient,

@@ -29,7 +29,7 @@ pub use signed_client::{
     ATTEMPT_HEADER, ID_HEADER, SIGNATURE_HEADER, TABLE_HEADER, TIMESTAMP_HEADER,
 };
 
-use crate::handlers::table_config::{ConfigError, TableConfig};
+use crate::handlers::table_config::{self, ConfigError, TableConfig};
 use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
 use crate::job::lease::Lease;
 use crate::store::db::param;
@@ -63,7 +63,7 @@ pub struct OwnTables {
 impl OwnTables {
     /// Reads and checks REACTOR_CONFIG (no file: no tables). Connects to nothing.
     pub fn load(cfg: &crate::config::RunConfig) -> Result<Self, OwnTablesError> {
-        let tables = crate::handlers::table_config::load(cfg)?
+        let tables = table_config::load(cfg)?
             .into_iter()
             .map(|t| TableHandler::new(t, cfg.sweep_interval).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -103,6 +103,27 @@ impl OwnTables {
             }
         }
     }
+}
+
+/// The handlers' specs of the tables in the REACTOR_CONFIG file at `path`,
+/// for commands that only read and clear state (`reactor status`, `reactor
+/// retry`). The file is checked as `reactor run` checks it, but for what only
+/// running needs: nothing is signed here, so no secret is required (a table
+/// without its own is checked with a throwaway one), and nothing is attempted
+/// here, so `max_attempts` is not bounded by REACTOR_MAX_ATTEMPTS.
+pub fn specs(path: &std::path::Path) -> Result<Vec<Spec>, ConfigError> {
+    use base64::Engine as _;
+    let throwaway_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    );
+    let tables = table_config::parse(
+        &table_config::read(path)?,
+        path,
+        Some(&throwaway_secret),
+        i64::from(i32::MAX),
+    )?;
+    Ok(tables.iter().map(|t| spec(t, &t.handler_name())).collect())
 }
 
 /// The leased handler of one table.
