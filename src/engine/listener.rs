@@ -135,7 +135,8 @@ impl Listener {
         let counter = received.clone();
         let sink = self.sink.clone();
         // Drives the connection and routes what arrives; ends when it closes.
-        let mut driver = tokio::spawn(async move {
+        // Polled alongside the checks below, and dropped with the session.
+        let driver = async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 let n = match message {
@@ -165,7 +166,8 @@ impl Listener {
                 }
             }
             "connection closed by the server".to_string()
-        });
+        };
+        tokio::pin!(driver);
         let end = async {
             if let Err(e) = client
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
@@ -222,12 +224,10 @@ impl Listener {
                 tokio::time::sleep(self.check_interval).await;
             }
         };
-        let end = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => End::Shutdown,
-            reason = &mut driver => End::Lost(reason.unwrap_or_else(|e| e.to_string())),
+            reason = driver => End::Lost(reason),
             end = end => end,
-        };
-        driver.abort();
-        end
+        }
     }
 }

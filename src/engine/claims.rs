@@ -1,0 +1,189 @@
+//! Leased claims: claims pending rows as worker permits allow, runs each
+//! attempt under its lease, and records how it ended (released, postponed or
+//! failed, with retries scheduled).
+use super::worker::Slot;
+use super::Inner;
+use crate::job::handler::{Done, HandlerError, LeasedWork};
+use crate::job::lease::{self, Lease};
+use crate::store::db::param;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
+
+impl Inner {
+    pub(super) fn after_failure(
+        self: &Arc<Self>,
+        slot: &Slot,
+        id: &str,
+        error: &str,
+        failure: &lease::Failure,
+    ) {
+        let name = &slot.handler.spec.name;
+        metrics::counter!("reactor_rows_failed_total", "handler" => name.clone()).increment(1);
+        if failure.dead {
+            metrics::counter!("reactor_rows_dead_total", "handler" => name.clone()).increment(1);
+            tracing::error!(handler = %name, id = %id, attempts = failure.attempts, %error, "row is dead: no more automatic retries");
+            return;
+        }
+        tracing::warn!(handler = %name, id = %id, attempt = failure.attempts, %error, retry_in_s = failure.retry_in, "attempt failed; will retry");
+        self.wake_later(slot, id, Duration::from_secs_f64(failure.retry_in));
+    }
+
+    /// Claims the pending rows among `ids` (as many as there are free worker
+    /// permits at a time) and runs each under its lease.
+    pub(super) async fn leased(
+        self: &Arc<Self>,
+        slot: &Slot,
+        work: &Arc<dyn LeasedWork>,
+        ids: &[String],
+    ) -> Result<(), String> {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                p = self.permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            };
+            let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+            while permits.len() < rest.len() {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (chunk, tail) = rest.split_at(permits.len());
+            rest = tail;
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let rows = client
+                .query_typed(
+                    &slot.statements.claim,
+                    &[
+                        param(&chunk),
+                        param(&self.instance),
+                        param(&self.cfg.lease.as_secs_f64()),
+                    ],
+                )
+                .await
+                .map_err(|e| crate::store::db::describe(&e))?;
+            drop(client);
+            for (row, permit) in rows.iter().zip(permits) {
+                let lease = Lease {
+                    handler: slot.handler.spec.name.clone(),
+                    row_id: row.get(0),
+                    owner: self.instance,
+                    token: row.get(1),
+                    attempts: row.get(2),
+                };
+                self.spawn_leased(slot.index, work.clone(), lease, permit);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_leased(
+        self: &Arc<Self>,
+        index: usize,
+        work: Arc<dyn LeasedWork>,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let inner = self.clone();
+        let span = tracing::info_span!("work", handler = %lease.handler, id = %lease.row_id, attempt = lease.attempts + 1);
+        // Owned by the task, so the heartbeat renews this lease exactly while
+        // the task lives, however it ends.
+        let live = self.live.hold(&lease);
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let started = std::time::Instant::now();
+                let outcome = work.run(&inner.pool, &lease).await;
+                if matches!(outcome, Ok(Done::Finished)) {
+                    inner.slots[index].handled(1, started);
+                }
+                if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
+                    // The database is away: stop renewing so the lease expires,
+                    // and look at the row again once it has.
+                    drop(live);
+                    tracing::warn!(error = %e, retry_in = ?inner.cfg.lease, "recording the attempt's outcome failed; the row is retried once its lease has expired");
+                    inner.wake_later(&inner.slots[index], &lease.row_id, inner.cfg.lease);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Records how a leased attempt ended and schedules what comes next.
+    async fn settle(
+        self: &Arc<Self>,
+        index: usize,
+        work: &Arc<dyn LeasedWork>,
+        lease: &Lease,
+        outcome: Result<Done, HandlerError>,
+    ) -> Result<(), String> {
+        let slot = &self.slots[index];
+        let (error, permanent, not_before) = match outcome {
+            Ok(Done::Finished) => {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                lease::release(&**client, lease)
+                    .await
+                    .map_err(|e| crate::store::db::describe(&e))?;
+                tracing::debug!("done");
+                return Ok(());
+            }
+            Ok(Done::Later(delay)) => {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                if lease::postpone(&**client, lease, delay)
+                    .await
+                    .map_err(|e| crate::store::db::describe(&e))?
+                {
+                    self.wake_later(slot, &lease.row_id, delay);
+                }
+                return Ok(());
+            }
+            Err(HandlerError::LeaseLost) => {
+                tracing::warn!("lease lost: another reactor took this row over; result discarded");
+                return Ok(());
+            }
+            Err(HandlerError::Retry(e)) => (e, false, Duration::ZERO),
+            Err(HandlerError::RetryIn(e, delay)) => (e, false, delay),
+            Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
+        };
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let failure = lease::record_leased_failure(
+            &**client,
+            lease,
+            &error,
+            self.cfg.retry_backoff,
+            self.cfg.max_attempts as i32,
+            permanent,
+            not_before,
+        )
+        .await
+        .map_err(|e| crate::store::db::describe(&e))?;
+        drop(client);
+        match failure {
+            Some(failure) => {
+                self.after_failure(slot, &lease.row_id, &error, &failure);
+                if failure.dead {
+                    if let Err(e) = work.gave_up(&self.pool, &lease.row_id, &error).await {
+                        tracing::warn!(error = %e, "recording the dead row on its table failed");
+                    }
+                }
+            }
+            None => tracing::warn!(%error, "attempt failed after the lease was lost"),
+        }
+        Ok(())
+    }
+
+    /// Puts `id` back into the slot's inbox after `delay` (sweeps are the safety net).
+    pub(super) fn wake_later(self: &Arc<Self>, slot: &Slot, id: &str, delay: Duration) {
+        let inner = self.clone();
+        let (index, id) = (slot.index, id.to_string());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => inner.slots[index].inbox.push(id),
+            }
+        });
+    }
+}

@@ -1,0 +1,57 @@
+//! Outbox drain: hints that triggers appended to reactor.outbox, for
+//! databases where the reactor cannot LISTEN (REACTOR_OUTBOX_POLL).
+use super::listener::Event;
+use super::Inner;
+use crate::store::db::param;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Inner {
+    /// Outbox mode: every `every`, takes the hints the triggers appended to
+    /// reactor.outbox (in batches), routes them as if they had been notified,
+    /// and sends their job_status notifications in one statement per batch.
+    pub(super) async fn drain_outbox(self: Arc<Self>, every: Duration) {
+        const BATCH: i64 = 10_000;
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let drained = async {
+                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                loop {
+                    let rows = client
+                        .query_typed(
+                            "with taken as (
+                               delete from reactor.outbox
+                               where ctid = any(array(select ctid from reactor.outbox limit $1))
+                               returning payload, to_status
+                             ),
+                             status as (
+                               select pg_notify('job_status', payload) from taken where to_status
+                             )
+                             select payload, (select count(*) from status) from taken",
+                            &[param(&BATCH)],
+                        )
+                        .await
+                        .map_err(|e| crate::store::db::describe(&e))?;
+                    for row in &rows {
+                        match crate::engine::notification::parse(row.get(0)) {
+                            Ok(crate::engine::notification::Message::Change(change)) => {
+                                self.route(Event::Change(change))
+                            }
+                            _ => tracing::warn!(
+                                payload = row.get::<_, &str>(0),
+                                "ignoring a malformed outbox entry"
+                            ),
+                        }
+                    }
+                    if (rows.len() as i64) < BATCH {
+                        return Ok::<(), String>(());
+                    }
+                }
+            };
+            if let Err(e) = drained.await {
+                tracing::warn!(error = %e, "draining reactor.outbox failed; will try again");
+            }
+        }
+    }
+}
