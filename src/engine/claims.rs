@@ -4,8 +4,8 @@
 use super::worker::Slot;
 use super::Inner;
 use crate::job::handler::{Done, HandlerError, LeasedWork};
-use crate::job::lease::{self, Lease};
-use crate::store::db::param;
+use crate::job::lease::Lease;
+use crate::store::handler_state;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -17,7 +17,7 @@ impl Inner {
         slot: &Slot,
         id: &str,
         error: &str,
-        failure: &lease::Failure,
+        failure: &handler_state::Failure,
     ) {
         let name = &slot.handler.spec.name;
         metrics::counter!("reactor_rows_failed_total", "handler" => name.clone()).increment(1);
@@ -54,25 +54,19 @@ impl Inner {
             let (chunk, tail) = rest.split_at(permits.len());
             rest = tail;
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let rows = client
-                .query_typed(
-                    &slot.statements.claim,
-                    &[
-                        param(&chunk),
-                        param(&self.instance),
-                        param(&self.cfg.lease.as_secs_f64()),
-                    ],
-                )
+            let claims = slot
+                .statements
+                .claim(&**client, chunk, self.instance, self.cfg.lease)
                 .await
                 .map_err(|e| crate::store::db::describe(&e))?;
             drop(client);
-            for (row, permit) in rows.iter().zip(permits) {
+            for (claim, permit) in claims.into_iter().zip(permits) {
                 let lease = Lease {
                     handler: slot.handler.spec.name.clone(),
-                    row_id: row.get(0),
+                    row_id: claim.row_id,
                     owner: self.instance,
-                    token: row.get(1),
-                    attempts: row.get(2),
+                    token: claim.token,
+                    attempts: claim.attempts,
                 };
                 self.spawn_leased(slot.index, work.clone(), lease, permit);
             }
@@ -124,7 +118,7 @@ impl Inner {
         let (error, permanent, not_before) = match outcome {
             Ok(Done::Finished) => {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                lease::release(&**client, lease)
+                handler_state::release(&**client, lease)
                     .await
                     .map_err(|e| crate::store::db::describe(&e))?;
                 tracing::debug!("done");
@@ -132,7 +126,7 @@ impl Inner {
             }
             Ok(Done::Later(delay)) => {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                if lease::postpone(&**client, lease, delay)
+                if handler_state::postpone(&**client, lease, delay)
                     .await
                     .map_err(|e| crate::store::db::describe(&e))?
                 {
@@ -149,7 +143,7 @@ impl Inner {
             Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
         };
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
-        let failure = lease::record_leased_failure(
+        let failure = handler_state::record_leased_failure(
             &**client,
             lease,
             &error,

@@ -1,6 +1,6 @@
 //! Heartbeat: renews the leases of attempts running in this process.
 use super::Inner;
-use crate::job::lease;
+use crate::store::handler_state;
 use std::sync::Arc;
 
 impl Inner {
@@ -10,7 +10,7 @@ impl Inner {
             ticker.tick().await;
             let renewed = async {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                lease::renew(&**client, self.instance, &self.live, self.cfg.lease)
+                handler_state::renew(&**client, self.instance, &self.live, self.cfg.lease)
                     .await
                     .map_err(|e| crate::store::db::describe(&e))
             };

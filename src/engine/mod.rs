@@ -28,7 +28,8 @@ mod worker;
 
 use crate::config::RunConfig;
 use crate::job::handler::{Action, Handler};
-use crate::job::lease::{self, Statements};
+use crate::job::lease;
+use crate::store::pending::Statements;
 use deadpool_postgres::Pool;
 use inbox::Inbox;
 use listener::Listener;
@@ -268,7 +269,7 @@ impl Engine {
         // The heartbeat renewed the leases of in-flight work until now.
         inner.services.stop().await;
         match inner.pool.get().await {
-            Ok(client) => match lease::release_all(&**client, inner.instance).await {
+            Ok(client) => match crate::store::handler_state::release_all(&**client, inner.instance).await {
                 Ok(_) => tracing::info!("leases released"),
                 Err(e) => {
                     tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")

@@ -2,7 +2,6 @@
 //! databases where the reactor cannot LISTEN (REACTOR_OUTBOX_POLL).
 use super::listener::Event;
 use super::Inner;
-use crate::store::db::param;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,33 +17,18 @@ impl Inner {
             let drained = async {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 loop {
-                    let rows = client
-                        .query_typed(
-                            "with taken as (
-                               delete from reactor.outbox
-                               where ctid = any(array(select ctid from reactor.outbox limit $1))
-                               returning payload, to_status
-                             ),
-                             status as (
-                               select pg_notify('job_status', payload) from taken where to_status
-                             )
-                             select payload, (select count(*) from status) from taken",
-                            &[param(&BATCH)],
-                        )
+                    let payloads = crate::store::outbox::take(&**client, BATCH)
                         .await
                         .map_err(|e| crate::store::db::describe(&e))?;
-                    for row in &rows {
-                        match crate::engine::notification::parse(row.get(0)) {
+                    for payload in &payloads {
+                        match crate::engine::notification::parse(payload) {
                             Ok(crate::engine::notification::Message::Change(change)) => {
                                 self.route(Event::Change(change))
                             }
-                            _ => tracing::warn!(
-                                payload = row.get::<_, &str>(0),
-                                "ignoring a malformed outbox entry"
-                            ),
+                            _ => tracing::warn!(%payload, "ignoring a malformed outbox entry"),
                         }
                     }
-                    if (rows.len() as i64) < BATCH {
+                    if (payloads.len() as i64) < BATCH {
                         return Ok::<(), String>(());
                     }
                 }

@@ -8,13 +8,8 @@ impl Inner {
         loop {
             let check = async {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                client
-                    .query_typed_one(
-                        "select to_regclass('reactor.handler_state') is not null",
-                        &[],
-                    )
+                crate::store::handler_state::exists(&**client)
                     .await
-                    .map(|row| row.get::<_, bool>(0))
                     .map_err(|e| crate::store::db::describe(&e))
             };
             match check.await {

@@ -2,7 +2,6 @@
 use super::worker::Slot;
 use super::Inner;
 use crate::job::handler::Action;
-use crate::store::db::param;
 use std::sync::Arc;
 
 impl Inner {
@@ -32,8 +31,9 @@ impl Inner {
         const BATCH: i64 = 1000;
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         loop {
-            let forgotten = client
-                .execute_typed(&slot.statements.forget, &[param(&BATCH)])
+            let forgotten = slot
+                .statements
+                .forget(&**client, BATCH)
                 .await
                 .map_err(|e| crate::store::db::describe(&e))?;
             if forgotten > 0 {

@@ -5,8 +5,8 @@
 use super::inbox::Inbox;
 use super::Inner;
 use crate::job::handler::{Action, Handler};
-use crate::job::lease::{self, Statements};
-use crate::store::db::param;
+use crate::store::handler_state;
+use crate::store::pending::Statements;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,20 +39,6 @@ impl Slot {
         metrics::counter!("reactor_sweep_rows_examined_total", "handler" => name.clone())
             .increment(found as u64);
         metrics::gauge!("reactor_backlog", "handler" => name).set(found as f64);
-    }
-}
-
-/// Parameters of a page statement: the limit, and the key to start after (if any).
-fn page_params<'a>(
-    limit: &'a i64,
-    after: &'a Option<String>,
-) -> Vec<(
-    &'a (dyn tokio_postgres::types::ToSql + Sync),
-    tokio_postgres::types::Type,
-)> {
-    match after {
-        None => vec![param(limit)],
-        Some(after) => vec![param(limit), param(after)],
     }
 }
 
@@ -157,21 +143,19 @@ impl Inner {
         loop {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             let started = std::time::Instant::now();
-            let page: Vec<String> = match (
-                &slot.handler.action,
-                slot.statements.effect_page(&after),
-            ) {
-                (Action::Sql { .. }, Some(effect_page)) => {
-                    match client
-                        .query_typed(effect_page, &page_params(&limit, &after))
+            let page: Vec<String> = match &slot.handler.action {
+                Action::Sql { .. } => {
+                    match slot
+                        .statements
+                        .effect_page(&**client, limit, after.as_deref())
                         .await
                     {
-                        Ok(rows) => {
-                            if !rows.is_empty() {
-                                tracing::debug!(handler = %slot.handler.spec.name, rows = rows.len(), "handled a page");
-                                slot.handled(rows.len(), started);
+                        Ok(ids) => {
+                            if !ids.is_empty() {
+                                tracing::debug!(handler = %slot.handler.spec.name, rows = ids.len(), "handled a page");
+                                slot.handled(ids.len(), started);
                             }
-                            rows.iter().map(|r| r.get(0)).collect()
+                            ids
                         }
                         Err(e) if is_row_fault(&e) => {
                             tracing::warn!(handler = %slot.handler.spec.name, error = %crate::store::db::describe(&e), "a page failed; retrying its rows one by one");
@@ -183,14 +167,11 @@ impl Inner {
                         Err(e) => return Err(crate::store::db::describe(&e)),
                     }
                 }
-                (Action::Leased(work), _) => {
+                Action::Leased(work) => {
                     let ids = self.pending_page(&client, slot, limit, &after).await?;
                     drop(client);
                     self.leased(slot, work, &ids).await?;
                     ids
-                }
-                (Action::Sql { .. }, None) => {
-                    unreachable!("SQL actions always have an effect statement")
                 }
             };
             found += page.len();
@@ -203,36 +184,27 @@ impl Inner {
 
     async fn pending_page(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &tokio_postgres::Client,
         slot: &Slot,
         limit: i64,
         after: &Option<String>,
     ) -> Result<Vec<String>, String> {
-        let rows = client
-            .query_typed(
-                slot.statements.pending_page(after),
-                &page_params(&limit, after),
-            )
+        slot.statements
+            .pending_page(client, limit, after.as_deref())
             .await
-            .map_err(|e| crate::store::db::describe(&e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+            .map_err(|e| crate::store::db::describe(&e))
     }
 
     /// SQL action over notified ids: one statement for the batch; if the batch
     /// fails because of some row, each row on its own so one bad row cannot
     /// hold back the others.
     async fn sql_ids(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
-        let effect = slot
-            .statements
-            .effect_by_ids
-            .as_deref()
-            .expect("SQL action");
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let started = std::time::Instant::now();
-        match client.query_typed(effect, &[param(&ids)]).await {
-            Ok(rows) => {
-                slot.handled(rows.len(), started);
-                tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled = rows.len(), "handled notified rows");
+        match slot.statements.effect_by_ids(&**client, ids).await {
+            Ok(handled) => {
+                slot.handled(handled, started);
+                tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled, "handled notified rows");
                 Ok(())
             }
             Err(e) if is_row_fault(&e) => {
@@ -244,25 +216,21 @@ impl Inner {
     }
 
     async fn sql_one_by_one(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
-        let effect = slot
-            .statements
-            .effect_by_ids
-            .as_deref()
-            .expect("SQL action");
         let name = &slot.handler.spec.name;
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         for id in ids {
             let span = tracing::info_span!("work", handler = %name, id = %id);
             let _enter = span.enter();
             let started = std::time::Instant::now();
-            match client
-                .query_typed(effect, &[param(&vec![id.clone()])])
+            match slot
+                .statements
+                .effect_by_ids(&**client, std::slice::from_ref(id))
                 .await
             {
-                Ok(rows) => slot.handled(rows.len(), started),
+                Ok(handled) => slot.handled(handled, started),
                 Err(e) if is_row_fault(&e) => {
                     let error = crate::store::db::describe(&e);
-                    let failure = lease::record_failure(
+                    let failure = handler_state::record_failure(
                         &**client,
                         name,
                         id,
