@@ -1,6 +1,7 @@
 //! Leased claims: claims pending rows as worker permits allow, runs each
 //! attempt under its lease, and records how it ended (released, postponed or
 //! failed, with retries scheduled).
+use super::error::ServiceError;
 use super::worker::Slot;
 use super::Inner;
 use crate::job::handler::{Done, HandlerError, LeasedWork};
@@ -37,12 +38,12 @@ impl Inner {
         slot: &Slot,
         work: &Arc<dyn LeasedWork>,
         ids: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<(), ServiceError> {
         let mut rest = ids;
         while !rest.is_empty() {
             let first = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
-                p = self.permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+                p = self.permits.clone().acquire_owned() => p?,
             };
             let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
             while permits.len() < rest.len() {
@@ -53,12 +54,11 @@ impl Inner {
             }
             let (chunk, tail) = rest.split_at(permits.len());
             rest = tail;
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self.pool.get().await?;
             let claims = slot
                 .statements
                 .claim(&**client, chunk, self.instance, self.cfg.lease)
-                .await
-                .map_err(|e| crate::store::db::describe(&e))?;
+                .await?;
             drop(client);
             for (claim, permit) in claims.into_iter().zip(permits) {
                 let lease = Lease {
@@ -113,23 +113,18 @@ impl Inner {
         work: &Arc<dyn LeasedWork>,
         lease: &Lease,
         outcome: Result<Done, HandlerError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ServiceError> {
         let slot = &self.slots[index];
         let (error, permanent, not_before) = match outcome {
             Ok(Done::Finished) => {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                handler_state::release(&**client, lease)
-                    .await
-                    .map_err(|e| crate::store::db::describe(&e))?;
+                let client = self.pool.get().await?;
+                handler_state::release(&**client, lease).await?;
                 tracing::debug!("done");
                 return Ok(());
             }
             Ok(Done::Later(delay)) => {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                if handler_state::postpone(&**client, lease, delay)
-                    .await
-                    .map_err(|e| crate::store::db::describe(&e))?
-                {
+                let client = self.pool.get().await?;
+                if handler_state::postpone(&**client, lease, delay).await? {
                     self.wake_later(slot, &lease.row_id, delay);
                 }
                 return Ok(());
@@ -142,7 +137,7 @@ impl Inner {
             Err(HandlerError::RetryIn(e, delay)) => (e, false, delay),
             Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
         };
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self.pool.get().await?;
         let failure = handler_state::record_leased_failure(
             &**client,
             lease,
@@ -152,8 +147,7 @@ impl Inner {
             permanent,
             not_before,
         )
-        .await
-        .map_err(|e| crate::store::db::describe(&e))?;
+        .await?;
         drop(client);
         match failure {
             Some(failure) => {

@@ -1,4 +1,5 @@
 //! Heartbeat: renews the leases of attempts running in this process.
+use super::error::ServiceError;
 use super::Inner;
 use crate::store::handler_state;
 use std::sync::Arc;
@@ -9,10 +10,9 @@ impl Inner {
         loop {
             ticker.tick().await;
             let renewed = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                handler_state::renew(&**client, self.instance, &self.live, self.cfg.lease)
-                    .await
-                    .map_err(|e| crate::store::db::describe(&e))
+                let client = self.pool.get().await?;
+                handler_state::renew(&**client, self.instance, &self.live, self.cfg.lease).await?;
+                Ok::<(), ServiceError>(())
             };
             if let Err(e) = renewed.await {
                 tracing::warn!(error = %e, "renewing leases failed");

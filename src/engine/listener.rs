@@ -69,8 +69,19 @@ pub struct Listener {
 /// Why a session ended.
 enum End {
     Shutdown,
-    Lost(String),
+    Lost(Lost),
     Deaf { first_check: bool },
+}
+
+/// Why a connection was given up (it is made again).
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("{}", crate::store::db::describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("connection closed by the server")]
+    ClosedByServer,
+    #[error("listener stopped")]
+    Stopped,
 }
 
 impl Listener {
@@ -79,11 +90,8 @@ impl Listener {
     /// connection or a listener that goes deaf later is reconnected instead).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
         loop {
-            let connect = || async {
-                crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
-                    .await
-                    .map_err(|e| e.to_string())
-            };
+            let connect =
+                || async { crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME)).await };
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = connect
@@ -142,7 +150,7 @@ impl Listener {
                 let n = match message {
                     Ok(AsyncMessage::Notification(n)) => n,
                     Ok(_) => continue,
-                    Err(e) => return crate::store::db::describe(&e),
+                    Err(e) => return Lost::Db(e),
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.channel() == STATUS_CHANNEL {
@@ -165,7 +173,7 @@ impl Listener {
                     }
                 }
             }
-            "connection closed by the server".to_string()
+            Lost::ClosedByServer
         };
         tokio::pin!(driver);
         let end = async {
@@ -173,7 +181,7 @@ impl Listener {
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
                 .await
             {
-                return End::Lost(crate::store::db::describe(&e));
+                return End::Lost(e.into());
             }
             let mut first_check = true;
             loop {
@@ -189,13 +197,12 @@ impl Listener {
                                 crate::store::db::param(&ping),
                             ],
                         )
-                        .await
-                        .map_err(|e| crate::store::db::describe(&e))?;
+                        .await?;
                     heard
                         .wait_for(|h| *h == nonce)
                         .await
-                        .map_err(|_| "listener stopped".to_string())?;
-                    Ok::<(), String>(())
+                        .map_err(|_| Lost::Stopped)?;
+                    Ok::<(), Lost>(())
                 };
                 tokio::pin!(check);
                 let mut waited = Duration::ZERO;

@@ -16,6 +16,7 @@
 //! trackers: work (stopped first, with a grace period) and services (stopped
 //! once the work is done, so leases are renewed until then).
 mod claims;
+mod error;
 mod heartbeat;
 mod inbox;
 pub mod listener;
@@ -269,12 +270,14 @@ impl Engine {
         // The heartbeat renewed the leases of in-flight work until now.
         inner.services.stop().await;
         match inner.pool.get().await {
-            Ok(client) => match crate::store::handler_state::release_all(&**client, inner.instance).await {
-                Ok(_) => tracing::info!("leases released"),
-                Err(e) => {
-                    tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")
+            Ok(client) => {
+                match crate::store::handler_state::release_all(&**client, inner.instance).await {
+                    Ok(_) => tracing::info!("leases released"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")
+                    }
                 }
-            },
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "releasing leases failed; they expire on their own")
             }

@@ -1,5 +1,6 @@
 //! Outbox drain: hints that triggers appended to reactor.outbox, for
 //! databases where the reactor cannot LISTEN (REACTOR_OUTBOX_POLL).
+use super::error::ServiceError;
 use super::listener::Event;
 use super::Inner;
 use std::sync::Arc;
@@ -15,11 +16,9 @@ impl Inner {
         loop {
             ticker.tick().await;
             let drained = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                let client = self.pool.get().await?;
                 loop {
-                    let payloads = crate::store::outbox::take(&**client, BATCH)
-                        .await
-                        .map_err(|e| crate::store::db::describe(&e))?;
+                    let payloads = crate::store::outbox::take(&**client, BATCH).await?;
                     for payload in &payloads {
                         match crate::engine::notification::parse(payload) {
                             Ok(crate::engine::notification::Message::Change(change)) => {
@@ -29,7 +28,7 @@ impl Inner {
                         }
                     }
                     if (payloads.len() as i64) < BATCH {
-                        return Ok::<(), String>(());
+                        return Ok::<(), ServiceError>(());
                     }
                 }
             };

@@ -1,4 +1,5 @@
 //! Start-up: waits until the database is reachable and has the reactor's schema.
+use super::error::ServiceError;
 use super::{EngineError, Inner};
 use std::time::Duration;
 
@@ -7,10 +8,8 @@ impl Inner {
         let mut delay = Duration::from_millis(200);
         loop {
             let check = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                crate::store::handler_state::exists(&**client)
-                    .await
-                    .map_err(|e| crate::store::db::describe(&e))
+                let client = self.pool.get().await?;
+                Ok::<bool, ServiceError>(crate::store::handler_state::exists(&**client).await?)
             };
             match check.await {
                 Ok(true) => return Ok(()),

@@ -1,4 +1,5 @@
 //! The sweeper: what holds from table state alone, every sweep interval.
+use super::error::ServiceError;
 use super::worker::Slot;
 use super::Inner;
 use crate::job::handler::Action;
@@ -20,22 +21,18 @@ impl Inner {
         }
     }
 
-    async fn tidy_slot(&self, slot: &Slot) -> Result<(), String> {
+    async fn tidy_slot(&self, slot: &Slot) -> Result<(), ServiceError> {
         if let Action::Leased(work) = &slot.handler.action {
-            for id in work.sweep(&self.pool).await.map_err(|e| e.to_string())? {
+            for id in work.sweep(&self.pool).await? {
                 slot.inbox.push(id);
             }
         }
         // Bounded batches, so a large backlog of stale rows (e.g. left by an
         // older version) never becomes one long statement.
         const BATCH: i64 = 1000;
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self.pool.get().await?;
         loop {
-            let forgotten = slot
-                .statements
-                .forget(&**client, BATCH)
-                .await
-                .map_err(|e| crate::store::db::describe(&e))?;
+            let forgotten = slot.statements.forget(&**client, BATCH).await?;
             if forgotten > 0 {
                 tracing::debug!(handler = %slot.handler.spec.name, rows = forgotten, "dropped state of rows that need nothing more");
             }

@@ -2,6 +2,7 @@
 //! A scan runs the pending query page by page (keyset pagination); ids are
 //! worked in one batch; an SQL batch that fails because of a row is retried
 //! row by row.
+use super::error::ServiceError;
 use super::inbox::Inbox;
 use super::Inner;
 use crate::job::handler::{Action, Handler};
@@ -118,7 +119,7 @@ impl Inner {
     }
 
     /// Works the rows among `ids` that are still pending.
-    async fn work(self: &Arc<Self>, slot: &Slot, ids: Vec<String>) -> Result<(), String> {
+    async fn work(self: &Arc<Self>, slot: &Slot, ids: Vec<String>) -> Result<(), ServiceError> {
         match &slot.handler.action {
             Action::Sql { .. } => self.sql_ids(slot, &ids).await,
             Action::Leased(work) => self.leased(slot, work, &ids).await,
@@ -126,7 +127,7 @@ impl Inner {
     }
 
     /// Runs the handler's pending query over the whole table, page by page.
-    async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), String> {
+    async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), ServiceError> {
         let started = std::time::Instant::now();
         let result = self.scan_pages(slot).await;
         if let Ok(found) = result {
@@ -136,12 +137,12 @@ impl Inner {
     }
 
     /// The pages of one scan; returns how many pending rows the pages held.
-    async fn scan_pages(self: &Arc<Self>, slot: &Slot) -> Result<usize, String> {
+    async fn scan_pages(self: &Arc<Self>, slot: &Slot) -> Result<usize, ServiceError> {
         let limit = self.cfg.batch_size as i64;
         let mut after: Option<String> = None;
         let mut found = 0usize;
         loop {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self.pool.get().await?;
             let started = std::time::Instant::now();
             let page: Vec<String> = match &slot.handler.action {
                 Action::Sql { .. } => {
@@ -164,7 +165,7 @@ impl Inner {
                             self.sql_one_by_one(slot, &ids).await?;
                             ids
                         }
-                        Err(e) => return Err(crate::store::db::describe(&e)),
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 Action::Leased(work) => {
@@ -188,18 +189,18 @@ impl Inner {
         slot: &Slot,
         limit: i64,
         after: &Option<String>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, ServiceError> {
         slot.statements
             .pending_page(client, limit, after.as_deref())
             .await
-            .map_err(|e| crate::store::db::describe(&e))
+            .map_err(ServiceError::from)
     }
 
     /// SQL action over notified ids: one statement for the batch; if the batch
     /// fails because of some row, each row on its own so one bad row cannot
     /// hold back the others.
-    async fn sql_ids(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+    async fn sql_ids(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), ServiceError> {
+        let client = self.pool.get().await?;
         let started = std::time::Instant::now();
         match slot.statements.effect_by_ids(&**client, ids).await {
             Ok(handled) => {
@@ -211,13 +212,17 @@ impl Inner {
                 drop(client);
                 self.sql_one_by_one(slot, ids).await
             }
-            Err(e) => Err(crate::store::db::describe(&e)),
+            Err(e) => Err(e.into()),
         }
     }
 
-    async fn sql_one_by_one(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), String> {
+    async fn sql_one_by_one(
+        self: &Arc<Self>,
+        slot: &Slot,
+        ids: &[String],
+    ) -> Result<(), ServiceError> {
         let name = &slot.handler.spec.name;
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self.pool.get().await?;
         for id in ids {
             let span = tracing::info_span!("work", handler = %name, id = %id);
             let _enter = span.enter();
@@ -239,11 +244,10 @@ impl Inner {
                         self.cfg.max_attempts as i32,
                         false,
                     )
-                    .await
-                    .map_err(|e| crate::store::db::describe(&e))?;
+                    .await?;
                     self.after_failure(slot, id, &error, &failure);
                 }
-                Err(e) => return Err(crate::store::db::describe(&e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
