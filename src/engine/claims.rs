@@ -2,8 +2,8 @@
 //! attempt under its lease, and records how it ended (released, postponed or
 //! failed, with retries scheduled).
 use super::error::ServiceError;
-use super::worker::Slot;
-use super::Inner;
+use super::worker::RunningHandler;
+use super::Shared;
 use crate::job::handler::{Done, HandlerError, LeasedWork};
 use crate::job::lease::Lease;
 use crate::store::handler_state;
@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
-impl Inner {
+impl Shared {
     pub(super) fn after_failure(
         self: &Arc<Self>,
-        slot: &Slot,
+        slot: &RunningHandler,
         id: &str,
         error: &str,
         failure: &handler_state::Failure,
@@ -35,7 +35,7 @@ impl Inner {
     /// permits at a time) and runs each under its lease.
     pub(super) async fn leased(
         self: &Arc<Self>,
-        slot: &Slot,
+        slot: &RunningHandler,
         work: &Arc<dyn LeasedWork>,
         ids: &[String],
     ) -> Result<(), ServiceError> {
@@ -81,7 +81,7 @@ impl Inner {
         lease: Lease,
         permit: OwnedSemaphorePermit,
     ) {
-        let inner = self.clone();
+        let shared = self.clone();
         let span = tracing::info_span!("work", handler = %lease.handler, id = %lease.row_id, attempt = lease.attempts + 1);
         // Owned by the task, so the heartbeat renews this lease exactly while
         // the task lives, however it ends.
@@ -90,16 +90,16 @@ impl Inner {
             async move {
                 let _permit = permit;
                 let started = std::time::Instant::now();
-                let outcome = work.run(&inner.pool, &lease).await;
+                let outcome = work.run(&shared.pool, &lease).await;
                 if matches!(outcome, Ok(Done::Finished)) {
-                    inner.slots[index].handled(1, started);
+                    shared.slots[index].handled(1, started);
                 }
-                if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
+                if let Err(e) = shared.record_outcome(index, &work, &lease, outcome).await {
                     // The database is away: stop renewing so the lease expires,
                     // and look at the row again once it has.
                     drop(live);
-                    tracing::warn!(error = %e, retry_in = ?inner.cfg.lease, "recording the attempt's outcome failed; the row is retried once its lease has expired");
-                    inner.wake_later(&inner.slots[index], &lease.row_id, inner.cfg.lease);
+                    tracing::warn!(error = %e, retry_in = ?shared.cfg.lease, "recording the attempt's outcome failed; the row is retried once its lease has expired");
+                    shared.wake_later(&shared.slots[index], &lease.row_id, shared.cfg.lease);
                 }
             }
             .instrument(span),
@@ -107,7 +107,7 @@ impl Inner {
     }
 
     /// Records how a leased attempt ended and schedules what comes next.
-    async fn settle(
+    async fn record_outcome(
         self: &Arc<Self>,
         index: usize,
         work: &Arc<dyn LeasedWork>,
@@ -164,13 +164,13 @@ impl Inner {
     }
 
     /// Puts `id` back into the slot's inbox after `delay` (sweeps are the safety net).
-    pub(super) fn wake_later(self: &Arc<Self>, slot: &Slot, id: &str, delay: Duration) {
-        let inner = self.clone();
+    pub(super) fn wake_later(self: &Arc<Self>, slot: &RunningHandler, id: &str, delay: Duration) {
+        let shared = self.clone();
         let (index, id) = (slot.index, id.to_string());
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = inner.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => inner.slots[index].inbox.push(id),
+                _ = shared.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => shared.slots[index].inbox.push(id),
             }
         });
     }

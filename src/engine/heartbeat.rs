@@ -1,10 +1,10 @@
 //! Heartbeat: renews the leases of attempts running in this process.
 use super::error::ServiceError;
-use super::Inner;
+use super::Shared;
 use crate::store::handler_state;
 use std::sync::Arc;
 
-impl Inner {
+impl Shared {
     pub(super) async fn heartbeat(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.cfg.lease / 3);
         loop {

@@ -1,7 +1,7 @@
 //! Per-handler inboxes: where hints (notifications, outbox entries, retry
 //! requests) land until the handler's worker takes them.
 use super::listener::Event;
-use super::Inner;
+use super::Shared;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -71,7 +71,7 @@ impl Inbox {
     }
 }
 
-impl Inner {
+impl Shared {
     pub(super) fn scan_all(&self) {
         for slot in &self.slots {
             slot.inbox.request_scan();

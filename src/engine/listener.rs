@@ -45,7 +45,8 @@ pub enum Event {
     Disconnected,
 }
 
-pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+/// Where the listener delivers what it hears (the engine routes it to inboxes).
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -63,11 +64,11 @@ pub struct Listener {
     pub url: String,
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    pub sink: Sink,
+    pub sink: EventSink,
 }
 
 /// Why a session ended.
-enum End {
+enum SessionEnd {
     Shutdown,
     Lost(Lost),
     Deaf { first_check: bool },
@@ -111,16 +112,16 @@ impl Listener {
                 Err(_) => continue,
             };
             match self.session(client, connection, &shutdown).await {
-                End::Shutdown => return Ok(()),
-                End::Deaf { first_check: true } => {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Deaf { first_check: true } => {
                     return Err(ListenError::Deaf(self.check_timeout));
                 }
-                End::Deaf { .. } => {
+                SessionEnd::Deaf { .. } => {
                     tracing::warn!(
                         "listener: self-check notification did not come back; reconnecting"
                     );
                 }
-                End::Lost(reason) => {
+                SessionEnd::Lost(reason) => {
                     tracing::warn!(%reason, "listener: connection lost; reconnecting");
                 }
             }
@@ -133,7 +134,7 @@ impl Listener {
         client: tokio_postgres::Client,
         mut connection: crate::store::db::Connection,
         shutdown: &CancellationToken,
-    ) -> End {
+    ) -> SessionEnd {
         // The nonce of the check in progress, and the last one heard back.
         let (expected_tx, expected) = watch::channel(String::new());
         let (heard_tx, mut heard) = watch::channel(String::new());
@@ -181,7 +182,7 @@ impl Listener {
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
                 .await
             {
-                return End::Lost(e.into());
+                return SessionEnd::Lost(e.into());
             }
             let mut first_check = true;
             loop {
@@ -210,14 +211,14 @@ impl Listener {
                 loop {
                     match tokio::time::timeout(self.check_timeout, &mut check).await {
                         Ok(Ok(())) => break,
-                        Ok(Err(reason)) => return End::Lost(reason),
+                        Ok(Err(reason)) => return SessionEnd::Lost(reason),
                         Err(_) => {
                             // Late but still receiving (the ping is queued behind
                             // others): wait on, up to MAX_CHECK_EXTENSIONS timeouts.
                             waited += self.check_timeout;
                             let now = received.load(std::sync::atomic::Ordering::Relaxed);
                             if now == seen || waited >= self.check_timeout * MAX_CHECK_EXTENSIONS {
-                                return End::Deaf { first_check };
+                                return SessionEnd::Deaf { first_check };
                             }
                             seen = now;
                         }
@@ -232,8 +233,8 @@ impl Listener {
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => End::Shutdown,
-            reason = driver => End::Lost(reason),
+            _ = shutdown.cancelled() => SessionEnd::Shutdown,
+            reason = driver => SessionEnd::Lost(reason),
             end = end => end,
         }
     }

@@ -10,7 +10,7 @@
 //!
 //! The services, one per file, share one start/stop lifecycle ([`Engine::run`]):
 //! `worker` (one per handler: scans and notified ids), `claims` (leased
-//! attempts and how they settle), `heartbeat` (renews live leases), `tidy`
+//! attempts and how they record_outcome), `heartbeat` (renews live leases), `tidy`
 //! (the sweeper), `outbox` (outbox drain), `listener` and `status_feed`, after
 //! `schema` (waits for the database). Every task is spawned on one of two
 //! trackers: work (stopped first, with a grace period) and services (stopped
@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
-use worker::Slot;
+use worker::RunningHandler;
 
 /// Status changes buffered per SSE client before it must resync.
 const STATUS_BUFFER: usize = 1024;
@@ -75,7 +75,8 @@ impl Status {
     }
 }
 
-struct Inner {
+/// What the engine's services share: configuration, pool, handlers and trackers.
+struct Shared {
     cfg: RunConfig,
     /// Job status changes for SSE clients; a slow receiver lags, it never blocks us.
     statuses: tokio::sync::broadcast::Sender<crate::engine::notification::Change>,
@@ -83,7 +84,7 @@ struct Inner {
     status_feed: Arc<crate::engine::status_feed::StatusFeed>,
     pool: Pool,
     instance: Uuid,
-    slots: Vec<Slot>,
+    slots: Vec<RunningHandler>,
     permits: Arc<Semaphore>,
     /// Leases of attempts running in this process: what the heartbeat renews.
     live: Arc<lease::LiveLeases>,
@@ -127,7 +128,7 @@ impl Services {
 }
 
 pub struct Engine {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 impl Engine {
@@ -146,7 +147,7 @@ impl Engine {
                     Action::Sql { effect, mark } => (Some(effect.as_str()), mark.as_deref()),
                     Action::Leased(_) => (None, None),
                 };
-                Slot {
+                RunningHandler {
                     index,
                     statements: Statements::build(&handler.spec, effect, mark),
                     handler,
@@ -157,7 +158,7 @@ impl Engine {
             .collect();
         let statuses = tokio::sync::broadcast::channel(STATUS_BUFFER).0;
         Ok(Engine {
-            inner: Arc::new(Inner {
+            shared: Arc::new(Shared {
                 status_feed: Arc::new(crate::engine::status_feed::StatusFeed::new(
                     statuses.clone(),
                 )),
@@ -177,23 +178,23 @@ impl Engine {
     }
 
     pub fn status(&self) -> Arc<Status> {
-        self.inner.status.clone()
+        self.shared.status.clone()
     }
 
     pub fn pool(&self) -> Pool {
-        self.inner.pool.clone()
+        self.shared.pool.clone()
     }
 
     /// Job status changes, verified against the tables (see `status_feed`).
     pub fn statuses(&self) -> tokio::sync::broadcast::Sender<crate::engine::notification::Change> {
-        self.inner.statuses.clone()
+        self.shared.statuses.clone()
     }
 
     /// Runs until the shutdown token is cancelled, then finishes in-flight work
     /// (up to the grace period) and releases this reactor's leases.
     pub async fn run(self) -> Result<(), EngineError> {
-        let inner = self.inner;
-        let cfg = &inner.cfg;
+        let shared = self.shared;
+        let cfg = &shared.cfg;
         if cfg.listen
             && crate::store::db::parse_url(&cfg.database_url)?
                 .get_ports()
@@ -201,43 +202,43 @@ impl Engine {
         {
             return Err(EngineError::TransactionPooler);
         }
-        inner.wait_for_schema().await?;
-        tracing::info!(instance = %inner.instance, handlers = inner.slots.len(), listen = cfg.listen, "reactor running");
+        shared.wait_for_schema().await?;
+        tracing::info!(instance = %shared.instance, handlers = shared.slots.len(), listen = cfg.listen, "reactor running");
 
-        for i in 0..inner.slots.len() {
-            let w = inner.clone();
-            inner.tracker.spawn(async move { w.worker(i).await });
+        for i in 0..shared.slots.len() {
+            let w = shared.clone();
+            shared.tracker.spawn(async move { w.worker(i).await });
         }
-        let services = &inner.services;
-        services.spawn(inner.clone().heartbeat());
-        services.spawn(inner.clone().tidy());
+        let services = &shared.services;
+        services.spawn(shared.clone().heartbeat());
+        services.spawn(shared.clone().tidy());
         services.spawn(
-            inner
+            shared
                 .status_feed
                 .clone()
-                .run(inner.pool.clone(), inner.shutdown.clone()),
+                .run(shared.pool.clone(), shared.shutdown.clone()),
         );
         if let Some(every) = cfg.outbox_poll {
-            services.spawn(inner.clone().drain_outbox(every));
+            services.spawn(shared.clone().drain_outbox(every));
         }
 
         let mut listener = if cfg.listen {
-            let sink_inner = inner.clone();
-            let sink: listener::Sink = Arc::new(move |event| sink_inner.route(event));
+            let routing = shared.clone();
+            let sink: listener::EventSink = Arc::new(move |event| routing.route(event));
             let l = Listener {
                 url: cfg.database_url.clone(),
                 check_interval: cfg.listen_check_interval,
                 check_timeout: cfg.listen_check_timeout,
                 sink,
             };
-            Some(services.spawn(l.run(inner.shutdown.clone())))
+            Some(services.spawn(l.run(shared.shutdown.clone())))
         } else {
-            inner.status.listening.store(true, Ordering::SeqCst);
+            shared.status.listening.store(true, Ordering::SeqCst);
             None
         };
 
         // Start-up replay, then periodic sweeps (and polls when not listening).
-        inner.scan_all();
+        shared.scan_all();
         let period = if cfg.listen {
             cfg.sweep_interval
         } else {
@@ -246,32 +247,32 @@ impl Engine {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
-                _ = inner.shutdown.cancelled() => break,
-                _ = ticker.tick() => inner.scan_all(),
+                _ = shared.shutdown.cancelled() => break,
+                _ = ticker.tick() => shared.scan_all(),
                 ended = async { listener.as_mut().expect("guarded").await }, if listener.is_some() => {
                     listener = None;
                     let Ok(Some(Err(deaf))) = ended else { break };
                     // A pooler eats notifications: keep doing the work by polling.
                     tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
-                    inner.status.listening.store(true, Ordering::SeqCst);
+                    shared.status.listening.store(true, Ordering::SeqCst);
                     ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
                 }
             }
         }
 
         tracing::info!("shutting down: finishing in-flight work");
-        inner.tracker.close();
-        if tokio::time::timeout(cfg.shutdown_grace, inner.tracker.wait())
+        shared.tracker.close();
+        if tokio::time::timeout(cfg.shutdown_grace, shared.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(grace = ?cfg.shutdown_grace, "in-flight work did not finish in time; its leases are released");
         }
         // The heartbeat renewed the leases of in-flight work until now.
-        inner.services.stop().await;
-        match inner.pool.get().await {
+        shared.services.stop().await;
+        match shared.pool.get().await {
             Ok(client) => {
-                match crate::store::handler_state::release_all(&**client, inner.instance).await {
+                match crate::store::handler_state::release_all(&**client, shared.instance).await {
                     Ok(_) => tracing::info!("leases released"),
                     Err(e) => {
                         tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")

@@ -2,11 +2,11 @@
 //! databases where the reactor cannot LISTEN (REACTOR_OUTBOX_POLL).
 use super::error::ServiceError;
 use super::listener::Event;
-use super::Inner;
+use super::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl Inner {
+impl Shared {
     /// Outbox mode: every `every`, takes the hints the triggers appended to
     /// reactor.outbox (in batches), routes them as if they had been notified,
     /// and sends their job_status notifications in one statement per batch.

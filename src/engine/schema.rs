@@ -1,12 +1,19 @@
 //! Start-up: waits until the database is reachable and has the reactor's schema.
 use super::error::ServiceError;
-use super::{EngineError, Inner};
+use super::{EngineError, Shared};
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::time::Duration;
 
-impl Inner {
+impl Shared {
     pub(super) async fn wait_for_schema(&self) -> Result<(), EngineError> {
-        let mut delay = Duration::from_millis(200);
+        // 200 ms, doubling up to 10 s, until the database answers.
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build();
         loop {
+            let delay = delays.next().expect("retries without a limit");
             let check = async {
                 let client = self.pool.get().await?;
                 Ok::<bool, ServiceError>(crate::store::handler_state::exists(&**client).await?)
@@ -22,7 +29,6 @@ impl Inner {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 }

@@ -1,11 +1,11 @@
 //! The sweeper: what holds from table state alone, every sweep interval.
 use super::error::ServiceError;
-use super::worker::Slot;
-use super::Inner;
+use super::worker::RunningHandler;
+use super::Shared;
 use crate::job::handler::Action;
 use std::sync::Arc;
 
-impl Inner {
+impl Shared {
     /// Every sweep interval, what holds from table state alone: each leased
     /// handler's own sweep (e.g. the stuck rule), and state rows that are
     /// neither leased nor dead and whose row needs nothing more are dropped.
@@ -21,7 +21,7 @@ impl Inner {
         }
     }
 
-    async fn tidy_slot(&self, slot: &Slot) -> Result<(), ServiceError> {
+    async fn tidy_slot(&self, slot: &RunningHandler) -> Result<(), ServiceError> {
         if let Action::Leased(work) = &slot.handler.action {
             for id in work.sweep(&self.pool).await? {
                 slot.inbox.push(id);

@@ -4,16 +4,17 @@
 //! row by row.
 use super::error::ServiceError;
 use super::inbox::Inbox;
-use super::Inner;
+use super::Shared;
 use crate::job::handler::{Action, Handler};
 use crate::store::handler_state;
 use crate::store::pending::Statements;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// One handler as the engine runs it: its SQL, its inbox and its scan count.
-pub(super) struct Slot {
+pub(super) struct RunningHandler {
     pub(super) index: usize,
     pub(super) handler: Handler,
     pub(super) statements: Statements,
@@ -21,7 +22,7 @@ pub(super) struct Slot {
     pub(super) scans: AtomicU64,
 }
 
-impl Slot {
+impl RunningHandler {
     /// Counts `rows` handled in one attempt or batch that began at `started`.
     pub(super) fn handled(&self, rows: usize, started: std::time::Instant) {
         let name = self.handler.spec.name.clone();
@@ -55,10 +56,15 @@ fn is_row_fault(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-impl Inner {
+impl Shared {
     pub(super) async fn worker(self: Arc<Self>, i: usize) {
         let slot = &self.slots[i];
-        let mut failures = 0u32;
+        // After a failed pass: 200 ms, doubling up to 25.6 s, until a pass succeeds.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_millis(200 * 128))
+            .without_max_times();
+        let mut delays = backoff.build();
         loop {
             tokio::select! {
                 biased;
@@ -90,12 +96,11 @@ impl Inner {
                     self.work(slot, ids).await
                 };
                 match result {
-                    Ok(()) => failures = 0,
+                    Ok(()) => delays = backoff.build(),
                     Err(e) => {
                         // The database is unreachable or overloaded: nothing is
                         // lost (the rows stay pending); back off and rescan.
-                        let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
-                        failures += 1;
+                        let delay = delays.next().expect("retries without a limit");
                         tracing::warn!(handler = %slot.handler.spec.name, error = %e, retry_in = ?delay, "handler pass failed");
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return,
@@ -119,7 +124,11 @@ impl Inner {
     }
 
     /// Works the rows among `ids` that are still pending.
-    async fn work(self: &Arc<Self>, slot: &Slot, ids: Vec<String>) -> Result<(), ServiceError> {
+    async fn work(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        ids: Vec<String>,
+    ) -> Result<(), ServiceError> {
         match &slot.handler.action {
             Action::Sql { .. } => self.sql_ids(slot, &ids).await,
             Action::Leased(work) => self.leased(slot, work, &ids).await,
@@ -127,7 +136,7 @@ impl Inner {
     }
 
     /// Runs the handler's pending query over the whole table, page by page.
-    async fn scan(self: &Arc<Self>, slot: &Slot) -> Result<(), ServiceError> {
+    async fn scan(self: &Arc<Self>, slot: &RunningHandler) -> Result<(), ServiceError> {
         let started = std::time::Instant::now();
         let result = self.scan_pages(slot).await;
         if let Ok(found) = result {
@@ -137,7 +146,7 @@ impl Inner {
     }
 
     /// The pages of one scan; returns how many pending rows the pages held.
-    async fn scan_pages(self: &Arc<Self>, slot: &Slot) -> Result<usize, ServiceError> {
+    async fn scan_pages(self: &Arc<Self>, slot: &RunningHandler) -> Result<usize, ServiceError> {
         let limit = self.cfg.batch_size as i64;
         let mut after: Option<String> = None;
         let mut found = 0usize;
@@ -186,7 +195,7 @@ impl Inner {
     async fn pending_page(
         &self,
         client: &tokio_postgres::Client,
-        slot: &Slot,
+        slot: &RunningHandler,
         limit: i64,
         after: &Option<String>,
     ) -> Result<Vec<String>, ServiceError> {
@@ -199,7 +208,11 @@ impl Inner {
     /// SQL action over notified ids: one statement for the batch; if the batch
     /// fails because of some row, each row on its own so one bad row cannot
     /// hold back the others.
-    async fn sql_ids(self: &Arc<Self>, slot: &Slot, ids: &[String]) -> Result<(), ServiceError> {
+    async fn sql_ids(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        ids: &[String],
+    ) -> Result<(), ServiceError> {
         let client = self.pool.get().await?;
         let started = std::time::Instant::now();
         match slot.statements.effect_by_ids(&**client, ids).await {
@@ -218,7 +231,7 @@ impl Inner {
 
     async fn sql_one_by_one(
         self: &Arc<Self>,
-        slot: &Slot,
+        slot: &RunningHandler,
         ids: &[String],
     ) -> Result<(), ServiceError> {
         let name = &slot.handler.spec.name;
