@@ -5,8 +5,8 @@
 mod common;
 
 use common::{as_user, auth_user, count, eventually, start_reactor, user_with_profile, TestDb};
-use reactor::job::lease::Statements;
 use reactor::store::migrate::{self, Migration};
+use reactor::store::pending::Statements;
 use std::time::Duration;
 use tokio_postgres::Client;
 

@@ -7,7 +7,7 @@
 //! pending indexes, so the write path's price is visible.
 use super::*;
 use reactor::job::handler::{Action, Spec};
-use reactor::job::lease::Statements;
+use reactor::store::pending::Statements;
 
 /// The partial indexes sql/180_pending_markers.sql adds (dropped for "without").
 const PENDING_INDEXES: &str =

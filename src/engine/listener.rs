@@ -45,7 +45,8 @@ pub enum Event {
     Disconnected,
 }
 
-pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+/// Where the listener delivers what it hears (the engine routes it to inboxes).
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -63,14 +64,25 @@ pub struct Listener {
     pub url: String,
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    pub sink: Sink,
+    pub sink: EventSink,
 }
 
 /// Why a session ended.
-enum End {
+enum SessionEnd {
     Shutdown,
-    Lost(String),
+    Lost(Lost),
     Deaf { first_check: bool },
+}
+
+/// Why a connection was given up (it is made again).
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("{}", crate::store::db::describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("connection closed by the server")]
+    ClosedByServer,
+    #[error("listener stopped")]
+    Stopped,
 }
 
 impl Listener {
@@ -79,11 +91,8 @@ impl Listener {
     /// connection or a listener that goes deaf later is reconnected instead).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
         loop {
-            let connect = || async {
-                crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
-                    .await
-                    .map_err(|e| e.to_string())
-            };
+            let connect =
+                || async { crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME)).await };
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = connect
@@ -103,16 +112,16 @@ impl Listener {
                 Err(_) => continue,
             };
             match self.session(client, connection, &shutdown).await {
-                End::Shutdown => return Ok(()),
-                End::Deaf { first_check: true } => {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Deaf { first_check: true } => {
                     return Err(ListenError::Deaf(self.check_timeout));
                 }
-                End::Deaf { .. } => {
+                SessionEnd::Deaf { .. } => {
                     tracing::warn!(
                         "listener: self-check notification did not come back; reconnecting"
                     );
                 }
-                End::Lost(reason) => {
+                SessionEnd::Lost(reason) => {
                     tracing::warn!(%reason, "listener: connection lost; reconnecting");
                 }
             }
@@ -125,7 +134,7 @@ impl Listener {
         client: tokio_postgres::Client,
         mut connection: crate::store::db::Connection,
         shutdown: &CancellationToken,
-    ) -> End {
+    ) -> SessionEnd {
         // The nonce of the check in progress, and the last one heard back.
         let (expected_tx, expected) = watch::channel(String::new());
         let (heard_tx, mut heard) = watch::channel(String::new());
@@ -135,13 +144,14 @@ impl Listener {
         let counter = received.clone();
         let sink = self.sink.clone();
         // Drives the connection and routes what arrives; ends when it closes.
-        let mut driver = tokio::spawn(async move {
+        // Polled alongside the checks below, and dropped with the session.
+        let driver = async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 let n = match message {
                     Ok(AsyncMessage::Notification(n)) => n,
                     Ok(_) => continue,
-                    Err(e) => return crate::store::db::describe(&e),
+                    Err(e) => return Lost::Db(e),
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.channel() == STATUS_CHANNEL {
@@ -164,14 +174,15 @@ impl Listener {
                     }
                 }
             }
-            "connection closed by the server".to_string()
-        });
+            Lost::ClosedByServer
+        };
+        tokio::pin!(driver);
         let end = async {
             if let Err(e) = client
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
                 .await
             {
-                return End::Lost(crate::store::db::describe(&e));
+                return SessionEnd::Lost(e.into());
             }
             let mut first_check = true;
             loop {
@@ -187,13 +198,12 @@ impl Listener {
                                 crate::store::db::param(&ping),
                             ],
                         )
-                        .await
-                        .map_err(|e| crate::store::db::describe(&e))?;
+                        .await?;
                     heard
                         .wait_for(|h| *h == nonce)
                         .await
-                        .map_err(|_| "listener stopped".to_string())?;
-                    Ok::<(), String>(())
+                        .map_err(|_| Lost::Stopped)?;
+                    Ok::<(), Lost>(())
                 };
                 tokio::pin!(check);
                 let mut waited = Duration::ZERO;
@@ -201,14 +211,14 @@ impl Listener {
                 loop {
                     match tokio::time::timeout(self.check_timeout, &mut check).await {
                         Ok(Ok(())) => break,
-                        Ok(Err(reason)) => return End::Lost(reason),
+                        Ok(Err(reason)) => return SessionEnd::Lost(reason),
                         Err(_) => {
                             // Late but still receiving (the ping is queued behind
                             // others): wait on, up to MAX_CHECK_EXTENSIONS timeouts.
                             waited += self.check_timeout;
                             let now = received.load(std::sync::atomic::Ordering::Relaxed);
                             if now == seen || waited >= self.check_timeout * MAX_CHECK_EXTENSIONS {
-                                return End::Deaf { first_check };
+                                return SessionEnd::Deaf { first_check };
                             }
                             seen = now;
                         }
@@ -222,12 +232,10 @@ impl Listener {
                 tokio::time::sleep(self.check_interval).await;
             }
         };
-        let end = tokio::select! {
-            _ = shutdown.cancelled() => End::Shutdown,
-            reason = &mut driver => End::Lost(reason.unwrap_or_else(|e| e.to_string())),
+        tokio::select! {
+            _ = shutdown.cancelled() => SessionEnd::Shutdown,
+            reason = driver => SessionEnd::Lost(reason),
             end = end => end,
-        };
-        driver.abort();
-        end
+        }
     }
 }

@@ -1,8 +1,12 @@
 //! The database: connections (TLS included), migrations, the reactor's
-//! settings, and the throwaway clusters of the demo and the tests.
+//! settings, every statement on the reactor's own tables (`handler_state`,
+//! `pending`, `outbox`), and the throwaway clusters of the demo and the tests.
 pub mod db;
+pub mod handler_state;
 pub mod localpg;
 pub mod migrate;
 pub mod notify_mode;
+pub mod outbox;
+pub mod pending;
 pub mod supabase_like;
 pub mod tls;

@@ -1,0 +1,177 @@
+//! Leased claims: claims pending rows as worker permits allow, runs each
+//! attempt under its lease, and records how it ended (released, postponed or
+//! failed, with retries scheduled).
+use super::error::ServiceError;
+use super::worker::RunningHandler;
+use super::Shared;
+use crate::job::handler::{Done, HandlerError, LeasedWork};
+use crate::job::lease::Lease;
+use crate::store::handler_state;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument as _;
+
+impl Shared {
+    pub(super) fn after_failure(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        id: &str,
+        error: &str,
+        failure: &handler_state::Failure,
+    ) {
+        let name = &slot.handler.spec.name;
+        metrics::counter!("reactor_rows_failed_total", "handler" => name.clone()).increment(1);
+        if failure.dead {
+            metrics::counter!("reactor_rows_dead_total", "handler" => name.clone()).increment(1);
+            tracing::error!(handler = %name, id = %id, attempts = failure.attempts, %error, "row is dead: no more automatic retries");
+            return;
+        }
+        tracing::warn!(handler = %name, id = %id, attempt = failure.attempts, %error, retry_in_s = failure.retry_in, "attempt failed; will retry");
+        self.wake_later(slot, id, Duration::from_secs_f64(failure.retry_in));
+    }
+
+    /// Claims the pending rows among `ids` (as many as there are free worker
+    /// permits at a time) and runs each under its lease.
+    pub(super) async fn leased(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        work: &Arc<dyn LeasedWork>,
+        ids: &[String],
+    ) -> Result<(), ServiceError> {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                p = self.permits.clone().acquire_owned() => p?,
+            };
+            let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+            while permits.len() < rest.len() {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (chunk, tail) = rest.split_at(permits.len());
+            rest = tail;
+            let client = self.pool.get().await?;
+            let claims = slot
+                .statements
+                .claim(&**client, chunk, self.instance, self.cfg.lease)
+                .await?;
+            drop(client);
+            for (claim, permit) in claims.into_iter().zip(permits) {
+                let lease = Lease {
+                    handler: slot.handler.spec.name.clone(),
+                    row_id: claim.row_id,
+                    owner: self.instance,
+                    token: claim.token,
+                    attempts: claim.attempts,
+                };
+                self.spawn_leased(slot.index, work.clone(), lease, permit);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_leased(
+        self: &Arc<Self>,
+        index: usize,
+        work: Arc<dyn LeasedWork>,
+        lease: Lease,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let shared = self.clone();
+        let span = tracing::info_span!("work", handler = %lease.handler, id = %lease.row_id, attempt = lease.attempts + 1);
+        // Owned by the task, so the heartbeat renews this lease exactly while
+        // the task lives, however it ends.
+        let live = self.live.hold(&lease);
+        self.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let started = std::time::Instant::now();
+                let outcome = work.run(&shared.pool, &lease).await;
+                if matches!(outcome, Ok(Done::Finished)) {
+                    shared.slots[index].handled(1, started);
+                }
+                if let Err(e) = shared.record_outcome(index, &work, &lease, outcome).await {
+                    // The database is away: stop renewing so the lease expires,
+                    // and look at the row again once it has.
+                    drop(live);
+                    tracing::warn!(error = %e, retry_in = ?shared.cfg.lease, "recording the attempt's outcome failed; the row is retried once its lease has expired");
+                    shared.wake_later(&shared.slots[index], &lease.row_id, shared.cfg.lease);
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Records how a leased attempt ended and schedules what comes next.
+    async fn record_outcome(
+        self: &Arc<Self>,
+        index: usize,
+        work: &Arc<dyn LeasedWork>,
+        lease: &Lease,
+        outcome: Result<Done, HandlerError>,
+    ) -> Result<(), ServiceError> {
+        let slot = &self.slots[index];
+        let (error, permanent, not_before) = match outcome {
+            Ok(Done::Finished) => {
+                let client = self.pool.get().await?;
+                handler_state::release(&**client, lease).await?;
+                tracing::debug!("done");
+                return Ok(());
+            }
+            Ok(Done::Later(delay)) => {
+                let client = self.pool.get().await?;
+                if handler_state::postpone(&**client, lease, delay).await? {
+                    self.wake_later(slot, &lease.row_id, delay);
+                }
+                return Ok(());
+            }
+            Err(HandlerError::LeaseLost) => {
+                tracing::warn!("lease lost: another reactor took this row over; result discarded");
+                return Ok(());
+            }
+            Err(HandlerError::Retry(e)) => (e, false, Duration::ZERO),
+            Err(HandlerError::RetryIn(e, delay)) => (e, false, delay),
+            Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
+        };
+        let client = self.pool.get().await?;
+        let failure = handler_state::record_leased_failure(
+            &**client,
+            lease,
+            &error,
+            self.cfg.retry_backoff,
+            self.cfg.max_attempts as i32,
+            permanent,
+            not_before,
+        )
+        .await?;
+        drop(client);
+        match failure {
+            Some(failure) => {
+                self.after_failure(slot, &lease.row_id, &error, &failure);
+                if failure.dead {
+                    if let Err(e) = work.gave_up(&self.pool, &lease.row_id, &error).await {
+                        tracing::warn!(error = %e, "recording the dead row on its table failed");
+                    }
+                }
+            }
+            None => tracing::warn!(%error, "attempt failed after the lease was lost"),
+        }
+        Ok(())
+    }
+
+    /// Puts `id` back into the slot's inbox after `delay` (sweeps are the safety net).
+    pub(super) fn wake_later(self: &Arc<Self>, slot: &RunningHandler, id: &str, delay: Duration) {
+        let shared = self.clone();
+        let (index, id) = (slot.index, id.to_string());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => shared.slots[index].inbox.push(id),
+            }
+        });
+    }
+}

@@ -1,0 +1,268 @@
+//! The worker of one handler: takes what piled up in its inbox and works it.
+//! A scan runs the pending query page by page (keyset pagination); ids are
+//! worked in one batch; an SQL batch that fails because of a row is retried
+//! row by row.
+use super::error::ServiceError;
+use super::inbox::Inbox;
+use super::Shared;
+use crate::job::handler::{Action, Handler};
+use crate::store::handler_state;
+use crate::store::pending::Statements;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One handler as the engine runs it: its SQL, its inbox and its scan count.
+pub(super) struct RunningHandler {
+    pub(super) index: usize,
+    pub(super) handler: Handler,
+    pub(super) statements: Statements,
+    pub(super) inbox: Inbox,
+    pub(super) scans: AtomicU64,
+}
+
+impl RunningHandler {
+    /// Counts `rows` handled in one attempt or batch that began at `started`.
+    pub(super) fn handled(&self, rows: usize, started: std::time::Instant) {
+        let name = self.handler.spec.name.clone();
+        metrics::counter!("reactor_rows_handled_total", "handler" => name.clone())
+            .increment(rows as u64);
+        metrics::histogram!("reactor_handler_duration_seconds", "handler" => name)
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Records one finished scan (sweep, replay or poll) that found `found`
+    /// pending rows: its cost is what operators watch as history grows.
+    fn swept(&self, found: usize, started: std::time::Instant) {
+        let name = self.handler.spec.name.clone();
+        metrics::histogram!("reactor_sweep_duration_seconds", "handler" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("reactor_sweep_rows_examined_total", "handler" => name.clone())
+            .increment(found as u64);
+        metrics::gauge!("reactor_backlog", "handler" => name).set(found as f64);
+    }
+}
+
+/// Whether a database error is about the rows (worth retrying row by row and
+/// counting against them) rather than about the connection or the server.
+fn is_row_fault(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => false,
+        Some(db) => {
+            let class = &db.code().code()[..2];
+            !matches!(class, "08" | "40" | "53" | "57" | "58")
+        }
+    }
+}
+
+impl Shared {
+    pub(super) async fn worker(self: Arc<Self>, i: usize) {
+        let slot = &self.slots[i];
+        // After a failed pass: 200 ms, doubling up to 25.6 s, until a pass succeeds.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_millis(200 * 128))
+            .without_max_times();
+        let mut delays = backoff.build();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = slot.inbox.wake.notified() => {}
+            }
+            loop {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                let result = if slot.inbox.scan.swap(false, Ordering::SeqCst) {
+                    // The scan sees every row the queued ids point at.
+                    slot.inbox.clear();
+                    let result = self.scan(slot).await;
+                    if result.is_ok() {
+                        slot.scans.fetch_add(1, Ordering::SeqCst);
+                        self.note_replay();
+                    }
+                    result
+                } else {
+                    let (ids, arrived) = slot.inbox.take(self.cfg.batch_size);
+                    if ids.is_empty() {
+                        break;
+                    }
+                    if let Some(arrived) = arrived {
+                        metrics::histogram!("reactor_notify_to_start_seconds", "handler" => slot.handler.spec.name.clone())
+                            .record(arrived.elapsed().as_secs_f64());
+                    }
+                    self.work(slot, ids).await
+                };
+                match result {
+                    Ok(()) => delays = backoff.build(),
+                    Err(e) => {
+                        // The database is unreachable or overloaded: nothing is
+                        // lost (the rows stay pending); back off and rescan.
+                        let delay = delays.next().expect("retries without a limit");
+                        tracing::warn!(handler = %slot.handler.spec.name, error = %e, retry_in = ?delay, "handler pass failed");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        slot.inbox.scan.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_replay(&self) {
+        if self
+            .slots
+            .iter()
+            .all(|s| s.scans.load(Ordering::SeqCst) > 0)
+        {
+            self.status.replayed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Works the rows among `ids` that are still pending.
+    async fn work(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        ids: Vec<String>,
+    ) -> Result<(), ServiceError> {
+        match &slot.handler.action {
+            Action::Sql { .. } => self.sql_ids(slot, &ids).await,
+            Action::Leased(work) => self.leased(slot, work, &ids).await,
+        }
+    }
+
+    /// Runs the handler's pending query over the whole table, page by page.
+    async fn scan(self: &Arc<Self>, slot: &RunningHandler) -> Result<(), ServiceError> {
+        let started = std::time::Instant::now();
+        let result = self.scan_pages(slot).await;
+        if let Ok(found) = result {
+            slot.swept(found, started);
+        }
+        result.map(|_| ())
+    }
+
+    /// The pages of one scan; returns how many pending rows the pages held.
+    async fn scan_pages(self: &Arc<Self>, slot: &RunningHandler) -> Result<usize, ServiceError> {
+        let limit = self.cfg.batch_size as i64;
+        let mut after: Option<String> = None;
+        let mut found = 0usize;
+        loop {
+            let client = self.pool.get().await?;
+            let started = std::time::Instant::now();
+            let page: Vec<String> = match &slot.handler.action {
+                Action::Sql { .. } => {
+                    match slot
+                        .statements
+                        .effect_page(&**client, limit, after.as_deref())
+                        .await
+                    {
+                        Ok(ids) => {
+                            if !ids.is_empty() {
+                                tracing::debug!(handler = %slot.handler.spec.name, rows = ids.len(), "handled a page");
+                                slot.handled(ids.len(), started);
+                            }
+                            ids
+                        }
+                        Err(e) if is_row_fault(&e) => {
+                            tracing::warn!(handler = %slot.handler.spec.name, error = %crate::store::db::describe(&e), "a page failed; retrying its rows one by one");
+                            let ids = self.pending_page(&client, slot, limit, &after).await?;
+                            drop(client);
+                            self.sql_one_by_one(slot, &ids).await?;
+                            ids
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Action::Leased(work) => {
+                    let ids = self.pending_page(&client, slot, limit, &after).await?;
+                    drop(client);
+                    self.leased(slot, work, &ids).await?;
+                    ids
+                }
+            };
+            found += page.len();
+            match page.last() {
+                Some(last) if !self.shutdown.is_cancelled() => after = Some(last.clone()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn pending_page(
+        &self,
+        client: &tokio_postgres::Client,
+        slot: &RunningHandler,
+        limit: i64,
+        after: &Option<String>,
+    ) -> Result<Vec<String>, ServiceError> {
+        slot.statements
+            .pending_page(client, limit, after.as_deref())
+            .await
+            .map_err(ServiceError::from)
+    }
+
+    /// SQL action over notified ids: one statement for the batch; if the batch
+    /// fails because of some row, each row on its own so one bad row cannot
+    /// hold back the others.
+    async fn sql_ids(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        ids: &[String],
+    ) -> Result<(), ServiceError> {
+        let client = self.pool.get().await?;
+        let started = std::time::Instant::now();
+        match slot.statements.effect_by_ids(&**client, ids).await {
+            Ok(handled) => {
+                slot.handled(handled, started);
+                tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled, "handled notified rows");
+                Ok(())
+            }
+            Err(e) if is_row_fault(&e) => {
+                drop(client);
+                self.sql_one_by_one(slot, ids).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn sql_one_by_one(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        ids: &[String],
+    ) -> Result<(), ServiceError> {
+        let name = &slot.handler.spec.name;
+        let client = self.pool.get().await?;
+        for id in ids {
+            let span = tracing::info_span!("work", handler = %name, id = %id);
+            let _enter = span.enter();
+            let started = std::time::Instant::now();
+            match slot
+                .statements
+                .effect_by_ids(&**client, std::slice::from_ref(id))
+                .await
+            {
+                Ok(handled) => slot.handled(handled, started),
+                Err(e) if is_row_fault(&e) => {
+                    let error = crate::store::db::describe(&e);
+                    let failure = handler_state::record_failure(
+                        &**client,
+                        name,
+                        id,
+                        &error,
+                        self.cfg.retry_backoff,
+                        self.cfg.max_attempts as i32,
+                        false,
+                    )
+                    .await?;
+                    self.after_failure(slot, id, &error, &failure);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! `reactor.handler_state`: a row has state here only while it is leased,
+//! waiting for a retry, or dead. Every statement on it outside the fenced
+//! transactions of [`Lease`] is here.
+use crate::job::lease::{Lease, LiveLeases};
+use crate::store::db::param;
+use std::time::Duration;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// Whether the reactor's schema is there (`reactor migrate` has run).
+pub async fn exists(db: &impl GenericClient) -> Result<bool, tokio_postgres::Error> {
+    let row = db
+        .query_typed_one(
+            "select to_regclass('reactor.handler_state') is not null",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// What recording a failure decided.
+#[derive(Debug)]
+pub struct Failure {
+    pub attempts: i32,
+    pub dead: bool,
+    /// Seconds until the retry is due (when not dead).
+    pub retry_in: f64,
+}
+
+/// When the next attempt is due after `n` failed attempts, in SQL:
+/// `base * 2^(n-1)` seconds (`base` is parameter `$4`), capped at 10 minutes, ±10% jitter.
+fn next_attempt(n: &str) -> String {
+    format!("now() + make_interval(secs => least(600, $4 * power(2, ({n}) - 1)) * (0.9 + random() * 0.2))")
+}
+
+/// Columns returned by both failure statements, read by [`failure`].
+const FAILURE_RETURNING: &str =
+    "returning attempts, dead_at is not null, greatest(0, extract(epoch from (next_attempt_at - now())))::float8";
+
+fn failure(row: &tokio_postgres::Row) -> Failure {
+    Failure {
+        attempts: row.get(0),
+        dead: row.get(1),
+        retry_in: row.get(2),
+    }
+}
+
+/// Records a failed attempt of a row that was worked without a lease (SQL actions).
+/// Parameters: `$1` handler, `$2` row id, `$3` error, `$4` backoff seconds,
+/// `$5` max attempts, `$6` permanent.
+pub async fn record_failure(
+    db: &impl GenericClient,
+    handler: &str,
+    row_id: &str,
+    error: &str,
+    backoff: Duration,
+    max_attempts: i32,
+    permanent: bool,
+) -> Result<Failure, tokio_postgres::Error> {
+    let sql = format!(
+        "insert into reactor.handler_state as s
+           (handler, row_id, attempts, last_error, next_attempt_at, dead_at, updated_at)
+         values ($1, $2, 1, $3, {first}, case when 1 >= $5 or $6 then now() end, now())
+         on conflict (handler, row_id) do update set
+           attempts = s.attempts + 1,
+           last_error = excluded.last_error,
+           next_attempt_at = {next},
+           dead_at = case when s.attempts + 1 >= $5 or $6 then now() end,
+           lease_owner = null, lease_expires_at = null, updated_at = now()
+         {FAILURE_RETURNING}",
+        first = next_attempt("1"),
+        next = next_attempt("s.attempts + 1"),
+    );
+    let row = db
+        .query_typed_one(
+            &sql,
+            &[
+                param(&handler),
+                param(&row_id),
+                param(&error),
+                param(&backoff.as_secs_f64()),
+                param(&max_attempts),
+                param(&permanent),
+            ],
+        )
+        .await?;
+    Ok(failure(&row))
+}
+
+/// Records a failed leased attempt, only if this reactor still holds the lease.
+/// Returns None when the lease was lost (the new holder owns the row's fate).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_leased_failure(
+    db: &impl GenericClient,
+    lease: &Lease,
+    error: &str,
+    backoff: Duration,
+    max_attempts: i32,
+    permanent: bool,
+    not_before: Duration,
+) -> Result<Option<Failure>, tokio_postgres::Error> {
+    let sql = format!(
+        "update reactor.handler_state set
+           attempts = attempts + 1,
+           last_error = $3,
+           next_attempt_at = greatest({next}, now() + make_interval(secs => $9)),
+           dead_at = case when attempts + 1 >= $5 or $6 then now() end,
+           lease_owner = null, lease_expires_at = null, updated_at = now()
+         where handler = $1 and row_id = $2 and lease_owner = $7 and lease_token = $8
+         {FAILURE_RETURNING}",
+        next = next_attempt("attempts + 1"),
+    );
+    let row = db
+        .query_typed_opt(
+            &sql,
+            &[
+                param(&lease.handler),
+                param(&lease.row_id),
+                param(&error),
+                param(&backoff.as_secs_f64()),
+                param(&max_attempts),
+                param(&permanent),
+                param(&lease.owner),
+                param(&lease.token),
+                param(&not_before.as_secs_f64()),
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(failure))
+}
+
+/// Gives the row back without counting a failure; it is due again after `delay`.
+/// Returns false when the lease was lost.
+pub async fn postpone(
+    db: &impl GenericClient,
+    lease: &Lease,
+    delay: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute_typed(
+            "update reactor.handler_state set
+               next_attempt_at = now() + make_interval(secs => $5),
+               lease_owner = null, lease_expires_at = null, updated_at = now()
+             where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+            &[
+                param(&lease.handler),
+                param(&lease.row_id),
+                param(&lease.owner),
+                param(&lease.token),
+                param(&delay.as_secs_f64()),
+            ],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// Extends the leases in `live` that this reactor still holds (called
+/// periodically). Only leases of running work are renewed: a lease whose task
+/// is gone expires, and the row is picked up again.
+pub async fn renew(
+    db: &impl GenericClient,
+    owner: Uuid,
+    live: &LiveLeases,
+    lease: Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    let (handlers, row_ids, tokens) = live.held();
+    if handlers.is_empty() {
+        return Ok(0);
+    }
+    db.execute_typed(
+        "update reactor.handler_state s set lease_expires_at = now() + make_interval(secs => $2)
+         from unnest($3::text[], $4::text[], $5::int8[]) as l(handler, row_id, token)
+         where s.handler = l.handler and s.row_id = l.row_id
+           and s.lease_token = l.token and s.lease_owner = $1",
+        &[
+            param(&owner),
+            param(&lease.as_secs_f64()),
+            param(&handlers),
+            param(&row_ids),
+            param(&tokens),
+        ],
+    )
+    .await
+}
+
+/// Ends an attempt after which the row needs nothing more: drops its state
+/// row if this reactor still holds the lease (handlers that end with
+/// [`Lease::finish`] have already dropped it).
+pub async fn release(db: &impl GenericClient, lease: &Lease) -> Result<u64, tokio_postgres::Error> {
+    db.execute_typed(
+        "delete from reactor.handler_state
+         where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+        &[
+            param(&lease.handler),
+            param(&lease.row_id),
+            param(&lease.owner),
+            param(&lease.token),
+        ],
+    )
+    .await
+}
+
+/// Gives back every lease this reactor holds (at shutdown), so other reactors
+/// can take the rows at once instead of waiting for the leases to expire.
+pub async fn release_all(
+    db: &impl GenericClient,
+    owner: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute_typed(
+        "delete from reactor.handler_state where lease_owner = $1 and attempts = 0 and dead_at is null",
+        &[param(&owner)],
+    )
+    .await?;
+    db.execute_typed(
+        "update reactor.handler_state set lease_owner = null, lease_expires_at = null where lease_owner = $1",
+        &[param(&owner)],
+    )
+    .await
+}

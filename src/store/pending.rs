@@ -1,0 +1,242 @@
+//! The SQL that finds and claims a handler's pending rows, generated once from
+//! its [`Spec`], and typed operations that run it.
+use crate::job::handler::Spec;
+use crate::store::db::{param, quote_literal};
+use std::time::Duration;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Error, GenericClient};
+use uuid::Uuid;
+
+/// The SQL a handler runs, built once from its spec.
+///
+/// Scans page through the table in key order (keyset pagination). Three details
+/// keep a page's cost proportional to the page, not to the table: the first
+/// page and the following ones are separate statements (an `$after is null or
+/// key > $after` filter cannot become an index range in a generic plan); the
+/// pending condition stands at the top level, so a partial index with that
+/// predicate (sql/180_pending_markers.sql) holds exactly the candidate rows;
+/// and the state condition is wrapped in a scalar subquery, which the planner
+/// evaluates per candidate row with an index probe instead of flattening it
+/// into an anti-join that walks reactor.handler_state on every page.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    /// Pending rows, no lock: `$1` limit (first page).
+    pub pending_first: String,
+    /// Pending rows after a key, no lock: `$1` limit, `$2` after-key.
+    pub pending_after: String,
+    /// Claims the pending rows among `$1` (text[]): `$2` owner, `$3` lease seconds.
+    pub claim: String,
+    /// For SQL actions: locks pending rows among `$1` and runs the effect.
+    pub effect_by_ids: Option<String>,
+    /// For SQL actions: the same over the first page (`$1` limit) …
+    pub effect_first: Option<String>,
+    /// … and over the next pages (`$1` limit, `$2` after-key).
+    pub effect_after: Option<String>,
+    /// Deletes up to `$1` state rows that are neither leased nor dead and
+    /// whose row no longer needs the handler (done elsewhere, e.g. by a
+    /// webhook, or deleted). Costs O(state rows of the handler), never O(table).
+    pub forget: String,
+}
+
+impl Statements {
+    /// `sql_effect` and `mark`: an SQL action's statements (see [`crate::job::handler::Action::Sql`]).
+    pub fn build(spec: &Spec, sql_effect: Option<&str>, mark: Option<&str>) -> Self {
+        let Spec {
+            name,
+            table,
+            key,
+            key_type,
+            pending,
+            ..
+        } = spec;
+        let kt = key_type.sql();
+        let handler = quote_literal(name);
+        // A row is workable if it needs the handler and is not dead, waiting
+        // for its retry, or leased.
+        let workable = format!(
+            "({pending})
+             and (select not exists (select 1 from reactor.handler_state s
+               where s.handler = {handler} and s.row_id = t.{key}::text
+                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))"
+        );
+        let after = format!("t.{key} > $2::text::{kt}");
+        let page = |filter: &str| {
+            format!(
+                "select t.{key}::text from {table} t
+                 where {filter} and {workable}
+                 order by t.{key} limit $1"
+            )
+        };
+        let claim = format!(
+            "with cand as (
+               select t.{key}::text as row_id from {table} t
+               where t.{key} = any($1::text[]::{kt}[]) and ({pending})
+             )
+             insert into reactor.handler_state as s
+               (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at)
+             select {handler}, row_id, $2, 1, now() + make_interval(secs => $3), now() from cand
+             on conflict (handler, row_id) do update set
+               lease_owner = excluded.lease_owner,
+               lease_token = s.lease_token + 1,
+               lease_expires_at = excluded.lease_expires_at,
+               updated_at = now()
+             where s.dead_at is null
+               and (s.next_attempt_at is null or s.next_attempt_at <= now())
+               and (s.lease_expires_at is null or s.lease_expires_at <= now())
+             returning row_id, lease_token, attempts"
+        );
+        let marked = mark
+            .map(|mark| format!("marked as ({mark}),"))
+            .unwrap_or_default();
+        let effect = |filter: &str, order_limit: &str| {
+            sql_effect.map(|effect| {
+                format!(
+                    "with picked as (
+                       select t.{key} as id from {table} t
+                       where {filter} and {workable}
+                       {order_limit}
+                       for no key update of t skip locked
+                     ),
+                     effect as ({effect}),
+                     {marked}
+                     cleared as (
+                       delete from reactor.handler_state s using picked p
+                       where s.handler = {handler} and s.row_id = p.id::text
+                     )
+                     select id::text from picked order by id"
+                )
+            })
+        };
+        let order_limit = format!("order by t.{key} limit $1");
+        // Not leased (an expired lease's work is gone), not dead, and the row
+        // is not pending: probed per state row through the table's key.
+        let forgettable = format!(
+            "s.handler = {handler} and s.dead_at is null
+             and (s.lease_expires_at is null or s.lease_expires_at <= now())"
+        );
+        let forget = format!(
+            "with stale as (
+               select s.row_id from reactor.handler_state s
+               where {forgettable}
+                 and (select not exists (select 1 from {table} t
+                   where t.{key} = s.row_id::{kt} and ({pending})))
+               limit $1
+             )
+             delete from reactor.handler_state s using stale
+             where s.row_id = stale.row_id and {forgettable}"
+        );
+        Statements {
+            pending_first: page("true"),
+            pending_after: page(&after),
+            claim,
+            effect_by_ids: effect(&format!("t.{key} = any($1::text[]::{kt}[])"), ""),
+            effect_first: effect("true", &order_limit),
+            effect_after: effect(&after, &order_limit),
+            forget,
+        }
+    }
+
+    /// The pending-page statement for a page that starts after `after` (or at the start).
+    fn pending_sql(&self, after: Option<&str>) -> &str {
+        match after {
+            None => &self.pending_first,
+            Some(_) => &self.pending_after,
+        }
+    }
+
+    /// One page of pending rows (no lock): up to `limit` keys after `after`.
+    pub async fn pending_page(
+        &self,
+        db: &impl GenericClient,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let rows = db
+            .query_typed(self.pending_sql(after), &page_params(&limit, &after))
+            .await?;
+        Ok(keys(&rows))
+    }
+
+    /// SQL actions: runs the effect over one page of pending rows and returns
+    /// the keys of the rows it handled.
+    pub async fn effect_page(
+        &self,
+        db: &impl GenericClient,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let sql = match after {
+            None => self.effect_first.as_deref(),
+            Some(_) => self.effect_after.as_deref(),
+        };
+        let rows = db
+            .query_typed(sql.expect("SQL action"), &page_params(&limit, &after))
+            .await?;
+        Ok(keys(&rows))
+    }
+
+    /// SQL actions: runs the effect over the pending rows among `ids` and
+    /// returns how many it handled.
+    pub async fn effect_by_ids(
+        &self,
+        db: &impl GenericClient,
+        ids: &[String],
+    ) -> Result<usize, Error> {
+        let sql = self.effect_by_ids.as_deref().expect("SQL action");
+        Ok(db.query_typed(sql, &[param(&ids)]).await?.len())
+    }
+
+    /// Leased actions: claims the pending rows among `ids` for `owner`, for `lease`.
+    pub async fn claim(
+        &self,
+        db: &impl GenericClient,
+        ids: &[String],
+        owner: Uuid,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, Error> {
+        let rows = db
+            .query_typed(
+                &self.claim,
+                &[param(&ids), param(&owner), param(&lease.as_secs_f64())],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Claim {
+                row_id: row.get(0),
+                token: row.get(1),
+                attempts: row.get(2),
+            })
+            .collect())
+    }
+
+    /// Drops up to `limit` state rows that need nothing more (see [`Statements::forget`]).
+    pub async fn forget(&self, db: &impl GenericClient, limit: i64) -> Result<u64, Error> {
+        db.execute_typed(&self.forget, &[param(&limit)]).await
+    }
+}
+
+/// A row claimed by [`Statements::claim`].
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub row_id: String,
+    pub token: i64,
+    /// Failed attempts before this one.
+    pub attempts: i32,
+}
+
+/// Parameters of a page statement: the limit, and the key to start after (if any).
+fn page_params<'a>(
+    limit: &'a i64,
+    after: &'a Option<&'a str>,
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    match after {
+        None => vec![param(limit)],
+        Some(after) => vec![param(limit), param(after)],
+    }
+}
+
+/// The first column (a key as text) of every row.
+fn keys(rows: &[tokio_postgres::Row]) -> Vec<String> {
+    rows.iter().map(|r| r.get(0)).collect()
+}
