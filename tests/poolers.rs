@@ -14,7 +14,6 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
-use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -62,11 +61,7 @@ fn is_root() -> bool {
 impl PgBouncer {
     async fn start(db: &TestDb, pool_mode: &str) -> Self {
         let server = url::Url::parse(&db.url).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("pgbouncer.ini");
         std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
@@ -191,20 +186,9 @@ async fn whole_pipeline(db: &TestDb) {
             == 1
     })
     .await;
-    let mut submitter = db.client().await;
-    let tx = submitter.transaction().await.unwrap();
-    reactor::store::db::act_as_user(&tx, user).await.unwrap();
-    let job: Uuid = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
-             values ($1, 'staging', 'cozy', 'living room', 'scandinavian', 'https://inputs.example/room.jpg')
-             returning id",
-            &[&user],
-        )
+    let job = common::submit_job(db, user, "staging", "cozy")
         .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
+        .unwrap();
     let succeeded =
         format!("select count(*) from generation_jobs where id = '{job}' and status = 'succeeded'");
     eventually("the job succeeded", LONG, || async {

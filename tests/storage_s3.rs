@@ -15,10 +15,7 @@ struct Moto {
 
 impl Moto {
     async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::free_port();
         let child = std::process::Command::new("python3")
             .args([
                 "-m",

@@ -3,9 +3,10 @@
 //! per-owner idempotency key, as a Supabase client meets them.
 mod common;
 
+use common::{code_and_message, count_with, jobs_of};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{types::ToSql, Client};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// A client submission of an `imagine` job (the mode with the fewest inputs).
@@ -16,33 +17,6 @@ async fn submit(client: &mut Client, user: Uuid) -> Result<u64, tokio_postgres::
         &format!("insert into generation_jobs (owner_id, mode, prompt) values ('{user}', 'imagine', 'a sunny loft')"),
     )
     .await
-}
-
-async fn count(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
-    client
-        .query_one(sql, params)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
-        .get(0)
-}
-
-async fn jobs_of(client: &Client, user: Uuid) -> i64 {
-    count(
-        client,
-        "select count(*) from generation_jobs where owner_id = $1",
-        &[&user],
-    )
-    .await
-}
-
-/// The error's SQLSTATE and message, for assertions.
-fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
-    (
-        common::sqlstate(e),
-        e.as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default(),
-    )
 }
 
 /// Sets every job of `user` to `status` (as the service).
@@ -136,7 +110,7 @@ async fn a_job_in_a_terminal_status_does_not_block_a_new_one() {
     expected += 1;
     assert_eq!(jobs_of(&c, a).await, expected);
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where owner_id = $1 and status = 'starting'",
             &[&a]
@@ -240,7 +214,7 @@ async fn uncommitted_submission(conn: &mut Client, user: Uuid) -> tokio_postgres
 /// Waits until some backend of this database is blocked on a lock.
 async fn wait_until_a_submission_is_blocked(observer: &Client) {
     common::eventually("the second submission waits on the first", Duration::from_secs(10), || async {
-        count(
+        count_with(
             observer,
             "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
             &[],
@@ -555,7 +529,7 @@ async fn each_mode_with_its_required_inputs_is_accepted() {
         .unwrap_or_else(|e| panic!("{mode}: {}", reactor::store::db::describe(&e)));
         assert_eq!(n, 1, "{mode}");
         assert_eq!(
-            count(
+            count_with(
                 &c,
                 "select count(*) from generation_jobs where owner_id = $1 and mode = $2",
                 &[&a, &mode]
@@ -645,7 +619,7 @@ async fn an_idempotency_key_is_per_owner() {
         .await
         .expect("B with the same key");
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where idempotency_key = $1",
             &[&key]
@@ -678,7 +652,7 @@ async fn the_service_inserting_a_succeeded_job_is_exempt_from_the_in_flight_and_
     .await
     .expect("service import of a finished job");
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where owner_id = $1 and status = 'succeeded' and prompt = 'imported'",
             &[&a]
