@@ -463,16 +463,7 @@ async fn success_racing_a_submission_never_ends_above_the_plan() {
             )
             .await
             .unwrap();
-        setup
-            .execute(
-                "insert into usage_ledger (owner_id, kind, amount, job_id)
-                 select owner_id, 'generation_debit', 1, id from generation_jobs j
-                 where owner_id = $1 and status = 'succeeded'
-                   and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
-                &[&user],
-            )
-            .await
-            .unwrap();
+        common::debit_succeeded_jobs(&setup, user).await;
         let used = count(
             &setup,
             &format!("select coalesce(sum(amount), 0)::bigint from usage_ledger where owner_id = '{user}'"),
@@ -586,20 +577,13 @@ async fn supabase_like_db() -> TestDb {
 
 /// Functions the migrations install in public and reactor that `role` may execute.
 async fn executable_by(c: &Client, role: &str) -> Vec<String> {
-    c.query(
-        "select p.oid::regprocedure::text from pg_proc p
+    common::texts(c, "select p.oid::regprocedure::text from pg_proc p
          where p.pronamespace in ('public'::regnamespace, 'reactor'::regnamespace)
            and not exists (select 1 from pg_depend d
                            where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
            and has_function_privilege($1, p.oid, 'EXECUTE')
          order by 1",
-        &[&role],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+        &[&role]).await
 }
 
 #[tokio::test]
@@ -622,20 +606,12 @@ async fn on_supabase_default_privileges_anon_may_execute_nothing_and_clients_onl
     assert_eq!(common::sqlstate(&err), "42501");
 
     // Tables: anon reads only the public catalogue.
-    let readable: Vec<String> = c
-        .query(
-            "select c.oid::regclass::text from pg_class c
+    let readable = common::texts(&c, "select c.oid::regclass::text from pg_class c
              where c.relnamespace in ('public'::regnamespace, 'reactor'::regnamespace)
                and c.relkind in ('r', 'p', 'v', 'm')
                and has_table_privilege('anon', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
              order by 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            &[]).await;
     assert_eq!(
         readable,
         vec!["community_collections", "community_items", "plans"]

@@ -84,7 +84,7 @@ async fn a_forged_status_event_never_reaches_a_viewer() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let alice = user_with_profile(&client).await;
     let mut alices = stream(&r, &user_token(alice, JWT_SECRET, 600)).await;
@@ -155,7 +155,7 @@ async fn a_flood_of_forged_payloads_neither_disconnects_the_owner_nor_hides_real
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let owner = user_with_profile(&client).await;
     let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
@@ -307,7 +307,7 @@ async fn a_forged_ping_does_not_mask_a_listener_that_stopped_hearing() {
         ],
     )
     .await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
 
     // The attacker watches channel reactor (no privilege needed) to learn
     // what a self-check looks like, then keeps answering every check in advance.
@@ -385,7 +385,7 @@ async fn a_watched_tables_changes_reach_its_owner_verified_and_forgeries_do_not(
         .await
         .unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let owner = user_with_profile(&client).await;
     let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
     client

@@ -8,7 +8,7 @@ use common::fake_replicate::{
 };
 use common::{
     count, eventually, image_server, job_state, start_reactor, start_reactor_with, submit_job,
-    wait_status, ChildReactor, TestDb,
+    wait_for_count, wait_status, ChildReactor, TestDb,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -26,12 +26,9 @@ async fn wait_prediction(fake: &FakeReplicate, n: usize) -> String {
 
 async fn one_render_one_debit(client: &tokio_postgres::Client, id: Uuid) {
     let render = format!("select count(*) from renders where job_id = '{id}'");
-    eventually("render", LONG, || async {
-        count(client, &render).await == 1
-    })
-    .await;
+    wait_for_count(client, "render", &render, 1).await;
     let debit = format!("select count(*) from usage_ledger where job_id = '{id}'");
-    eventually("debit", LONG, || async { count(client, &debit).await == 1 }).await;
+    wait_for_count(client, "debit", &debit, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(client, &render).await, 1);
     assert_eq!(count(client, &debit).await, 1);
@@ -567,13 +564,7 @@ async fn the_local_provider_runs_the_whole_pipeline_offline() {
     let id = submit_job(&db, user, "staging", "cozy").await.unwrap();
     wait_status(&client, id, "succeeded").await;
     one_render_one_debit(&client, id).await;
-    let paths: Vec<String> = client
-        .query("select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let paths = common::texts(&client, "select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id]).await;
     assert_eq!(paths.len(), 2);
     for path in paths {
         let bytes = std::fs::read(storage.path().join("public").join(&path)).unwrap();

@@ -9,7 +9,8 @@ use common::fake_replicate::{
     deliver_webhook, signed_webhook, webhook_flags, CreateScript, FakeReplicate,
 };
 use common::{
-    count, eventually, image_server, job_state, start_reactor_with, submit_job, wait_status, TestDb,
+    count, eventually, image_server, job_state, start_reactor_with, submit_job, wait_for_count,
+    wait_status, TestDb,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -21,7 +22,7 @@ const STATE_BUT_DEAD: &str = "select count(*) from reactor.handler_state where d
 
 async fn start(db: &TestDb, storage: &std::path::Path, flags: &[String]) -> common::InProcess {
     let reactor = start_reactor_with(db, storage, flags).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
     reactor
 }
 
@@ -67,10 +68,7 @@ async fn done_once_and_no_state_left(client: &Client, id: Uuid) {
     })
     .await;
     assert!(count(client, &variants).await >= 1, "variants stored");
-    eventually("handler_state empty", LONG, || async {
-        count(client, STATE_BUT_DEAD).await == 0
-    })
-    .await;
+    wait_for_count(client, "handler_state empty", STATE_BUT_DEAD, 0).await;
     assert_eq!(count(client, &render).await, 1);
     assert_eq!(count(client, &debit).await, 1);
     assert_eq!(
@@ -224,10 +222,7 @@ async fn the_heartbeat_renews_running_work_but_not_a_lease_whose_task_is_gone() 
     let orphan_state = format!(
         "select count(*) from reactor.handler_state where row_id = '{orphan}' and lease_expires_at > now()"
     );
-    eventually("the orphaned lease expired", LONG, || async {
-        count(&client, &orphan_state).await == 0
-    })
-    .await;
+    wait_for_count(&client, "the orphaned lease expired", &orphan_state, 0).await;
     // The hung attempt's lease is still this reactor's, never re-claimed.
     let row = client
         .query_one(
@@ -349,9 +344,12 @@ async fn state_left_behind_for_finished_rows_is_removed_and_dead_or_waiting_rows
 
     let fake = FakeReplicate::start().await;
     let reactor = start(&db, storage.path(), &fake.reactor_flags(&[])).await;
-    eventually("left-behind state removed", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 2
-    })
+    wait_for_count(
+        &client,
+        "left-behind state removed",
+        "select count(*) from reactor.handler_state",
+        2,
+    )
     .await;
     assert_eq!(
         count(
@@ -390,18 +388,12 @@ async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
     let dead = common::succeeded_job(&client, owner, &[images.url("/missing/b.jpg")]).await;
     let reactor = start(&db, storage.path(), &[]).await;
     let rendered = format!("select count(*) from renders where job_id = '{retried}'");
-    eventually("the retried job rendered", LONG, || async {
-        count(&client, &rendered).await == 1
-    })
-    .await;
+    wait_for_count(&client, "the retried job rendered", &rendered, 1).await;
     let dead_state = format!(
         "select count(*) from reactor.handler_state
          where handler = 'renders' and row_id = '{dead}' and dead_at is not null"
     );
-    eventually("the missing image's render dead", LONG, || async {
-        count(&client, &dead_state).await == 1
-    })
-    .await;
+    wait_for_count(&client, "the missing image's render dead", &dead_state, 1).await;
     eventually("two debits and the default collection", LONG, || async {
         count(&client, "select count(*) from usage_ledger").await == 2
             && count(
@@ -412,9 +404,12 @@ async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
                 == 1
     })
     .await;
-    eventually("only the dead row left", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 1
-    })
+    wait_for_count(
+        &client,
+        "only the dead row left",
+        "select count(*) from reactor.handler_state",
+        1,
+    )
     .await;
     assert_eq!(count(&client, &dead_state).await, 1);
     assert_eq!(images.hits("/flaky/1/a.jpg"), 2, "one retry");

@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     count, eventually, read_events, start_reactor_with_tokens, user_token, user_with_profile,
-    InProcess, ADMIN, JWT_SECRET,
+    wait_for_count, InProcess, ADMIN, JWT_SECRET,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -97,7 +97,7 @@ async fn metrics_change_when_work_happens() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let before = get(&url(&r, "/metrics"), None).await.text().await.unwrap();
     let handled = |t: &str| metric(t, "reactor_rows_handled_total", "handler=\"favorites\"");
     let client = db.client().await;
@@ -110,10 +110,7 @@ async fn metrics_change_when_work_happens() {
     let done = format!(
         "select count(*) from generation_jobs where id = '{generated}' and status = 'succeeded'"
     );
-    eventually("generation done", LONG, || async {
-        count(&client, &done).await == 1
-    })
-    .await;
+    wait_for_count(&client, "generation done", &done, 1).await;
     eventually("favorites counted", LONG, || async {
         let now = get(&url(&r, "/metrics"), None).await.text().await.unwrap();
         handled(&now) >= handled(&before) + 4.0
@@ -139,7 +136,7 @@ async fn each_user_sees_only_their_own_jobs_on_the_event_stream_and_the_admin_se
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let (alice, bob) = (
         user_with_profile(&client).await,
@@ -330,7 +327,7 @@ async fn a_stuck_event_client_is_told_to_resync_and_holds_back_neither_the_react
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let owner = user_with_profile(&client).await;
     let mut stuck = stuck_client(&r).await;
@@ -358,9 +355,12 @@ async fn a_stuck_event_client_is_told_to_resync_and_holds_back_neither_the_react
     }
     assert_eq!(seen, 3000);
     // The reactor kept working all along: every job is debited.
-    eventually("3000 debits", LONG, || async {
-        count(&client, "select count(*) from usage_ledger").await == 3000
-    })
+    wait_for_count(
+        &client,
+        "3000 debits",
+        "select count(*) from usage_ledger",
+        3000,
+    )
     .await;
     // When the stuck client finally reads, it is told it missed events, and the stream ends.
     let mut received = Vec::new();
@@ -392,14 +392,12 @@ async fn the_admin_api_summarises_and_retries_a_dead_row() {
     let owner = user_with_profile(&client).await;
     let dead_job = common::succeeded_job(&client, owner, &[images.url("/missing/gone.jpg")]).await;
     let r = start_reactor_with_tokens(&db, storage.path()).await;
-    eventually("dead row", LONG, || async {
-        count(
-            &client,
-            "select count(*) from reactor.handler_state where dead_at is not null",
-        )
-        .await
-            == 1
-    })
+    wait_for_count(
+        &client,
+        "dead row",
+        "select count(*) from reactor.handler_state where dead_at is not null",
+        1,
+    )
     .await;
     let summary: serde_json::Value = get(&url(&r, "/v1/admin/summary"), Some(ADMIN))
         .await
@@ -470,10 +468,7 @@ async fn reactor_watch_prints_a_line_per_status_change() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    eventually("watch listening", LONG, || async {
-        count(&client, "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'LISTEN job_status%'").await == 1
-    })
-    .await;
+    wait_for_count(&client, "watch listening", "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'LISTEN job_status%'", 1).await;
     let id = job(&client, owner, "starting").await;
     job(&client, other, "succeeded").await;
     client

@@ -670,16 +670,12 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
         .unwrap(),
         0
     );
-    let names: Vec<String> =
-        w.su.query(
-            "select name from collections where owner_id = $1 order by name",
-            &[&a],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = common::texts(
+        &w.su,
+        "select name from collections where owner_id = $1 order by name",
+        &[&a],
+    )
+    .await;
     assert_eq!(names, vec!["Baths".to_string(), "Kitchens 2".to_string()]);
     assert_eq!(
         common::as_user(&mut w.su, a, "delete from collections where name = 'Baths'")

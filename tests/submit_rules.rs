@@ -3,7 +3,7 @@
 //! per-owner idempotency key, as a Supabase client meets them.
 mod common;
 
-use common::{code_and_message, count_with, jobs_of};
+use common::{code_and_message, count_with, debit_succeeded_jobs, jobs_of};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -39,21 +39,6 @@ async fn debit(client: &Client, user: Uuid, n: i32, at: &str) {
                  select $1, 'generation_debit', 1, {at} from generate_series(1, $2)"
             ),
             &[&user, &n],
-        )
-        .await
-        .expect("service writes debits");
-}
-
-/// Debits `user`'s succeeded jobs that have no debit yet, as the reactor's
-/// usage handler does (one debit per job, naming the job).
-async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
-    client
-        .execute(
-            "insert into usage_ledger (owner_id, kind, amount, job_id)
-             select owner_id, 'generation_debit', 1, id from generation_jobs j
-             where owner_id = $1 and status = 'succeeded'
-               and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
-            &[&user],
         )
         .await
         .expect("service writes debits");
@@ -268,16 +253,12 @@ async fn a_submission_racing_an_uncommitted_one_is_accepted_once_the_first_rolls
         .unwrap()
         .expect("second submission is accepted");
     assert_eq!(n, 1);
-    let prompts: Vec<String> = observer
-        .query(
-            "select prompt from generation_jobs where owner_id = $1",
-            &[&a],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let prompts = common::texts(
+        &observer,
+        "select prompt from generation_jobs where owner_id = $1",
+        &[&a],
+    )
+    .await;
     assert_eq!(prompts, vec!["a sunny loft".to_string()]);
 }
 

@@ -106,3 +106,22 @@ pub fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
             .unwrap_or_default(),
     )
 }
+
+/// The first column of every row `sql` returns, as text.
+pub async fn texts(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<String> {
+    client
+        .query(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits (up to a minute) until `sql` counts exactly `expected`.
+pub async fn wait_for_count(client: &Client, what: &str, sql: &str, expected: i64) {
+    super::eventually(what, std::time::Duration::from_secs(60), || async {
+        count(client, sql).await == expected
+    })
+    .await;
+}

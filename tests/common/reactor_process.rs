@@ -55,6 +55,16 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Waits (up to a minute) until the reactor reports ready.
+    pub async fn wait_ready(&self) {
+        super::eventually(
+            "reactor ready",
+            std::time::Duration::from_secs(60),
+            || async { self.status.ready() },
+        )
+        .await;
+    }
+
     /// SIGTERM equivalent: stop and wait for a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();

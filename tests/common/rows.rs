@@ -109,3 +109,18 @@ pub async fn jobs_of(client: &Client, user: Uuid) -> i64 {
     )
     .await
 }
+
+/// Debits `user`'s succeeded jobs that have no debit yet, as the reactor's
+/// usage handler does (one debit per job, naming the job).
+pub async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "insert into usage_ledger (owner_id, kind, amount, job_id)
+             select owner_id, 'generation_debit', 1, id from generation_jobs j
+             where owner_id = $1 and status = 'succeeded'
+               and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
+            &[&user],
+        )
+        .await
+        .expect("service writes debits");
+}
