@@ -7,7 +7,7 @@
 //! One idea a file: `db` (databases and reading them back), `rows` (users and
 //! jobs), `reactor_process` (the reactor under test), `http` (loopback HTTP),
 //! `fake_replicate` (the provider's API). Everything is re-exported here.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod db;
 pub mod fake_replicate;
@@ -15,10 +15,9 @@ pub mod http;
 pub mod reactor_process;
 pub mod rows;
 
-pub use db::*;
-pub use http::*;
-pub use reactor_process::*;
-pub use rows::*;
+// A test binary uses only some of these; the rest is not a mistake.
+#[allow(unused_imports)]
+pub use {db::*, http::*, reactor_process::*, rows::*};
 
 use std::time::{Duration, Instant};
 
