@@ -6,30 +6,16 @@
 mod common;
 
 use common::fake_replicate::FakeReplicate;
-use common::{count, eventually, start_reactor, TestDb};
+use common::{
+    code_and_message, count, eventually, job_state, jobs_of, start_reactor_with, wait_status,
+    TestDb,
+};
 use serde_json::json;
 use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
-    (
-        common::sqlstate(e),
-        e.as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default(),
-    )
-}
-
-async fn jobs_of(client: &Client, user: Uuid) -> i64 {
-    count(
-        client,
-        &format!("select count(*) from generation_jobs where owner_id = '{user}'"),
-    )
-    .await
-}
 
 // ---------------------------------------------------------------------------
 // 1. Input paths
@@ -252,25 +238,6 @@ async fn insert_bypassing_triggers(c: &mut Client, owner: Uuid, input1: &str) ->
     id
 }
 
-async fn status_and_error(c: &Client, id: Uuid) -> (String, Option<String>) {
-    let row = c
-        .query_one(
-            "select status, error from generation_jobs where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-async fn wait_status(c: &Client, id: Uuid, status: &str) -> Option<String> {
-    eventually(&format!("job {id} {status}"), LONG, || async {
-        status_and_error(c, id).await.0 == status
-    })
-    .await;
-    status_and_error(c, id).await.1
-}
-
 #[tokio::test]
 async fn the_reactor_refuses_to_prefix_a_key_outside_the_job_owners_prefix_and_sends_nothing() {
     let db = common::migrated_db().await;
@@ -278,12 +245,7 @@ async fn the_reactor_refuses_to_prefix_a_key_outside_the_job_owners_prefix_and_s
     let fake = FakeReplicate::start().await;
     let base = "http://127.0.0.1:9/storage/v1/object/public";
     let flags = fake.reactor_flags(&["--input-base-url", base]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let mut c = db.client().await;
     let victim = common::user_with_profile(&c).await;
     let thief = common::user_with_profile(&c).await;
@@ -339,12 +301,7 @@ async fn a_provider_error_never_copies_a_signed_url_or_query_string_into_the_job
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let mut c = db.client().await;
     let user = common::user_with_profile(&c).await;
     let id = submit_paths(
@@ -506,16 +463,7 @@ async fn success_racing_a_submission_never_ends_above_the_plan() {
             )
             .await
             .unwrap();
-        setup
-            .execute(
-                "insert into usage_ledger (owner_id, kind, amount, job_id)
-                 select owner_id, 'generation_debit', 1, id from generation_jobs j
-                 where owner_id = $1 and status = 'succeeded'
-                   and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
-                &[&user],
-            )
-            .await
-            .unwrap();
+        common::debit_succeeded_jobs(&setup, user).await;
         let used = count(
             &setup,
             &format!("select coalesce(sum(amount), 0)::bigint from usage_ledger where owner_id = '{user}'"),
@@ -541,7 +489,7 @@ async fn starting_job(c: &Client, owner: Uuid) -> Uuid {
 }
 
 async fn status(c: &Client, id: Uuid) -> String {
-    status_and_error(c, id).await.0
+    job_state(c, id).await.0
 }
 
 #[tokio::test]
@@ -629,20 +577,13 @@ async fn supabase_like_db() -> TestDb {
 
 /// Functions the migrations install in public and reactor that `role` may execute.
 async fn executable_by(c: &Client, role: &str) -> Vec<String> {
-    c.query(
-        "select p.oid::regprocedure::text from pg_proc p
+    common::texts(c, "select p.oid::regprocedure::text from pg_proc p
          where p.pronamespace in ('public'::regnamespace, 'reactor'::regnamespace)
            and not exists (select 1 from pg_depend d
                            where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
            and has_function_privilege($1, p.oid, 'EXECUTE')
          order by 1",
-        &[&role],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+        &[&role]).await
 }
 
 #[tokio::test]
@@ -665,20 +606,12 @@ async fn on_supabase_default_privileges_anon_may_execute_nothing_and_clients_onl
     assert_eq!(common::sqlstate(&err), "42501");
 
     // Tables: anon reads only the public catalogue.
-    let readable: Vec<String> = c
-        .query(
-            "select c.oid::regclass::text from pg_class c
+    let readable = common::texts(&c, "select c.oid::regclass::text from pg_class c
              where c.relnamespace in ('public'::regnamespace, 'reactor'::regnamespace)
                and c.relkind in ('r', 'p', 'v', 'm')
                and has_table_privilege('anon', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
              order by 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            &[]).await;
     assert_eq!(
         readable,
         vec!["community_collections", "community_items", "plans"]

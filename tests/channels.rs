@@ -3,7 +3,10 @@
 //! self-check pings must not reach viewers or mask a deaf listener.
 mod common;
 
-use common::{eventually, start_reactor, user_with_profile, InProcess, TestDb};
+use common::{
+    eventually, read_events, start_reactor, start_reactor_with_tokens, user_token,
+    user_with_profile, InProcess, TestDb, ADMIN, JWT_SECRET,
+};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,28 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
-const ADMIN: &str = "admin-token-for-tests";
-const JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters";
-
-async fn reactor(db: &TestDb, storage: &std::path::Path) -> InProcess {
-    start_reactor(
-        db,
-        storage,
-        &["--admin-token", ADMIN, "--supabase-jwt-secret", JWT_SECRET],
-    )
-    .await
-}
-
-fn user_token(user: Uuid) -> String {
-    let claims = json!({"sub": user.to_string(), "aud": "authenticated", "role": "authenticated",
-                        "exp": chrono::Utc::now().timestamp() + 600});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn stream(r: &InProcess, token: &str) -> reqwest::Response {
     let response = reqwest::Client::new()
@@ -44,40 +25,6 @@ async fn stream(r: &InProcess, token: &str) -> reqwest::Response {
         .unwrap();
     assert_eq!(response.status(), 200);
     response
-}
-
-/// Reads SSE events until `done` says so; panics after LONG.
-async fn read_events(
-    response: &mut reqwest::Response,
-    mut done: impl FnMut(&[(String, serde_json::Value)]) -> bool,
-) -> Vec<(String, serde_json::Value)> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !done(&events) {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("events in time; so far {events:?}"))
-            .unwrap();
-        let Some(chunk) = chunk else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut kind = String::from("message");
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim());
-                }
-            }
-            if !data.is_empty() {
-                events.push((kind, serde_json::from_str(&data).unwrap_or(json!(data))));
-            }
-        }
-    }
-    events
 }
 
 /// Runs `sql` as a role with no privileges at all (NOTIFY needs none).
@@ -136,11 +83,11 @@ fn events_for(events: &[(String, serde_json::Value)], id: Uuid) -> Vec<String> {
 async fn a_forged_status_event_never_reaches_a_viewer() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let alice = user_with_profile(&client).await;
-    let mut alices = stream(&r, &user_token(alice)).await;
+    let mut alices = stream(&r, &user_token(alice, JWT_SECRET, 600)).await;
     let mut admins = stream(&r, ADMIN).await;
     let first = submit(&db, alice, "a first room").await;
     read_events(&mut alices, |e| {
@@ -207,11 +154,11 @@ async fn a_forged_status_event_never_reaches_a_viewer() {
 async fn a_flood_of_forged_payloads_neither_disconnects_the_owner_nor_hides_real_transitions() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let owner = user_with_profile(&client).await;
-    let mut owners = stream(&r, &user_token(owner)).await;
+    let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
     let owner_text = owner.to_string();
     // 100,000 distinct forged payloads (NOTIFY folds identical ones), all
     // claiming to be the owner's, in ten transactions racing the real job.
@@ -360,7 +307,7 @@ async fn a_forged_ping_does_not_mask_a_listener_that_stopped_hearing() {
         ],
     )
     .await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    r.wait_ready().await;
 
     // The attacker watches channel reactor (no privilege needed) to learn
     // what a self-check looks like, then keeps answering every check in advance.
@@ -437,10 +384,10 @@ async fn a_watched_tables_changes_reach_its_owner_verified_and_forgeries_do_not(
         )
         .await
         .unwrap();
-    let r = reactor(&db, storage.path()).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let owner = user_with_profile(&client).await;
-    let mut owners = stream(&r, &user_token(owner)).await;
+    let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
     client
         .execute(
             "insert into public.chores values (7, 'todo', $1)",

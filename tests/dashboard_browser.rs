@@ -163,7 +163,7 @@ async fn the_dashboard_shows_a_job_go_from_starting_to_succeeded_live_and_refuse
         &["--admin-token", ADMIN, "--local-delay", "3s"],
     )
     .await;
-    eventually("ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
     let mut browser = Browser::launch(&binary).await;
     let dashboard = format!("http://{}/dashboard", reactor.http_addr);
 

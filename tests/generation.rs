@@ -3,57 +3,18 @@
 //! fake of Replicate's API and a real PostgreSQL.
 mod common;
 
-use common::fake_replicate::{CreateScript, FakeReplicate};
-use common::{count, eventually, image_server, start_reactor, ChildReactor, TestDb};
+use common::fake_replicate::{
+    deliver_webhook, signed_webhook, webhook_flags, CreateScript, FakeReplicate, WEBHOOK_SECRET,
+};
+use common::{
+    count, eventually, image_server, job_state, start_reactor, start_reactor_with, submit_job,
+    wait_for_count, wait_status, ChildReactor, TestDb,
+};
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
-/// "whsec_" + base64("reactor-test-webhook-signing-key").
-const SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
-
-/// Submits a job the way supabase-js does (role authenticated + JWT claims).
-async fn submit(
-    db: &TestDb,
-    user: Uuid,
-    mode: &str,
-    prompt: &str,
-) -> Result<Uuid, tokio_postgres::Error> {
-    let mut client = db.client().await;
-    let tx = client.transaction().await?;
-    reactor::store::db::act_as_user(&tx, user).await?;
-    let row = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
-             values ($1, $2, $3, 'living room', 'scandinavian', 'https://inputs.example/room.jpg') returning id",
-            &[&user, &mode, &prompt],
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(row.get(0))
-}
-
-async fn job(
-    client: &tokio_postgres::Client,
-    id: Uuid,
-) -> (String, Option<String>, Option<String>) {
-    let row = client
-        .query_one(
-            "select status, prediction_id, error from generation_jobs where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1), row.get(2))
-}
-
-async fn wait_status(client: &tokio_postgres::Client, id: Uuid, status: &str) {
-    eventually(&format!("job {id} {status}"), LONG, || async {
-        job(client, id).await.0 == status
-    })
-    .await;
-}
 
 async fn wait_prediction(fake: &FakeReplicate, n: usize) -> String {
     eventually("prediction created at the provider", LONG, || async {
@@ -65,48 +26,12 @@ async fn wait_prediction(fake: &FakeReplicate, n: usize) -> String {
 
 async fn one_render_one_debit(client: &tokio_postgres::Client, id: Uuid) {
     let render = format!("select count(*) from renders where job_id = '{id}'");
-    eventually("render", LONG, || async {
-        count(client, &render).await == 1
-    })
-    .await;
+    wait_for_count(client, "render", &render, 1).await;
     let debit = format!("select count(*) from usage_ledger where job_id = '{id}'");
-    eventually("debit", LONG, || async { count(client, &debit).await == 1 }).await;
+    wait_for_count(client, "debit", &debit, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(client, &render).await, 1);
     assert_eq!(count(client, &debit).await, 1);
-}
-
-fn signed_webhook(
-    body: &serde_json::Value,
-    delivery: &str,
-    at: i64,
-) -> (String, Vec<(&'static str, String)>) {
-    let body = body.to_string();
-    let secret = reactor::http::webhook_signature::Secret::parse(SECRET).unwrap();
-    let signature = reactor::http::webhook_signature::sign(&secret, delivery, at, body.as_bytes());
-    (
-        body,
-        vec![
-            ("webhook-id", delivery.to_string()),
-            ("webhook-timestamp", at.to_string()),
-            ("webhook-signature", signature),
-        ],
-    )
-}
-
-async fn deliver(
-    url: &str,
-    body: String,
-    headers: &[(&'static str, String)],
-) -> reqwest::StatusCode {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in headers {
-        request = request.header(*k, v);
-    }
-    request.send().await.expect("webhook delivery").status()
 }
 
 #[tokio::test]
@@ -115,20 +40,17 @@ async fn a_submitted_job_is_created_polled_to_success_and_rendered_and_debited_o
     let storage = tempfile::tempdir().unwrap();
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "redesign", "warm light").await.unwrap();
+    let id = submit_job(&db, user, "redesign", "warm light")
+        .await
+        .unwrap();
 
     let pid = wait_prediction(&fake, 1).await;
     wait_status(&client, id, "processing").await;
     assert_eq!(
-        job(&client, id).await.1.as_deref(),
+        job_state(&client, id).await.1.as_deref(),
         Some(pid.as_str()),
         "prediction id saved"
     );
@@ -173,34 +95,11 @@ async fn webhook_reactor(
     storage: &std::path::Path,
     fake: &FakeReplicate,
 ) -> (common::InProcess, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut flags = fake.reactor_flags(&[]);
-    let addr = format!("127.0.0.1:{port}");
-    let public = format!("http://{addr}");
-    flags.extend(
-        [
-            "--http-addr",
-            &addr,
-            "--public-url",
-            &public,
-            "--replicate-webhook-secret",
-            SECRET,
-            "--webhook-grace",
-            "1h",
-        ]
-        .map(String::from),
-    );
-    let reactor = start_reactor(
-        db,
-        storage,
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
-    (reactor, format!("{public}/webhooks/replicate"))
+    flags.extend(webhook_flags("1h"));
+    let reactor = start_reactor_with(db, storage, &flags).await;
+    let hook = format!("http://{}/webhooks/replicate", reactor.http_addr);
+    (reactor, hook)
 }
 
 #[tokio::test]
@@ -211,7 +110,7 @@ async fn a_signed_webhook_completes_the_job_and_replays_have_the_effect_of_one()
     let (reactor, hook) = webhook_reactor(&db, storage.path(), &fake).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a loft").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a loft").await.unwrap();
     let pid = wait_prediction(&fake, 1).await;
     let registered = fake.predictions()[0].webhook.clone().unwrap();
     assert_eq!(registered, format!("{hook}?job_id={id}"));
@@ -226,7 +125,7 @@ async fn a_signed_webhook_completes_the_job_and_replays_have_the_effect_of_one()
     let (body, headers) = signed_webhook(&done.json(), "msg_1", now);
     for _ in 0..3 {
         assert_eq!(
-            deliver(&registered, body.clone(), &headers).await,
+            deliver_webhook(&registered, body.clone(), &headers).await,
             reqwest::StatusCode::OK
         );
     }
@@ -243,7 +142,7 @@ async fn bad_or_stale_signatures_are_refused_with_401_and_change_nothing() {
     let (reactor, hook) = webhook_reactor(&db, storage.path(), &fake).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a den").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a den").await.unwrap();
     let pid = wait_prediction(&fake, 1).await;
     wait_status(&client, id, "processing").await;
     let done = fake.finish(
@@ -257,47 +156,51 @@ async fn bad_or_stale_signatures_are_refused_with_401_and_change_nothing() {
     let (body, mut headers) = signed_webhook(&done.json(), "msg_2", now);
     headers[2].1 = "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
     assert_eq!(
-        deliver(&hook, body, &headers).await,
+        deliver_webhook(&hook, body, &headers).await,
         reqwest::StatusCode::UNAUTHORIZED,
         "forged"
     );
     let (body, _) = signed_webhook(&done.json(), "msg_3", now);
     assert_eq!(
-        deliver(&hook, body, &[]).await,
+        deliver_webhook(&hook, body, &[]).await,
         reqwest::StatusCode::UNAUTHORIZED,
         "unsigned"
     );
     let (body, headers) = signed_webhook(&done.json(), "msg_4", now - 600);
     assert_eq!(
-        deliver(&hook, body, &headers).await,
+        deliver_webhook(&hook, body, &headers).await,
         reqwest::StatusCode::UNAUTHORIZED,
         "stale"
     );
     let (_, headers) = signed_webhook(&done.json(), "msg_5", now);
     let tampered = done.json().to_string().replace("succeeded", "failed");
     assert_eq!(
-        deliver(&hook, tampered, &headers).await,
+        deliver_webhook(&hook, tampered, &headers).await,
         reqwest::StatusCode::UNAUTHORIZED,
         "tampered body"
     );
     let (garbage, headers) = signed_webhook(&json!({"hello": "world"}), "msg_6", now);
     assert_eq!(
-        deliver(&hook, garbage, &headers).await,
+        deliver_webhook(&hook, garbage, &headers).await,
         reqwest::StatusCode::BAD_REQUEST,
         "signed garbage"
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(job(&client, id).await.0, "processing", "nothing changed");
+    assert_eq!(
+        job_state(&client, id).await.0,
+        "processing",
+        "nothing changed"
+    );
     // An unknown prediction is acknowledged (so Replicate stops retrying) and ignored.
     let mut unknown = done.json();
     unknown["id"] = json!("pred_unknown");
     let (body, headers) = signed_webhook(&unknown, "msg_7", now);
     assert_eq!(
-        deliver(&hook, body, &headers).await,
+        deliver_webhook(&hook, body, &headers).await,
         reqwest::StatusCode::OK
     );
-    assert_eq!(job(&client, id).await.0, "processing");
+    assert_eq!(job_state(&client, id).await.0, "processing");
     reactor.stop().await;
 }
 
@@ -308,15 +211,10 @@ async fn a_429_is_retried_after_its_retry_after_and_creates_exactly_one_predicti
     let fake = FakeReplicate::start().await;
     fake.script(&[CreateScript::RateLimited(Some(1))]);
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a study").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a study").await.unwrap();
     wait_prediction(&fake, 1).await;
     wait_status(&client, id, "processing").await;
     let times = fake.create_times();
@@ -341,17 +239,12 @@ async fn an_outage_fails_the_job_with_the_error_after_the_last_attempt_and_creat
         CreateScript::ServerError,
     ]);
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a porch").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a porch").await.unwrap();
     wait_status(&client, id, "failed").await;
-    let (_, prediction, error) = job(&client, id).await;
+    let (_, prediction, error) = job_state(&client, id).await;
     assert!(prediction.is_none());
     let error = error.unwrap();
     assert!(error.contains("502"), "{error}");
@@ -367,29 +260,28 @@ async fn a_provider_reported_failure_fails_the_job_with_its_message_and_no_debit
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a cellar").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a cellar").await.unwrap();
     let pid = wait_prediction(&fake, 1).await;
     fake.finish(&pid, "failed", json!(null), json!("NSFW content detected"));
     wait_status(&client, id, "failed").await;
     assert_eq!(
-        job(&client, id).await.2.as_deref(),
+        job_state(&client, id).await.2.as_deref(),
         Some("NSFW content detected")
     );
 
     // "aborted" is Replicate's fourth terminal status: stored as failed, with the reason.
-    let second = submit(&db, user, "imagine", "an attic").await.unwrap();
+    let second = submit_job(&db, user, "imagine", "an attic").await.unwrap();
     let pid = wait_prediction(&fake, 2).await;
     fake.finish(&pid, "aborted", json!(null), json!(null));
     wait_status(&client, second, "failed").await;
-    assert!(job(&client, second).await.2.unwrap().contains("aborted"));
+    assert!(job_state(&client, second)
+        .await
+        .2
+        .unwrap()
+        .contains("aborted"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
     assert_eq!(count(&client, "select count(*) from renders").await, 0);
@@ -403,18 +295,13 @@ async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
     let mut flags = fake.reactor_flags(&[]);
     flags.extend(["--stuck-after", "1s"].map(String::from));
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a gym").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a gym").await.unwrap();
     let pid = wait_prediction(&fake, 1).await;
     wait_status(&client, id, "failed").await;
-    assert_eq!(job(&client, id).await.2.as_deref(), Some("timed out"));
+    assert_eq!(job_state(&client, id).await.2.as_deref(), Some("timed out"));
     // The owner may submit again once the job is no longer in flight.
     assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
 
@@ -425,7 +312,11 @@ async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once
         json!(null),
     );
     wait_status(&client, id, "succeeded").await;
-    assert_eq!(job(&client, id).await.2, None, "the timeout error is gone");
+    assert_eq!(
+        job_state(&client, id).await.2,
+        None,
+        "the timeout error is gone"
+    );
     one_render_one_debit(&client, id).await;
     reactor.stop().await;
 }
@@ -447,30 +338,32 @@ async fn a_crash_between_create_and_save_never_creates_a_second_prediction() {
             "--public-url",
             "http://127.0.0.1:9",
             "--replicate-webhook-secret",
-            SECRET,
+            WEBHOOK_SECRET,
             "--webhook-grace",
             "0s",
         ]
         .map(String::from),
     );
-    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut first = ChildReactor::spawn(&db, storage.path(), &args);
+    let mut first = ChildReactor::spawn_with(&db, storage.path(), &flags);
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "imagine", "a sauna").await.unwrap();
+    let id = submit_job(&db, user, "imagine", "a sauna").await.unwrap();
     wait_prediction(&fake, 1).await;
     // Killed after "prediction created", before "prediction id saved".
     first.kill9();
-    let (status, prediction, _) = job(&client, id).await;
+    let (status, prediction, _) = job_state(&client, id).await;
     assert_eq!((status.as_str(), prediction), ("starting", None));
 
-    let _second = ChildReactor::spawn(&db, storage.path(), &args);
+    let _second = ChildReactor::spawn_with(&db, storage.path(), &flags);
     eventually("prediction adopted", LONG, || async {
-        job(&client, id).await.1.is_some()
+        job_state(&client, id).await.1.is_some()
     })
     .await;
     let pid = fake.predictions()[0].id.clone();
-    assert_eq!(job(&client, id).await.1.as_deref(), Some(pid.as_str()));
+    assert_eq!(
+        job_state(&client, id).await.1.as_deref(),
+        Some(pid.as_str())
+    );
     fake.finish(
         &pid,
         "succeeded",
@@ -509,24 +402,19 @@ async fn an_interrupted_submission_never_adopts_another_users_prediction_with_th
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let (bob, alice) = (
         common::user_with_profile(&client).await,
         common::user_with_profile(&client).await,
     );
-    let bobs = submit(&db, bob, "imagine", "a sauna").await.unwrap();
+    let bobs = submit_job(&db, bob, "imagine", "a sauna").await.unwrap();
     let bobs_prediction = wait_prediction(&fake, 1).await;
     wait_status(&client, bobs, "processing").await;
     // Alice's identical job, whose create may or may not have gone through.
     let alices = interrupted_job(&client, alice, "a sauna", "starting").await;
     wait_status(&client, alices, "failed").await;
-    let (_, prediction, error) = job(&client, alices).await;
+    let (_, prediction, error) = job_state(&client, alices).await;
     assert_eq!(
         prediction, None,
         "Bob's prediction was not attached to Alice's job"
@@ -535,7 +423,7 @@ async fn an_interrupted_submission_never_adopts_another_users_prediction_with_th
     assert!(error.contains("could not be proven"), "{error}");
     assert_eq!(fake.create_calls(), 1, "nothing created for Alice either");
     assert_eq!(
-        job(&client, bobs).await.1.as_deref(),
+        job_state(&client, bobs).await.1.as_deref(),
         Some(bobs_prediction.as_str())
     );
     reactor.stop().await;
@@ -552,7 +440,7 @@ async fn a_signed_webhook_cannot_be_pointed_at_another_job_with_job_id() {
         common::user_with_profile(&client).await,
         common::user_with_profile(&client).await,
     );
-    let id = submit(&db, owner, "imagine", "a den").await.unwrap();
+    let id = submit_job(&db, owner, "imagine", "a den").await.unwrap();
     let pid = wait_prediction(&fake, 1).await;
     wait_status(&client, id, "processing").await;
     // The victim's job waits for its own prediction (processing, id not yet saved:
@@ -575,19 +463,19 @@ async fn a_signed_webhook_cannot_be_pointed_at_another_job_with_job_id() {
     for (n, body) in [orphan, bare].into_iter().enumerate() {
         let (body, headers) = signed_webhook(&body, &format!("msg_hint_{n}"), now);
         assert_eq!(
-            deliver(&format!("{hook}?job_id={victims}"), body, &headers).await,
+            deliver_webhook(&format!("{hook}?job_id={victims}"), body, &headers).await,
             reqwest::StatusCode::OK
         );
     }
     // The real delivery, also pointed at the victim: it completes the owner's job only.
     let (body, headers) = signed_webhook(&done.json(), "msg_real", now);
     assert_eq!(
-        deliver(&format!("{hook}?job_id={victims}"), body, &headers).await,
+        deliver_webhook(&format!("{hook}?job_id={victims}"), body, &headers).await,
         reqwest::StatusCode::OK
     );
     wait_status(&client, id, "succeeded").await;
     assert_eq!(
-        job(&client, victims).await,
+        job_state(&client, victims).await,
         ("processing".to_string(), None, None),
         "the victim's job is untouched"
     );
@@ -600,16 +488,11 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
     let flags = fake.reactor_flags(&[]);
-    let reactor = start_reactor(
-        &db,
-        storage.path(),
-        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-    )
-    .await;
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let mut client = db.client().await;
     let owner = common::user_with_profile(&client).await;
     let stranger = common::user_with_profile(&client).await;
-    let id = submit(&db, owner, "imagine", "a barn").await.unwrap();
+    let id = submit_job(&db, owner, "imagine", "a barn").await.unwrap();
     wait_prediction(&fake, 1).await;
     wait_status(&client, id, "processing").await;
 
@@ -621,7 +504,7 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
     .await
     .unwrap_err();
     assert_eq!(common::sqlstate(&err), "PT404");
-    assert_eq!(job(&client, id).await.0, "processing");
+    assert_eq!(job_state(&client, id).await.0, "processing");
 
     common::as_user(
         &mut client,
@@ -648,9 +531,9 @@ async fn an_owner_cancels_their_job_at_the_provider_and_others_are_refused() {
     reactor.stop().await;
 
     // A job nothing was sent for (no reactor running) is canceled on the spot.
-    let waiting = submit(&db, owner, "imagine", "a shed").await.unwrap();
+    let waiting = submit_job(&db, owner, "imagine", "a shed").await.unwrap();
     assert_eq!(cancel_as(&db, owner, waiting).await.unwrap(), "canceled");
-    assert_eq!(job(&client, waiting).await.0, "canceled");
+    assert_eq!(job_state(&client, waiting).await.0, "canceled");
     assert_eq!(
         fake.create_calls(),
         1,
@@ -678,16 +561,10 @@ async fn the_local_provider_runs_the_whole_pipeline_offline() {
     let reactor = start_reactor(&db, storage.path(), &[]).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user, "staging", "cozy").await.unwrap();
+    let id = submit_job(&db, user, "staging", "cozy").await.unwrap();
     wait_status(&client, id, "succeeded").await;
     one_render_one_debit(&client, id).await;
-    let paths: Vec<String> = client
-        .query("select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let paths = common::texts(&client, "select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id]).await;
     assert_eq!(paths.len(), 2);
     for path in paths {
         let bytes = std::fs::read(storage.path().join("public").join(&path)).unwrap();

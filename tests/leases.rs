@@ -5,54 +5,25 @@
 //! one is terminated, then it is let back in.
 mod common;
 
-use common::fake_replicate::{CreateScript, FakeReplicate};
-use common::{count, eventually, image_server, start_reactor, TestDb};
+use common::fake_replicate::{
+    deliver_webhook, signed_webhook, webhook_flags, CreateScript, FakeReplicate,
+};
+use common::{
+    count, eventually, image_server, job_state, start_reactor_with, submit_job, wait_for_count,
+    wait_status, TestDb,
+};
 use serde_json::json;
 use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
-/// "whsec_" + base64("reactor-test-webhook-signing-key").
-const SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
 const STATE_BUT_DEAD: &str = "select count(*) from reactor.handler_state where dead_at is null";
 
-/// Flags that turn webhooks on (a free local port for the reactor's HTTP
-/// server), so every create carries the job id that proves a prediction is
-/// the job's own when an interrupted submission is reconciled.
-fn webhook_flags(grace: &str) -> Vec<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    [
-        "--http-addr".to_string(),
-        addr.clone(),
-        "--public-url".to_string(),
-        format!("http://{addr}"),
-        "--replicate-webhook-secret".to_string(),
-        SECRET.to_string(),
-        "--webhook-grace".to_string(),
-        grace.to_string(),
-    ]
-    .into()
-}
-
 async fn start(db: &TestDb, storage: &std::path::Path, flags: &[String]) -> common::InProcess {
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let reactor = start_reactor(db, storage, &flags).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    let reactor = start_reactor_with(db, storage, flags).await;
+    reactor.wait_ready().await;
     reactor
-}
-
-/// A connection to the server's maintenance database, which stays reachable
-/// while the test's database is away.
-async fn admin(db: &TestDb) -> Client {
-    let mut url = url::Url::parse(&db.url).unwrap();
-    url.set_path("/postgres");
-    reactor::store::db::connect(url.as_str()).await.unwrap()
 }
 
 /// The database goes away: new connections are refused and open ones end.
@@ -84,42 +55,6 @@ async fn back(admin: &Client, db: &TestDb) {
         .unwrap();
 }
 
-/// Submits a job the way supabase-js does (role authenticated + JWT claims).
-async fn submit(db: &TestDb, user: Uuid) -> Uuid {
-    let mut client = db.client().await;
-    let tx = client.transaction().await.unwrap();
-    reactor::store::db::act_as_user(&tx, user).await.unwrap();
-    let row = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
-             values ($1, 'imagine', 'a quiet study', 'study', 'minimal', 'https://inputs.example/room.jpg')
-             returning id",
-            &[&user],
-        )
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    row.get(0)
-}
-
-async fn job(client: &Client, id: Uuid) -> (String, Option<String>, Option<String>) {
-    let row = client
-        .query_one(
-            "select status, prediction_id, error from generation_jobs where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1), row.get(2))
-}
-
-async fn wait_status(client: &Client, id: Uuid, status: &str) {
-    eventually(&format!("job {id} {status}"), LONG, || async {
-        job(client, id).await.0 == status
-    })
-    .await;
-}
-
 /// One render with its variant and one debit for the job, and no state left
 /// for any handler (generation, renders, usage, favorites) but dead rows.
 async fn done_once_and_no_state_left(client: &Client, id: Uuid) {
@@ -133,10 +68,7 @@ async fn done_once_and_no_state_left(client: &Client, id: Uuid) {
     })
     .await;
     assert!(count(client, &variants).await >= 1, "variants stored");
-    eventually("handler_state empty", LONG, || async {
-        count(client, STATE_BUT_DEAD).await == 0
-    })
-    .await;
+    wait_for_count(client, "handler_state empty", STATE_BUT_DEAD, 0).await;
     assert_eq!(count(client, &render).await, 1);
     assert_eq!(count(client, &debit).await, 1);
     assert_eq!(
@@ -160,9 +92,11 @@ async fn an_outcome_write_failing_while_the_database_is_away_is_retried_once_it_
     let mut flags = fake.reactor_flags(&["--lease", "6s"]);
     flags.extend(webhook_flags("60s"));
     let reactor = start(&db, storage.path(), &flags).await;
-    let admin = admin(&db).await;
+    let admin = db.maintenance_client().await;
     let user = common::user_with_profile(&db.client().await).await;
-    let id = submit(&db, user).await;
+    let id = submit_job(&db, user, "imagine", "a quiet study")
+        .await
+        .unwrap();
     eventually("create received", LONG, || async {
         fake.create_calls() == 1
     })
@@ -174,11 +108,14 @@ async fn an_outcome_write_failing_while_the_database_is_away_is_retried_once_it_
 
     let client = db.client().await;
     eventually("the created prediction adopted", LONG, || async {
-        job(&client, id).await.1.is_some()
+        job_state(&client, id).await.1.is_some()
     })
     .await;
     let pid = fake.predictions()[0].id.clone();
-    assert_eq!(job(&client, id).await.1.as_deref(), Some(pid.as_str()));
+    assert_eq!(
+        job_state(&client, id).await.1.as_deref(),
+        Some(pid.as_str())
+    );
     fake.finish(
         &pid,
         "succeeded",
@@ -202,10 +139,12 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
     let mut flags = fake.reactor_flags(&[]);
     flags.extend(webhook_flags("4s"));
     let reactor = start(&db, storage.path(), &flags).await;
-    let admin = admin(&db).await;
+    let admin = db.maintenance_client().await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user).await;
+    let id = submit_job(&db, user, "imagine", "a quiet study")
+        .await
+        .unwrap();
     wait_status(&client, id, "processing").await;
     let prediction = fake.predictions()[0].clone();
     let hook = prediction.webhook.clone().expect("webhook registered");
@@ -217,22 +156,9 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
         json!([images.url("/ok/hook.jpg")]),
         json!(null),
     );
-    let body = done.json().to_string();
-    let secret = reactor::http::webhook_signature::Secret::parse(SECRET).unwrap();
     let at = chrono::Utc::now().timestamp();
-    let signature =
-        reactor::http::webhook_signature::sign(&secret, "msg_outage", at, body.as_bytes());
-    let status = reqwest::Client::new()
-        .post(&hook)
-        .header("content-type", "application/json")
-        .header("webhook-id", "msg_outage")
-        .header("webhook-timestamp", at.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let (body, headers) = signed_webhook(&done.json(), "msg_outage", at);
+    let status = deliver_webhook(&hook, body, &headers).await;
     assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
     tokio::time::sleep(Duration::from_secs(1)).await;
     back(&admin, &db).await;
@@ -249,7 +175,9 @@ async fn a_webhook_refused_during_an_outage_is_made_up_for_by_polling_after_the_
 async fn instance_holding_a_hung_job(db: &TestDb, fake: &FakeReplicate) -> (Uuid, Uuid, i64) {
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(db, user).await;
+    let id = submit_job(db, user, "imagine", "a quiet study")
+        .await
+        .unwrap();
     eventually("create received", LONG, || async {
         fake.create_calls() == 1
     })
@@ -294,10 +222,7 @@ async fn the_heartbeat_renews_running_work_but_not_a_lease_whose_task_is_gone() 
     let orphan_state = format!(
         "select count(*) from reactor.handler_state where row_id = '{orphan}' and lease_expires_at > now()"
     );
-    eventually("the orphaned lease expired", LONG, || async {
-        count(&client, &orphan_state).await == 0
-    })
-    .await;
+    wait_for_count(&client, "the orphaned lease expired", &orphan_state, 0).await;
     // The hung attempt's lease is still this reactor's, never re-claimed.
     let row = client
         .query_one(
@@ -325,7 +250,9 @@ async fn the_stuck_sweep_fails_an_in_flight_job_nobody_holds_a_claim_on() {
     let fake = FakeReplicate::start().await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    let id = submit(&db, user).await;
+    let id = submit_job(&db, user, "imagine", "a quiet study")
+        .await
+        .unwrap();
     // In flight at the provider, and leased for an hour by a reactor that is
     // gone: no attempt will run for it, so no attempt can time it out.
     client
@@ -351,10 +278,12 @@ async fn the_stuck_sweep_fails_an_in_flight_job_nobody_holds_a_claim_on() {
     )
     .await;
     wait_status(&client, id, "failed").await;
-    assert_eq!(job(&client, id).await.2.as_deref(), Some("timed out"));
+    assert_eq!(job_state(&client, id).await.2.as_deref(), Some("timed out"));
     assert_eq!(fake.create_calls(), 0);
     // The owner may submit again.
-    submit(&db, user).await;
+    submit_job(&db, user, "imagine", "a quiet study")
+        .await
+        .unwrap();
     reactor.stop().await;
 }
 
@@ -392,7 +321,14 @@ async fn state_left_behind_for_finished_rows_is_removed_and_dead_or_waiting_rows
         .await
         .unwrap();
     // A pending job waiting for its retry keeps its state.
-    let waiting = submit(&db, common::user_with_profile(&client).await).await;
+    let waiting = submit_job(
+        &db,
+        common::user_with_profile(&client).await,
+        "imagine",
+        "a quiet study",
+    )
+    .await
+    .unwrap();
     client
         .execute(
             "insert into reactor.handler_state (handler, row_id, attempts, last_error, next_attempt_at)
@@ -408,9 +344,12 @@ async fn state_left_behind_for_finished_rows_is_removed_and_dead_or_waiting_rows
 
     let fake = FakeReplicate::start().await;
     let reactor = start(&db, storage.path(), &fake.reactor_flags(&[])).await;
-    eventually("left-behind state removed", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 2
-    })
+    wait_for_count(
+        &client,
+        "left-behind state removed",
+        "select count(*) from reactor.handler_state",
+        2,
+    )
     .await;
     assert_eq!(
         count(
@@ -449,18 +388,12 @@ async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
     let dead = common::succeeded_job(&client, owner, &[images.url("/missing/b.jpg")]).await;
     let reactor = start(&db, storage.path(), &[]).await;
     let rendered = format!("select count(*) from renders where job_id = '{retried}'");
-    eventually("the retried job rendered", LONG, || async {
-        count(&client, &rendered).await == 1
-    })
-    .await;
+    wait_for_count(&client, "the retried job rendered", &rendered, 1).await;
     let dead_state = format!(
         "select count(*) from reactor.handler_state
          where handler = 'renders' and row_id = '{dead}' and dead_at is not null"
     );
-    eventually("the missing image's render dead", LONG, || async {
-        count(&client, &dead_state).await == 1
-    })
-    .await;
+    wait_for_count(&client, "the missing image's render dead", &dead_state, 1).await;
     eventually("two debits and the default collection", LONG, || async {
         count(&client, "select count(*) from usage_ledger").await == 2
             && count(
@@ -471,9 +404,12 @@ async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
                 == 1
     })
     .await;
-    eventually("only the dead row left", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 1
-    })
+    wait_for_count(
+        &client,
+        "only the dead row left",
+        "select count(*) from reactor.handler_state",
+        1,
+    )
     .await;
     assert_eq!(count(&client, &dead_state).await, 1);
     assert_eq!(images.hits("/flaky/1/a.jpg"), 2, "one retry");

@@ -112,15 +112,11 @@ async fn a_failing_migration_rolls_back_and_is_not_recorded() {
         .unwrap()
         .get(0);
     assert!(!half, "the failed file's transaction was rolled back");
-    let names: Vec<String> = client
-        .query(
-            "select name from reactor.schema_migrations order by name",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = common::texts(
+        &client,
+        "select name from reactor.schema_migrations order by name",
+        &[],
+    )
+    .await;
     assert_eq!(names, vec!["sql/ok.sql".to_string()]);
 }

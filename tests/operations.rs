@@ -3,31 +3,15 @@
 //! `status`, `retry`, and the Realtime broadcast.
 mod common;
 
-use common::{count, eventually, start_reactor, user_with_profile, InProcess, TestDb};
+use common::{
+    count, eventually, read_events, start_reactor_with_tokens, user_token, user_with_profile,
+    wait_for_count, InProcess, ADMIN, JWT_SECRET,
+};
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
-const ADMIN: &str = "admin-token-for-tests";
-const JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters";
-
-async fn reactor(db: &TestDb, storage: &std::path::Path, extra: &[&str]) -> InProcess {
-    let mut flags = vec!["--admin-token", ADMIN, "--supabase-jwt-secret", JWT_SECRET];
-    flags.extend_from_slice(extra);
-    start_reactor(db, storage, &flags).await
-}
-
-fn user_token(user: Uuid, secret: &str, expires_in: i64) -> String {
-    let claims = json!({"sub": user.to_string(), "aud": "authenticated", "role": "authenticated",
-                        "exp": chrono::Utc::now().timestamp() + expires_in});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 fn url(r: &InProcess, path: &str) -> String {
     format!("http://{}{path}", r.http_addr)
@@ -53,45 +37,11 @@ async fn job(client: &tokio_postgres::Client, owner: Uuid, status: &str) -> Uuid
         .get(0)
 }
 
-/// Reads SSE events from `response` until `done` says so (or the deadline).
-async fn read_events(
-    response: &mut reqwest::Response,
-    mut done: impl FnMut(&[(String, serde_json::Value)]) -> bool,
-) -> Vec<(String, serde_json::Value)> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + LONG;
-    while !done(&events) {
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .expect("events in time")
-            .unwrap();
-        let Some(chunk) = chunk else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut kind = String::from("message");
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim());
-                }
-            }
-            if !data.is_empty() {
-                events.push((kind, serde_json::from_str(&data).unwrap_or(json!(data))));
-            }
-        }
-    }
-    events
-}
-
 #[tokio::test]
 async fn healthz_is_always_up_and_readyz_follows_the_listener_and_the_database() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
     assert_eq!(get(&url(&r, "/healthz"), None).await.status(), 200);
     eventually("ready", LONG, || async {
         get(&url(&r, "/readyz"), None).await.status() == 200
@@ -146,8 +96,8 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 async fn metrics_change_when_work_happens() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let before = get(&url(&r, "/metrics"), None).await.text().await.unwrap();
     let handled = |t: &str| metric(t, "reactor_rows_handled_total", "handler=\"favorites\"");
     let client = db.client().await;
@@ -160,10 +110,7 @@ async fn metrics_change_when_work_happens() {
     let done = format!(
         "select count(*) from generation_jobs where id = '{generated}' and status = 'succeeded'"
     );
-    eventually("generation done", LONG, || async {
-        count(&client, &done).await == 1
-    })
-    .await;
+    wait_for_count(&client, "generation done", &done, 1).await;
     eventually("favorites counted", LONG, || async {
         let now = get(&url(&r, "/metrics"), None).await.text().await.unwrap();
         handled(&now) >= handled(&before) + 4.0
@@ -188,8 +135,8 @@ async fn metrics_change_when_work_happens() {
 async fn each_user_sees_only_their_own_jobs_on_the_event_stream_and_the_admin_sees_all() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let (alice, bob) = (
         user_with_profile(&client).await,
@@ -256,7 +203,7 @@ async fn each_user_sees_only_their_own_jobs_on_the_event_stream_and_the_admin_se
 async fn expired_forged_or_missing_tokens_are_refused() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
     let user = Uuid::new_v4();
     for token in [
         None,
@@ -303,7 +250,7 @@ fn token_with(claims: serde_json::Value) -> String {
 async fn anon_tokens_and_the_admin_token_in_a_url_are_refused_on_the_event_stream() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
     // The project's anon key is a valid signature with role anon: not a user.
     let anon = token_with(
         json!({"aud": "authenticated", "role": "anon", "sub": Uuid::new_v4().to_string(),
@@ -331,7 +278,7 @@ async fn anon_tokens_and_the_admin_token_in_a_url_are_refused_on_the_event_strea
 async fn an_event_stream_ends_when_its_token_expires() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
     let user = Uuid::new_v4();
     // Valid now, expired in two seconds.
     let mut stream = get(
@@ -379,8 +326,8 @@ async fn stuck_client(r: &InProcess) -> tokio::net::TcpStream {
 async fn a_stuck_event_client_is_told_to_resync_and_holds_back_neither_the_reactor_nor_others() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
-    let r = reactor(&db, storage.path(), &[]).await;
-    eventually("ready", LONG, || async { r.status.ready() }).await;
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
     let client = db.client().await;
     let owner = user_with_profile(&client).await;
     let mut stuck = stuck_client(&r).await;
@@ -408,9 +355,12 @@ async fn a_stuck_event_client_is_told_to_resync_and_holds_back_neither_the_react
     }
     assert_eq!(seen, 3000);
     // The reactor kept working all along: every job is debited.
-    eventually("3000 debits", LONG, || async {
-        count(&client, "select count(*) from usage_ledger").await == 3000
-    })
+    wait_for_count(
+        &client,
+        "3000 debits",
+        "select count(*) from usage_ledger",
+        3000,
+    )
     .await;
     // When the stuck client finally reads, it is told it missed events, and the stream ends.
     let mut received = Vec::new();
@@ -441,15 +391,13 @@ async fn the_admin_api_summarises_and_retries_a_dead_row() {
     let client = db.client().await;
     let owner = user_with_profile(&client).await;
     let dead_job = common::succeeded_job(&client, owner, &[images.url("/missing/gone.jpg")]).await;
-    let r = reactor(&db, storage.path(), &[]).await;
-    eventually("dead row", LONG, || async {
-        count(
-            &client,
-            "select count(*) from reactor.handler_state where dead_at is not null",
-        )
-        .await
-            == 1
-    })
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    wait_for_count(
+        &client,
+        "dead row",
+        "select count(*) from reactor.handler_state where dead_at is not null",
+        1,
+    )
     .await;
     let summary: serde_json::Value = get(&url(&r, "/v1/admin/summary"), Some(ADMIN))
         .await
@@ -520,10 +468,7 @@ async fn reactor_watch_prints_a_line_per_status_change() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    eventually("watch listening", LONG, || async {
-        count(&client, "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'LISTEN job_status%'").await == 1
-    })
-    .await;
+    wait_for_count(&client, "watch listening", "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'LISTEN job_status%'", 1).await;
     let id = job(&client, owner, "starting").await;
     job(&client, other, "succeeded").await;
     client

@@ -3,7 +3,9 @@
 //! against a real PostgreSQL, with a loopback HTTP server as the handler URL.
 mod common;
 
-use common::{as_user, auth_user, count, eventually, start_reactor, ChildReactor, TestDb};
+use common::{
+    as_user, auth_user, count, eventually, start_reactor, wait_for_count, ChildReactor, TestDb,
+};
 use futures::StreamExt as _;
 use reactor::http::webhook_signature::{self, Secret};
 use std::path::{Path, PathBuf};
@@ -352,7 +354,7 @@ impl Setup {
 
     async fn start(&self, extra: &[&str]) -> common::InProcess {
         let reactor = start_reactor(&self.db, self.storage.path(), &self.flags(extra)).await;
-        eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+        reactor.wait_ready().await;
         reactor
     }
 
@@ -542,9 +544,12 @@ async fn failures_retry_and_end_failed_with_the_error(system: System) {
         assert_eq!(s.column(url_column, id).await, None);
     }
     // The failure is on the row, so the reactor keeps no state for it.
-    eventually("state cleared", LONG, || async {
-        count(&s.client, "select count(*) from reactor.handler_state").await == 0
-    })
+    wait_for_count(
+        &s.client,
+        "state cleared",
+        "select count(*) from reactor.handler_state",
+        0,
+    )
     .await;
 
     // Later jobs still run, and the failed one is not sent again.
@@ -1056,14 +1061,14 @@ async fn one_config_replays_every_watched_table_on_start_up() {
     };
     let reactor = s.start(&["--sweep-interval", "1h"]).await;
     s.wait_status(image, "completed").await;
-    eventually("vision board complete", LONG, || async {
-        count(
-            &s.client,
-            &format!("select count(*) from vision_board_jobs where id = '{board}' and status = 'complete'"),
-        )
-        .await
-            == 1
-    })
+    wait_for_count(
+        &s.client,
+        "vision board complete",
+        &format!(
+            "select count(*) from vision_board_jobs where id = '{board}' and status = 'complete'"
+        ),
+        1,
+    )
     .await;
     assert_eq!(s.handler.requests_for(image)[0].path, IMAGE_JOBS.path);
     assert_eq!(s.handler.requests_for(board)[0].path, VISION_BOARD.path);
@@ -1335,9 +1340,12 @@ async fn a_row_waiting_for_its_retry_and_finished_elsewhere_leaves_no_state() {
         "select count(*) from reactor.handler_state
          where row_id = '{id}' and attempts = 1 and lease_owner is null and dead_at is null"
     );
-    eventually("a failed attempt waiting for its retry", LONG, || async {
-        count(&s.client, &waiting).await == 1
-    })
+    wait_for_count(
+        &s.client,
+        "a failed attempt waiting for its retry",
+        &waiting,
+        1,
+    )
     .await;
     s.client
         .execute(
@@ -1349,9 +1357,12 @@ async fn a_row_waiting_for_its_retry_and_finished_elsewhere_leaves_no_state() {
         )
         .await
         .unwrap();
-    eventually("its state dropped", LONG, || async {
-        count(&s.client, "select count(*) from reactor.handler_state").await == 0
-    })
+    wait_for_count(
+        &s.client,
+        "its state dropped",
+        "select count(*) from reactor.handler_state",
+        0,
+    )
     .await;
     assert_eq!(s.handler.requests_for(id).len(), 1, "never posted again");
     reactor.stop().await;

@@ -9,12 +9,11 @@
 //! prepared statement, a LISTEN) can pass by luck.
 mod common;
 
-use common::{count, eventually, ChildReactor, TestDb};
+use common::{eventually, wait_for_count, ChildReactor, TestDb};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
-use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -62,11 +61,7 @@ fn is_root() -> bool {
 impl PgBouncer {
     async fn start(db: &TestDb, pool_mode: &str) -> Self {
         let server = url::Url::parse(&db.url).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("pgbouncer.ini");
         std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
@@ -182,47 +177,27 @@ fn log_of(storage: &std::path::Path) -> String {
 async fn whole_pipeline(db: &TestDb) {
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
-    eventually("favorites for the new profile", LONG, || async {
-        count(
-            &client,
-            &format!("select count(*) from collections where owner_id = '{user}' and is_default_favorites"),
-        )
-        .await
-            == 1
-    })
+    wait_for_count(
+        &client,
+        "favorites for the new profile",
+        &format!(
+            "select count(*) from collections where owner_id = '{user}' and is_default_favorites"
+        ),
+        1,
+    )
     .await;
-    let mut submitter = db.client().await;
-    let tx = submitter.transaction().await.unwrap();
-    reactor::store::db::act_as_user(&tx, user).await.unwrap();
-    let job: Uuid = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
-             values ($1, 'staging', 'cozy', 'living room', 'scandinavian', 'https://inputs.example/room.jpg')
-             returning id",
-            &[&user],
-        )
+    let job = common::submit_job(db, user, "staging", "cozy")
         .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
+        .unwrap();
     let succeeded =
         format!("select count(*) from generation_jobs where id = '{job}' and status = 'succeeded'");
-    eventually("the job succeeded", LONG, || async {
-        count(&client, &succeeded).await == 1
-    })
-    .await;
+    wait_for_count(&client, "the job succeeded", &succeeded, 1).await;
     let variants = format!(
         "select count(*) from render_variants v join renders r on r.id = v.render_id where r.job_id = '{job}'"
     );
-    eventually("its render with two images", LONG, || async {
-        count(&client, &variants).await == 2
-    })
-    .await;
+    wait_for_count(&client, "its render with two images", &variants, 2).await;
     let debit = format!("select count(*) from usage_ledger where job_id = '{job}'");
-    eventually("its debit", LONG, || async {
-        count(&client, &debit).await == 1
-    })
-    .await;
+    wait_for_count(&client, "its debit", &debit, 1).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    count, eventually, image_server, start_reactor, succeeded_job, user_with_profile, ChildReactor,
+    count, eventually, image_server, start_reactor, succeeded_job, user_with_profile,
+    wait_for_count, ChildReactor,
 };
 use std::time::Duration;
 
@@ -69,7 +70,7 @@ async fn a_profile_insert_gets_its_favorites_collection_through_the_notification
     let storage = tempfile::tempdir().unwrap();
     // A sweep far away: only the notification can make this happen in time.
     let reactor = start_reactor(&db, storage.path(), &["--sweep-interval", "1h"]).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
 
     let client = db.client().await;
     let user = user_with_profile(&client).await;
@@ -134,16 +135,12 @@ async fn rows_written_while_the_reactor_is_down_are_replayed_exactly_once() {
     exactly_one_favorites_each(&client, 500).await;
     exactly_one_debit_and_render_each(&client, 200, 2).await;
     // Every variant's image is on disk where its row says, with the content type's extension.
-    let paths: Vec<String> = client
-        .query(
-            "select image_path from render_variants order by image_path",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let paths = common::texts(
+        &client,
+        "select image_path from render_variants order by image_path",
+        &[],
+    )
+    .await;
     assert_eq!(paths.iter().filter(|p| p.ends_with("/0.jpg")).count(), 200);
     assert_eq!(paths.iter().filter(|p| p.ends_with("/1.png")).count(), 200);
     for path in &paths {
@@ -163,7 +160,7 @@ async fn a_killed_listener_reconnects_and_catches_up_on_what_it_missed() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let reactor = start_reactor(&db, storage.path(), &["--sweep-interval", "1h"]).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
 
     let client = db.client().await;
     let writer = {
@@ -330,9 +327,12 @@ async fn a_download_failing_twice_then_succeeding_is_retried_to_a_render() {
         "two failures, then the success"
     );
     assert_eq!(count(&client, &format!("select count(*) from render_variants v join renders r on r.id = v.render_id where r.job_id = '{job}'")).await, 1);
-    eventually("state cleared", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 0
-    })
+    wait_for_count(
+        &client,
+        "state cleared",
+        "select count(*) from reactor.handler_state",
+        0,
+    )
     .await;
     reactor.stop().await;
 }
@@ -371,7 +371,7 @@ async fn a_sql_handler_failing_twice_then_succeeding_is_retried_without_blocking
     let flaky = common::auth_user(&client).await;
     inject_favorites_failure(&client, flaky, Some(2)).await;
     let reactor = start_reactor(&db, storage.path(), &["--max-attempts", "5"]).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
     client
         .execute("insert into profiles (id) values ($1)", &[&flaky])
         .await
@@ -396,9 +396,12 @@ async fn a_sql_handler_failing_twice_then_succeeding_is_retried_without_blocking
         "two injected failures, then one success (nextval above is the 4th call)"
     );
     assert_eq!(others.len(), 5);
-    eventually("state cleared", LONG, || async {
-        count(&client, "select count(*) from reactor.handler_state").await == 0
-    })
+    wait_for_count(
+        &client,
+        "state cleared",
+        "select count(*) from reactor.handler_state",
+        0,
+    )
     .await;
     reactor.stop().await;
 }
@@ -416,14 +419,12 @@ async fn a_row_failing_forever_ends_dead_with_its_error_and_is_not_retried() {
         .unwrap();
     let fine = user_with_profile(&client).await;
     let reactor = start_reactor(&db, storage.path(), &["--max-attempts", "3"]).await;
-    eventually("dead row", LONG, || async {
-        count(
-            &client,
-            "select count(*) from reactor.handler_state where dead_at is not null",
-        )
-        .await
-            == 1
-    })
+    wait_for_count(
+        &client,
+        "dead row",
+        "select count(*) from reactor.handler_state where dead_at is not null",
+        1,
+    )
     .await;
     let row = client
         .query_one(
@@ -489,10 +490,7 @@ async fn a_row_failing_forever_ends_dead_with_its_error_and_is_not_retried() {
 }
 
 async fn dead_render_error(client: &tokio_postgres::Client) -> (i32, String) {
-    eventually("dead render", LONG, || async {
-        count(client, "select count(*) from reactor.handler_state where handler = 'renders' and dead_at is not null").await == 1
-    })
-    .await;
+    wait_for_count(client, "dead render", "select count(*) from reactor.handler_state where handler = 'renders' and dead_at is not null", 1).await;
     let row = client
         .query_one(
             "select attempts, last_error from reactor.handler_state where handler = 'renders'",
@@ -599,7 +597,7 @@ async fn malformed_and_foreign_payloads_are_ignored_and_later_work_still_happens
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let reactor = start_reactor(&db, storage.path(), &["--sweep-interval", "1h"]).await;
-    eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
     let client = db.client().await;
     for payload in [
         "garbage",
@@ -809,7 +807,7 @@ async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
         &["--sweep-interval", "1h", "--outbox-poll", "50ms"],
     )
     .await;
-    eventually("ready", LONG, || async { reactor.status.ready() }).await;
+    reactor.wait_ready().await;
     // Sessions opened after ALTER DATABASE write to the outbox.
     let client = db.client().await;
     let user = user_with_profile(&client).await;

@@ -4,7 +4,7 @@
 //! which bypasses RLS, as the reactor and billing do.
 mod common;
 
-use common::TestDb;
+use common::{count_with, TestDb};
 use tokio_postgres::{types::ToSql, Client, Row};
 use uuid::Uuid;
 
@@ -86,15 +86,6 @@ fn assert_denied<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>, w
             reactor::store::db::describe(&e)
         ),
     }
-}
-
-/// A count (or any bigint) read as the superuser.
-async fn count(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
-    client
-        .query_one(sql, params)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
-        .get(0)
 }
 
 async fn insert_id(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Uuid {
@@ -237,7 +228,7 @@ async fn profiles_each_user_reads_and_edits_only_its_own_profile_and_none_can_de
         "B creates a profile for another user",
     );
     assert_eq!(
-        count(&w.su, "select count(*) from profiles where id = $1", &[&c]).await,
+        count_with(&w.su, "select count(*) from profiles where id = $1", &[&c]).await,
         0
     );
     assert_eq!(
@@ -311,7 +302,7 @@ async fn profiles_each_user_reads_and_edits_only_its_own_profile_and_none_can_de
         "B deletes A's profile",
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from profiles where id = any($1)",
             &[&vec![a, b, c]]
@@ -356,7 +347,7 @@ async fn generation_jobs_each_user_reads_only_its_own_and_cannot_write_anothers_
         "B submits a job as A",
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from generation_jobs where owner_id = $1",
             &[&a]
@@ -386,7 +377,7 @@ async fn generation_jobs_each_user_reads_only_its_own_and_cannot_write_anothers_
         );
     }
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from generation_jobs where style is null and status = 'succeeded' and id = any($1)",
             &[&vec![w.a.job, w.b.job]]
@@ -459,7 +450,7 @@ async fn renders_each_user_reads_and_deletes_only_its_own_and_cannot_insert_or_u
         "B's delete of A's render matches nothing"
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from renders where id = $1",
             &[&w.a.render]
@@ -479,7 +470,7 @@ async fn renders_each_user_reads_and_deletes_only_its_own_and_cannot_insert_or_u
         "A deletes its own render"
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from render_variants where render_id = $1",
             &[&w.a.render]
@@ -489,7 +480,7 @@ async fn renders_each_user_reads_and_deletes_only_its_own_and_cannot_insert_or_u
         "deleting a render cascades to its variants"
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from renders where style is null and id = $1",
             &[&w.b.render]
@@ -571,7 +562,7 @@ async fn render_variants_each_user_reads_and_deletes_only_its_own_and_cannot_ins
         0
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from render_variants where image_path not like 'evil%' and id = $1",
             &[&w.a.variant]
@@ -590,7 +581,7 @@ async fn render_variants_each_user_reads_and_deletes_only_its_own_and_cannot_ins
         1
     );
     assert_eq!(
-        count(&w.su, "select count(*) from render_variants", &[]).await,
+        count_with(&w.su, "select count(*) from render_variants", &[]).await,
         1,
         "only B's variant is left"
     );
@@ -679,16 +670,12 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
         .unwrap(),
         0
     );
-    let names: Vec<String> =
-        w.su.query(
-            "select name from collections where owner_id = $1 order by name",
-            &[&a],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = common::texts(
+        &w.su,
+        "select name from collections where owner_id = $1 order by name",
+        &[&a],
+    )
+    .await;
     assert_eq!(names, vec!["Baths".to_string(), "Kitchens 2".to_string()]);
     assert_eq!(
         common::as_user(&mut w.su, a, "delete from collections where name = 'Baths'")
@@ -697,7 +684,7 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
         1
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from collections where owner_id = $1",
             &[&b]
@@ -744,7 +731,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
         "B adds to A's collection",
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from collection_items where collection_id = $1",
             &[&w.a.collection]
@@ -780,7 +767,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
         0
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from collection_items where collection_id = $1",
             &[&w.a.collection]
@@ -816,7 +803,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
         1
     );
     assert_eq!(
-        count(&w.su, "select count(*) from collection_items", &[]).await,
+        count_with(&w.su, "select count(*) from collection_items", &[]).await,
         2
     );
 }
@@ -865,7 +852,7 @@ async fn usage_ledger_each_user_reads_only_its_own_entries_and_cannot_write_any(
         "B debits A",
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select coalesce(sum(amount), 0) from usage_ledger where owner_id = $1",
             &[&a]
@@ -874,7 +861,7 @@ async fn usage_ledger_each_user_reads_only_its_own_entries_and_cannot_write_any(
         1
     );
     assert_eq!(
-        count(&w.su, "select count(*) from usage_ledger", &[]).await,
+        count_with(&w.su, "select count(*) from usage_ledger", &[]).await,
         2
     );
 }
@@ -917,7 +904,7 @@ async fn community_tables_are_readable_by_everyone_and_writable_by_no_client() {
         assert_denied(as_anon(&mut w.su, sql).await, &format!("anon: {sql}"));
     }
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from community_collections where title = 'Scandinavian' and id = $1",
             &[&cc]
@@ -926,11 +913,11 @@ async fn community_tables_are_readable_by_everyone_and_writable_by_no_client() {
         1
     );
     assert_eq!(
-        count(&w.su, "select count(*) from community_collections", &[]).await,
+        count_with(&w.su, "select count(*) from community_collections", &[]).await,
         1
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from community_items where order_index = 0 and id = $1",
             &[&ci]
@@ -939,7 +926,7 @@ async fn community_tables_are_readable_by_everyone_and_writable_by_no_client() {
         1
     );
     assert_eq!(
-        count(&w.su, "select count(*) from community_items", &[]).await,
+        count_with(&w.su, "select count(*) from community_items", &[]).await,
         1
     );
 }
@@ -1008,7 +995,7 @@ async fn anon_can_read_no_private_table() {
         "anon submits a job",
     );
     assert_eq!(
-        count(&w.su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&w.su, "select count(*) from generation_jobs", &[]).await,
         2
     );
 }
@@ -1043,7 +1030,7 @@ async fn service_role_bypasses_rls_reads_every_row_and_writes_plans_and_the_ledg
     .await
     .expect("service_role writes the ledger");
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from plans where price_id = 'price_pro'",
             &[]
@@ -1052,7 +1039,7 @@ async fn service_role_bypasses_rls_reads_every_row_and_writes_plans_and_the_ledg
         1
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from usage_ledger where kind = 'credit_adjustment'",
             &[]
@@ -1115,7 +1102,7 @@ async fn a_client_cannot_submit_a_job_for_another_user() {
         reactor::store::db::describe(&err)
     );
     assert_eq!(
-        count(&su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&su, "select count(*) from generation_jobs", &[]).await,
         0
     );
 }
@@ -1191,7 +1178,7 @@ async fn a_job_submitted_for_another_user_is_refused_before_revealing_that_users
         "leaks A's plan: {message}"
     );
     assert_eq!(
-        count(&su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&su, "select count(*) from generation_jobs", &[]).await,
         1
     );
 }
@@ -1219,7 +1206,7 @@ async fn a_client_cannot_submit_a_job_in_any_status_but_starting() {
         );
     }
     assert_eq!(
-        count(&su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&su, "select count(*) from generation_jobs", &[]).await,
         0
     );
 }
@@ -1252,7 +1239,7 @@ async fn a_client_cannot_submit_a_job_carrying_prediction_id_error_output_or_com
         );
     }
     assert_eq!(
-        count(&su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&su, "select count(*) from generation_jobs", &[]).await,
         0
     );
 }
@@ -1332,7 +1319,7 @@ async fn a_client_cannot_set_any_server_owned_job_column_including_ones_added_la
         }
     }
     assert_eq!(
-        count(&su, "select count(*) from generation_jobs", &[]).await,
+        count_with(&su, "select count(*) from generation_jobs", &[]).await,
         0
     );
 }
@@ -1353,7 +1340,7 @@ async fn a_client_cannot_back_date_its_job() {
     .await
     .unwrap();
     assert_eq!(
-        count(
+        count_with(
             &su,
             "select count(*) from generation_jobs where owner_id = $1 and created_at > now() - interval '1 hour'",
             &[&a]
@@ -1410,7 +1397,7 @@ async fn a_client_cannot_write_to_the_usage_ledger_even_for_itself() {
         assert_denied(common::as_user(&mut su, a, &sql).await, &sql);
     }
     assert_eq!(
-        count(&su, "select count(*) from usage_ledger", &[]).await,
+        count_with(&su, "select count(*) from usage_ledger", &[]).await,
         0
     );
 }
@@ -1437,7 +1424,10 @@ async fn a_client_cannot_insert_renders_or_render_variants_even_for_itself() {
         .await,
         "A inserts its own render",
     );
-    assert_eq!(count(&su, "select count(*) from renders", &[]).await, 0);
+    assert_eq!(
+        count_with(&su, "select count(*) from renders", &[]).await,
+        0
+    );
 
     let render = insert_id(
         &su,
@@ -1457,7 +1447,7 @@ async fn a_client_cannot_insert_renders_or_render_variants_even_for_itself() {
         "A inserts its own variant",
     );
     assert_eq!(
-        count(&su, "select count(*) from render_variants", &[]).await,
+        count_with(&su, "select count(*) from render_variants", &[]).await,
         0
     );
 }
@@ -1480,7 +1470,7 @@ async fn a_collection_item_may_only_point_at_a_render_of_the_same_owner() {
         "A files B's render",
     );
     assert_eq!(
-        count(
+        count_with(
             &w.su,
             "select count(*) from collection_items where render_id = $1",
             &[&w.b.render]
@@ -1523,7 +1513,7 @@ async fn a_collection_item_may_only_point_at_a_render_of_the_same_owner() {
         "B files A's render",
     );
     assert_eq!(
-        count(&w.su, "select count(*) from collection_items", &[]).await,
+        count_with(&w.su, "select count(*) from collection_items", &[]).await,
         3
     );
 }
@@ -1552,7 +1542,10 @@ async fn a_client_cannot_set_its_profiles_price_id_on_insert() {
         "{}",
         reactor::store::db::describe(&err)
     );
-    assert_eq!(count(&su, "select count(*) from profiles", &[]).await, 0);
+    assert_eq!(
+        count_with(&su, "select count(*) from profiles", &[]).await,
+        0
+    );
 }
 
 async fn price_id(su: &Client, profile: Uuid) -> Option<String> {
@@ -1622,7 +1615,10 @@ async fn a_client_cannot_create_a_default_favorites_collection() {
         "{}",
         reactor::store::db::describe(&err)
     );
-    assert_eq!(count(&su, "select count(*) from collections", &[]).await, 0);
+    assert_eq!(
+        count_with(&su, "select count(*) from collections", &[]).await,
+        0
+    );
 }
 
 #[tokio::test]

@@ -15,10 +15,7 @@ struct Moto {
 
 impl Moto {
     async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::free_port();
         let child = std::process::Command::new("python3")
             .args([
                 "-m",
@@ -116,17 +113,13 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
     .await;
     reactor.stop().await;
 
-    let paths: Vec<String> = client
-        .query(
-            "select v.image_path from render_variants v join renders r on r.id = v.render_id
+    let paths = common::texts(
+        &client,
+        "select v.image_path from render_variants v join renders r on r.id = v.render_id
              where r.job_id = $1 order by v.idx",
-            &[&job],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&job],
+    )
+    .await;
     let render: uuid::Uuid = client
         .query_one("select id from renders where job_id = $1", &[&job])
         .await

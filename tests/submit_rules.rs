@@ -3,9 +3,10 @@
 //! per-owner idempotency key, as a Supabase client meets them.
 mod common;
 
+use common::{code_and_message, count_with, debit_succeeded_jobs, jobs_of};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{types::ToSql, Client};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// A client submission of an `imagine` job (the mode with the fewest inputs).
@@ -16,33 +17,6 @@ async fn submit(client: &mut Client, user: Uuid) -> Result<u64, tokio_postgres::
         &format!("insert into generation_jobs (owner_id, mode, prompt) values ('{user}', 'imagine', 'a sunny loft')"),
     )
     .await
-}
-
-async fn count(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
-    client
-        .query_one(sql, params)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
-        .get(0)
-}
-
-async fn jobs_of(client: &Client, user: Uuid) -> i64 {
-    count(
-        client,
-        "select count(*) from generation_jobs where owner_id = $1",
-        &[&user],
-    )
-    .await
-}
-
-/// The error's SQLSTATE and message, for assertions.
-fn code_and_message(e: &tokio_postgres::Error) -> (String, String) {
-    (
-        common::sqlstate(e),
-        e.as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_default(),
-    )
 }
 
 /// Sets every job of `user` to `status` (as the service).
@@ -65,21 +39,6 @@ async fn debit(client: &Client, user: Uuid, n: i32, at: &str) {
                  select $1, 'generation_debit', 1, {at} from generate_series(1, $2)"
             ),
             &[&user, &n],
-        )
-        .await
-        .expect("service writes debits");
-}
-
-/// Debits `user`'s succeeded jobs that have no debit yet, as the reactor's
-/// usage handler does (one debit per job, naming the job).
-async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
-    client
-        .execute(
-            "insert into usage_ledger (owner_id, kind, amount, job_id)
-             select owner_id, 'generation_debit', 1, id from generation_jobs j
-             where owner_id = $1 and status = 'succeeded'
-               and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
-            &[&user],
         )
         .await
         .expect("service writes debits");
@@ -136,7 +95,7 @@ async fn a_job_in_a_terminal_status_does_not_block_a_new_one() {
     expected += 1;
     assert_eq!(jobs_of(&c, a).await, expected);
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where owner_id = $1 and status = 'starting'",
             &[&a]
@@ -240,7 +199,7 @@ async fn uncommitted_submission(conn: &mut Client, user: Uuid) -> tokio_postgres
 /// Waits until some backend of this database is blocked on a lock.
 async fn wait_until_a_submission_is_blocked(observer: &Client) {
     common::eventually("the second submission waits on the first", Duration::from_secs(10), || async {
-        count(
+        count_with(
             observer,
             "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
             &[],
@@ -294,16 +253,12 @@ async fn a_submission_racing_an_uncommitted_one_is_accepted_once_the_first_rolls
         .unwrap()
         .expect("second submission is accepted");
     assert_eq!(n, 1);
-    let prompts: Vec<String> = observer
-        .query(
-            "select prompt from generation_jobs where owner_id = $1",
-            &[&a],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let prompts = common::texts(
+        &observer,
+        "select prompt from generation_jobs where owner_id = $1",
+        &[&a],
+    )
+    .await;
     assert_eq!(prompts, vec!["a sunny loft".to_string()]);
 }
 
@@ -555,7 +510,7 @@ async fn each_mode_with_its_required_inputs_is_accepted() {
         .unwrap_or_else(|e| panic!("{mode}: {}", reactor::store::db::describe(&e)));
         assert_eq!(n, 1, "{mode}");
         assert_eq!(
-            count(
+            count_with(
                 &c,
                 "select count(*) from generation_jobs where owner_id = $1 and mode = $2",
                 &[&a, &mode]
@@ -645,7 +600,7 @@ async fn an_idempotency_key_is_per_owner() {
         .await
         .expect("B with the same key");
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where idempotency_key = $1",
             &[&key]
@@ -678,7 +633,7 @@ async fn the_service_inserting_a_succeeded_job_is_exempt_from_the_in_flight_and_
     .await
     .expect("service import of a finished job");
     assert_eq!(
-        count(
+        count_with(
             &c,
             "select count(*) from generation_jobs where owner_id = $1 and status = 'succeeded' and prompt = 'imported'",
             &[&a]

@@ -26,9 +26,8 @@ async fn supabase_db() -> TestDb {
 
 /// The superuser's connection to the same database (set-up only).
 async fn superuser(db: &TestDb) -> Client {
-    let mut url = url::Url::parse(common::server_url().await).unwrap();
-    url.set_path(&format!("/{}", db.name));
-    reactor::store::db::connect(url.as_str()).await.unwrap()
+    let url = common::with_dbname(common::server_url().await, &db.name);
+    reactor::store::db::connect(&url).await.unwrap()
 }
 
 async fn migrate_as_owner(db: &TestDb) -> migrate::Report {

@@ -10,6 +10,64 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const TOKEN: &str = "r8_test_token";
+/// The webhook signing secret tests give the reactor:
+/// "whsec_" + base64("reactor-test-webhook-signing-key").
+pub const WEBHOOK_SECRET: &str = "whsec_cmVhY3Rvci10ZXN0LXdlYmhvb2stc2lnbmluZy1rZXk=";
+
+/// Flags that turn webhooks on: the reactor's HTTP server on a free local
+/// port, which is also its public URL, and `WEBHOOK_SECRET`. Every create then
+/// carries the job id in its webhook URL, the proof that lets a later attempt
+/// adopt what an interrupted one created.
+pub fn webhook_flags(grace: &str) -> Vec<String> {
+    let addr = format!("127.0.0.1:{}", super::free_port());
+    [
+        "--http-addr".to_string(),
+        addr.clone(),
+        "--public-url".to_string(),
+        format!("http://{addr}"),
+        "--replicate-webhook-secret".to_string(),
+        WEBHOOK_SECRET.to_string(),
+        "--webhook-grace".to_string(),
+        grace.to_string(),
+    ]
+    .into()
+}
+
+/// A webhook body signed with `WEBHOOK_SECRET` as Replicate signs it, and
+/// its headers.
+pub fn signed_webhook(
+    body: &Value,
+    delivery: &str,
+    at: i64,
+) -> (String, Vec<(&'static str, String)>) {
+    let body = body.to_string();
+    let secret = reactor::http::webhook_signature::Secret::parse(WEBHOOK_SECRET).unwrap();
+    let signature = reactor::http::webhook_signature::sign(&secret, delivery, at, body.as_bytes());
+    (
+        body,
+        vec![
+            ("webhook-id", delivery.to_string()),
+            ("webhook-timestamp", at.to_string()),
+            ("webhook-signature", signature),
+        ],
+    )
+}
+
+/// POSTs a webhook to the reactor; returns the answer's status.
+pub async fn deliver_webhook(
+    url: &str,
+    body: String,
+    headers: &[(&'static str, String)],
+) -> reqwest::StatusCode {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(*k, v);
+    }
+    request.send().await.expect("webhook delivery").status()
+}
 
 /// What the next create call does (after the script runs out: create normally).
 #[derive(Clone, Debug)]

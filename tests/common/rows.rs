@@ -1,0 +1,126 @@
+//! Rows as clients and the service write them: users, profiles, jobs.
+use std::time::Duration;
+use tokio_postgres::Client;
+
+use super::{eventually, TestDb};
+use uuid::Uuid;
+
+/// Creates an auth user (and nothing else); returns its id.
+pub async fn auth_user(client: &Client) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "insert into auth.users (id, email) values ($1, $2)",
+            &[&id, &format!("{id}@example.test")],
+        )
+        .await
+        .expect("insert auth user");
+    id
+}
+
+/// Creates an auth user and its profile (as the service); returns its id.
+pub async fn user_with_profile(client: &Client) -> uuid::Uuid {
+    let id = auth_user(client).await;
+    client
+        .execute("insert into profiles (id) values ($1)", &[&id])
+        .await
+        .expect("insert profile");
+    id
+}
+
+/// Runs `sql` as Supabase runs a client request: role `authenticated` with the
+/// user's JWT claims, in a transaction that is committed when `sql` succeeds.
+pub async fn as_user(
+    client: &mut Client,
+    user: uuid::Uuid,
+    sql: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
+    let n = tx.execute(sql, &[]).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Inserts a succeeded job (as the service) with the given output URLs.
+pub async fn succeeded_job(client: &Client, owner: uuid::Uuid, output: &[String]) -> uuid::Uuid {
+    let row = client
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, status, output, completed_at)
+             values ($1, 'imagine', 'a test room', 'succeeded', $2, now()) returning id",
+            &[&owner, &serde_json::json!(output)],
+        )
+        .await
+        .expect("insert succeeded job");
+    row.get(0)
+}
+
+/// Submits a generation job the way supabase-js does (role authenticated +
+/// JWT claims), for a living room with one input photo.
+pub async fn submit_job(
+    db: &TestDb,
+    user: Uuid,
+    mode: &str,
+    prompt: &str,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let mut client = db.client().await;
+    let tx = client.transaction().await?;
+    reactor::store::db::act_as_user(&tx, user).await?;
+    let row = tx
+        .query_one(
+            "insert into generation_jobs (owner_id, mode, prompt, room_type, style, input1_path)
+             values ($1, $2, $3, 'living room', 'scandinavian', 'https://inputs.example/room.jpg') returning id",
+            &[&user, &mode, &prompt],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(row.get(0))
+}
+
+/// A generation job's status, prediction id and error.
+pub async fn job_state(client: &Client, id: Uuid) -> (String, Option<String>, Option<String>) {
+    let row = client
+        .query_one(
+            "select status, prediction_id, error from generation_jobs where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Waits (up to a minute) until the job has `status`; returns its error.
+pub async fn wait_status(client: &Client, id: Uuid, status: &str) -> Option<String> {
+    eventually(
+        &format!("job {id} {status}"),
+        Duration::from_secs(60),
+        || async { job_state(client, id).await.0 == status },
+    )
+    .await;
+    job_state(client, id).await.2
+}
+
+/// How many generation jobs `user` has.
+pub async fn jobs_of(client: &Client, user: Uuid) -> i64 {
+    super::count_with(
+        client,
+        "select count(*) from generation_jobs where owner_id = $1",
+        &[&user],
+    )
+    .await
+}
+
+/// Debits `user`'s succeeded jobs that have no debit yet, as the reactor's
+/// usage handler does (one debit per job, naming the job).
+pub async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
+    client
+        .execute(
+            "insert into usage_ledger (owner_id, kind, amount, job_id)
+             select owner_id, 'generation_debit', 1, id from generation_jobs j
+             where owner_id = $1 and status = 'succeeded'
+               and not exists (select 1 from usage_ledger u where u.job_id = j.id)",
+            &[&user],
+        )
+        .await
+        .expect("service writes debits");
+}
