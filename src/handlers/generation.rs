@@ -259,22 +259,6 @@ impl Generation {
         }
     }
 
-    /// Runs `sql` (params: job id first) in a transaction fenced by the lease.
-    async fn fenced(
-        &self,
-        pool: &deadpool_postgres::Pool,
-        lease: &Lease,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, HandlerError> {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
-        let n = tx.execute(sql, params).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
     async fn fail_job(
         &self,
         pool: &deadpool_postgres::Pool,
@@ -284,7 +268,8 @@ impl Generation {
     ) -> Result<Done, HandlerError> {
         let error = job_error_text(error);
         tracing::warn!(%error, "job failed");
-        self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &error])
+        lease
+            .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &error])
             .await?;
         Ok(Done::Finished)
     }
@@ -321,9 +306,8 @@ impl Generation {
         p: Prediction,
     ) -> Result<Done, HandlerError> {
         let id = job.input.id;
-        self.fenced(
+        lease.execute_fenced(
             pool,
-            lease,
             "update public.generation_jobs
              set prediction_id = $2, status = case when status = 'starting' then 'processing' else status end
              where id = $1 and prediction_id is null",
@@ -347,9 +331,8 @@ impl Generation {
         p: Prediction,
     ) -> Result<Done, HandlerError> {
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
-        let changed = apply_prediction(&*tx, job.input.id, &p).await?;
+        let tx = lease.begin(&mut client).await?;
+        let changed = apply_prediction(&**tx, job.input.id, &p).await?;
         tx.commit().await?;
         if p.status.is_terminal() {
             if changed {
@@ -376,14 +359,14 @@ impl Generation {
                 }
             }
         }
-        self.fenced(
-            pool,
-            lease,
-            "update public.generation_jobs set status = 'canceled', completed_at = now()
+        lease
+            .execute_fenced(
+                pool,
+                "update public.generation_jobs set status = 'canceled', completed_at = now()
              where id = $1 and status in ('starting', 'processing')",
-            &[&job.input.id],
-        )
-        .await?;
+                &[&job.input.id],
+            )
+            .await?;
         tracing::info!("job canceled");
         Ok(Done::Finished)
     }
@@ -416,10 +399,9 @@ impl Generation {
                 }
             }
         }
-        let marked = self
-            .fenced(
+        let marked = lease
+            .execute_fenced(
                 pool,
-                lease,
                 "update public.generation_jobs set submit_started_at = now()
                  where id = $1 and status = 'starting' and prediction_id is null and cancel_requested_at is null",
                 &[&id],
@@ -437,7 +419,7 @@ impl Generation {
         match self.provider.create(&job.input, webhook.as_deref()).await {
             Ok(p) => self.adopt(pool, lease, job, p).await,
             Err(ProviderError::RateLimited { retry_after }) => {
-                self.fenced(pool, lease, unmark, &[&id]).await?;
+                lease.execute_fenced(pool, unmark, &[&id]).await?;
                 let message = "rate limited by the provider (HTTP 429)".to_string();
                 Err(match retry_after {
                     Some(delay) => HandlerError::RetryIn(message, delay),
@@ -445,7 +427,7 @@ impl Generation {
                 })
             }
             Err(ProviderError::Unavailable(e)) => {
-                self.fenced(pool, lease, unmark, &[&id]).await?;
+                lease.execute_fenced(pool, unmark, &[&id]).await?;
                 Err(HandlerError::Retry(format!("provider unavailable: {e}")))
             }
             Err(ProviderError::Ambiguous(e)) => Err(HandlerError::Retry(format!(
@@ -495,7 +477,8 @@ impl LeasedWork for Generation {
         let stuck_at = job.created_at
             + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
         if job.in_flight() && Utc::now() >= stuck_at {
-            self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
+            lease
+                .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
                 .await?;
             tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
             job.status = "failed".into();

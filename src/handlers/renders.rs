@@ -247,8 +247,7 @@ impl LeasedWork for Renders {
         }
 
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
+        let tx = lease.begin(&mut client).await?;
         let mut created = false;
         if let Some(job) = job {
             let owner: Uuid = job.get("owner_id");
@@ -284,7 +283,7 @@ impl LeasedWork for Renders {
             .await?;
             created = inserted == 1;
         }
-        let done = lease.finish(tx).await?;
+        let done = tx.finish().await?;
         // Only once committed: a rolled-back render was never created.
         if created {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
