@@ -47,14 +47,14 @@ pub enum EngineError {
 
 /// Readiness as seen from outside (HTTP /readyz, tests).
 #[derive(Debug, Default)]
-pub struct Status {
+pub struct Readiness {
     /// The listener is connected and hears itself (always true when poll-only).
     pub listening: AtomicBool,
     /// Every handler finished a replay since start.
     pub replayed: AtomicBool,
 }
 
-impl Status {
+impl Readiness {
     pub fn ready(&self) -> bool {
         self.listening.load(Ordering::SeqCst) && self.replayed.load(Ordering::SeqCst)
     }
@@ -164,7 +164,7 @@ struct Inner {
     /// Leases of attempts running in this process: what the heartbeat renews.
     live: Arc<lease::LiveLeases>,
     tracker: TaskTracker,
-    status: Arc<Status>,
+    status: Arc<Readiness>,
     shutdown: CancellationToken,
 }
 
@@ -237,13 +237,13 @@ impl Engine {
                 instance: Uuid::new_v4(),
                 slots,
                 tracker: TaskTracker::new(),
-                status: Arc::new(Status::default()),
+                status: Arc::new(Readiness::default()),
                 shutdown,
             }),
         })
     }
 
-    pub fn status(&self) -> Arc<Status> {
+    pub fn readiness(&self) -> Arc<Readiness> {
         self.inner.status.clone()
     }
 

@@ -14,7 +14,8 @@
 //! with [`UNPROVEN`] instead (we never attach another user's images).
 use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::job::lease::Lease;
-use crate::providers::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use crate::job::status::JobStatus;
+use crate::providers::{Found, JobInput, Prediction, PredictionState, Provider, ProviderError};
 use crate::store::db::param;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -80,7 +81,10 @@ pub fn spec(late_window: Duration) -> Spec {
              or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
                  and t.created_at > now() - interval '{late} seconds')"
         ),
-        statuses: Some(vec!["starting".into(), "processing".into()]),
+        statuses: Some(vec![
+            JobStatus::Starting.to_string(),
+            JobStatus::Processing.to_string(),
+        ]),
     }
 }
 
@@ -101,7 +105,7 @@ struct Job {
     owner_id: Uuid,
     /// Why an input may not be sent (see `storage::input_path_problem`).
     input_refusal: Option<String>,
-    status: String,
+    status: JobStatus,
     error: Option<String>,
     prediction_id: Option<String>,
     submit_started_at: Option<DateTime<Utc>>,
@@ -111,7 +115,7 @@ struct Job {
 
 impl Job {
     fn in_flight(&self) -> bool {
-        self.status == "starting" || self.status == "processing"
+        self.status.in_flight()
     }
 }
 
@@ -123,42 +127,46 @@ pub async fn apply_prediction(
     job_id: Uuid,
     p: &Prediction,
 ) -> Result<bool, tokio_postgres::Error> {
-    let (status, output, error): (&str, Option<serde_json::Value>, Option<String>) = match p.status
-    {
-        Status::Starting => return Ok(false),
-        Status::Processing => {
-            let n = db
-                .execute_typed(
-                    "update public.generation_jobs set status = 'processing'
+    let (status, output, error): (JobStatus, Option<serde_json::Value>, Option<String>) =
+        match p.status {
+            PredictionState::Starting => return Ok(false),
+            PredictionState::Processing => {
+                let n = db
+                    .execute_typed(
+                        "update public.generation_jobs set status = 'processing'
                      where id = $1 and status = 'starting' and prediction_id = $2",
-                    &[param(&job_id), param(&p.id)],
-                )
-                .await?;
-            return Ok(n > 0);
-        }
-        Status::Succeeded if p.output.is_empty() => (
-            "failed",
-            None,
-            Some("the provider reported success without output images".into()),
-        ),
-        Status::Succeeded => ("succeeded", Some(serde_json::json!(p.output)), None),
-        Status::Failed => (
-            "failed",
-            None,
-            Some(
-                p.error
-                    .as_deref()
-                    .map(job_error_text)
-                    .unwrap_or_else(|| "the provider reported failure".into()),
+                        &[param(&job_id), param(&p.id)],
+                    )
+                    .await?;
+                return Ok(n > 0);
+            }
+            PredictionState::Succeeded if p.output.is_empty() => (
+                JobStatus::Failed,
+                None,
+                Some("the provider reported success without output images".into()),
             ),
-        ),
-        Status::Aborted => (
-            "failed",
-            None,
-            Some("aborted: the prediction's deadline passed before it started".into()),
-        ),
-        Status::Canceled => ("canceled", None, None),
-    };
+            PredictionState::Succeeded => (
+                JobStatus::Succeeded,
+                Some(serde_json::json!(p.output)),
+                None,
+            ),
+            PredictionState::Failed => (
+                JobStatus::Failed,
+                None,
+                Some(
+                    p.error
+                        .as_deref()
+                        .map(job_error_text)
+                        .unwrap_or_else(|| "the provider reported failure".into()),
+                ),
+            ),
+            PredictionState::Aborted => (
+                JobStatus::Failed,
+                None,
+                Some("aborted: the prediction's deadline passed before it started".into()),
+            ),
+            PredictionState::Canceled => (JobStatus::Canceled, None, None),
+        };
     let n = db
         .execute_typed(
             "update public.generation_jobs
@@ -481,14 +489,14 @@ impl LeasedWork for Generation {
                 .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
                 .await?;
             tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
-            job.status = "failed".into();
+            job.status = JobStatus::Failed;
             job.error = Some(TIMED_OUT.into());
             if job.prediction_id.is_none() {
                 return Ok(Done::Finished);
             }
         }
         match job.prediction_id.clone() {
-            None if job.status == "starting" => self.submit(pool, lease, &mut job).await,
+            None if job.status == JobStatus::Starting => self.submit(pool, lease, &mut job).await,
             None => Ok(Done::Finished),
             Some(pid) => match self.provider.get(&pid).await {
                 Ok(p) => self.follow(pool, lease, &job, p).await,
@@ -630,9 +638,9 @@ mod tests {
     #[test]
     fn status_parse_covers_replicates_terminal_statuses() {
         for s in ["succeeded", "failed", "canceled", "aborted"] {
-            assert!(Status::parse(s).unwrap().is_terminal(), "{s}");
+            assert!(PredictionState::parse(s).unwrap().is_terminal(), "{s}");
         }
-        assert!(!Status::parse("processing").unwrap().is_terminal());
-        assert!(Status::parse("bogus").is_none());
+        assert!(!PredictionState::parse("processing").unwrap().is_terminal());
+        assert!(PredictionState::parse("bogus").is_none());
     }
 }

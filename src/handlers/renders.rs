@@ -10,6 +10,7 @@
 //! delete the render later, and it must not come back.
 use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
 use crate::job::lease::Lease;
+use crate::job::status::JobStatus;
 use crate::providers::storage::Storage;
 use crate::store::db::param;
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ pub fn spec() -> Spec {
         key: "id".into(),
         key_type: KeyType::Uuid,
         pending: "t.status = 'succeeded' and t.output is not null and t.rendered_at is null".into(),
-        statuses: Some(vec!["succeeded".into()]),
+        statuses: Some(vec![JobStatus::Succeeded.to_string()]),
     }
 }
 

@@ -5,7 +5,7 @@ pub mod ops;
 pub mod webhook_signature;
 
 use crate::engine::notification::Change;
-use crate::engine::Status;
+use crate::engine::Readiness;
 use crate::http::auth::{Auth, AuthError};
 use crate::job::handler::Spec;
 use crate::providers::replicate::{created_for, parse_prediction};
@@ -23,7 +23,7 @@ use webhook_signature::Secret;
 #[derive(Clone)]
 pub struct HttpState {
     pub pool: Pool,
-    pub status: Arc<Status>,
+    pub readiness: Arc<Readiness>,
     /// None: webhooks are refused (nothing could verify them).
     pub webhook_secret: Option<Arc<Secret>>,
     pub auth: Arc<Auth>,
@@ -147,7 +147,7 @@ async fn admin_summary(State(state): State<HttpState>, headers: HeaderMap) -> Re
         let db = &**client;
         let describe = |e: tokio_postgres::Error| crate::store::db::describe(&e);
         Ok::<_, String>(serde_json::json!({
-            "ready": state.status.ready(),
+            "ready": state.readiness.ready(),
             "jobs_by_status": crate::http::ops::jobs_by_status(db).await.map_err(describe)?,
             "in_flight": crate::http::ops::in_flight(db, 50).await.map_err(describe)?,
             "recent_jobs": crate::http::ops::recent_jobs(db, 25).await.map_err(describe)?,
@@ -216,7 +216,7 @@ async fn admin_retry(
 /// 200 once the listener hears itself and the first replay is done, and while
 /// the database answers; 503 otherwise.
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    if !state.status.ready() {
+    if !state.readiness.ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: listener connecting or first replay running".into(),

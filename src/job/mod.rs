@@ -2,3 +2,4 @@
 //! lease that fences its attempt, and what happens when it fails.
 pub mod handler;
 pub mod lease;
+pub mod status;

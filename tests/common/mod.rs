@@ -180,7 +180,7 @@ pub struct InProcess {
     pub shutdown: tokio_util::sync::CancellationToken,
     pub http_addr: std::net::SocketAddr,
     pub handle: tokio::task::JoinHandle<Result<(), reactor::engine::EngineError>>,
-    pub status: std::sync::Arc<reactor::engine::Status>,
+    pub status: std::sync::Arc<reactor::engine::Readiness>,
 }
 
 impl InProcess {
@@ -207,7 +207,7 @@ pub async fn start_reactor(db: &TestDb, storage: &std::path::Path, extra: &[&str
         shutdown,
         http_addr: app.http_addr,
         handle: app.handle,
-        status: app.status,
+        status: app.readiness,
     }
 }
 
