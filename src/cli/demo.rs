@@ -147,7 +147,7 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
             if let Err(e) = second {
                 println!(
                     "· a second submission meanwhile is refused: {}",
-                    crate::store::db::describe(&e)
+                    crate::store::db::DbError::from(e)
                 );
             }
         }

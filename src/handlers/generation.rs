@@ -245,7 +245,7 @@ impl Generation {
     /// Only the job owner's own keys are ever prefixed or signed.
     async fn input_url(&self, path: &str, owner: Uuid) -> Result<String, HandlerError> {
         if let Some(problem) = crate::providers::storage::input_path_problem(path, owner) {
-            return Err(HandlerError::Permanent(format!(
+            return Err(HandlerError::permanent(format!(
                 "input {path:?} refused: it {problem}"
             )));
         }
@@ -259,8 +259,8 @@ impl Generation {
             Some(signer) => signer
                 .sign(path, owner, INPUT_URL_VALIDITY)
                 .await
-                .map_err(|e| HandlerError::Permanent(e.to_string())),
-            None => Err(HandlerError::Permanent(format!(
+                .map_err(HandlerError::permanent),
+            None => Err(HandlerError::permanent(format!(
                 "input {path:?} is not a URL the provider can fetch; store inputs as http(s) URLs, \
                  set REACTOR_INPUT_BASE_URL, or use s3:// storage so inputs are signed"
             ))),
@@ -361,7 +361,7 @@ impl Generation {
             match self.provider.cancel(pid).await {
                 Ok(()) | Err(ProviderError::NotFound) => {}
                 Err(e) => {
-                    return Err(HandlerError::Retry(format!(
+                    return Err(HandlerError::retryable(format!(
                         "canceling prediction {pid}: {e}"
                     )))
                 }
@@ -401,7 +401,7 @@ impl Generation {
                     tracing::info!("no prediction from the interrupted submission; submitting")
                 }
                 Err(e) => {
-                    return Err(HandlerError::Retry(format!(
+                    return Err(HandlerError::retryable(format!(
                         "reconciling an interrupted submission: {e}"
                     )))
                 }
@@ -430,15 +430,15 @@ impl Generation {
                 lease.execute_fenced(pool, unmark, &[&id]).await?;
                 let message = "rate limited by the provider (HTTP 429)".to_string();
                 Err(match retry_after {
-                    Some(delay) => HandlerError::RetryIn(message, delay),
-                    None => HandlerError::Retry(message),
+                    Some(delay) => HandlerError::retryable_after(message, delay),
+                    None => HandlerError::retryable(message),
                 })
             }
             Err(ProviderError::Unavailable(e)) => {
                 lease.execute_fenced(pool, unmark, &[&id]).await?;
-                Err(HandlerError::Retry(format!("provider unavailable: {e}")))
+                Err(HandlerError::retryable(format!("provider unavailable: {e}")))
             }
-            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::Retry(format!(
+            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::retryable(format!(
                 "submission outcome unknown ({e}); the next attempt reconciles before submitting again"
             ))),
             Err(ProviderError::Rejected(e)) => self.fail_job(pool, lease, id, &e).await,
@@ -474,7 +474,7 @@ impl LeasedWork for Generation {
             if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
                 if let Found::Ours(p) =
                     self.provider.find(&job.input, since).await.map_err(|e| {
-                        HandlerError::Retry(format!("reconciling before cancel: {e}"))
+                        HandlerError::retryable(format!("reconciling before cancel: {e}"))
                     })?
                 {
                     return self.adopt(pool, lease, &mut job, p).await;

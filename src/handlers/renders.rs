@@ -75,23 +75,23 @@ pub fn output_urls(output: &serde_json::Value) -> Result<Vec<String>, HandlerErr
             .iter()
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<_>>()
-            .ok_or_else(|| HandlerError::Permanent("job output is not a list of URLs".into()))?,
+            .ok_or_else(|| HandlerError::permanent("job output is not a list of URLs"))?,
         _ => {
-            return Err(HandlerError::Permanent(
-                "job output is not a URL or a list of URLs".into(),
+            return Err(HandlerError::permanent(
+                "job output is not a URL or a list of URLs",
             ))
         }
     };
     if urls.is_empty() {
-        return Err(HandlerError::Permanent(
-            "job succeeded with no output images".into(),
+        return Err(HandlerError::permanent(
+            "job succeeded with no output images",
         ));
     }
     for url in &urls {
         match url::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => {
-                return Err(HandlerError::Permanent(format!(
+                return Err(HandlerError::permanent(format!(
                     "job output {url:?} is not an http(s) URL"
                 )))
             }
@@ -142,7 +142,7 @@ fn has_magic(ext: &str, b: &[u8]) -> bool {
 
 impl Renders {
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
-        let retry = |what: String| HandlerError::Retry(format!("output image {url}: {what}"));
+        let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
         let response = self.http.get(url).send().await.map_err(|e| {
             retry(if e.is_timeout() {
                 "timed out".into()
@@ -152,7 +152,7 @@ impl Renders {
         })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
-            return Err(HandlerError::Permanent(format!(
+            return Err(HandlerError::permanent(format!(
                 "output image {url} is gone (HTTP {status}); providers delete outputs (Replicate: about an hour after the prediction)"
             )));
         }
@@ -242,7 +242,7 @@ impl LeasedWork for Renders {
                         crate::providers::storage::RENDER_CACHE_CONTROL,
                     )
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))?;
+                    .map_err(HandlerError::retryable)?;
                 variants.push(path);
             }
         }
@@ -319,10 +319,7 @@ mod tests {
             serde_json::json!([1]),
             serde_json::json!(["file:///etc/passwd"]),
         ] {
-            assert!(
-                matches!(output_urls(&bad), Err(HandlerError::Permanent(_))),
-                "{bad}"
-            );
+            assert!(output_urls(&bad).is_err_and(|e| e.is_permanent()), "{bad}");
         }
     }
 

@@ -9,6 +9,7 @@
 //!   provider calls), under a lease recorded in `reactor.handler_state` that is
 //!   renewed while the work runs; the final write is fenced by the lease token.
 use crate::engine::notification::Change;
+pub use crate::job::error::HandlerError;
 use crate::job::lease::Lease;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -90,35 +91,6 @@ pub enum Action {
 pub struct Handler {
     pub spec: Spec,
     pub action: Action,
-}
-
-/// Why an attempt did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth another attempt later (with backoff, up to the attempt limit).
-    #[error("{0}")]
-    Retry(String),
-    /// Like `Retry`, but not before the given delay (e.g. a 429's Retry-After).
-    #[error("{0}")]
-    RetryIn(String, std::time::Duration),
-    /// Will never succeed: the row is marked dead at once.
-    #[error("{0}")]
-    Permanent(String),
-    /// Another reactor took the row over; this attempt's result is discarded.
-    #[error("lease lost to another reactor")]
-    LeaseLost,
-}
-
-impl From<tokio_postgres::Error> for HandlerError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        HandlerError::Retry(crate::store::db::describe(&e))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for HandlerError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        HandlerError::Retry(format!("database pool: {e}"))
-    }
 }
 
 /// How an attempt that did not fail ended.

@@ -4,7 +4,8 @@
 //! Every claim bumps `lease_token`; the final write of an attempt locks the
 //! state row and checks owner and token, so a reactor that was paused past its
 //! lease (and was replaced) cannot commit a second effect.
-use crate::job::handler::{HandlerError, Spec};
+use crate::job::error::HandlerError;
+use crate::job::handler::Spec;
 use crate::store::db::{param, quote_literal};
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ impl Lease {
     /// The row's key as a UUID (the built-in tables' keys).
     pub fn row_uuid(&self) -> Result<uuid::Uuid, HandlerError> {
         uuid::Uuid::parse_str(&self.row_id).map_err(|e| {
-            HandlerError::Permanent(format!("row id {:?} is not a UUID: {e}", self.row_id))
+            HandlerError::permanent(format!("row id {:?} is not a UUID: {e}", self.row_id))
         })
     }
 
