@@ -12,7 +12,7 @@ pub mod notification;
 pub mod status_feed;
 
 use crate::config::RunConfig;
-use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork};
+use crate::job::handler::{Action, Handler, HandlerError, LeasedWork, Outcome};
 use crate::job::lease::{self, Lease, Statements};
 use crate::store::db::param;
 use deadpool_postgres::Pool;
@@ -824,7 +824,7 @@ impl Inner {
                 let _permit = permit;
                 let started = std::time::Instant::now();
                 let outcome = work.run(&inner.pool, &lease).await;
-                if matches!(outcome, Ok(Done::Finished)) {
+                if matches!(outcome, Ok(Outcome::Finished)) {
                     inner.slots[index].handled(1, started);
                 }
                 if let Err(e) = inner.settle(index, &work, &lease, outcome).await {
@@ -845,11 +845,11 @@ impl Inner {
         index: usize,
         work: &Arc<dyn LeasedWork>,
         lease: &Lease,
-        outcome: Result<Done, HandlerError>,
+        outcome: Result<Outcome, HandlerError>,
     ) -> Result<(), String> {
         let slot = &self.slots[index];
         let (error, permanent, not_before) = match outcome {
-            Ok(Done::Finished) => {
+            Ok(Outcome::Finished) => {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 lease::release(&**client, lease)
                     .await
@@ -857,7 +857,7 @@ impl Inner {
                 tracing::debug!("done");
                 return Ok(());
             }
-            Ok(Done::Later(delay)) => {
+            Ok(Outcome::CheckAgainIn(delay)) => {
                 let client = self.pool.get().await.map_err(|e| e.to_string())?;
                 if lease::postpone(&**client, lease, delay)
                     .await

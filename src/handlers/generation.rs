@@ -12,7 +12,7 @@
 //! Only a prediction that carries this job's id is adopted; one that merely
 //! has the same input may be another user's identical job, so the job fails
 //! with [`UNPROVEN`] instead (we never attach another user's images).
-use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
 use crate::providers::{Found, JobInput, Prediction, PredictionState, Provider, ProviderError};
@@ -58,7 +58,7 @@ pub struct Settings {
     /// Prefix for input paths that are not URLs (e.g. a public bucket's URL).
     pub input_base_url: Option<String>,
     /// Pass input paths through unchanged (the local provider reads no inputs).
-    pub raw_inputs: bool,
+    pub input_paths_as_is: bool,
     /// Signs `bucket/key` input paths (with s3:// storage and no base URL).
     pub input_signer: Option<crate::providers::storage::InputSigner>,
 }
@@ -249,7 +249,7 @@ impl Generation {
                 "input {path:?} refused: it {problem}"
             )));
         }
-        if self.settings.raw_inputs || crate::providers::storage::is_http_url(path) {
+        if self.settings.input_paths_as_is || crate::providers::storage::is_http_url(path) {
             return Ok(path.to_string());
         }
         if let Some(base) = &self.settings.input_base_url {
@@ -273,13 +273,13 @@ impl Generation {
         lease: &Lease,
         id: Uuid,
         error: &str,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let error = job_error_text(error);
         tracing::warn!(%error, "job failed");
         lease
             .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &error])
             .await?;
-        Ok(Done::Finished)
+        Ok(Outcome::Finished)
     }
 
     /// How long until the next look at a running prediction.
@@ -312,7 +312,7 @@ impl Generation {
         lease: &Lease,
         job: &mut Job,
         p: Prediction,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = job.input.id;
         lease.execute_fenced(
             pool,
@@ -337,7 +337,7 @@ impl Generation {
         lease: &Lease,
         job: &Job,
         p: Prediction,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let mut client = pool.get().await?;
         let tx = lease.begin(&mut client).await?;
         let changed = apply_prediction(&**tx, job.input.id, &p).await?;
@@ -346,9 +346,9 @@ impl Generation {
             if changed {
                 tracing::info!(prediction = %p.id, status = ?p.status, "prediction finished");
             }
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
-        Ok(Done::Later(self.poll_delay(job)))
+        Ok(Outcome::CheckAgainIn(self.poll_delay(job)))
     }
 
     async fn cancel(
@@ -356,7 +356,7 @@ impl Generation {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         job: &Job,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if let Some(pid) = &job.prediction_id {
             match self.provider.cancel(pid).await {
                 Ok(()) | Err(ProviderError::NotFound) => {}
@@ -376,7 +376,7 @@ impl Generation {
             )
             .await?;
         tracing::info!("job canceled");
-        Ok(Done::Finished)
+        Ok(Outcome::Finished)
     }
 
     async fn submit(
@@ -384,7 +384,7 @@ impl Generation {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         job: &mut Job,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = job.input.id;
         if let Some(since) = job.submit_started_at {
             // An earlier create may have gone through: look before paying again.
@@ -416,7 +416,7 @@ impl Generation {
             )
             .await?;
         if marked == 0 {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
         let webhook = self
             .settings
@@ -455,10 +455,10 @@ impl LeasedWork for Generation {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = lease.row_uuid()?;
         let Some(mut job) = self.load(pool, id).await? else {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         if let Some(refusal) = job.input_refusal.take() {
             // Written around the database's input rule (or before it): fail
@@ -467,7 +467,7 @@ impl LeasedWork for Generation {
                 tracing::warn!(owner = %job.owner_id, "refusing a job whose input is not its owner's");
                 return self.fail_job(pool, lease, id, &refusal).await;
             }
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
         if job.cancel_requested && job.in_flight() {
             // A submission may be in flight or interrupted: cancel what it created.
@@ -492,12 +492,12 @@ impl LeasedWork for Generation {
             job.status = JobStatus::Failed;
             job.error = Some(TIMED_OUT.into());
             if job.prediction_id.is_none() {
-                return Ok(Done::Finished);
+                return Ok(Outcome::Finished);
             }
         }
         match job.prediction_id.clone() {
             None if job.status == JobStatus::Starting => self.submit(pool, lease, &mut job).await,
-            None => Ok(Done::Finished),
+            None => Ok(Outcome::Finished),
             Some(pid) => match self.provider.get(&pid).await {
                 Ok(p) => self.follow(pool, lease, &job, p).await,
                 Err(ProviderError::NotFound) if job.in_flight() => {
@@ -509,12 +509,12 @@ impl LeasedWork for Generation {
                     )
                     .await
                 }
-                Err(ProviderError::NotFound) => Ok(Done::Finished),
+                Err(ProviderError::NotFound) => Ok(Outcome::Finished),
                 Err(e) => {
                     // Polling is free and the prediction is already paid for:
                     // keep looking (the stuck rule bounds it), never fail on it.
                     tracing::warn!(prediction = %pid, error = %e, "looking at the prediction failed; will look again");
-                    Ok(Done::Later(self.poll_delay(&job)))
+                    Ok(Outcome::CheckAgainIn(self.poll_delay(&job)))
                 }
             },
         }

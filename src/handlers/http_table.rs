@@ -17,7 +17,7 @@
 //! * A row whose job type has no route is left alone, and a periodic check logs
 //!   how many rows of each such type wait, so it is never failed silently.
 use crate::handlers::table_config::{ConfigError, TableConfig, Target};
-use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::store::db::param;
 use crate::store::db::{quote_ident, quote_literal};
@@ -307,7 +307,7 @@ impl HttpTable {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         answer: Answer,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if answer.result.is_some() && self.cfg.result_column.is_none() {
             tracing::debug!("the answer's result is dropped: the table has no result_column");
         }
@@ -447,18 +447,18 @@ impl LeasedWork for HttpTable {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if let Err(e) = self.verify(pool).await {
             // The periodic check logs it; the row waits, no attempt counted.
             tracing::debug!(error = %e, "row not worked");
-            return Ok(Done::Later(self.recheck));
+            return Ok(Outcome::CheckAgainIn(self.recheck));
         }
         let Some((body, job_type)) = self.claim(pool, lease).await? else {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         let Some(url) = self.cfg.url_for(job_type.as_deref()) else {
             // The pending query excludes unrouted types; the route vanished in between.
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         match self.post(url, lease, body).await {
             Ok(answer) => self.succeed(pool, lease, answer).await,

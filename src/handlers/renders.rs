@@ -8,7 +8,7 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
-use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
 use crate::providers::storage::Storage;
@@ -216,7 +216,7 @@ impl LeasedWork for Renders {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let job_id = lease.row_uuid()?;
         let job = pool
             .get()

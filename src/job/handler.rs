@@ -95,24 +95,26 @@ pub struct Handler {
 
 /// How an attempt that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Done {
+pub enum Outcome {
     /// Nothing more to do for this row (its state is gone).
     Finished,
-    /// Look at the row again after this delay; not a failure, no attempt counted.
-    Later(std::time::Duration),
+    /// Not done yet, nothing failed (e.g. a prediction still running): the
+    /// lease is given back and the row is looked at again after this delay,
+    /// with no attempt counted.
+    CheckAgainIn(std::time::Duration),
 }
 
 /// Work done under a lease. `run` must be idempotent: it may run again after a
-/// crash at any point, and its final write must go through `lease` (see
-/// [`Lease::hold`] and [`Lease::finish`]) so that a reactor that lost its lease
-/// cannot commit over the one that took over.
+/// crash at any point, and its writes must go through `lease` (see
+/// [`Lease::begin`] and [`crate::job::lease::FencedTx::finish`]) so that a
+/// reactor that lost its lease cannot commit over the one that took over.
 #[async_trait]
 pub trait LeasedWork: Send + Sync {
     async fn run(
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError>;
+    ) -> Result<Outcome, HandlerError>;
 
     /// Runs on every sweep, independent of claims and leases: what the handler
     /// enforces from table state alone (e.g. the stuck rule), so it holds

@@ -78,7 +78,7 @@ impl Lease {
     pub async fn finish(
         &self,
         tx: Transaction<'_>,
-    ) -> Result<crate::job::handler::Done, HandlerError> {
+    ) -> Result<crate::job::handler::Outcome, HandlerError> {
         FencedTx { tx, lease: self }.finish().await
     }
 
@@ -124,7 +124,7 @@ impl FencedTx<'_> {
 
     /// Ends a successful attempt: drops the lease's state row and commits
     /// with the writes, so the row needs nothing more from this handler.
-    pub async fn finish(self) -> Result<crate::job::handler::Done, HandlerError> {
+    pub async fn finish(self) -> Result<crate::job::handler::Outcome, HandlerError> {
         let lease = self.lease;
         self.tx
             .execute(
@@ -134,7 +134,7 @@ impl FencedTx<'_> {
             )
             .await?;
         self.tx.commit().await?;
-        Ok(crate::job::handler::Done::Finished)
+        Ok(crate::job::handler::Outcome::Finished)
     }
 }
 
@@ -510,7 +510,7 @@ pub async fn renew(
 
 /// Ends an attempt after which the row needs nothing more: drops its state
 /// row if this reactor still holds the lease (handlers that end with
-/// [`Lease::finish`] have already dropped it).
+/// [`FencedTx::finish`] have already dropped it).
 pub async fn release(db: &impl GenericClient, lease: &Lease) -> Result<u64, tokio_postgres::Error> {
     db.execute_typed(
         "delete from reactor.handler_state
