@@ -1,7 +1,7 @@
 //! `reactor run` assembled: handlers, engine and HTTP server, started once
 //! here for the daemon, the demo and the tests alike.
 use crate::config::RunConfig;
-use crate::engine::{Engine, EngineError, Status};
+use crate::engine::{Engine, EngineError, Readiness};
 use crate::http::{self, HttpState};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub enum AppError {
 
 /// A started reactor.
 pub struct App {
-    pub status: Arc<Status>,
+    pub readiness: Arc<Readiness>,
     /// Where the HTTP server listens (useful with port 0).
     pub http_addr: SocketAddr,
     /// Ends when the reactor has shut down (after `shutdown` is cancelled).
@@ -60,13 +60,13 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         cfg.supabase_jwks_url.as_deref(),
     ));
     let engine = Engine::new(cfg, handlers, shutdown.clone())?;
-    let status = engine.status();
+    let readiness = engine.readiness();
     // The own tables' checks run beside the engine and end with it.
     let stop_checks = shutdown.child_token();
     let checks = own_tables.checks(engine.pool(), stop_checks.clone());
     let router = http::router(HttpState {
         pool: engine.pool(),
-        status: status.clone(),
+        readiness: readiness.clone(),
         webhook_secret,
         auth,
         statuses: engine.statuses(),
@@ -92,7 +92,7 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         tokio::join!(run, checks).0
     });
     Ok(App {
-        status,
+        readiness,
         http_addr,
         handle,
     })

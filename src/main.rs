@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(mode) => reactor::store::notify_mode::set(&client, mode).await,
                 None => reactor::store::notify_mode::show(&client).await,
             }
-            .map_err(|e| anyhow::anyhow!(reactor::store::db::describe(&e)))
+            .map_err(reactor::store::db::DbError::from)
             .context("reactor notify-mode")?;
             println!("{settings}");
             if mode.is_some_and(|m| m.as_str() != settings.effective) {

@@ -79,7 +79,7 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
     wait(
         "the reactor to be ready",
         Duration::from_secs(30),
-        || async { app.status.ready() },
+        || async { app.readiness.ready() },
     )
     .await?;
     println!("· reactor running (local image provider, storage {storage_url})");
@@ -147,7 +147,7 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
             if let Err(e) = second {
                 println!(
                     "· a second submission meanwhile is refused: {}",
-                    crate::store::db::describe(&e)
+                    crate::store::db::DbError::from(e)
                 );
             }
         }

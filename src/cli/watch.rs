@@ -51,7 +51,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(error = %crate::store::db::describe(&e), "watch: connection lost");
+                    tracing::error!(error = %crate::store::db::DbError::from(e), "watch: connection lost");
                     return;
                 }
             }

@@ -4,7 +4,7 @@
 use super::error::ServiceError;
 use super::worker::RunningHandler;
 use super::Shared;
-use crate::job::handler::{Done, HandlerError, LeasedWork};
+use crate::job::handler::{HandlerError, LeasedWork, Outcome};
 use crate::job::lease::Lease;
 use crate::store::handler_state;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ impl Shared {
                 let _permit = permit;
                 let started = std::time::Instant::now();
                 let outcome = work.run(&shared.pool, &lease).await;
-                if matches!(outcome, Ok(Done::Finished)) {
+                if matches!(outcome, Ok(Outcome::Finished)) {
                     shared.slots[index].handled(1, started);
                 }
                 if let Err(e) = shared.record_outcome(index, &work, &lease, outcome).await {
@@ -112,17 +112,17 @@ impl Shared {
         index: usize,
         work: &Arc<dyn LeasedWork>,
         lease: &Lease,
-        outcome: Result<Done, HandlerError>,
+        outcome: Result<Outcome, HandlerError>,
     ) -> Result<(), ServiceError> {
         let slot = &self.slots[index];
         let (error, permanent, not_before) = match outcome {
-            Ok(Done::Finished) => {
+            Ok(Outcome::Finished) => {
                 let client = self.pool.get().await?;
                 handler_state::release(&**client, lease).await?;
                 tracing::debug!("done");
                 return Ok(());
             }
-            Ok(Done::Later(delay)) => {
+            Ok(Outcome::CheckAgainIn(delay)) => {
                 let client = self.pool.get().await?;
                 if handler_state::postpone(&**client, lease, delay).await? {
                     self.wake_later(slot, &lease.row_id, delay);

@@ -81,12 +81,12 @@ impl Shared {
     pub(super) fn route(&self, event: Event) {
         match event {
             Event::Connected => {
-                self.status.listening.store(true, Ordering::SeqCst);
+                self.readiness.listening.store(true, Ordering::SeqCst);
                 self.scan_all();
             }
             Event::Disconnected => {
                 metrics::counter!("reactor_listener_reconnects_total").increment(1);
-                self.status.listening.store(false, Ordering::SeqCst);
+                self.readiness.listening.store(false, Ordering::SeqCst);
             }
             Event::Status(change) => self.status_feed.hint(change),
             Event::Retry { handler, id } => {

@@ -62,14 +62,14 @@ pub enum EngineError {
 
 /// Readiness as seen from outside (HTTP /readyz, tests).
 #[derive(Debug, Default)]
-pub struct Status {
+pub struct Readiness {
     /// The listener is connected and hears itself (always true when poll-only).
     pub listening: AtomicBool,
     /// Every handler finished a replay since start.
     pub replayed: AtomicBool,
 }
 
-impl Status {
+impl Readiness {
     pub fn ready(&self) -> bool {
         self.listening.load(Ordering::SeqCst) && self.replayed.load(Ordering::SeqCst)
     }
@@ -92,7 +92,7 @@ struct Shared {
     tracker: TaskTracker,
     /// Heartbeat, tidy, status feed, outbox drain and listener.
     services: Services,
-    status: Arc<Status>,
+    readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 }
 
@@ -171,14 +171,14 @@ impl Engine {
                 slots,
                 tracker: TaskTracker::new(),
                 services: Services::default(),
-                status: Arc::new(Status::default()),
+                readiness: Arc::new(Readiness::default()),
                 shutdown,
             }),
         })
     }
 
-    pub fn status(&self) -> Arc<Status> {
-        self.shared.status.clone()
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.shared.readiness.clone()
     }
 
     pub fn pool(&self) -> Pool {
@@ -233,7 +233,7 @@ impl Engine {
             };
             Some(services.spawn(l.run(shared.shutdown.clone())))
         } else {
-            shared.status.listening.store(true, Ordering::SeqCst);
+            shared.readiness.listening.store(true, Ordering::SeqCst);
             None
         };
 
@@ -254,7 +254,7 @@ impl Engine {
                     let Ok(Some(Err(deaf))) = ended else { break };
                     // A pooler eats notifications: keep doing the work by polling.
                     tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
-                    shared.status.listening.store(true, Ordering::SeqCst);
+                    shared.readiness.listening.store(true, Ordering::SeqCst);
                     ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
                 }
             }

@@ -119,7 +119,7 @@ impl Shared {
             .iter()
             .all(|s| s.scans.load(Ordering::SeqCst) > 0)
         {
-            self.status.replayed.store(true, Ordering::SeqCst);
+            self.readiness.replayed.store(true, Ordering::SeqCst);
         }
     }
 

@@ -12,9 +12,10 @@
 //! Only a prediction that carries this job's id is adopted; one that merely
 //! has the same input may be another user's identical job, so the job fails
 //! with [`UNPROVEN`] instead (we never attach another user's images).
-use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
-use crate::providers::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use crate::job::status::JobStatus;
+use crate::providers::{Found, JobInput, Prediction, PredictionState, Provider, ProviderError};
 use crate::store::db::param;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -57,7 +58,7 @@ pub struct Settings {
     /// Prefix for input paths that are not URLs (e.g. a public bucket's URL).
     pub input_base_url: Option<String>,
     /// Pass input paths through unchanged (the local provider reads no inputs).
-    pub raw_inputs: bool,
+    pub input_paths_as_is: bool,
     /// Signs `bucket/key` input paths (with s3:// storage and no base URL).
     pub input_signer: Option<crate::providers::storage::InputSigner>,
 }
@@ -80,7 +81,10 @@ pub fn spec(late_window: Duration) -> Spec {
              or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
                  and t.created_at > now() - interval '{late} seconds')"
         ),
-        statuses: Some(vec!["starting".into(), "processing".into()]),
+        statuses: Some(vec![
+            JobStatus::Starting.to_string(),
+            JobStatus::Processing.to_string(),
+        ]),
     }
 }
 
@@ -101,7 +105,7 @@ struct Job {
     owner_id: Uuid,
     /// Why an input may not be sent (see `storage::input_path_problem`).
     input_refusal: Option<String>,
-    status: String,
+    status: JobStatus,
     error: Option<String>,
     prediction_id: Option<String>,
     submit_started_at: Option<DateTime<Utc>>,
@@ -111,7 +115,7 @@ struct Job {
 
 impl Job {
     fn in_flight(&self) -> bool {
-        self.status == "starting" || self.status == "processing"
+        self.status.in_flight()
     }
 }
 
@@ -123,42 +127,46 @@ pub async fn apply_prediction(
     job_id: Uuid,
     p: &Prediction,
 ) -> Result<bool, tokio_postgres::Error> {
-    let (status, output, error): (&str, Option<serde_json::Value>, Option<String>) = match p.status
-    {
-        Status::Starting => return Ok(false),
-        Status::Processing => {
-            let n = db
-                .execute_typed(
-                    "update public.generation_jobs set status = 'processing'
+    let (status, output, error): (JobStatus, Option<serde_json::Value>, Option<String>) =
+        match p.status {
+            PredictionState::Starting => return Ok(false),
+            PredictionState::Processing => {
+                let n = db
+                    .execute_typed(
+                        "update public.generation_jobs set status = 'processing'
                      where id = $1 and status = 'starting' and prediction_id = $2",
-                    &[param(&job_id), param(&p.id)],
-                )
-                .await?;
-            return Ok(n > 0);
-        }
-        Status::Succeeded if p.output.is_empty() => (
-            "failed",
-            None,
-            Some("the provider reported success without output images".into()),
-        ),
-        Status::Succeeded => ("succeeded", Some(serde_json::json!(p.output)), None),
-        Status::Failed => (
-            "failed",
-            None,
-            Some(
-                p.error
-                    .as_deref()
-                    .map(job_error_text)
-                    .unwrap_or_else(|| "the provider reported failure".into()),
+                        &[param(&job_id), param(&p.id)],
+                    )
+                    .await?;
+                return Ok(n > 0);
+            }
+            PredictionState::Succeeded if p.output.is_empty() => (
+                JobStatus::Failed,
+                None,
+                Some("the provider reported success without output images".into()),
             ),
-        ),
-        Status::Aborted => (
-            "failed",
-            None,
-            Some("aborted: the prediction's deadline passed before it started".into()),
-        ),
-        Status::Canceled => ("canceled", None, None),
-    };
+            PredictionState::Succeeded => (
+                JobStatus::Succeeded,
+                Some(serde_json::json!(p.output)),
+                None,
+            ),
+            PredictionState::Failed => (
+                JobStatus::Failed,
+                None,
+                Some(
+                    p.error
+                        .as_deref()
+                        .map(job_error_text)
+                        .unwrap_or_else(|| "the provider reported failure".into()),
+                ),
+            ),
+            PredictionState::Aborted => (
+                JobStatus::Failed,
+                None,
+                Some("aborted: the prediction's deadline passed before it started".into()),
+            ),
+            PredictionState::Canceled => (JobStatus::Canceled, None, None),
+        };
     let n = db
         .execute_typed(
             "update public.generation_jobs
@@ -237,11 +245,11 @@ impl Generation {
     /// Only the job owner's own keys are ever prefixed or signed.
     async fn input_url(&self, path: &str, owner: Uuid) -> Result<String, HandlerError> {
         if let Some(problem) = crate::providers::storage::input_path_problem(path, owner) {
-            return Err(HandlerError::Permanent(format!(
+            return Err(HandlerError::permanent(format!(
                 "input {path:?} refused: it {problem}"
             )));
         }
-        if self.settings.raw_inputs || crate::providers::storage::is_http_url(path) {
+        if self.settings.input_paths_as_is || crate::providers::storage::is_http_url(path) {
             return Ok(path.to_string());
         }
         if let Some(base) = &self.settings.input_base_url {
@@ -251,28 +259,12 @@ impl Generation {
             Some(signer) => signer
                 .sign(path, owner, INPUT_URL_VALIDITY)
                 .await
-                .map_err(|e| HandlerError::Permanent(e.to_string())),
-            None => Err(HandlerError::Permanent(format!(
+                .map_err(HandlerError::permanent),
+            None => Err(HandlerError::permanent(format!(
                 "input {path:?} is not a URL the provider can fetch; store inputs as http(s) URLs, \
                  set REACTOR_INPUT_BASE_URL, or use s3:// storage so inputs are signed"
             ))),
         }
-    }
-
-    /// Runs `sql` (params: job id first) in a transaction fenced by the lease.
-    async fn fenced(
-        &self,
-        pool: &deadpool_postgres::Pool,
-        lease: &Lease,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, HandlerError> {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
-        let n = tx.execute(sql, params).await?;
-        tx.commit().await?;
-        Ok(n)
     }
 
     async fn fail_job(
@@ -281,12 +273,13 @@ impl Generation {
         lease: &Lease,
         id: Uuid,
         error: &str,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let error = job_error_text(error);
         tracing::warn!(%error, "job failed");
-        self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &error])
+        lease
+            .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &error])
             .await?;
-        Ok(Done::Finished)
+        Ok(Outcome::Finished)
     }
 
     /// How long until the next look at a running prediction.
@@ -319,11 +312,10 @@ impl Generation {
         lease: &Lease,
         job: &mut Job,
         p: Prediction,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = job.input.id;
-        self.fenced(
+        lease.execute_fenced(
             pool,
-            lease,
             "update public.generation_jobs
              set prediction_id = $2, status = case when status = 'starting' then 'processing' else status end
              where id = $1 and prediction_id is null",
@@ -345,19 +337,18 @@ impl Generation {
         lease: &Lease,
         job: &Job,
         p: Prediction,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
-        let changed = apply_prediction(&*tx, job.input.id, &p).await?;
+        let tx = lease.begin(&mut client).await?;
+        let changed = apply_prediction(&**tx, job.input.id, &p).await?;
         tx.commit().await?;
         if p.status.is_terminal() {
             if changed {
                 tracing::info!(prediction = %p.id, status = ?p.status, "prediction finished");
             }
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
-        Ok(Done::Later(self.poll_delay(job)))
+        Ok(Outcome::CheckAgainIn(self.poll_delay(job)))
     }
 
     async fn cancel(
@@ -365,27 +356,27 @@ impl Generation {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         job: &Job,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if let Some(pid) = &job.prediction_id {
             match self.provider.cancel(pid).await {
                 Ok(()) | Err(ProviderError::NotFound) => {}
                 Err(e) => {
-                    return Err(HandlerError::Retry(format!(
+                    return Err(HandlerError::retryable(format!(
                         "canceling prediction {pid}: {e}"
                     )))
                 }
             }
         }
-        self.fenced(
-            pool,
-            lease,
-            "update public.generation_jobs set status = 'canceled', completed_at = now()
+        lease
+            .execute_fenced(
+                pool,
+                "update public.generation_jobs set status = 'canceled', completed_at = now()
              where id = $1 and status in ('starting', 'processing')",
-            &[&job.input.id],
-        )
-        .await?;
+                &[&job.input.id],
+            )
+            .await?;
         tracing::info!("job canceled");
-        Ok(Done::Finished)
+        Ok(Outcome::Finished)
     }
 
     async fn submit(
@@ -393,7 +384,7 @@ impl Generation {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         job: &mut Job,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = job.input.id;
         if let Some(since) = job.submit_started_at {
             // An earlier create may have gone through: look before paying again.
@@ -410,23 +401,22 @@ impl Generation {
                     tracing::info!("no prediction from the interrupted submission; submitting")
                 }
                 Err(e) => {
-                    return Err(HandlerError::Retry(format!(
+                    return Err(HandlerError::retryable(format!(
                         "reconciling an interrupted submission: {e}"
                     )))
                 }
             }
         }
-        let marked = self
-            .fenced(
+        let marked = lease
+            .execute_fenced(
                 pool,
-                lease,
                 "update public.generation_jobs set submit_started_at = now()
                  where id = $1 and status = 'starting' and prediction_id is null and cancel_requested_at is null",
                 &[&id],
             )
             .await?;
         if marked == 0 {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
         let webhook = self
             .settings
@@ -437,18 +427,18 @@ impl Generation {
         match self.provider.create(&job.input, webhook.as_deref()).await {
             Ok(p) => self.adopt(pool, lease, job, p).await,
             Err(ProviderError::RateLimited { retry_after }) => {
-                self.fenced(pool, lease, unmark, &[&id]).await?;
+                lease.execute_fenced(pool, unmark, &[&id]).await?;
                 let message = "rate limited by the provider (HTTP 429)".to_string();
                 Err(match retry_after {
-                    Some(delay) => HandlerError::RetryIn(message, delay),
-                    None => HandlerError::Retry(message),
+                    Some(delay) => HandlerError::retryable_after(message, delay),
+                    None => HandlerError::retryable(message),
                 })
             }
             Err(ProviderError::Unavailable(e)) => {
-                self.fenced(pool, lease, unmark, &[&id]).await?;
-                Err(HandlerError::Retry(format!("provider unavailable: {e}")))
+                lease.execute_fenced(pool, unmark, &[&id]).await?;
+                Err(HandlerError::retryable(format!("provider unavailable: {e}")))
             }
-            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::Retry(format!(
+            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::retryable(format!(
                 "submission outcome unknown ({e}); the next attempt reconciles before submitting again"
             ))),
             Err(ProviderError::Rejected(e)) => self.fail_job(pool, lease, id, &e).await,
@@ -465,10 +455,10 @@ impl LeasedWork for Generation {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let id = lease.row_uuid()?;
         let Some(mut job) = self.load(pool, id).await? else {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         if let Some(refusal) = job.input_refusal.take() {
             // Written around the database's input rule (or before it): fail
@@ -477,14 +467,14 @@ impl LeasedWork for Generation {
                 tracing::warn!(owner = %job.owner_id, "refusing a job whose input is not its owner's");
                 return self.fail_job(pool, lease, id, &refusal).await;
             }
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         }
         if job.cancel_requested && job.in_flight() {
             // A submission may be in flight or interrupted: cancel what it created.
             if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
                 if let Found::Ours(p) =
                     self.provider.find(&job.input, since).await.map_err(|e| {
-                        HandlerError::Retry(format!("reconciling before cancel: {e}"))
+                        HandlerError::retryable(format!("reconciling before cancel: {e}"))
                     })?
                 {
                     return self.adopt(pool, lease, &mut job, p).await;
@@ -495,18 +485,19 @@ impl LeasedWork for Generation {
         let stuck_at = job.created_at
             + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
         if job.in_flight() && Utc::now() >= stuck_at {
-            self.fenced(pool, lease, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
+            lease
+                .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
                 .await?;
             tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
-            job.status = "failed".into();
+            job.status = JobStatus::Failed;
             job.error = Some(TIMED_OUT.into());
             if job.prediction_id.is_none() {
-                return Ok(Done::Finished);
+                return Ok(Outcome::Finished);
             }
         }
         match job.prediction_id.clone() {
-            None if job.status == "starting" => self.submit(pool, lease, &mut job).await,
-            None => Ok(Done::Finished),
+            None if job.status == JobStatus::Starting => self.submit(pool, lease, &mut job).await,
+            None => Ok(Outcome::Finished),
             Some(pid) => match self.provider.get(&pid).await {
                 Ok(p) => self.follow(pool, lease, &job, p).await,
                 Err(ProviderError::NotFound) if job.in_flight() => {
@@ -518,12 +509,12 @@ impl LeasedWork for Generation {
                     )
                     .await
                 }
-                Err(ProviderError::NotFound) => Ok(Done::Finished),
+                Err(ProviderError::NotFound) => Ok(Outcome::Finished),
                 Err(e) => {
                     // Polling is free and the prediction is already paid for:
                     // keep looking (the stuck rule bounds it), never fail on it.
                     tracing::warn!(prediction = %pid, error = %e, "looking at the prediction failed; will look again");
-                    Ok(Done::Later(self.poll_delay(&job)))
+                    Ok(Outcome::CheckAgainIn(self.poll_delay(&job)))
                 }
             },
         }
@@ -647,9 +638,9 @@ mod tests {
     #[test]
     fn status_parse_covers_replicates_terminal_statuses() {
         for s in ["succeeded", "failed", "canceled", "aborted"] {
-            assert!(Status::parse(s).unwrap().is_terminal(), "{s}");
+            assert!(PredictionState::parse(s).unwrap().is_terminal(), "{s}");
         }
-        assert!(!Status::parse("processing").unwrap().is_terminal());
-        assert!(Status::parse("bogus").is_none());
+        assert!(!PredictionState::parse("processing").unwrap().is_terminal());
+        assert!(PredictionState::parse("bogus").is_none());
     }
 }

@@ -70,7 +70,7 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
         webhook_grace: cfg.webhook_grace,
         late_window: cfg.late_window,
         input_base_url: cfg.input_base_url.clone(),
-        raw_inputs: cfg.provider == ProviderKind::Local,
+        input_paths_as_is: cfg.provider == ProviderKind::Local,
         input_signer: crate::providers::storage::InputSigner::for_storage_url(&cfg.storage_url),
     };
     Ok(vec![

@@ -8,8 +8,9 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
-use crate::job::handler::{Action, Done, Handler, HandlerError, KeyType, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
+use crate::job::status::JobStatus;
 use crate::providers::storage::Storage;
 use crate::store::db::param;
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ pub fn spec() -> Spec {
         key: "id".into(),
         key_type: KeyType::Uuid,
         pending: "t.status = 'succeeded' and t.output is not null and t.rendered_at is null".into(),
-        statuses: Some(vec!["succeeded".into()]),
+        statuses: Some(vec![JobStatus::Succeeded.to_string()]),
     }
 }
 
@@ -74,23 +75,23 @@ pub fn output_urls(output: &serde_json::Value) -> Result<Vec<String>, HandlerErr
             .iter()
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<_>>()
-            .ok_or_else(|| HandlerError::Permanent("job output is not a list of URLs".into()))?,
+            .ok_or_else(|| HandlerError::permanent("job output is not a list of URLs"))?,
         _ => {
-            return Err(HandlerError::Permanent(
-                "job output is not a URL or a list of URLs".into(),
+            return Err(HandlerError::permanent(
+                "job output is not a URL or a list of URLs",
             ))
         }
     };
     if urls.is_empty() {
-        return Err(HandlerError::Permanent(
-            "job succeeded with no output images".into(),
+        return Err(HandlerError::permanent(
+            "job succeeded with no output images",
         ));
     }
     for url in &urls {
         match url::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => {
-                return Err(HandlerError::Permanent(format!(
+                return Err(HandlerError::permanent(format!(
                     "job output {url:?} is not an http(s) URL"
                 )))
             }
@@ -141,7 +142,7 @@ fn has_magic(ext: &str, b: &[u8]) -> bool {
 
 impl Renders {
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
-        let retry = |what: String| HandlerError::Retry(format!("output image {url}: {what}"));
+        let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
         let response = self.http.get(url).send().await.map_err(|e| {
             retry(if e.is_timeout() {
                 "timed out".into()
@@ -151,7 +152,7 @@ impl Renders {
         })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
-            return Err(HandlerError::Permanent(format!(
+            return Err(HandlerError::permanent(format!(
                 "output image {url} is gone (HTTP {status}); providers delete outputs (Replicate: about an hour after the prediction)"
             )));
         }
@@ -215,7 +216,7 @@ impl LeasedWork for Renders {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         let job_id = lease.row_uuid()?;
         let job = pool
             .get()
@@ -241,14 +242,13 @@ impl LeasedWork for Renders {
                         crate::providers::storage::RENDER_CACHE_CONTROL,
                     )
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))?;
+                    .map_err(HandlerError::retryable)?;
                 variants.push(path);
             }
         }
 
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
+        let tx = lease.begin(&mut client).await?;
         let mut created = false;
         if let Some(job) = job {
             let owner: Uuid = job.get("owner_id");
@@ -284,7 +284,7 @@ impl LeasedWork for Renders {
             .await?;
             created = inserted == 1;
         }
-        let done = lease.finish(tx).await?;
+        let done = tx.finish().await?;
         // Only once committed: a rolled-back render was never created.
         if created {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
@@ -319,10 +319,7 @@ mod tests {
             serde_json::json!([1]),
             serde_json::json!(["file:///etc/passwd"]),
         ] {
-            assert!(
-                matches!(output_urls(&bad), Err(HandlerError::Permanent(_))),
-                "{bad}"
-            );
+            assert!(output_urls(&bad).is_err_and(|e| e.is_permanent()), "{bad}");
         }
     }
 

@@ -9,6 +9,7 @@
 //! jobs debited before the marker existed: their insert does nothing). Failed
 //! and canceled jobs are never pending, so they are never debited.
 use crate::job::handler::{Action, Handler, KeyType, Spec};
+use crate::job::status::JobStatus;
 
 pub const NAME: &str = "usage";
 
@@ -21,7 +22,7 @@ pub fn handler() -> Handler {
             key: "id".into(),
             key_type: KeyType::Uuid,
             pending: "t.status = 'succeeded' and t.debited_at is null".into(),
-            statuses: Some(vec!["succeeded".into()]),
+            statuses: Some(vec![JobStatus::Succeeded.to_string()]),
         },
         action: Action::Sql {
             effect: "insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)

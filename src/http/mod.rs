@@ -7,10 +7,11 @@ pub mod ops;
 pub mod webhook_signature;
 
 use crate::engine::notification::Change;
-use crate::engine::Status;
+use crate::engine::Readiness;
 use crate::http::auth::{Auth, AuthError};
 use crate::job::handler::Spec;
 use crate::providers::replicate::{created_for, parse_prediction};
+use crate::store::db::DbError;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,7 +26,7 @@ use webhook_signature::Secret;
 #[derive(Clone)]
 pub struct HttpState {
     pub pool: Pool,
-    pub status: Arc<Status>,
+    pub readiness: Arc<Readiness>,
     /// None: webhooks are refused (nothing could verify them).
     pub webhook_secret: Option<Arc<Secret>>,
     pub auth: Arc<Auth>,
@@ -145,25 +146,24 @@ async fn admin_summary(State(state): State<HttpState>, headers: HeaderMap) -> Re
         return unauthorized(e);
     }
     let summary = async {
-        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        let client = state.pool.get().await?;
         let db = &**client;
-        let describe = |e: tokio_postgres::Error| crate::store::db::describe(&e);
-        Ok::<_, String>(serde_json::json!({
-            "ready": state.status.ready(),
-            "jobs_by_status": crate::http::ops::jobs_by_status(db).await.map_err(describe)?,
-            "in_flight": crate::http::ops::in_flight(db, 50).await.map_err(describe)?,
-            "recent_jobs": crate::http::ops::recent_jobs(db, 25).await.map_err(describe)?,
-            "backlog": crate::http::ops::backlog(db, &state.specs).await.map_err(describe)?,
-            "throughput": crate::http::ops::throughput(db, 10).await.map_err(describe)?,
-            "recent_failures": crate::http::ops::recent_failures(db, 10).await.map_err(describe)?,
-            "dead": crate::http::ops::dead_rows(db, 50).await.map_err(describe)?,
+        Ok::<_, DbError>(serde_json::json!({
+            "ready": state.readiness.ready(),
+            "jobs_by_status": crate::http::ops::jobs_by_status(db).await?,
+            "in_flight": crate::http::ops::in_flight(db, 50).await?,
+            "recent_jobs": crate::http::ops::recent_jobs(db, 25).await?,
+            "backlog": crate::http::ops::backlog(db, &state.specs).await?,
+            "throughput": crate::http::ops::throughput(db, 10).await?,
+            "recent_failures": crate::http::ops::recent_failures(db, 10).await?,
+            "dead": crate::http::ops::dead_rows(db, 50).await?,
         }))
     };
     match summary.await {
         Ok(body) => Json(body).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e })),
+            Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response(),
     }
@@ -192,7 +192,7 @@ async fn admin_retry(
             .into_response();
     }
     let retried = async {
-        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        let client = state.pool.get().await?;
         client
             .query_typed_one(
                 "select reactor.retry($1, $2)",
@@ -203,13 +203,13 @@ async fn admin_retry(
             )
             .await
             .map(|r| r.get::<_, bool>(0))
-            .map_err(|e| crate::store::db::describe(&e))
+            .map_err(DbError::from)
     };
     match retried.await {
         Ok(had_state) => Json(serde_json::json!({ "retried": had_state })).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e })),
+            Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response(),
     }
@@ -218,18 +218,15 @@ async fn admin_retry(
 /// 200 once the listener hears itself and the first replay is done, and while
 /// the database answers; 503 otherwise.
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    if !state.status.ready() {
+    if !state.readiness.ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: listener connecting or first replay running".into(),
         );
     }
     let db = async {
-        let client = state.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("select 1")
-            .await
-            .map_err(|e| crate::store::db::describe(&e))
+        let client = state.pool.get().await?;
+        client.simple_query("select 1").await.map_err(DbError::from)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), db).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
@@ -331,19 +328,15 @@ async fn apply_webhook(
     pool: &Pool,
     proven_job: Option<uuid::Uuid>,
     prediction: &crate::providers::Prediction,
-) -> Result<Option<uuid::Uuid>, String> {
-    let mut client = pool.get().await.map_err(|e| e.to_string())?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| crate::store::db::describe(&e))?;
+) -> Result<Option<uuid::Uuid>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
     let found = tx
         .query_opt(
             "select id from public.generation_jobs where prediction_id = $1",
             &[&prediction.id],
         )
-        .await
-        .map_err(|e| crate::store::db::describe(&e))?;
+        .await?;
     let job = match (found, proven_job) {
         (Some(row), _) => Some(row.get::<_, uuid::Uuid>(0)),
         (None, Some(id)) => tx
@@ -354,18 +347,13 @@ async fn apply_webhook(
                  returning id",
                 &[&id, &prediction.id],
             )
-            .await
-            .map_err(|e| crate::store::db::describe(&e))?
+            .await?
             .map(|row| row.get(0)),
         (None, None) => None,
     };
     if let Some(id) = job {
-        crate::handlers::generation::apply_prediction(&*tx, id, prediction)
-            .await
-            .map_err(|e| crate::store::db::describe(&e))?;
+        crate::handlers::generation::apply_prediction(&*tx, id, prediction).await?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| crate::store::db::describe(&e))?;
+    tx.commit().await?;
     Ok(job)
 }

@@ -9,6 +9,7 @@
 //!   provider calls), under a lease recorded in `reactor.handler_state` that is
 //!   renewed while the work runs; the final write is fenced by the lease token.
 use crate::engine::notification::Change;
+pub use crate::job::error::HandlerError;
 use crate::job::lease::Lease;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -94,55 +95,28 @@ pub struct Handler {
     pub action: Action,
 }
 
-/// Why an attempt did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth another attempt later (with backoff, up to the attempt limit).
-    #[error("{0}")]
-    Retry(String),
-    /// Like `Retry`, but not before the given delay (e.g. a 429's Retry-After).
-    #[error("{0}")]
-    RetryIn(String, std::time::Duration),
-    /// Will never succeed: the row is marked dead at once.
-    #[error("{0}")]
-    Permanent(String),
-    /// Another reactor took the row over; this attempt's result is discarded.
-    #[error("lease lost to another reactor")]
-    LeaseLost,
-}
-
-impl From<tokio_postgres::Error> for HandlerError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        HandlerError::Retry(crate::store::db::describe(&e))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for HandlerError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        HandlerError::Retry(format!("database pool: {e}"))
-    }
-}
-
 /// How an attempt that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Done {
+pub enum Outcome {
     /// Nothing more to do for this row (its state is gone).
     Finished,
-    /// Look at the row again after this delay; not a failure, no attempt counted.
-    Later(std::time::Duration),
+    /// Not done yet, nothing failed (e.g. a prediction still running): the
+    /// lease is given back and the row is looked at again after this delay,
+    /// with no attempt counted.
+    CheckAgainIn(std::time::Duration),
 }
 
 /// Work done under a lease. `run` must be idempotent: it may run again after a
-/// crash at any point, and its final write must go through `lease` (see
-/// [`Lease::hold`] and [`Lease::finish`]) so that a reactor that lost its lease
-/// cannot commit over the one that took over.
+/// crash at any point, and its writes must go through `lease` (see
+/// [`Lease::begin`] and [`crate::job::lease::FencedTx::finish`]) so that a
+/// reactor that lost its lease cannot commit over the one that took over.
 #[async_trait]
 pub trait LeasedWork: Send + Sync {
     async fn run(
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError>;
+    ) -> Result<Outcome, HandlerError>;
 
     /// Runs on every sweep, independent of claims and leases: what the handler
     /// enforces from table state alone (e.g. the stuck rule), so it holds

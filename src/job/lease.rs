@@ -5,7 +5,7 @@
 //! lease (and was replaced) cannot commit a second effect. The statements that
 //! claim, renew, release and record failures are in [`crate::store::handler_state`]
 //! and [`crate::store::pending`].
-use crate::job::handler::HandlerError;
+use crate::job::error::HandlerError;
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,13 +26,34 @@ impl Lease {
     /// The row's key as a UUID (the built-in tables' keys).
     pub fn row_uuid(&self) -> Result<uuid::Uuid, HandlerError> {
         uuid::Uuid::parse_str(&self.row_id).map_err(|e| {
-            HandlerError::Permanent(format!("row id {:?} is not a UUID: {e}", self.row_id))
+            HandlerError::permanent(format!("row id {:?} is not a UUID: {e}", self.row_id))
         })
     }
 
-    /// Fences a transaction: locks this lease's state row and fails with
+    /// Opens a transaction on `client` fenced by this lease: the lease's
+    /// state row is locked first, and the call fails with
+    /// [`HandlerError::LeaseLost`] unless this reactor still holds it. Every
+    /// write of an attempt goes through one of these, so a reactor that lost
+    /// its lease (paused past it, replaced) cannot commit over the new holder.
+    ///
+    /// ```ignore
+    /// let mut client = pool.get().await?;
+    /// let tx = lease.begin(&mut client).await?;
+    /// tx.execute("update …", &[&id]).await?;
+    /// tx.commit().await?; // or tx.finish(): the row needs nothing more
+    /// ```
+    pub async fn begin<'a>(
+        &'a self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<FencedTx<'a>, HandlerError> {
+        let tx = client.transaction().await?;
+        self.hold(&tx).await?;
+        Ok(FencedTx { tx, lease: self })
+    }
+
+    /// Locks this lease's state row in `tx`; fails with
     /// [`HandlerError::LeaseLost`] unless this reactor still holds it.
-    pub async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+    async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
         let held = tx
             .query_opt(
                 "select 1 from reactor.handler_state
@@ -47,20 +68,59 @@ impl Lease {
         }
     }
 
-    /// Ends a successful attempt: drops the state row and commits `tx`.
-    /// Call [`Lease::hold`] on `tx` before writing the effect.
-    pub async fn finish(
+    /// One statement in its own fenced transaction (see [`Lease::begin`]);
+    /// returns the number of rows it changed.
+    pub async fn execute_fenced(
         &self,
-        tx: Transaction<'_>,
-    ) -> Result<crate::job::handler::Done, HandlerError> {
-        tx.execute(
-            "delete from reactor.handler_state
-             where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
-            &[&self.handler, &self.row_id, &self.owner, &self.token],
-        )
-        .await?;
+        pool: &deadpool_postgres::Pool,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, HandlerError> {
+        let mut client = pool.get().await?;
+        let tx = self.begin(&mut client).await?;
+        let n = tx.execute(sql, params).await?;
         tx.commit().await?;
-        Ok(crate::job::handler::Done::Finished)
+        Ok(n)
+    }
+}
+
+/// A transaction in which a [`Lease`] is held (its state row is locked until
+/// the end of the transaction). Use it as the [`Transaction`] it derefs to;
+/// end it with [`FencedTx::commit`] or [`FencedTx::finish`]. Dropped without
+/// either, it rolls back.
+pub struct FencedTx<'a> {
+    tx: Transaction<'a>,
+    lease: &'a Lease,
+}
+
+impl<'a> std::ops::Deref for FencedTx<'a> {
+    type Target = Transaction<'a>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl FencedTx<'_> {
+    /// Commits the writes; the lease stays held (the row may need more work).
+    pub async fn commit(self) -> Result<(), HandlerError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a successful attempt: drops the lease's state row and commits
+    /// with the writes, so the row needs nothing more from this handler.
+    pub async fn finish(self) -> Result<crate::job::handler::Outcome, HandlerError> {
+        let lease = self.lease;
+        self.tx
+            .execute(
+                "delete from reactor.handler_state
+                 where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
+                &[&lease.handler, &lease.row_id, &lease.owner, &lease.token],
+            )
+            .await?;
+        self.tx.commit().await?;
+        Ok(crate::job::handler::Outcome::Finished)
     }
 }
 

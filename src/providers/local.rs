@@ -6,7 +6,7 @@
 //! Predictions live in memory: a restarted reactor does not know the local
 //! predictions of its previous life (they read as not found, and those jobs
 //! fail with that error).
-use super::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use super::{Found, JobInput, Prediction, PredictionState, Provider, ProviderError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -60,14 +60,14 @@ impl Local {
 
     fn view(&self, id: &str, entry: &Entry) -> Prediction {
         let (status, output) = if entry.canceled {
-            (Status::Canceled, vec![])
+            (PredictionState::Canceled, vec![])
         } else if entry.started.elapsed() < self.delay {
-            (Status::Processing, vec![])
+            (PredictionState::Processing, vec![])
         } else {
             let urls = (0..self.variants)
                 .map(|i| format!("{}/outputs/{id}/{i}.jpg", self.base_url))
                 .collect();
-            (Status::Succeeded, urls)
+            (PredictionState::Succeeded, urls)
         };
         Prediction {
             id: id.to_string(),

@@ -25,7 +25,7 @@ pub struct JobInput {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum PredictionState {
     Starting,
     Processing,
     Succeeded,
@@ -35,28 +35,31 @@ pub enum Status {
     Aborted,
 }
 
-impl Status {
-    pub fn parse(s: &str) -> Option<Status> {
+impl PredictionState {
+    pub fn parse(s: &str) -> Option<PredictionState> {
         Some(match s {
-            "starting" => Status::Starting,
-            "processing" => Status::Processing,
-            "succeeded" => Status::Succeeded,
-            "failed" => Status::Failed,
-            "canceled" => Status::Canceled,
-            "aborted" => Status::Aborted,
+            "starting" => PredictionState::Starting,
+            "processing" => PredictionState::Processing,
+            "succeeded" => PredictionState::Succeeded,
+            "failed" => PredictionState::Failed,
+            "canceled" => PredictionState::Canceled,
+            "aborted" => PredictionState::Aborted,
             _ => return None,
         })
     }
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Starting | Status::Processing)
+        !matches!(
+            self,
+            PredictionState::Starting | PredictionState::Processing
+        )
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub id: String,
-    pub status: Status,
+    pub status: PredictionState,
     /// Output image URLs (a single URL is a list of one).
     pub output: Vec<String>,
     pub error: Option<String>,

@@ -7,7 +7,7 @@
 //! in its webhook URL (`?job_id=`) proves a prediction is the job's; one with
 //! identical input but no such proof may be another user's identical job and
 //! is reported, never adopted.
-use super::{Found, JobInput, Prediction, Provider, ProviderError, Status};
+use super::{Found, JobInput, Prediction, PredictionState, Provider, ProviderError};
 use crate::http::client;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -168,7 +168,7 @@ pub fn parse_prediction(v: &Value) -> Result<Prediction, String> {
         .get("status")
         .and_then(Value::as_str)
         .ok_or("prediction without a status")?;
-    let status = Status::parse(status_text)
+    let status = PredictionState::parse(status_text)
         .ok_or_else(|| format!("unknown prediction status {status_text:?}"))?;
     let output = match v.get("output") {
         None | Some(Value::Null) => vec![],
@@ -298,7 +298,7 @@ mod tests {
             &json!({"id": "p1", "status": "aborted", "output": null, "error": null}),
         )
         .unwrap();
-        assert_eq!(p.status, Status::Aborted);
+        assert_eq!(p.status, PredictionState::Aborted);
         for bad in [
             json!({}),
             json!({"id": "p"}),

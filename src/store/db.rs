@@ -19,6 +19,87 @@ pub enum DbError {
     Pool(String),
     #[error("TLS settings: {0}")]
     Tls(#[from] crate::store::tls::TlsError),
+    /// No connection could be taken from the pool.
+    #[error("database pool: {0}")]
+    Checkout(String),
+    /// A statement failed, or the connection did. Shown on one line: the
+    /// server's message, SQLSTATE, detail and hint (tokio-postgres' own
+    /// Display says only "db error").
+    #[error("{}", show_statement_error(.message, .code.as_ref(), .detail.as_deref(), .hint.as_deref()))]
+    Statement {
+        /// None when the server did not answer (a closed connection, I/O,
+        /// a value that did not fit its type on this side).
+        code: Option<tokio_postgres::error::SqlState>,
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
+}
+
+impl DbError {
+    /// The SQLSTATE the server answered with, if it answered.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Statement { code, .. } => code.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl From<&tokio_postgres::Error> for DbError {
+    fn from(e: &tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => DbError::Statement {
+                code: Some(db.code().clone()),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+            },
+            None => DbError::Statement {
+                code: None,
+                message: match std::error::Error::source(e) {
+                    Some(inner) => format!("{e}: {inner}"),
+                    None => e.to_string(),
+                },
+                detail: None,
+                hint: None,
+            },
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::from(&e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => DbError::from(e),
+            e => DbError::Checkout(e.to_string()),
+        }
+    }
+}
+
+fn show_statement_error(
+    message: &str,
+    code: Option<&tokio_postgres::error::SqlState>,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> String {
+    let mut s = message.to_string();
+    if let Some(code) = code {
+        s.push_str(&format!(" (SQLSTATE {})", code.code()));
+    }
+    if let Some(detail) = detail {
+        s.push_str(&format!("; {detail}"));
+    }
+    if let Some(hint) = hint {
+        s.push_str(&format!("; hint: {hint}"));
+    }
+    s
 }
 
 /// The URL's settings for tokio-postgres, with `sslmode` already applied
@@ -181,24 +262,9 @@ impl<T: Param> Param for Option<T> {
 }
 
 /// A Postgres error as one line: the server's message, detail and hint when
-/// there are any (tokio-postgres' own Display says only "db error").
+/// there are any (see [`DbError::Statement`]).
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                s.push_str(&format!("; {detail}"));
-            }
-            if let Some(hint) = db.hint() {
-                s.push_str(&format!("; hint: {hint}"));
-            }
-            s
-        }
-        None => match std::error::Error::source(e) {
-            Some(inner) => format!("{e}: {inner}"),
-            None => e.to_string(),
-        },
-    }
+    DbError::from(e).to_string()
 }
 
 /// Makes the rest of `tx` run as Supabase runs a client's request: role

@@ -185,7 +185,7 @@ pub async fn renew(
 
 /// Ends an attempt after which the row needs nothing more: drops its state
 /// row if this reactor still holds the lease (handlers that end with
-/// [`Lease::finish`] have already dropped it).
+/// [`FencedTx::finish`](crate::job::lease::FencedTx::finish) have already dropped it).
 pub async fn release(db: &impl GenericClient, lease: &Lease) -> Result<u64, tokio_postgres::Error> {
     db.execute_typed(
         "delete from reactor.handler_state

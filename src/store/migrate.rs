@@ -4,6 +4,7 @@
 //! `reactor.schema_migrations`. Before anything is applied, every recorded
 //! file's checksum is compared with the embedded one: an edited migration is
 //! refused (changing nothing) instead of being silently skipped.
+use crate::store::db::DbError;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
@@ -29,8 +30,8 @@ pub enum MigrateError {
         applied: String,
         embedded: String,
     },
-    #[error("migration {name} failed (rolled back): {message}")]
-    Apply { name: String, message: String },
+    #[error("migration {name} failed (rolled back): {source}")]
+    Apply { name: String, source: DbError },
     #[error(
         "refusing to migrate: {}\nThese policies were not installed by the reactor and stay in force next to its \
          own (permissive policies are OR-ed). Drop them, or run with --allow-foreign-policies \
@@ -38,8 +39,14 @@ pub enum MigrateError {
         .0.iter().map(ForeignPolicy::to_string).collect::<Vec<_>>().join("\n")
     )]
     ForeignPolicies(Vec<ForeignPolicy>),
-    #[error("migration bookkeeping failed: {}", crate::store::db::describe(.0))]
-    Db(#[from] tokio_postgres::Error),
+    #[error("migration bookkeeping failed: {0}")]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Db(e.into())
+    }
 }
 
 /// What a run did.
@@ -288,7 +295,7 @@ async fn apply_locked(
             .await
             .map_err(|e| MigrateError::Apply {
                 name: m.name.to_string(),
-                message: crate::store::db::describe(&e),
+                source: e.into(),
             })?;
         tx.execute(
             "insert into reactor.schema_migrations (name, checksum) values ($1, $2)",

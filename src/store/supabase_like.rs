@@ -7,17 +7,21 @@
 //! authenticated and service_role, has every privilege on the `auth` schema's
 //! objects (which belong to another role), and objects it creates in `public`
 //! are granted to anon, authenticated and service_role by default.
-use crate::store::db::{quote_ident, quote_literal};
+use crate::store::db::{quote_ident, quote_literal, DbError};
 use tokio_postgres::Client;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupabaseLikeError {
     #[error("preparing a Supabase-like database: {0}")]
     Setup(String),
+    #[error("preparing a Supabase-like database: {0}")]
+    Db(#[from] DbError),
 }
 
-fn setup_error(e: tokio_postgres::Error) -> SupabaseLikeError {
-    SupabaseLikeError::Setup(crate::store::db::describe(&e))
+impl From<tokio_postgres::Error> for SupabaseLikeError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SupabaseLikeError::Db(e.into())
+    }
 }
 
 /// Makes `role` (created if missing) the Supabase-`postgres`-like owner of
@@ -28,9 +32,7 @@ pub async fn prepare(
     database: &str,
     role: &str,
 ) -> Result<String, SupabaseLikeError> {
-    let server = crate::store::db::connect(superuser_url)
-        .await
-        .map_err(|e| SupabaseLikeError::Setup(e.to_string()))?;
+    let server = crate::store::db::connect(superuser_url).await?;
     // Roles are cluster-wide: create each only where it is missing, and take a
     // lost race for "already there".
     server
@@ -61,18 +63,14 @@ pub async fn prepare(
             role_lit = quote_literal(role),
             db = quote_ident(database),
         ))
-        .await
-        .map_err(setup_error)?;
+        .await?;
 
     let db_url = with_database(superuser_url, database, None)?;
-    let db = crate::store::db::connect(&db_url)
-        .await
-        .map_err(|e| SupabaseLikeError::Setup(e.to_string()))?;
+    let db = crate::store::db::connect(&db_url).await?;
     // The auth pieces belong to the superuser here (to supabase_auth_admin on
     // Supabase): sql/000_supabase_compat.sql creates them as on plain Postgres.
     db.batch_execute(crate::store::migrate::MIGRATIONS[0].sql)
-        .await
-        .map_err(setup_error)?;
+        .await?;
     grant_supabase_privileges(&db, role).await?;
     with_database(superuser_url, database, Some(role))
 }
@@ -92,7 +90,7 @@ async fn grant_supabase_privileges(db: &Client, role: &str) -> Result<(), Supaba
            grant all on sequences to anon, authenticated, service_role;"
     ))
     .await
-    .map_err(setup_error)
+    .map_err(SupabaseLikeError::from)
 }
 
 fn with_database(

@@ -51,7 +51,7 @@ pub struct InProcess {
     pub shutdown: tokio_util::sync::CancellationToken,
     pub http_addr: std::net::SocketAddr,
     pub handle: tokio::task::JoinHandle<Result<(), reactor::engine::EngineError>>,
-    pub status: std::sync::Arc<reactor::engine::Status>,
+    pub status: std::sync::Arc<reactor::engine::Readiness>,
 }
 
 impl InProcess {
@@ -106,7 +106,7 @@ async fn start_in_process(
         shutdown,
         http_addr: app.http_addr,
         handle: app.handle,
-        status: app.status,
+        status: app.readiness,
     }
 }
 

@@ -30,7 +30,7 @@ pub use signed_client::{
 };
 
 use crate::handlers::table_config::{self, ConfigError, TableConfig};
-use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork, Spec};
+use crate::job::handler::{Action, Handler, HandlerError, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::store::db::param;
 use answer::Answer;
@@ -170,8 +170,7 @@ impl TableHandler {
         lease: &Lease,
     ) -> Result<Option<(String, Option<String>)>, HandlerError> {
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
+        let tx = lease.begin(&mut client).await?;
         tx.execute(&self.sql.claim, &[&lease.row_id]).await?;
         let row = tx.query_opt(&self.sql.load, &[&lease.row_id]).await?;
         tx.commit().await?;
@@ -183,7 +182,7 @@ impl TableHandler {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
         answer: Answer,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if answer.result.is_some() && self.cfg.result_column.is_none() {
             tracing::debug!("the answer's result is dropped: the table has no result_column");
         }
@@ -198,15 +197,14 @@ impl TableHandler {
             params.push(&answer.url);
         }
         let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
+        let tx = lease.begin(&mut client).await?;
         let n = tx.execute(&self.sql.succeed, &params).await?;
         if n == 1 {
             tracing::info!(status = %self.cfg.status.succeeded, "answer written back");
         } else {
             tracing::info!("the row was no longer pending; answer not written");
         }
-        lease.finish(tx).await
+        tx.finish().await
     }
 
     /// Counts a failed attempt on the row itself (when configured), fenced.
@@ -218,11 +216,7 @@ impl TableHandler {
         let Some(sql) = &self.sql.count_failure else {
             return Ok(());
         };
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        lease.hold(&tx).await?;
-        tx.execute(sql, &[&lease.row_id]).await?;
-        tx.commit().await?;
+        lease.execute_fenced(pool, sql, &[&lease.row_id]).await?;
         Ok(())
     }
 
@@ -264,18 +258,18 @@ impl LeasedWork for TableHandler {
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
-    ) -> Result<Done, HandlerError> {
+    ) -> Result<Outcome, HandlerError> {
         if let Err(e) = self.verify(pool).await {
             // The periodic check logs it; the row waits, no attempt counted.
             tracing::debug!(error = %e, "row not worked");
-            return Ok(Done::Later(self.recheck));
+            return Ok(Outcome::CheckAgainIn(self.recheck));
         }
         let Some((body, job_type)) = self.claim(pool, lease).await? else {
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         let Some(url) = self.cfg.url_for(job_type.as_deref()) else {
             // The pending query excludes unrouted types; the route vanished in between.
-            return Ok(Done::Finished);
+            return Ok(Outcome::Finished);
         };
         match self
             .client
