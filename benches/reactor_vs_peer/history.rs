@@ -5,9 +5,17 @@
 //! server time of one poll (EXPLAIN ANALYZE of exactly the statements one
 //! scan of each handler runs). Once: the insert rate with and without the
 //! pending indexes, so the write path's price is visible.
-use super::*;
+use crate::cli::Params;
+use crate::cluster::{Ctx, Template};
+use crate::contenders::Contender;
+use crate::measure::median;
+use crate::report::{fmt_rate, fmt_ratio, fmt_secs, Report, Results};
+use anyhow::{bail, Result};
 use reactor::job::handler::{Action, Spec};
 use reactor::job::lease::Statements;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
 
 /// The partial indexes sql/180_pending_markers.sql adds (dropped for "without").
 const PENDING_INDEXES: &str =
@@ -121,7 +129,7 @@ async fn sweep_seconds(port: u16) -> Result<BTreeMap<String, f64>> {
         .collect())
 }
 
-pub(crate) async fn history_workload(ctx: &Ctx, res: &mut Results) -> Result<()> {
+pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     for &n in &ctx.p.history_rows {
         println!("\n== history: {n} handled rows, nothing pending");
         let mut db = ctx
