@@ -30,6 +30,7 @@ mod machine;
 mod measure;
 mod report;
 mod write;
+mod write_path;
 
 use cli::Params;
 use cluster::{Ctx, Template};
@@ -69,6 +70,11 @@ const WORKLOADS: &[Workload] = &[
         name: "history",
         run: |ctx, res| Box::pin(history::run(ctx, res)),
         section: Some(history::render),
+    },
+    Workload {
+        name: "write-path",
+        run: |ctx, res| Box::pin(write_path::run(ctx, res)),
+        section: Some(write_path::render),
     },
 ];
 async fn run(p: Params) -> Result<()> {
