@@ -8,8 +8,9 @@
 #   bench/run.sh --ci            # ~2,000 rows, few samples: proves the harness works
 #   bench/run.sh --fav-rows 20000 --samples 200   # any flag of the bench target
 #
-# Every flag (or BENCH_* variable) is listed at the top of
-# benches/reactor_vs_peer.rs. BENCH_PEER=none skips the peer.
+# Every flag (or BENCH_* variable) is listed in benches/reactor_vs_peer/cli.rs
+# (or: cargo bench --bench reactor_vs_peer -- --help). BENCH_PEER=none skips
+# the peer. Builds go to CARGO_TARGET_DIR when it is set (else target/).
 #
 # The peer (npm package graphile-worker 0.18) is installed into a scratch
 # folder made with mktemp, outside the repository, and deleted at the end;
@@ -29,18 +30,19 @@ done
 case "${BENCH_CI:-}" in 1 | true | yes) ci=1 ;; esac
 
 log() { echo "bench: $*" >&2; }
+target_dir="${CARGO_TARGET_DIR:-target}"
 
 # --- the reactor ------------------------------------------------------------
 if [ "$ci" = 1 ]; then
   # CI has the debug build from `cargo test` already; timings do not matter.
   log "building the reactor (debug, CI mode)"
   cargo build --bin reactor
-  export BENCH_REACTOR_BIN="${BENCH_REACTOR_BIN:-target/debug/reactor}"
+  export BENCH_REACTOR_BIN="${BENCH_REACTOR_BIN:-$target_dir/debug/reactor}"
   bench=(cargo bench --profile dev --bench reactor_vs_peer -- --ci)
 else
   log "building the reactor (release)"
   cargo build --release --bin reactor
-  export BENCH_REACTOR_BIN="${BENCH_REACTOR_BIN:-target/release/reactor}"
+  export BENCH_REACTOR_BIN="${BENCH_REACTOR_BIN:-$target_dir/release/reactor}"
   bench=(cargo bench --bench reactor_vs_peer --)
 fi
 

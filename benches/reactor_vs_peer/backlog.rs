@@ -1,0 +1,223 @@
+//! Workloads 1 and 2: a backlog of profiles (favorites) or succeeded jobs
+//! (usage) written while nothing runs, then drained by each contender and by
+//! the set-based floor.
+use crate::cli::Params;
+use crate::cluster::{Ctx, Template};
+use crate::contenders::Contender;
+use crate::measure::epoch_now;
+use crate::report::Results;
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+/// How long a drain may take before the run gives up on a contender.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often a drain checks whether the work is done (the figure itself comes
+/// from the rows' own timestamps, so this only bounds detection).
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Copy)]
+pub(crate) enum Backlog {
+    Favorites,
+    Usage,
+}
+
+impl Backlog {
+    pub(crate) fn prefix(self) -> &'static str {
+        match self {
+            Backlog::Favorites => "fav",
+            Backlog::Usage => "usage",
+        }
+    }
+
+    pub(crate) fn rows(self, p: &Params) -> i64 {
+        match self {
+            Backlog::Favorites => p.fav_rows,
+            Backlog::Usage => p.usage_rows,
+        }
+    }
+
+    /// Effect rows written so far.
+    pub(crate) fn done_count(self) -> &'static str {
+        match self {
+            Backlog::Favorites => {
+                "select count(*) from public.collections where is_default_favorites"
+            }
+            Backlog::Usage => {
+                "select count(*) from public.usage_ledger where kind = 'generation_debit'"
+            }
+        }
+    }
+
+    /// When the last effect row was written (epoch seconds, server clock).
+    pub(crate) fn last_write(self) -> &'static str {
+        match self {
+            Backlog::Favorites => {
+                "select extract(epoch from max(created_at))::float8 from public.collections"
+            }
+            Backlog::Usage => {
+                "select extract(epoch from max(created_at))::float8 from public.usage_ledger"
+            }
+        }
+    }
+
+    /// The whole backlog in one statement: the physical floor. The same work
+    /// as the reactor's effect: the rows, and the source rows' markers that
+    /// keep later sweeps O(pending) (sql/180_pending_markers.sql).
+    pub(crate) fn floor(self) -> &'static str {
+        match self {
+            Backlog::Favorites => {
+                "with effect as (
+                   insert into public.collections (owner_id, name, is_default_favorites)
+                   select p.id, 'My Favorites', true from public.profiles p
+                   on conflict (owner_id) where is_default_favorites do nothing
+                 )
+                 update public.profiles set favorites_at = now() where favorites_at is null"
+            }
+            Backlog::Usage => {
+                "with effect as (
+                   insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)
+                   select j.owner_id, 'generation_debit', 1, jsonb_build_object('jobId', j.id), j.id
+                   from public.generation_jobs j where j.status = 'succeeded'
+                   on conflict (job_id) where kind = 'generation_debit' do nothing
+                 )
+                 update public.generation_jobs set debited_at = now()
+                 where status = 'succeeded' and debited_at is null"
+            }
+        }
+    }
+
+    /// Writes the backlog while nothing runs; returns the seconds of the
+    /// insert that fires the triggers (profiles, or generation_jobs).
+    pub(crate) async fn fill(self, c: &Client, n: i64) -> Result<f64> {
+        let secs = match self {
+            Backlog::Favorites => {
+                c.execute(
+                    "insert into auth.users (id, email)
+                     select gen_random_uuid(), 'bench' || g || '@example.test'
+                     from generate_series(1, $1::bigint) g",
+                    &[&n],
+                )
+                .await?;
+                let t = Instant::now();
+                c.execute(
+                    "insert into public.profiles (id) select id from auth.users",
+                    &[],
+                )
+                .await?;
+                t.elapsed().as_secs_f64()
+            }
+            Backlog::Usage => {
+                // As the service: a finished job (an import) is not rate-ruled,
+                // and with no output there is nothing to render.
+                let t = Instant::now();
+                c.execute(
+                    "insert into public.generation_jobs (owner_id, mode, prompt, status, completed_at)
+                     select gen_random_uuid(), 'imagine', 'bench', 'succeeded', now()
+                     from generate_series(1, $1::bigint)",
+                    &[&n],
+                )
+                .await?;
+                t.elapsed().as_secs_f64()
+            }
+        };
+        // Same for every contender: fresh statistics, a clean checkpoint.
+        c.batch_execute("vacuum analyze").await?;
+        c.batch_execute("checkpoint").await?;
+        Ok(secs)
+    }
+
+    /// Every row has exactly its one effect.
+    pub(crate) async fn verify(self, c: &Client, n: i64) -> Result<()> {
+        let (missing, effects): (i64, i64) = match self {
+            Backlog::Favorites => {
+                let row = c
+                    .query_one(
+                        "select (select count(*) from public.profiles p where not exists (
+                                   select 1 from public.collections c
+                                   where c.owner_id = p.id and c.is_default_favorites)),
+                                (select count(*) from public.collections)",
+                        &[],
+                    )
+                    .await?;
+                (row.get(0), row.get(1))
+            }
+            Backlog::Usage => {
+                let row = c
+                    .query_one(
+                        "select (select count(*) from public.generation_jobs j
+                                 where j.status = 'succeeded' and not exists (
+                                   select 1 from public.usage_ledger u
+                                   where u.job_id = j.id and u.kind = 'generation_debit')),
+                                (select count(*) from public.usage_ledger)",
+                        &[],
+                    )
+                    .await?;
+                (row.get(0), row.get(1))
+            }
+        };
+        if missing != 0 || effects != n {
+            bail!(
+                "wrong result: {missing} rows without their effect, {effects} effects for {n} rows"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<()> {
+    let n = kind.rows(&ctx.p);
+    let pre = kind.prefix();
+    println!("\n== backlog drain, {pre}: {n} rows");
+
+    // The set-based floor.
+    let db = ctx
+        .fresh_db(&format!("{pre}_floor"), Template::Plain)
+        .await?;
+    let insert = kind.fill(&db.client, n).await?;
+    res.set(format!("{pre}.insert.floor"), insert);
+    let t = Instant::now();
+    db.client.execute(kind.floor(), &[]).await?;
+    res.set(format!("{pre}.drain.floor"), t.elapsed().as_secs_f64());
+    kind.verify(&db.client, n).await?;
+    ctx.done_with(db).await?;
+
+    let mut contenders = vec![Contender::Reactor];
+    contenders.extend(ctx.p.peers().into_iter().map(Contender::Peer));
+    for who in contenders {
+        let key = who.key();
+        let db = ctx
+            .fresh_db(&format!("{pre}_{key}"), who.template())
+            .await?;
+        let insert = kind.fill(&db.client, n).await?;
+        res.set(format!("{pre}.insert.{key}"), insert);
+
+        let t0 = epoch_now(&db.client).await?;
+        let started = Instant::now();
+        let mut running = ctx.start(&who, &db, "drain").await?;
+        loop {
+            tokio::time::sleep(DRAIN_POLL).await;
+            running.check_alive()?;
+            let done: i64 = db.client.query_one(kind.done_count(), &[]).await?.get(0);
+            if done >= n {
+                break;
+            }
+            if started.elapsed() > DRAIN_TIMEOUT {
+                bail!("{key} did not drain {n} rows within {DRAIN_TIMEOUT:?} ({done} done)");
+            }
+        }
+        let seen = started.elapsed().as_secs_f64();
+        let end: f64 = db.client.query_one(kind.last_write(), &[]).await?.get(0);
+        res.set(format!("{pre}.drain.{key}"), end - t0);
+        res.set(format!("{pre}.drain_seen.{key}"), seen);
+        if who == Contender::Reactor {
+            if let Some(kb) = running.peak_rss_kb() {
+                res.set(format!("{pre}.rss_mb.reactor"), kb as f64 / 1024.0);
+            }
+        }
+        running.stop().await?;
+        kind.verify(&db.client, n).await?;
+        ctx.done_with(db).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+-- idx_jobs_status (070) served the pending scans before 180's partial indexes
+-- existed. No reactor query needs it now: every pending query plans on a
+-- partial index of pending rows (the stuck rule on idx_jobs_in_flight, the
+-- late window on idx_jobs_timed_out_created), and per-owner reads use
+-- idx_jobs_owner_status / idx_jobs_owner_created_at. Yet every insert, and
+-- every update that changes the status, still paid for maintaining it.
+--
+-- DROP INDEX takes an ACCESS EXCLUSIVE lock on generation_jobs, but only for
+-- as long as it takes to drop the index (no table scan): a brief lock.
+-- DROP INDEX CONCURRENTLY would avoid even that, but it cannot run inside the
+-- transaction a migration runs in; to avoid the lock on a busy table, run
+-- `drop index concurrently if exists public.idx_jobs_status;` beforehand and
+-- this migration then does nothing.
+drop index if exists public.idx_jobs_status;
