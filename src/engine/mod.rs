@@ -10,6 +10,7 @@
 pub mod listener;
 pub mod notification;
 pub mod status_feed;
+pub mod wal;
 
 use crate::config::RunConfig;
 use crate::job::handler::{Action, Done, Handler, HandlerError, LeasedWork};
@@ -296,6 +297,13 @@ impl Engine {
                 check_timeout: cfg.listen_check_timeout,
                 sink,
             };
+            let wal = wal::WalSource {
+                url: cfg.database_url.clone(),
+                poll_interval: cfg.wal_poll,
+                pool: inner.pool.clone(),
+                sink: l.sink.clone(),
+            };
+            inner.tracker.spawn(wal.run(inner.shutdown.clone()));
             Some(tokio::spawn(l.run(inner.shutdown.clone())))
         } else {
             inner.status.listening.store(true, Ordering::SeqCst);
