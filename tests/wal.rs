@@ -4,6 +4,7 @@
 mod common;
 
 use common::{count, eventually, TestDb};
+use reactor::engine::wal;
 use reactor::store::localpg::{LocalPostgres, Options};
 use reactor::store::notify_mode::{self, Mode};
 use std::time::Duration;
@@ -159,8 +160,12 @@ async fn submit(db: &TestDb, user: Uuid) -> Uuid {
     id
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,reactor=info")
+        .with_test_writer()
+        .try_init();
     let server = logical_server().await;
     let db = supabase_db(server).await;
     let client = db.client().await;
@@ -204,7 +209,14 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
 
     // Sweeps an hour apart: after the start-up replay, only the WAL brings hints.
     let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &["--sweep-interval", "1h"]).await;
+    // (A generous download timeout: the local provider draws its images in this
+    // process, which shares the machine with the other tests.)
+    let reactor = common::start_reactor(
+        &db,
+        storage.path(),
+        &["--sweep-interval", "1h", "--download-timeout", "20s"],
+    )
+    .await;
     eventually("a slot of the reactor", LONG, || async {
         reactor_slots(&client).await.len() == 1
     })
@@ -331,4 +343,154 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     })
     .await;
     reactor.stop().await;
+}
+
+/// Everything the reactors in `dir` logged.
+fn logs(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn without_wal_level_logical_the_switch_and_the_reactor_say_so() {
+    let server = cluster(&[("wal_level", "replica")]).await;
+    let db = supabase_db(&server).await;
+    let client = db.client().await;
+    let refused = notify_mode::set(&client, Mode::Wal)
+        .await
+        .expect_err("wal mode needs wal_level = logical");
+    assert_eq!(common::sqlstate(&refused), "55000");
+    assert!(
+        refused
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("wal_level = logical"),
+        "{refused:?}"
+    );
+    assert_eq!(hint_triggers(&client, true).await, 3, "nothing changed");
+    let err = wal::preflight(&client)
+        .await
+        .expect_err("no logical decoding");
+    assert!(
+        matches!(err, wal::WalError::WalLevel(ref l) if l == "replica"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wal_level = logical"), "{err}");
+}
+
+#[tokio::test]
+async fn a_role_without_replication_gets_a_plain_error() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let role: String = client
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    superuser(server, &db)
+        .await
+        .batch_execute(&format!("alter role {role} noreplication"))
+        .await
+        .unwrap();
+    let fresh = db.client().await;
+    let err = wal::preflight(&fresh).await.expect_err("no REPLICATION");
+    assert!(
+        matches!(err, wal::WalError::NoReplication(ref r) if *r == role),
+        "{err}"
+    );
+    assert!(err.to_string().contains("REPLICATION"), "{err}");
+    let err = wal::create_slot(&fresh).await.expect_err("no REPLICATION");
+    assert!(matches!(err, wal::WalError::NoReplication(_)), "{err}");
+}
+
+#[tokio::test]
+async fn no_free_replication_slot_is_a_plain_error_the_reactor_logs() {
+    let server = cluster(&[("wal_level", "logical"), ("max_replication_slots", "1")]).await;
+    let db = supabase_db(&server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let sup = superuser(&server, &db).await;
+    sup.batch_execute("select pg_create_logical_replication_slot('someone_else', 'pgoutput')")
+        .await
+        .unwrap();
+    let err = wal::create_slot(&client)
+        .await
+        .expect_err("all slots in use");
+    assert!(
+        matches!(err, wal::WalError::NoFreeSlot(ref n) if n == "1"),
+        "{err}"
+    );
+
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = common::ChildReactor::spawn(&db, storage.path(), &[]);
+    eventually("the reactor names the cause", LONG, || async {
+        logs(storage.path()).contains("no free replication slot")
+    })
+    .await;
+    // The sweeps still do the work meanwhile.
+    let user = common::user_with_profile(&client).await;
+    eventually("favorites from a sweep", LONG, || async {
+        favorites(&client, user).await == 1
+    })
+    .await;
+    reactor.terminate();
+    sup.batch_execute("select pg_drop_replication_slot('someone_else')")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_reactors_hold_a_slot_each_sigterm_drops_one_and_kill_9_leaves_none() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let slow_sweeps = ["--sweep-interval", "1h"];
+    let mut first = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
+    let mut second = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
+    eventually("a slot per reactor, each in use", LONG, || async {
+        let slots = reactor_slots(&client).await;
+        slots.len() == 2 && slots.iter().all(|(_, pid)| pid.is_some())
+    })
+    .await;
+    // Give the start-up replays time to finish, then hints only.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let user = common::user_with_profile(&client).await;
+    eventually("favorites made once", LONG, || async {
+        favorites(&client, user).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(favorites(&client, user).await, 1);
+
+    assert!(first.terminate().success(), "clean exit on SIGTERM");
+    assert_eq!(
+        reactor_slots(&client).await.len(),
+        1,
+        "SIGTERM dropped the slot before exit"
+    );
+    let other = common::user_with_profile(&client).await;
+    eventually("the other reactor still hears", LONG, || async {
+        favorites(&client, other).await == 1
+    })
+    .await;
+
+    second.kill9();
+    eventually("kill -9 leaves no slot retaining WAL", LONG, || async {
+        count(
+            &client,
+            "select count(*) from pg_replication_slots where database = current_database()",
+        )
+        .await
+            == 0
+    })
+    .await;
 }
