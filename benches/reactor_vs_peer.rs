@@ -17,7 +17,7 @@
 //! | `BENCH_WRITE_SECS` | 6 | seconds per pgbench run |
 //! | `BENCH_WRITE_REPEATS` | 3 | pgbench runs per point (the median counts) |
 //! | `BENCH_WRITE_DURABLE` | 1 | also measure with fsync and synchronous_commit on |
-//! | `BENCH_WORKLOADS` | favorites,usage,latency,write,history | which workloads run |
+//! | `BENCH_WORKLOADS` | favorites,usage,latency,write,history | which workloads run (add `wal` for WAL mode, issue 14) |
 //! | `BENCH_PEER_DIR` | (none: no peer) | folder holding the peer's `runner.mjs` |
 //! | `BENCH_PEER` | default,batched | which peer configurations run (`none`: skip) |
 //! | `BENCH_MERGE` | (none) | an earlier results JSON whose figures fill what this run lacks |
@@ -46,6 +46,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 #[path = "reactor_vs_peer/history.rs"]
 mod history;
+#[path = "reactor_vs_peer/wal.rs"]
+mod wal;
 
 /// How long a drain may take before the run gives up on a contender.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -1620,7 +1622,7 @@ async fn run(p: Params) -> Result<()> {
     // A workload that fails is reported (and fails the run at the end), but
     // the others still run and every figure measured so far is written.
     let mut failed = Vec::new();
-    for workload in ["favorites", "usage", "latency", "write", "history"] {
+    for workload in ["favorites", "usage", "latency", "write", "history", "wal"] {
         if !ctx.p.runs(workload) {
             continue;
         }
@@ -1629,6 +1631,7 @@ async fn run(p: Params) -> Result<()> {
             "usage" => backlog_workload(&ctx, Backlog::Usage, &mut results).await,
             "latency" => latency_workload(&ctx, &mut results).await,
             "history" => history::history_workload(&ctx, &mut results).await,
+            "wal" => wal::wal_workload(&ctx, &mut results).await,
             _ => write_workload(&ctx, &mut results).await,
         };
         if let Err(e) = outcome {

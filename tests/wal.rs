@@ -337,6 +337,10 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
         reactor_slots(&client).await.is_empty()
     })
     .await;
+    eventually("ready after switching back", LONG, || async {
+        reactor.status.ready()
+    })
+    .await;
     let later = common::user_with_profile(&client).await;
     eventually("favorites through NOTIFY again", LONG, || async {
         favorites(&client, later).await == 1

@@ -372,16 +372,19 @@ impl WalSource {
     /// mode is wal, reconnects (and so replays) after any failure.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // Whether the engine was told hints are not flowing (not ready).
+        let mut deaf = false;
         loop {
-            let wait = match self.session(&shutdown).await {
+            let wait = match self.session(&shutdown, &mut deaf).await {
                 Ok(End::Shutdown) => return,
                 Ok(End::NotWalMode) => {
                     backoff = Duration::from_millis(100);
-                    IDLE_CHECK
+                    backoff
                 }
                 Err((e, was_streaming)) => {
+                    (self.sink)(Event::Disconnected);
+                    deaf = true;
                     if was_streaming {
-                        (self.sink)(Event::Disconnected);
                         backoff = Duration::from_millis(100);
                     }
                     tracing::error!(error = %e, retry_in = ?backoff, "wal hints stopped; reconnecting");
@@ -398,7 +401,11 @@ impl WalSource {
     }
 
     /// One connection: Err carries whether hints had been flowing.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<End, (WalError, bool)> {
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        deaf: &mut bool,
+    ) -> Result<End, (WalError, bool)> {
         let (client, connection) = crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
             .await
             .map_err(|e| (WalError::Db(e.to_string()), false))?;
@@ -407,7 +414,7 @@ impl WalSource {
                 tracing::debug!(error = %describe(&e), "wal connection closed");
             }
         });
-        let result = self.stream(&client, shutdown).await;
+        let result = self.stream(&client, shutdown, deaf).await;
         drop(client);
         let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
         result
@@ -417,10 +424,19 @@ impl WalSource {
         &self,
         client: &Client,
         shutdown: &CancellationToken,
+        deaf: &mut bool,
     ) -> Result<End, (WalError, bool)> {
         let early = |e| (e, false);
-        if !wal_mode(client).await.map_err(early)? {
-            return Ok(End::NotWalMode);
+        // Not in wal mode: watch the switch on this one connection.
+        while !wal_mode(client).await.map_err(early)? {
+            if std::mem::take(deaf) {
+                // Hints flow through the triggers again: replay what was missed.
+                (self.sink)(Event::Connected);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(End::Shutdown),
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+            }
         }
         preflight(client).await.map_err(early)?;
         let slot = create_slot(client).await.map_err(early)?;
@@ -428,6 +444,7 @@ impl WalSource {
         decoder.set_tables(hinted_tables(client).await.map_err(early)?);
         tracing::info!(%slot, "wal hints: reading publication {PUBLICATION} through a temporary slot");
         (self.sink)(Event::Connected);
+        *deaf = false;
 
         let late = |e| (e, true);
         let poll = format!(
@@ -494,7 +511,7 @@ impl WalSource {
                 checked = Instant::now();
                 if !wal_mode(client).await.map_err(late)? {
                     tracing::info!("notify mode is no longer wal: dropping the slot");
-                    (self.sink)(Event::Disconnected);
+                    // Rows decoded by nobody since the last poll: replay.
                     (self.sink)(Event::Connected);
                     return Ok(End::NotWalMode);
                 }
