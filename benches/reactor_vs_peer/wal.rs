@@ -25,10 +25,12 @@ const VARIANTS: [&str; 4] = ["without", "notify", "outbox", "wal"];
 async fn variant_db(server: &str, variant: &str) -> Result<Db> {
     let admin = reactor::store::db::connect(server).await?;
     let name = format!("bench_wal_{variant}");
+    // One statement per call: DROP DATABASE refuses a transaction block.
     admin
-        .batch_execute(&format!(
-            "drop database if exists {name} with (force); create database {name}"
-        ))
+        .batch_execute(&format!("drop database if exists {name} with (force)"))
+        .await?;
+    admin
+        .batch_execute(&format!("create database {name}"))
         .await?;
     let url = with_dbname(server, &name)?;
     let mut client = reactor::store::db::connect(&url).await?;
@@ -130,8 +132,9 @@ pub async fn wal_workload(ctx: &Ctx, res: &mut Results) -> Result<()> {
             ] {
                 for (variant, db) in VARIANTS.iter().zip(&dbs) {
                     db.client
-                        .batch_execute(&format!("truncate {truncate} cascade; checkpoint"))
+                        .batch_execute(&format!("truncate {truncate} cascade"))
                         .await?;
+                    db.client.batch_execute("checkpoint").await?;
                     let before = wal_lsn(&db.client).await?;
                     let t = pgbench(&pgbench_bin, script, &db.url, c, ctx.p.write_secs).await?;
                     let bytes = wal_since(&db.client, &before).await?;
