@@ -367,6 +367,17 @@ enum End {
     NotWalMode,
 }
 
+/// How far a session got before it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting or watching the switch (not in wal mode).
+    Idle,
+    /// In wal mode, making the slot.
+    Starting,
+    /// Hints were flowing.
+    Streaming,
+}
+
 impl WalSource {
     /// Follows the database's switch until shutdown: holds a slot while the
     /// mode is wal, reconnects (and so replays) after any failure.
@@ -381,10 +392,17 @@ impl WalSource {
                     backoff = Duration::from_millis(100);
                     backoff
                 }
-                Err((e, was_streaming)) => {
+                Err((e, Phase::Idle)) => {
+                    // Not in wal mode (or not known yet): the listener owns readiness.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "watching the notify-mode switch failed; reconnecting");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    wait
+                }
+                Err((e, phase)) => {
                     (self.sink)(Event::Disconnected);
                     deaf = true;
-                    if was_streaming {
+                    if phase == Phase::Streaming {
                         backoff = Duration::from_millis(100);
                     }
                     tracing::error!(error = %e, retry_in = ?backoff, "wal hints stopped; reconnecting");
@@ -400,15 +418,15 @@ impl WalSource {
         }
     }
 
-    /// One connection: Err carries whether hints had been flowing.
+    /// One connection: Err carries how far it got.
     async fn session(
         &self,
         shutdown: &CancellationToken,
         deaf: &mut bool,
-    ) -> Result<End, (WalError, bool)> {
+    ) -> Result<End, (WalError, Phase)> {
         let (client, connection) = crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
             .await
-            .map_err(|e| (WalError::Db(e.to_string()), false))?;
+            .map_err(|e| (WalError::Db(e.to_string()), Phase::Idle))?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %describe(&e), "wal connection closed");
@@ -425,10 +443,9 @@ impl WalSource {
         client: &Client,
         shutdown: &CancellationToken,
         deaf: &mut bool,
-    ) -> Result<End, (WalError, bool)> {
-        let early = |e| (e, false);
+    ) -> Result<End, (WalError, Phase)> {
         // Not in wal mode: watch the switch on this one connection.
-        while !wal_mode(client).await.map_err(early)? {
+        while !wal_mode(client).await.map_err(|e| (e, Phase::Idle))? {
             if std::mem::take(deaf) {
                 // Hints flow through the triggers again: replay what was missed.
                 (self.sink)(Event::Connected);
@@ -438,6 +455,7 @@ impl WalSource {
                 _ = tokio::time::sleep(IDLE_CHECK) => {}
             }
         }
+        let early = |e| (e, Phase::Starting);
         preflight(client).await.map_err(early)?;
         let slot = create_slot(client).await.map_err(early)?;
         let mut decoder = Decoder::default();
@@ -446,7 +464,7 @@ impl WalSource {
         (self.sink)(Event::Connected);
         *deaf = false;
 
-        let late = |e| (e, true);
+        let late = |e| (e, Phase::Streaming);
         let poll = format!(
             "select data from pg_logical_slot_get_binary_changes('{slot}', null, {POLL_CHANGES},
                'proto_version', '1', 'publication_names', '{PUBLICATION}')"
