@@ -69,6 +69,11 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_OUTBOX_POLL", value_parser = interval)]
     pub outbox_poll: Option<Duration>,
 
+    /// WAL mode (`reactor notify-mode wal`): how often the reactor's temporary
+    /// replication slot is polled for inserts and status changes while idle.
+    #[arg(long, env = "REACTOR_WAL_POLL", default_value = "10ms", value_parser = interval)]
+    pub wal_poll: Duration,
+
     /// How often the listener checks that its own notifications still arrive.
     #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = interval)]
     pub listen_check_interval: Duration,

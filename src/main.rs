@@ -37,11 +37,11 @@ enum Command {
         #[arg(long, env = "REACTOR_ALLOW_FOREIGN_POLICIES")]
         allow_foreign_policies: bool,
     },
-    /// Show or switch how the triggers hand hints over: NOTIFY, or the outbox table.
+    /// Show or switch how hints reach the reactor: NOTIFY, the outbox table, or the WAL (no trigger).
     NotifyMode {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// notify or outbox; omit to show the current mode.
+        /// notify, outbox or wal; omit to show the current mode.
         mode: Option<reactor::store::notify_mode::Mode>,
     },
     /// The whole pipeline offline: throwaway Postgres, local provider, one job per mode.
@@ -162,6 +162,11 @@ async fn main() -> anyhow::Result<()> {
                     "reactor.settings now says {}, but the database setting reactor.notify_mode overrides it \
                      (remove it with: alter database <db> reset reactor.notify_mode)",
                     settings.table
+                );
+            }
+            if settings.effective == "wal" {
+                println!(
+                    "hint triggers disabled; running reactors now read publication reactor through a temporary replication slot each (their role needs REPLICATION)"
                 );
             }
             if settings.effective == "outbox" {

@@ -40,8 +40,8 @@ struct Flags {
     /// Also measure with fsync and synchronous_commit on [default: 1, CI: 0].
     #[arg(long, env = "BENCH_WRITE_DURABLE", value_parser = clap::builder::BoolishValueParser::new())]
     write_durable: Option<bool>,
-    /// Which workloads run, comma-separated [default: all, in the order of
-    /// `WORKLOADS` in main.rs].
+    /// Which workloads run, comma-separated [default: all but `wal`, in the
+    /// order of `WORKLOADS` in main.rs].
     #[arg(long, env = "BENCH_WORKLOADS")]
     workloads: Option<String>,
     /// Folder holding the peer's `runner.mjs` (bench/run.sh makes it) [default: no peer].
@@ -221,11 +221,12 @@ impl Params {
         })
     }
 
-    /// Whether `workload` was asked for (all are, unless `--workloads` names some).
-    pub(crate) fn runs(&self, workload: &str) -> bool {
+    /// Whether `workload` was asked for (without `--workloads`, those that run
+    /// by default).
+    pub(crate) fn runs(&self, workload: &str, by_default: bool) -> bool {
         match &self.workloads {
             Some(asked) => asked.iter().any(|w| w == workload),
-            None => true,
+            None => by_default,
         }
     }
 

@@ -29,6 +29,7 @@ mod latency;
 mod machine;
 mod measure;
 mod report;
+mod wal;
 mod write;
 mod write_path;
 
@@ -42,6 +43,9 @@ struct Workload {
     name: &'static str,
     run: for<'a> fn(&'a Ctx, &'a mut Results) -> BoxFuture<'a, Result<()>>,
     section: Option<fn(&Results, &Params) -> String>,
+    /// Runs when `--workloads` is not given (`wal` needs a cluster of its own
+    /// and is asked for by name).
+    by_default: bool,
 }
 
 /// Every workload, in run order.
@@ -50,31 +54,43 @@ const WORKLOADS: &[Workload] = &[
         name: "favorites",
         run: |ctx, res| Box::pin(backlog::run(ctx, backlog::Backlog::Favorites, res)),
         section: None,
+        by_default: true,
     },
     Workload {
         name: "usage",
         run: |ctx, res| Box::pin(backlog::run(ctx, backlog::Backlog::Usage, res)),
         section: None,
+        by_default: true,
     },
     Workload {
         name: "latency",
         run: |ctx, res| Box::pin(latency::run(ctx, res)),
         section: None,
+        by_default: true,
     },
     Workload {
         name: "write",
         run: |ctx, res| Box::pin(write::run(ctx, res)),
         section: None,
+        by_default: true,
     },
     Workload {
         name: "history",
         run: |ctx, res| Box::pin(history::run(ctx, res)),
         section: Some(history::render),
+        by_default: true,
     },
     Workload {
         name: "write-path",
         run: |ctx, res| Box::pin(write_path::run(ctx, res)),
         section: Some(write_path::render),
+        by_default: true,
+    },
+    Workload {
+        name: "wal",
+        run: |ctx, res| Box::pin(wal::run(ctx, res)),
+        section: None,
+        by_default: false,
     },
 ];
 async fn run(p: Params) -> Result<()> {
@@ -126,7 +142,10 @@ async fn run(p: Params) -> Result<()> {
     // A workload that fails is reported (and fails the run at the end), but
     // the others still run and every figure measured so far is written.
     let mut failed = Vec::new();
-    for workload in WORKLOADS.iter().filter(|w| ctx.p.runs(w.name)) {
+    for workload in WORKLOADS
+        .iter()
+        .filter(|w| ctx.p.runs(w.name, w.by_default))
+    {
         if let Err(e) = (workload.run)(&ctx, &mut results).await {
             let name = workload.name;
             eprintln!("workload {name} failed: {e:#}");

@@ -25,6 +25,7 @@ mod outbox;
 mod schema;
 pub mod status_feed;
 mod tidy;
+pub mod wal;
 mod worker;
 
 use crate::config::RunConfig;
@@ -231,6 +232,13 @@ impl Engine {
                 check_timeout: cfg.listen_check_timeout,
                 sink,
             };
+            let wal = wal::WalSource {
+                url: cfg.database_url.clone(),
+                poll_interval: cfg.wal_poll,
+                pool: shared.pool.clone(),
+                sink: l.sink.clone(),
+            };
+            services.spawn(wal.run(shared.shutdown.clone()));
             Some(services.spawn(l.run(shared.shutdown.clone())))
         } else {
             shared.readiness.listening.store(true, Ordering::SeqCst);

@@ -10,6 +10,8 @@ pub enum Mode {
     Notify,
     /// Append to reactor.outbox; a reactor with REACTOR_OUTBOX_POLL drains it.
     Outbox,
+    /// No hint trigger fires: reactors decode the WAL (sql/190_wal_mode.sql).
+    Wal,
 }
 
 impl Mode {
@@ -17,6 +19,7 @@ impl Mode {
         match self {
             Mode::Notify => "notify",
             Mode::Outbox => "outbox",
+            Mode::Wal => "wal",
         }
     }
 }

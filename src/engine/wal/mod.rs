@@ -1,0 +1,594 @@
+//! WAL mode (`reactor notify-mode wal`): hints from logical decoding instead
+//! of triggers, so writers pay nothing but the WAL they write anyway.
+//!
+//! While the database's reactor.settings says 'wal', each reactor holds one
+//! dedicated connection with a **temporary** logical replication slot
+//! (pgoutput, publication "reactor", see sql/190_wal_mode.sql) and polls it
+//! with `pg_logical_slot_get_binary_changes`. A temporary slot belongs to its
+//! session: it is dropped when the reactor stops, is killed, or loses the
+//! connection, so a stopped reactor never makes the server keep WAL. After
+//! every (re)connection the engine replays from table state (`Connected`), so
+//! what was written while no slot existed is found by the sweep: the stream
+//! is only a hint, as notifications are.
+//!
+//! Hints are derived as the triggers derive them: every insert, and every
+//! update whose status differs from the last status this reactor decoded for
+//! the row (the publication carries only key, owner and status columns, with
+//! the default replica identity, so the old row is not in the WAL; a row not
+//! seen since start gives an update hint with no old status). They go to the
+//! same sink as notifications: `Change` for handlers and `Status` for the
+//! job_status feed. One reactor at a time (the holder of an advisory lock on
+//! its slot connection) also sends what the triggers sent for clients
+//! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
+pub mod pgoutput;
+
+use crate::engine::listener::{Event, EventSink};
+use crate::engine::notification::Change;
+use crate::store::db::{describe, param};
+use deadpool_postgres::Pool;
+use pgoutput::{Message, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+/// `application_name` of the slot's connection.
+pub const APPLICATION_NAME: &str = "reactor wal";
+/// The publication sql/190_wal_mode.sql maintains.
+pub const PUBLICATION: &str = "reactor";
+/// Slot names start with this (then a random suffix per connection).
+pub const SLOT_PREFIX: &str = "reactor_wal_";
+/// Changes taken per poll (rounded up to whole transactions by the server).
+const POLL_CHANGES: i32 = 10_000;
+/// How often a running slot checks that the database is still in wal mode.
+const MODE_CHECK: Duration = Duration::from_secs(2);
+/// How often a reactor not in wal mode looks at the switch.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+/// Rows whose last decoded status is remembered (then forgotten at once: the
+/// worst case is one extra hint).
+const MAX_REMEMBERED: usize = 100_000;
+/// Session advisory lock of the reactor that sends job_status/Realtime.
+const BROADCAST_LOCK: i64 = 0x7265_6163_746f_7277; // "reactorw"
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error(
+        "notify mode is wal but the server has wal_level = {0}: logical decoding needs wal_level = logical \
+         (set it in postgresql.conf and restart; Supabase projects have it). Until then the reactor works from \
+         sweeps only; switch back with `reactor notify-mode notify`"
+    )]
+    WalLevel(String),
+    #[error(
+        "notify mode is wal but role {0} may not create replication slots: it needs the REPLICATION attribute \
+         (`alter role {0} replication`; Supabase's postgres role has it). Until then the reactor works from \
+         sweeps only"
+    )]
+    NoReplication(String),
+    #[error(
+        "notify mode is wal but the server has no free replication slot (max_replication_slots = {0}, all in \
+         use; each running reactor needs one): raise max_replication_slots or drop unused slots \
+         (select * from pg_replication_slots). Until then the reactor works from sweeps only"
+    )]
+    NoFreeSlot(String),
+    #[error(
+        "notify mode is wal but publication \"reactor\" does not exist: switch with `reactor notify-mode wal` \
+         (it creates the publication)"
+    )]
+    NoPublication,
+    #[error("wal hints: {0}")]
+    Db(String),
+}
+
+fn db(e: tokio_postgres::Error) -> WalError {
+    WalError::Db(describe(&e))
+}
+
+/// What a table's changes mean as hints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TableHints {
+    key: String,
+    status: Option<String>,
+    /// Owner column; `None` with `owner_is_key` for profiles.
+    owner: Option<String>,
+    owner_is_key: bool,
+    /// Status changes are hints too (profiles: inserts only).
+    updates: bool,
+    /// Also sent to the job_status feed.
+    status_feed: bool,
+    /// Also broadcast to Realtime (generation_jobs, as its trigger did).
+    realtime: bool,
+}
+
+/// The tables whose changes are hints, by (schema, name): the built-in ones
+/// and those watched with reactor.watch_table (their trigger arguments name
+/// the columns, whether the triggers are enabled or not).
+async fn hinted_tables(client: &Client) -> Result<HashMap<(String, String), TableHints>, WalError> {
+    let mut tables = HashMap::new();
+    tables.insert(
+        ("public".into(), "generation_jobs".into()),
+        TableHints {
+            key: "id".into(),
+            status: Some("status".into()),
+            owner: Some("owner_id".into()),
+            owner_is_key: false,
+            updates: true,
+            status_feed: true,
+            realtime: true,
+        },
+    );
+    tables.insert(
+        ("public".into(), "profiles".into()),
+        TableHints {
+            key: "id".into(),
+            status: None,
+            owner: None,
+            owner_is_key: true,
+            updates: false,
+            status_feed: false,
+            realtime: false,
+        },
+    );
+    let rows = client
+        .query_typed(
+            "select n.nspname::text, c.relname::text, t.tgargs
+             from pg_trigger t
+             join pg_class c on c.oid = t.tgrelid
+             join pg_namespace n on n.oid = c.relnamespace
+             where t.tgname = 'reactor_watch_status'",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    for row in rows {
+        let args: Vec<u8> = row.get(2);
+        let mut parts = args
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let (Some(key), Some(status)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let owner = parts.next().filter(|o| !o.is_empty());
+        tables.insert(
+            (row.get(0), row.get(1)),
+            TableHints {
+                key,
+                status: Some(status),
+                owner,
+                owner_is_key: false,
+                updates: true,
+                status_feed: true,
+                realtime: false,
+            },
+        );
+    }
+    Ok(tables)
+}
+
+/// A relation as decoded, with where its hint columns are.
+struct Known {
+    name: String,
+    hints: Option<(TableHints, Columns)>,
+}
+
+struct Columns {
+    key: usize,
+    status: Option<usize>,
+    owner: Option<usize>,
+}
+
+/// One hint decoded from the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    pub change: Change,
+    pub status_feed: bool,
+    pub realtime: bool,
+}
+
+/// Turns pgoutput messages into hints.
+#[derive(Default)]
+pub struct Decoder {
+    tables: HashMap<(String, String), TableHints>,
+    relations: HashMap<u32, Known>,
+    last_status: HashMap<(u32, String), Option<String>>,
+    /// A relation arrived that is not a hinted table (yet): look them up again.
+    pub stale: bool,
+}
+
+impl Decoder {
+    fn set_tables(&mut self, tables: HashMap<(String, String), TableHints>) {
+        self.tables = tables;
+        self.stale = false;
+    }
+
+    /// The hint in one message, if any.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<Hint>, pgoutput::DecodeError> {
+        let (relation, new, op) = match pgoutput::decode(data)? {
+            Message::Relation(r) => {
+                let hints = self
+                    .tables
+                    .get(&(r.schema.clone(), r.name.clone()))
+                    .and_then(|h| {
+                        let at = |c: &str| r.columns.iter().position(|x| x == c);
+                        let columns = Columns {
+                            key: at(&h.key)?,
+                            status: h.status.as_deref().and_then(at),
+                            owner: h.owner.as_deref().and_then(at),
+                        };
+                        Some((h.clone(), columns))
+                    });
+                if hints.is_none() {
+                    self.stale = true;
+                }
+                self.relations.insert(
+                    r.id,
+                    Known {
+                        name: r.name,
+                        hints,
+                    },
+                );
+                return Ok(None);
+            }
+            Message::Insert { relation, new } => (relation, new, "INSERT"),
+            Message::Update { relation, new } => (relation, new, "UPDATE"),
+            Message::Other(_) => return Ok(None),
+        };
+        let Some(Known {
+            name,
+            hints: Some((hints, columns)),
+        }) = self.relations.get(&relation)
+        else {
+            return Ok(None);
+        };
+        if op == "UPDATE" && !hints.updates {
+            return Ok(None);
+        }
+        let text = |i: Option<usize>| match i.and_then(|i| new.get(i)) {
+            Some(Value::Text(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let Some(id) = text(Some(columns.key)) else {
+            return Ok(None);
+        };
+        let status = text(columns.status);
+        let old_status = if columns.status.is_some() {
+            if self.last_status.len() >= MAX_REMEMBERED {
+                self.last_status.clear();
+            }
+            let previous = self
+                .last_status
+                .insert((relation, id.clone()), status.clone());
+            if op == "UPDATE" && previous.as_ref() == Some(&status) {
+                return Ok(None);
+            }
+            previous.flatten()
+        } else {
+            None
+        };
+        let owner_id = if hints.owner_is_key {
+            Some(id.clone())
+        } else {
+            text(columns.owner)
+        };
+        Ok(Some(Hint {
+            change: Change {
+                table: name.clone(),
+                op: op.into(),
+                id,
+                owner_id,
+                status,
+                old_status: if op == "UPDATE" { old_status } else { None },
+            },
+            status_feed: hints.status_feed,
+            realtime: hints.realtime,
+        }))
+    }
+}
+
+/// Checks what a slot needs, with a plain error for each missing piece.
+pub async fn preflight(client: &Client) -> Result<(), WalError> {
+    let row = client
+        .query_typed(
+            "select current_setting('wal_level'),
+                    (select rolreplication or rolsuper from pg_roles where rolname = current_user),
+                    current_user::text,
+                    exists (select 1 from pg_publication where pubname = 'reactor')",
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| WalError::Db("no row".into()))?;
+    let wal_level: String = row.get(0);
+    if wal_level != "logical" {
+        return Err(WalError::WalLevel(wal_level));
+    }
+    if !row.get::<_, bool>(1) {
+        return Err(WalError::NoReplication(row.get(2)));
+    }
+    if !row.get::<_, bool>(3) {
+        return Err(WalError::NoPublication);
+    }
+    Ok(())
+}
+
+/// Creates this session's temporary slot and returns its name.
+pub async fn create_slot(client: &Client) -> Result<String, WalError> {
+    let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    match client
+        .query_typed(
+            "select pg_create_logical_replication_slot($1::text::name, 'pgoutput', true)",
+            &[param(&slot.as_str())],
+        )
+        .await
+    {
+        Ok(_) => Ok(slot),
+        Err(e) => Err(match e.as_db_error().map(|d| d.code().code()) {
+            // configuration_limit_exceeded: "all replication slots are in use"
+            Some("53400") => {
+                let max = client
+                    .query_typed("select current_setting('max_replication_slots')", &[])
+                    .await
+                    .ok()
+                    .and_then(|rows| rows.first().map(|r| r.get::<_, String>(0)))
+                    .unwrap_or_else(|| "?".into());
+                WalError::NoFreeSlot(max)
+            }
+            Some("42501") => WalError::NoReplication("the reactor's role".into()),
+            Some("55000") if describe(&e).contains("wal_level") => {
+                WalError::WalLevel("below logical".into())
+            }
+            _ => db(e),
+        }),
+    }
+}
+
+/// Whether the database is in wal mode.
+async fn wal_mode(client: &Client) -> Result<bool, WalError> {
+    let rows = client
+        .query_typed(
+            "select coalesce((select notify_mode = 'wal' from reactor.settings limit 1), false)",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows.first().is_some_and(|r| r.get(0)))
+}
+
+pub struct WalSource {
+    pub url: String,
+    pub poll_interval: Duration,
+    pub pool: Pool,
+    pub sink: EventSink,
+}
+
+enum End {
+    Shutdown,
+    NotWalMode,
+}
+
+/// How far a session got before it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting or watching the switch (not in wal mode).
+    Idle,
+    /// In wal mode, making the slot.
+    Starting,
+    /// Hints were flowing.
+    Streaming,
+}
+
+impl WalSource {
+    /// Follows the database's switch until shutdown: holds a slot while the
+    /// mode is wal, reconnects (and so replays) after any failure.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        // Whether the engine was told hints are not flowing (not ready).
+        let mut deaf = false;
+        loop {
+            let wait = match self.session(&shutdown, &mut deaf).await {
+                Ok(End::Shutdown) => return,
+                Ok(End::NotWalMode) => {
+                    backoff = Duration::from_millis(100);
+                    backoff
+                }
+                Err((e, Phase::Idle)) => {
+                    // Not in wal mode (or not known yet): the listener owns readiness.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "watching the notify-mode switch failed; reconnecting");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    wait
+                }
+                Err((e, phase)) => {
+                    (self.sink)(Event::Disconnected);
+                    deaf = true;
+                    if phase == Phase::Streaming {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::error!(error = %e, retry_in = ?backoff, "wal hints stopped; reconnecting");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One connection: Err carries how far it got.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        deaf: &mut bool,
+    ) -> Result<End, (WalError, Phase)> {
+        let (client, connection) = crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
+            .await
+            .map_err(|e| (WalError::Db(e.to_string()), Phase::Idle))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %describe(&e), "wal connection closed");
+            }
+        });
+        let result = self.stream(&client, shutdown, deaf).await;
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+        result
+    }
+
+    async fn stream(
+        &self,
+        client: &Client,
+        shutdown: &CancellationToken,
+        deaf: &mut bool,
+    ) -> Result<End, (WalError, Phase)> {
+        // Not in wal mode: watch the switch on this one connection.
+        while !wal_mode(client).await.map_err(|e| (e, Phase::Idle))? {
+            if std::mem::take(deaf) {
+                // Hints flow through the triggers again: replay what was missed.
+                (self.sink)(Event::Connected);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(End::Shutdown),
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+            }
+        }
+        let early = |e| (e, Phase::Starting);
+        preflight(client).await.map_err(early)?;
+        let slot = create_slot(client).await.map_err(early)?;
+        let mut decoder = Decoder::default();
+        decoder.set_tables(hinted_tables(client).await.map_err(early)?);
+        tracing::info!(%slot, "wal hints: reading publication {PUBLICATION} through a temporary slot");
+        (self.sink)(Event::Connected);
+        *deaf = false;
+
+        let late = |e| (e, Phase::Streaming);
+        let poll = format!(
+            "select data from pg_logical_slot_get_binary_changes('{slot}', null, {POLL_CHANGES},
+               'proto_version', '1', 'publication_names', '{PUBLICATION}')"
+        );
+        let mut broadcaster = false;
+        let mut checked = Instant::now();
+        let mut tables_loaded = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                // Closing the session would drop it too; this is immediate.
+                let _ = client
+                    .query_typed(
+                        "select pg_drop_replication_slot($1::text::name)",
+                        &[param(&slot.as_str())],
+                    )
+                    .await;
+                return Ok(End::Shutdown);
+            }
+            let rows = client
+                .query_typed(&poll, &[])
+                .await
+                .map_err(|e| late(db(e)))?;
+            let mut hints = Vec::new();
+            for row in &rows {
+                match decoder.feed(row.get::<_, &[u8]>(0)) {
+                    Ok(Some(hint)) => hints.push(hint),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "wal hints: skipping a message"),
+                }
+            }
+            if decoder.stale && tables_loaded.elapsed() >= MODE_CHECK {
+                // A table joined the publication (reactor.watch_table) since
+                // the list was read: its rows were skipped, the replay finds them.
+                decoder.set_tables(hinted_tables(client).await.map_err(late)?);
+                tables_loaded = Instant::now();
+                decoder.relations.clear();
+                (self.sink)(Event::Connected);
+            }
+            metrics::counter!("reactor_wal_hints_total").increment(hints.len() as u64);
+            if !hints.is_empty() {
+                if !broadcaster {
+                    broadcaster = client
+                        .query_typed("select pg_try_advisory_lock($1)", &[param(&BROADCAST_LOCK)])
+                        .await
+                        .map_err(|e| late(db(e)))?
+                        .first()
+                        .is_some_and(|r| r.get(0));
+                }
+                for hint in &hints {
+                    (self.sink)(Event::Change(hint.change.clone()));
+                    if hint.status_feed {
+                        (self.sink)(Event::Status(hint.change.clone()));
+                    }
+                }
+                if broadcaster {
+                    if let Err(e) = self.broadcast(&hints).await {
+                        tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed");
+                    }
+                }
+            }
+            if checked.elapsed() >= MODE_CHECK {
+                checked = Instant::now();
+                if !wal_mode(client).await.map_err(late)? {
+                    tracing::info!("notify mode is no longer wal: dropping the slot");
+                    // Rows decoded by nobody since the last poll: replay.
+                    (self.sink)(Event::Connected);
+                    return Ok(End::NotWalMode);
+                }
+            }
+            if rows.len() < POLL_CHANGES as usize {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                }
+            }
+        }
+    }
+
+    /// What the triggers sent to others: NOTIFY job_status, and on Supabase the
+    /// Realtime broadcast of generation_jobs changes to 'job_status:<owner>'.
+    async fn broadcast(&self, hints: &[Hint]) -> Result<(), String> {
+        let payload = |h: &Hint| serde_json::to_string(&h.change).unwrap_or_default();
+        let status: Vec<String> = hints
+            .iter()
+            .filter(|h| h.status_feed)
+            .map(payload)
+            .collect();
+        let realtime: Vec<String> = hints.iter().filter(|h| h.realtime).map(payload).collect();
+        if status.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query_typed(
+                "with sent as (select pg_notify('job_status', p) from unnest($1::text[]) p)
+                 select count(*) from sent",
+                &[param(&status)],
+            )
+            .await
+            .map_err(|e| describe(&e))?;
+        if realtime.is_empty() {
+            return Ok(());
+        }
+        let supabase = client
+            .query_typed(
+                "select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null",
+                &[],
+            )
+            .await
+            .map_err(|e| describe(&e))?
+            .first()
+            .is_some_and(|r| r.get(0));
+        if supabase {
+            client
+                .query_typed(
+                    "with sent as (
+                       select realtime.send(p::jsonb, 'status', 'job_status:' || (p::jsonb ->> 'owner_id'), true)
+                       from unnest($1::text[]) p)
+                     select count(*) from sent",
+                    &[param(&realtime)],
+                )
+                .await
+                .map_err(|e| describe(&e))?;
+        }
+        Ok(())
+    }
+}
