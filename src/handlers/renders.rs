@@ -284,12 +284,12 @@ impl LeasedWork for Renders {
             .await?;
             created = inserted == 1;
         }
-        let done = tx.finish().await?;
+        tx.finish().await?;
         // Only once committed: a rolled-back render was never created.
         if created {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
         }
-        Ok(done)
+        Ok(Outcome::Finished)
     }
 }
 

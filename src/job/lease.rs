@@ -110,7 +110,7 @@ impl FencedTx<'_> {
 
     /// Ends a successful attempt: drops the lease's state row and commits
     /// with the writes, so the row needs nothing more from this handler.
-    pub async fn finish(self) -> Result<crate::job::handler::Outcome, HandlerError> {
+    pub async fn finish(self) -> Result<(), HandlerError> {
         let lease = self.lease;
         self.tx
             .execute(
@@ -120,7 +120,7 @@ impl FencedTx<'_> {
             )
             .await?;
         self.tx.commit().await?;
-        Ok(crate::job::handler::Outcome::Finished)
+        Ok(())
     }
 }
 

@@ -204,7 +204,8 @@ impl TableHandler {
         } else {
             tracing::info!("the row was no longer pending; answer not written");
         }
-        tx.finish().await
+        tx.finish().await?;
+        Ok(Outcome::Finished)
     }
 
     /// Counts a failed attempt on the row itself (when configured), fenced.
