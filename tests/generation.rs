@@ -689,10 +689,22 @@ async fn the_local_provider_runs_the_whole_pipeline_offline() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(paths.len(), 2);
+    let mut variants = Vec::new();
     for path in paths {
         let bytes = std::fs::read(storage.path().join("public").join(&path)).unwrap();
         let image = image::load_from_memory(&bytes).expect("a real JPEG");
         assert_eq!((image.width(), image.height()), (768, 512));
+        variants.push(image.to_rgb8());
     }
+    // Like a real provider's outputs, the two variants are different pictures.
+    let differing = variants[0]
+        .pixels()
+        .zip(variants[1].pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing > 768 * 512 / 10,
+        "variants look alike: {differing}"
+    );
     reactor.stop().await;
 }
