@@ -8,8 +8,10 @@
 //!   from the variant, under a panel that spells out the style and the prompt;
 //! - the floor takes its colour from the room type and names it.
 //!
-//! Colours come from SHA-256 of the value (stable across Rust releases and machines,
-//! unlike std's hasher), so one request always gives the same bytes.
+//! Hues come from SHA-256 of the value (stable across Rust releases and machines, unlike
+//! std's hasher), except for the four modes, which get fixed hues far apart; one request
+//! always gives the same bytes. Two styles or room types can share a hue (one chance in
+//! twelve): the colour is a hint, the text is the record.
 //!
 //! Why this size: the image only has to tell a demo or a test which job produced it and
 //! look different per variant, like a real provider's outputs. Flat bands, stripes and a
@@ -20,8 +22,9 @@
 //! Why these crates: `image` was already a dependency for its baseline JPEG encoder (and
 //! the tests decode with it). Text uses `font8x8`, a public-domain 8×8 bitmap font covering
 //! ASCII and Latin-1 (accented letters); it is plain data with no dependencies, needs no
-//! system fonts at run time, and scales by whole pixels. A vector-font stack (`ab_glyph`,
-//! `imageproc`) or `embedded-graphics` would bring more code than this file.
+//! system fonts at run time, and scales by whole pixels. A vector-font stack (`ab_glyph` or
+//! `imageproc` plus a bundled TTF) or `embedded-graphics` would add dependencies and font
+//! data for captions that an 8×8 font, drawn 2 to 4 times larger, already makes legible.
 
 use font8x8::{UnicodeFonts, BASIC_FONTS, LATIN_FONTS};
 use image::codecs::jpeg::JpegEncoder;
@@ -85,8 +88,10 @@ fn draw(req: &Request, width: u32, height: u32) -> RgbImage {
         header_end: height / 5,
         floor_start: height - height / 4,
     };
-    let (header, floor) = (tone("mode", &mode, 25), tone("room", &room, 45));
-    let wall = tone("style", &style, 150);
+    // Dark header and floor under white text, a light wall.
+    let header = tone("mode", &mode, 0.45, 0.32);
+    let wall = tone("style", &style, 0.5, 0.8);
+    let floor = tone("room", &room, 0.35, 0.36);
     let stripe = Rgb(wall.0.map(|c| c - c / 8));
     let mut image = RgbImage::from_fn(width, height, |x, y| {
         if y < bands.header_end {
@@ -172,21 +177,39 @@ fn words(text: &str, fallback: &str) -> String {
     }
 }
 
-/// A stable colour for one field's value: each channel in `base..=base + 85`. The key is
-/// lower-cased letters and digits, so "Mid-Century Modern" and "mid century modern" match.
-fn tone(field: &str, value: &str, base: u8) -> Rgb<u8> {
+/// A stable colour for one field's value, at the band's saturation and lightness. The hue
+/// is one of twelve, 30° apart (nearer hues are hard to tell apart), picked by SHA-256 of
+/// the value's lower-cased letters and digits (so "Mid-Century Modern" and "mid century
+/// modern" match); the schema's four modes get fixed hues far apart.
+fn tone(field: &str, value: &str, saturation: f32, lightness: f32) -> Rgb<u8> {
     let key: String = value
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
         .map(str::to_lowercase)
         .collect::<Vec<_>>()
         .join(" ");
-    let digest = Sha256::new()
-        .chain_update(field)
-        .chain_update([0])
-        .chain_update(key)
-        .finalize();
-    Rgb([0, 1, 2].map(|i| base.saturating_add(digest[i] / 3)))
+    let hue = match (field, key.as_str()) {
+        ("mode", "redesign") => 210.0,
+        ("mode", "staging") => 30.0,
+        ("mode", "compose") => 130.0,
+        ("mode", "imagine") => 290.0,
+        _ => {
+            let digest = Sha256::new()
+                .chain_update(field)
+                .chain_update([0])
+                .chain_update(key)
+                .finalize();
+            f32::from(digest[0] % 12) * 30.0
+        }
+    };
+    // HSL to RGB, as CSS defines it.
+    let half_chroma = saturation * lightness.min(1.0 - lightness);
+    let channel = |n: f32| {
+        let k = (n + hue / 30.0) % 12.0;
+        let value = lightness - half_chroma * (k - 3.0).min(9.0 - k).clamp(-1.0, 1.0);
+        (value * 255.0).round() as u8
+    };
+    Rgb([channel(0.0), channel(8.0), channel(4.0)])
 }
 
 /// At most `max_chars` characters, ending in "..." when something was cut.
@@ -292,11 +315,14 @@ mod tests {
         image::load_from_memory(&jpeg).unwrap().to_rgb8()
     }
 
-    /// Mean absolute per-channel difference over rows `rows` of two pictures.
-    fn difference(a: &RgbImage, b: &RgbImage, rows: std::ops::Range<u32>) -> f64 {
+    /// A rectangle of the 384×256 test pictures: columns, then rows.
+    type Area = (std::ops::Range<u32>, std::ops::Range<u32>);
+
+    /// Mean absolute per-channel difference of two pictures over `area`.
+    fn difference(a: &RgbImage, b: &RgbImage, (columns, rows): Area) -> f64 {
         let (mut total, mut count) = (0u64, 0u64);
         for y in rows {
-            for x in 0..a.width() {
+            for x in columns.clone() {
                 for (p, q) in a.get_pixel(x, y).0.iter().zip(b.get_pixel(x, y).0) {
                     total += u64::from(p.abs_diff(q));
                     count += 1;
@@ -306,16 +332,18 @@ mod tests {
         total as f64 / count as f64
     }
 
-    // Bands of the 384×256 test pictures, kept a JPEG block away from their edges.
-    const HEADER: std::ops::Range<u32> = 0..44;
-    const WALL: std::ops::Range<u32> = 60..184;
-    const FLOOR: std::ops::Range<u32> = 200..256;
+    // Parts of each band with no text on them, a JPEG block away from any edge, so only
+    // colours and stripes count; and the panel, where the prompt is.
+    const HEADER: Area = (320..384, 0..44);
+    const WALL: Area = (0..384, 128..184);
+    const FLOOR: Area = (0..384, 224..256);
+    const PROMPT_PANEL: Area = (0..384, 60..112);
 
     #[test]
     fn each_field_changes_its_own_band() {
         let base = picture(&living_room());
-        let changed = |req: Request, band: std::ops::Range<u32>, what: &str| {
-            let diff = difference(&base, &picture(&req), band);
+        let changed = |req: Request, area: Area, what: &str| {
+            let diff = difference(&base, &picture(&req), area);
             assert!(diff > 4.0, "{what} barely changed the picture: {diff}");
         };
         for mode in ["staging", "compose", "imagine", "something new"] {
@@ -329,19 +357,21 @@ mod tests {
             );
         }
         for style in ["scandinavian", "industrial", "boho", "some invented style"] {
+            let style = Some(style);
             changed(
                 Request {
-                    style: Some(style),
+                    style,
                     ..living_room()
                 },
                 WALL,
-                style,
+                "style",
             );
         }
         for room in ["bedroom", "kitchen", "bathroom", "home_office"] {
+            let room_type = Some(room);
             changed(
                 Request {
-                    room_type: Some(room),
+                    room_type,
                     ..living_room()
                 },
                 FLOOR,
@@ -364,22 +394,30 @@ mod tests {
                 prompt,
                 ..living_room()
             },
-            WALL,
+            PROMPT_PANEL,
             "prompt",
         );
     }
 
     #[test]
     fn the_captions_are_drawn() {
-        let bright = |image: &RgbImage, rows: std::ops::Range<u32>| {
-            rows.flat_map(|y| (0..image.width()).map(move |x| (x, y)))
+        let bright = |image: &RgbImage, (columns, rows): Area| {
+            rows.flat_map(|y| columns.clone().map(move |x| (x, y)))
                 .filter(|&(x, y)| image.get_pixel(x, y).0.iter().all(|c| *c > 240))
                 .count()
         };
         let base = picture(&living_room());
-        // Header, panel and floor colours all stay below 240: bright pixels are ink.
-        for (band, rows) in [("header", HEADER), ("panel", 60..120), ("floor", FLOOR)] {
-            assert!(bright(&base, rows) > 100, "no text in the {band}");
+        // Every band's colour stays below 240: bright pixels are ink.
+        let texts = [
+            ("header", (0..320, 0..44)),
+            ("panel", PROMPT_PANEL),
+            ("floor", (0..384, 192..224)),
+        ];
+        for (band, area) in texts {
+            assert!(bright(&base, area) > 100, "no text in the {band}");
+        }
+        for (band, area) in [("header", HEADER), ("wall", WALL), ("floor", FLOOR)] {
+            assert_eq!(bright(&base, area), 0, "ink where the {band} has no text");
         }
     }
 
@@ -401,10 +439,13 @@ mod tests {
         assert_eq!(first, draw_jpeg(&living_room(), 320, 200).unwrap());
         // Spellings of one style share a colour.
         assert_eq!(
-            tone("style", "Mid-Century  Modern", 0),
-            tone("style", "mid century modern", 0)
+            tone("style", "Mid-Century  Modern", 0.5, 0.5),
+            tone("style", "mid century modern", 0.5, 0.5)
         );
-        assert_ne!(tone("style", "modern", 0), tone("room", "modern", 0));
+        // Hues as CSS draws them.
+        assert_eq!(tone("mode", "staging", 1.0, 0.5), Rgb([255, 128, 0]));
+        assert_eq!(tone("mode", "redesign", 1.0, 0.5), Rgb([0, 128, 255]));
+        assert_eq!(tone("mode", "imagine", 0.0, 1.0), Rgb([255, 255, 255]));
     }
 
     #[test]
