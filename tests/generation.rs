@@ -566,10 +566,22 @@ async fn the_local_provider_runs_the_whole_pipeline_offline() {
     one_render_one_debit(&client, id).await;
     let paths = common::texts(&client, "select v.image_path from render_variants v join renders r on r.id = v.render_id where r.job_id = $1 order by v.idx", &[&id]).await;
     assert_eq!(paths.len(), 2);
+    let mut variants = Vec::new();
     for path in paths {
         let bytes = std::fs::read(storage.path().join("public").join(&path)).unwrap();
         let image = image::load_from_memory(&bytes).expect("a real JPEG");
         assert_eq!((image.width(), image.height()), (768, 512));
+        variants.push(image.to_rgb8());
     }
+    // Like a real provider's outputs, the two variants are different pictures.
+    let differing = variants[0]
+        .pixels()
+        .zip(variants[1].pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing > 768 * 512 / 10,
+        "variants look alike: {differing}"
+    );
     reactor.stop().await;
 }
