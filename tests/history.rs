@@ -383,7 +383,7 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
     let expected = [
         (
             "generation",
-            vec!["idx_jobs_in_flight", "idx_jobs_timed_out_created"],
+            vec!["idx_jobs_in_flight_owner", "idx_jobs_timed_out_created"],
         ),
         ("renders", vec!["idx_jobs_pending_renders"]),
         ("usage", vec!["idx_jobs_pending_usage"]),
@@ -531,6 +531,60 @@ async fn every_per_submit_query_reads_only_the_owners_month() {
     }
 }
 
+/// The submit rule "one job in flight per owner" reads only the owner's
+/// in-flight jobs, also when the statistics were taken with none in flight and
+/// a burst has put thousands of other users' jobs in flight since.
+#[tokio::test]
+async fn the_in_flight_rule_reads_only_the_owners_jobs_in_flight() {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    profiles(&client, 1_000).await;
+    client
+        .batch_execute(
+            "insert into generation_jobs (owner_id, mode, prompt, status, debited_at)
+               select p.id, 'imagine', 'history', 'succeeded', now()
+               from profiles p, generate_series(1, 20) g;
+             analyze;
+             -- The burst, after the statistics: written as the service would
+             -- import them (the submit rules allow one per owner).
+             set session_replication_role = replica;
+             insert into generation_jobs (owner_id, mode, prompt, status)
+               select p.id, 'imagine', 'burst', 'processing'
+               from profiles p, generate_series(1, 5) g;
+             set session_replication_role = origin;",
+        )
+        .await
+        .unwrap();
+    profiles(&client, 1).await;
+    let owner: uuid::Uuid = client
+        .query_one(
+            "select id from profiles p
+             where not exists (select 1 from generation_jobs j where j.owner_id = p.id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let plans = nested_plans(
+        &db,
+        &format!(
+            "insert into generation_jobs (owner_id, mode, prompt)
+             values ('{owner}', 'imagine', 'one more')"
+        ),
+    )
+    .await;
+    let in_flight = plans
+        .iter()
+        .find(|p| p.contains("status in ('starting', 'processing')") && !p.contains("insert"))
+        .unwrap_or_else(|| panic!("the in-flight rule was explained: {plans:#?}"));
+    assert!(
+        in_flight
+            .lines()
+            .any(|l| l.contains("Index Cond") && l.contains("owner_id")),
+        "the in-flight rule filters other users' jobs instead of looking up the owner's:\n{in_flight}"
+    );
+}
+
 /// The README's advice for big tables: add the columns and build the partial
 /// indexes concurrently before `reactor migrate`, which then skips them.
 #[tokio::test]
@@ -550,7 +604,7 @@ async fn the_readmes_concurrent_index_statements_run_before_the_migration_and_it
         })
         .filter(|s| !s.trim().is_empty())
         .collect();
-    assert_eq!(statements.len(), 7, "{statements:#?}");
+    assert_eq!(statements.len(), 8, "{statements:#?}");
 
     let db = common::empty_db().await;
     let mut client = db.client().await;

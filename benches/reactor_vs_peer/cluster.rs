@@ -226,6 +226,14 @@ impl Ctx {
         }
         self.admin.batch_execute("select pg_reload_conf()").await?;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // A setting given on the server's command line wins over ALTER SYSTEM:
+        // a "durable" figure must never be measured with fsync off.
+        let fsync: String = self.admin.query_one("show fsync", &[]).await?.get(0);
+        if (fsync == "on") != on {
+            anyhow::bail!(
+                "fsync is {fsync} after ALTER SYSTEM (is it set on the server's command line?)"
+            );
+        }
         Ok(())
     }
 

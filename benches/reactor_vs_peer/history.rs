@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// The partial indexes sql/180_pending_markers.sql adds (dropped for "without").
+/// The partial indexes of the pending queries (180, 186; dropped for "without").
 const PENDING_INDEXES: &str =
-    "idx_jobs_pending_usage, idx_jobs_pending_renders, idx_jobs_in_flight, \
+    "idx_jobs_pending_usage, idx_jobs_pending_renders, idx_jobs_in_flight_owner, \
      idx_jobs_timed_out_created, idx_profiles_pending_favorites";
 
 /// `n` handled profiles and jobs, each with its favorites, render, debit and

@@ -31,7 +31,7 @@ const FAIL_IN_FLIGHT: &str =
      where id = $1 and status in ('starting', 'processing')";
 
 /// Fails every in-flight job older than `$2` seconds with error `$1`: the
-/// stuck rule, enforced from table state (served by idx_jobs_in_flight).
+/// stuck rule, enforced from table state (served by idx_jobs_in_flight_owner).
 const TIME_OUT_STUCK: &str =
     "update public.generation_jobs set status = 'failed', error = $1, completed_at = now()
      where status in ('starting', 'processing') and created_at <= now() - make_interval(secs => $2)

@@ -55,11 +55,21 @@ fi
 if ! "$@" "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1; then
   cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
 fi
+# A throwaway cluster's settings go in postgresql.conf, not on the command
+# line: there they would win over ALTER SYSTEM, and the benchmark's durable
+# runs (ALTER SYSTEM SET fsync = on) would silently not be durable.
+cat >>"$dir/data/postgresql.conf" <<'CONF'
+listen_addresses = '127.0.0.1'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 300
+shared_buffers = 128MB
+max_wal_size = 2GB
+CONF
 # Settings asked for with Options (e.g. ssl=on and its files next to data/).
 if [ -f "$dir/extra.conf" ]; then cat "$dir/extra.conf" >>"$dir/data/postgresql.conf"; fi
-"$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-  -c shared_buffers=128MB -c max_wal_size=2GB >"$dir/server.log" 2>&1 &
+"$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" >"$dir/server.log" 2>&1 &
 pid=$!
 read -r _ || true
 kill -INT "$pid" 2>/dev/null
