@@ -21,4 +21,4 @@ pub mod http;
 pub mod job;
 pub mod providers;
 pub mod store;
-pub mod telemetry;
+pub(crate) mod telemetry;

@@ -1,9 +1,9 @@
 //! The built-in handlers. Each file says what happens for one kind of change.
 pub mod favorites;
-pub mod generation;
-pub mod own_tables;
-pub mod renders;
-pub mod table_config;
+pub(crate) mod generation;
+pub(crate) mod own_tables;
+pub(crate) mod renders;
+pub(crate) mod table_config;
 pub mod usage;
 
 use crate::config::{ProviderKind, RunConfig};

@@ -1,8 +1,8 @@
 //! The HTTP surface on `REACTOR_HTTP_ADDR`: health, metrics, Replicate's
 //! webhooks, the live event stream and the dashboard; and, in [`client`], the
 //! helpers the reactor's own outgoing requests share.
-pub mod auth;
-pub mod client;
+pub(crate) mod auth;
+pub(crate) mod client;
 pub mod ops;
 pub mod webhook_signature;
 

@@ -2,10 +2,10 @@
 //!
 //! Chosen by `REACTOR_PROVIDER`: `replicate` (the real thing, over HTTP) or
 //! `local` (draws images on this machine; no network, no account).
-pub mod local;
-pub mod local_image;
-pub mod metered;
-pub mod replicate;
+pub(crate) mod local;
+pub(crate) mod local_image;
+pub(crate) mod metered;
+pub(crate) mod replicate;
 pub mod storage;
 
 use async_trait::async_trait;

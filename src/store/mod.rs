@@ -2,11 +2,11 @@
 //! settings, every statement on the reactor's own tables (`handler_state`,
 //! `pending`, `outbox`), and the throwaway clusters of the demo and the tests.
 pub mod db;
-pub mod handler_state;
+pub(crate) mod handler_state;
 pub mod localpg;
 pub mod migrate;
 pub mod notify_mode;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod pending;
 pub mod supabase_like;
-pub mod tls;
+pub(crate) mod tls;

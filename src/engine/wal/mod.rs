@@ -20,7 +20,7 @@
 //! job_status feed. One reactor at a time (the holder of an advisory lock on
 //! its slot connection) also sends what the triggers sent for clients
 //! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
-pub mod pgoutput;
+pub(crate) mod pgoutput;
 
 use crate::engine::listener::{Event, EventSink};
 use crate::engine::notification::Change;

@@ -25,10 +25,6 @@ mod checks;
 mod signed_client;
 mod sql;
 
-pub use signed_client::{
-    ATTEMPT_HEADER, ID_HEADER, SIGNATURE_HEADER, TABLE_HEADER, TIMESTAMP_HEADER,
-};
-
 use crate::handlers::table_config::{self, ConfigError, TableConfig};
 use crate::job::handler::{Action, Handler, HandlerError, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
