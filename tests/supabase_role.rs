@@ -4,7 +4,7 @@
 //! and the one-file schema for the Supabase CLI.
 mod common;
 
-use common::{count, eventually, TestDb};
+use common::{count, eventually, submit_job, TestDb};
 use reactor::store::migrate::{self, MigrateError, Options};
 use reactor::store::notify_mode::{self, Mode};
 use std::time::Duration;
@@ -35,23 +35,6 @@ async fn migrate_as_owner(db: &TestDb) -> migrate::Report {
     migrate::run(&mut client)
         .await
         .expect("migrate as the owner")
-}
-
-async fn submit(db: &TestDb, user: Uuid) -> Uuid {
-    let mut client = db.client().await;
-    let tx = client.transaction().await.unwrap();
-    reactor::store::db::act_as_user(&tx, user).await.unwrap();
-    let id: Uuid = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style)
-             values ($1, 'imagine', 'a bright loft', 'studio', 'minimalist') returning id",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
-    id
 }
 
 async fn favorites(client: &Client, user: Uuid) -> i64 {
@@ -105,7 +88,9 @@ async fn migrate_and_run_work_as_a_role_shaped_like_supabase_postgres() {
         favorites(&client, user).await == 1
     })
     .await;
-    let job = submit(&db, user).await;
+    let job = submit_job(&db, user, "imagine", "a bright loft")
+        .await
+        .unwrap();
     eventually("the job succeeds with a render", LONG, || async {
         count(
             &client,
@@ -353,7 +338,9 @@ async fn realtime_lets_only_the_owner_read_their_job_status_topic() {
     assert!(!realtime_may_read(&db, "anon", None, &topic).await, "anon");
 
     // The trigger's broadcast lands on that topic.
-    let job = submit(&db, owner).await;
+    let job = submit_job(&db, owner, "imagine", "a bright loft")
+        .await
+        .unwrap();
     let sent = count(
         &superuser(&db).await,
         &format!(

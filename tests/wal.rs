@@ -3,7 +3,7 @@
 //! (whatever DATABASE_URL says: the mode needs that server setting).
 mod common;
 
-use common::{count, eventually, TestDb};
+use common::{count, eventually, submit_job, TestDb};
 use reactor::engine::wal;
 use reactor::store::localpg::{LocalPostgres, Options};
 use reactor::store::notify_mode::{self, Mode};
@@ -143,23 +143,6 @@ async fn favorites(client: &Client, user: Uuid) -> i64 {
     .await
 }
 
-async fn submit(db: &TestDb, user: Uuid) -> Uuid {
-    let mut client = db.client().await;
-    let tx = client.transaction().await.unwrap();
-    reactor::store::db::act_as_user(&tx, user).await.unwrap();
-    let id: Uuid = tx
-        .query_one(
-            "insert into generation_jobs (owner_id, mode, prompt, room_type, style)
-             values ($1, 'imagine', 'a bright loft', 'studio', 'minimalist') returning id",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
-    id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     let _ = tracing_subscriber::fmt()
@@ -231,7 +214,9 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
         || async { favorites(&client, user).await == 1 },
     )
     .await;
-    let job = submit(&db, user).await;
+    let job = submit_job(&db, user, "imagine", "a bright loft")
+        .await
+        .unwrap();
     eventually("the job succeeds with a render", LONG, || async {
         count(
             &client,
