@@ -85,6 +85,30 @@ enum Lost {
     Stopped,
 }
 
+/// Whether this connection's statements run on more than one server session:
+/// a transaction-mode pooler, where LISTEN cannot work. Certain when it says
+/// so; a pooler that happens to hand out the same session each time is caught
+/// by the self-check instead. (Without this, a self-check that landed on the
+/// one server session holding an earlier LISTEN could pass by luck, and the
+/// pooler was named only after several slow rounds.)
+async fn runs_on_several_sessions(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    let mut first = None;
+    for _ in 0..3 {
+        let pid: i32 = client
+            .query_typed_one("select pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        match first {
+            None => first = Some(pid),
+            Some(seen) if seen != pid => return Ok(true),
+            Some(_) => {}
+        }
+    }
+    Ok(false)
+}
+
 impl Listener {
     /// Runs until shutdown. Fails when a fresh connection cannot hear its own
     /// first notification: a pooler between us and the server (a lost
@@ -178,6 +202,11 @@ impl Listener {
         };
         tokio::pin!(driver);
         let end = async {
+            match runs_on_several_sessions(&client).await {
+                Ok(true) => return SessionEnd::Deaf { first_check: true },
+                Ok(false) => {}
+                Err(e) => return SessionEnd::Lost(e.into()),
+            }
             if let Err(e) = client
                 .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {STATUS_CHANNEL}"))
                 .await
