@@ -75,7 +75,7 @@ async fn a_profile_insert_gets_its_favorites_collection_through_the_notification
     let client = db.client().await;
     let user = user_with_profile(&client).await;
     eventually("favorites collection", Duration::from_secs(10), || async {
-        count(&client, &format!("select count(*) from collections where owner_id = '{user}' and is_default_favorites")).await == 1
+        common::favorites_of(&client, user).await == 1
     })
     .await;
     let name: String = client

@@ -4,7 +4,7 @@
 //! and the one-file schema for the Supabase CLI.
 mod common;
 
-use common::{count, eventually, submit_job, TestDb};
+use common::{count, eventually, favorites_of, submit_job, succeeded_with_render, TestDb};
 use reactor::store::migrate::{self, MigrateError, Options};
 use reactor::store::notify_mode::{self, Mode};
 use std::time::Duration;
@@ -35,16 +35,6 @@ async fn migrate_as_owner(db: &TestDb) -> migrate::Report {
     migrate::run(&mut client)
         .await
         .expect("migrate as the owner")
-}
-
-async fn favorites(client: &Client, user: Uuid) -> i64 {
-    count(
-        client,
-        &format!(
-            "select count(*) from collections where owner_id = '{user}' and is_default_favorites"
-        ),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -85,22 +75,14 @@ async fn migrate_and_run_work_as_a_role_shaped_like_supabase_postgres() {
     let reactor = common::start_reactor(&db, storage.path(), &[]).await;
     let user = common::user_with_profile(&client).await;
     eventually("favorites for the new profile", LONG, || async {
-        favorites(&client, user).await == 1
+        favorites_of(&client, user).await == 1
     })
     .await;
     let job = submit_job(&db, user, "imagine", "a bright loft")
         .await
         .unwrap();
     eventually("the job succeeds with a render", LONG, || async {
-        count(
-            &client,
-            &format!(
-                "select count(*) from generation_jobs j join renders r on r.job_id = j.id
-             where j.id = '{job}' and j.status = 'succeeded'"
-            ),
-        )
-        .await
-            == 1
+        succeeded_with_render(&client, job).await == 1
     })
     .await;
     reactor.stop().await;
@@ -144,13 +126,13 @@ async fn the_owner_switches_outbox_mode_on_and_off_without_superuser() {
     )
     .await;
     eventually("the first profile handled", LONG, || async {
-        favorites(&client, user).await == 1
+        favorites_of(&client, user).await == 1
     })
     .await;
     eventually("reactor ready", LONG, || async { reactor.status.ready() }).await;
     let through_outbox = common::user_with_profile(&client).await;
     eventually("favorites through the outbox", LONG, || async {
-        favorites(&client, through_outbox).await == 1
+        favorites_of(&client, through_outbox).await == 1
     })
     .await;
     eventually("the outbox drained", LONG, || async {
@@ -167,7 +149,7 @@ async fn the_owner_switches_outbox_mode_on_and_off_without_superuser() {
         "back to NOTIFY"
     );
     eventually("favorites through NOTIFY", LONG, || async {
-        favorites(&client, second).await == 1
+        favorites_of(&client, second).await == 1
     })
     .await;
     reactor.stop().await;
@@ -476,7 +458,7 @@ async fn the_printed_schema_applied_by_hand_counts_as_migrated() {
     .await;
     let user = common::user_with_profile(&client).await;
     eventually("favorites", LONG, || async {
-        favorites(&client, user).await == 1
+        favorites_of(&client, user).await == 1
     })
     .await;
     reactor.stop().await;

@@ -302,14 +302,11 @@ async fn migrate_and_run_do_the_work_over_verify_full_on_every_connection() {
     })
     .await;
     let user = common::user_with_profile(&client).await;
-    eventually("favorites for the new profile", Duration::from_secs(20), || async {
-        common::count(
-            &client,
-            &format!("select count(*) from collections where owner_id = '{user}' and is_default_favorites"),
-        )
-        .await
-            == 1
-    })
+    eventually(
+        "favorites for the new profile",
+        Duration::from_secs(20),
+        || async { common::favorites_of(&client, user).await == 1 },
+    )
     .await;
     // Every connection the reactor holds (pool and listener) is TLS.
     let rows = client

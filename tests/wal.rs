@@ -3,7 +3,7 @@
 //! (whatever DATABASE_URL says: the mode needs that server setting).
 mod common;
 
-use common::{count, eventually, submit_job, TestDb};
+use common::{count, eventually, favorites_of, submit_job, succeeded_with_render, TestDb};
 use reactor::engine::wal;
 use reactor::store::localpg::{LocalPostgres, Options};
 use reactor::store::notify_mode::{self, Mode};
@@ -133,16 +133,6 @@ async fn next_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle
     .unwrap_or_else(|_| panic!("no payload with {needle}"))
 }
 
-async fn favorites(client: &Client, user: Uuid) -> i64 {
-    count(
-        client,
-        &format!(
-            "select count(*) from collections where owner_id = '{user}' and is_default_favorites"
-        ),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     let _ = tracing_subscriber::fmt()
@@ -211,22 +201,14 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     eventually(
         "favorites for a profile inserted in wal mode",
         LONG,
-        || async { favorites(&client, user).await == 1 },
+        || async { favorites_of(&client, user).await == 1 },
     )
     .await;
     let job = submit_job(&db, user, "imagine", "a bright loft")
         .await
         .unwrap();
     eventually("the job succeeds with a render", LONG, || async {
-        count(
-            &client,
-            &format!(
-                "select count(*) from generation_jobs j join renders r on r.job_id = j.id
-                 where j.id = '{job}' and j.status = 'succeeded'"
-            ),
-        )
-        .await
-            == 1
+        succeeded_with_render(&client, job).await == 1
     })
     .await;
     let inserted = next_with(&mut statuses, &job.to_string()).await;
@@ -302,7 +284,7 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     })
     .await;
     eventually("the profile written meanwhile is handled", LONG, || async {
-        favorites(&client, missed).await == 1
+        favorites_of(&client, missed).await == 1
     })
     .await;
 
@@ -328,7 +310,7 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     .await;
     let later = common::user_with_profile(&client).await;
     eventually("favorites through NOTIFY again", LONG, || async {
-        favorites(&client, later).await == 1
+        favorites_of(&client, later).await == 1
     })
     .await;
     reactor.stop().await;
@@ -426,7 +408,7 @@ async fn no_free_replication_slot_is_a_plain_error_the_reactor_logs() {
     // The sweeps still do the work meanwhile.
     let user = common::user_with_profile(&client).await;
     eventually("favorites from a sweep", LONG, || async {
-        favorites(&client, user).await == 1
+        favorites_of(&client, user).await == 1
     })
     .await;
     reactor.terminate();
@@ -454,11 +436,11 @@ async fn two_reactors_hold_a_slot_each_sigterm_drops_one_and_kill_9_leaves_none(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let user = common::user_with_profile(&client).await;
     eventually("favorites made once", LONG, || async {
-        favorites(&client, user).await == 1
+        favorites_of(&client, user).await == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(favorites(&client, user).await, 1);
+    assert_eq!(favorites_of(&client, user).await, 1);
 
     assert!(first.terminate().success(), "clean exit on SIGTERM");
     assert_eq!(
@@ -468,7 +450,7 @@ async fn two_reactors_hold_a_slot_each_sigterm_drops_one_and_kill_9_leaves_none(
     );
     let other = common::user_with_profile(&client).await;
     eventually("the other reactor still hears", LONG, || async {
-        favorites(&client, other).await == 1
+        favorites_of(&client, other).await == 1
     })
     .await;
 

@@ -124,3 +124,27 @@ pub async fn debit_succeeded_jobs(client: &Client, user: Uuid) {
         .await
         .expect("service writes debits");
 }
+
+/// How many default "My Favorites" collections `owner` has (the favorites
+/// handler makes exactly one).
+pub async fn favorites_of(client: &Client, owner: Uuid) -> i64 {
+    super::count(
+        client,
+        &format!(
+            "select count(*) from collections where owner_id = '{owner}' and is_default_favorites"
+        ),
+    )
+    .await
+}
+
+/// 1 once `job` has succeeded and has its render, else 0.
+pub async fn succeeded_with_render(client: &Client, job: Uuid) -> i64 {
+    super::count(
+        client,
+        &format!(
+            "select count(*) from generation_jobs j join renders r on r.job_id = j.id
+             where j.id = '{job}' and j.status = 'succeeded'"
+        ),
+    )
+    .await
+}
