@@ -43,6 +43,9 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         .transpose()
         .map_err(AppError::WebhookSecret)?
         .map(Arc::new);
+    if cfg.wal_poll.is_some() {
+        tracing::warn!("REACTOR_WAL_POLL (--wal-poll) is deprecated and ignored: WAL mode streams from its slot now, without polling");
+    }
     // REACTOR_CONFIG is checked before anything starts or connects.
     let own_tables = crate::handlers::own_tables::OwnTables::load(&cfg)?;
     let mut handlers = crate::handlers::builtin(&cfg).await?;

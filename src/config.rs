@@ -69,10 +69,9 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_OUTBOX_POLL", value_parser = interval)]
     pub outbox_poll: Option<Duration>,
 
-    /// WAL mode (`reactor notify-mode wal`): how often the reactor's temporary
-    /// replication slot is polled for inserts and status changes while idle.
-    #[arg(long, env = "REACTOR_WAL_POLL", default_value = "10ms", value_parser = interval)]
-    pub wal_poll: Duration,
+    /// Deprecated and ignored: WAL mode streams from its slot, it no longer polls.
+    #[arg(long, env = "REACTOR_WAL_POLL", hide = true, value_parser = interval)]
+    pub wal_poll: Option<Duration>,
 
     /// How often the listener checks that its own notifications still arrive.
     #[arg(long, env = "REACTOR_LISTEN_CHECK_INTERVAL", default_value = "10s", value_parser = interval)]

@@ -325,3 +325,96 @@ async fn migrate_and_run_do_the_work_over_verify_full_on_every_connection() {
     assert!(seen.iter().any(|(app, _)| app == "reactor"), "{seen:?}");
     assert!(seen.iter().all(|(_, ssl)| *ssl), "{seen:?}");
 }
+
+/// WAL mode's replication connection is made as every other one is: TLS
+/// checked by name against the CA file, and the role's SCRAM password (the
+/// server refuses it anything else).
+#[tokio::test]
+async fn wal_mode_streams_over_verify_full_with_a_scram_password() {
+    let pki = Pki::new();
+    let server = LocalPostgres::start_with(&Options {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "../server.crt".into()),
+            ("ssl_key_file".into(), "../server.key".into()),
+            ("wal_level".into(), "logical".into()),
+        ],
+        files: vec![
+            ("server.crt".into(), pki.server_cert.clone().into_bytes()),
+            ("server.key".into(), pki.server_key.clone().into_bytes()),
+        ],
+    })
+    .await
+    .expect("a Postgres with ssl=on and wal_level=logical");
+    let superuser = server.url("postgres");
+    let port = url::Url::parse(&superuser).unwrap().port().unwrap();
+    let name = format!("reactor_tls_wal_{}", uuid::Uuid::new_v4().simple());
+    let role = format!("owner_{}", uuid::Uuid::new_v4().simple());
+    let admin = reactor::store::db::connect(&superuser).await.unwrap();
+    let hba_file: String = admin.query_one("show hba_file", &[]).await.unwrap().get(0);
+    admin
+        .batch_execute(&format!(
+            "copy (select unnest(array[
+               'host all postgres 127.0.0.1/32 trust',
+               'hostssl all all 127.0.0.1/32 scram-sha-256',
+               'host all all 127.0.0.1/32 reject'])) to '{hba_file}';
+             select pg_reload_conf();"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    reactor::store::supabase_like::prepare(&superuser, &name, &role)
+        .await
+        .expect("Supabase-like set-up");
+    admin
+        .batch_execute(&format!("alter role {role} password 'secret of {role}'"))
+        .await
+        .unwrap();
+    let db = TestDb {
+        url: format!(
+            "postgres://{role}:secret%20of%20{role}@localhost:{port}/{name}?hostaddr=127.0.0.1&sslmode=verify-full&{}",
+            root(&pki.ca())
+        ),
+        name: name.clone(),
+    };
+    let mut client = db.client().await;
+    reactor::store::migrate::run(&mut client).await.unwrap();
+    reactor::store::notify_mode::set(&client, reactor::store::notify_mode::Mode::Wal)
+        .await
+        .unwrap();
+
+    // Sweeps an hour apart: after the start-up replay, only the WAL brings hints.
+    let storage = tempfile::tempdir().unwrap();
+    let _reactor = ChildReactor::spawn(&db, storage.path(), &["--sweep-interval", "1h"]);
+    // The server's rules: postgres alone may come in without TLS and a password.
+    let refused = reactor::store::db::connect(&db.url.replace("verify-full", "disable")).await;
+    assert!(refused.is_err(), "plaintext must be refused");
+    let streaming = || async {
+        admin
+            .query_opt(
+                "select s.ssl, a.usename::text from pg_replication_slots r
+                 join pg_stat_activity a on a.pid = r.active_pid
+                 join pg_stat_ssl s on s.pid = r.active_pid
+                 where r.database = $1 and r.slot_name like 'reactor_wal_%'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get::<_, bool>(0), r.get::<_, String>(1)))
+    };
+    eventually("the reactor streams from its slot", Duration::from_secs(30), || async {
+        streaming().await.is_some()
+    })
+    .await;
+    assert_eq!(streaming().await, Some((true, role.clone())), "over TLS, as the role");
+    let user = common::user_with_profile(&client).await;
+    eventually(
+        "favorites for a profile heard in the WAL",
+        Duration::from_secs(20),
+        || async { common::favorites_of(&client, user).await == 1 },
+    )
+    .await;
+}

@@ -234,7 +234,6 @@ impl Engine {
             };
             let wal = wal::WalSource {
                 url: cfg.database_url.clone(),
-                poll_interval: cfg.wal_poll,
                 pool: shared.pool.clone(),
                 sink: l.sink.clone(),
             };

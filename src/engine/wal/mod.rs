@@ -21,14 +21,17 @@
 //! its slot connection) also sends what the triggers sent for clients
 //! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
 pub(crate) mod pgoutput;
+pub(crate) mod replication;
 
 use crate::engine::listener::{Event, EventSink};
 use crate::engine::notification::Change;
-use crate::store::db::{describe, param};
+use crate::store::db::{describe, param, parse_url, DbError};
 use deadpool_postgres::Pool;
 use pgoutput::{Message, Value};
+use replication::{Frame, Replication};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -38,10 +41,13 @@ pub const APPLICATION_NAME: &str = "reactor wal";
 pub const PUBLICATION: &str = "reactor";
 /// Slot names start with this (then a random suffix per connection).
 pub const SLOT_PREFIX: &str = "reactor_wal_";
-/// Changes taken per poll (rounded up to whole transactions by the server).
-const POLL_CHANGES: i32 = 10_000;
+/// How often the position read is confirmed to the server while idle.
+const FEEDBACK: Duration = Duration::from_millis(100);
 /// How often a running slot checks that the database is still in wal mode.
 const MODE_CHECK: Duration = Duration::from_secs(2);
+/// How long the mode check may take: past it the server is taken for gone
+/// (a silent network loses no TCP connection), and the reactor reconnects.
+const MODE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a reactor not in wal mode looks at the switch.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Rows whose last decoded status is remembered (then forgotten at once: the
@@ -312,34 +318,39 @@ pub async fn preflight(client: &Client) -> Result<(), WalError> {
     Ok(())
 }
 
-/// Creates this session's temporary slot and returns its name.
-pub async fn create_slot(client: &Client) -> Result<String, WalError> {
-    let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    match client
-        .query_typed(
-            "select pg_create_logical_replication_slot($1::text::name, 'pgoutput', true)",
-            &[param(&slot.as_str())],
-        )
+/// Opens a replication connection and creates this session's temporary slot
+/// on it; the slot lives as long as the connection.
+pub async fn open_slot(url: &str) -> Result<(Replication, String), WalError> {
+    let user = || {
+        parse_url(url)
+            .ok()
+            .and_then(|c| c.get_user().map(str::to_string))
+            .unwrap_or_else(|| "the reactor's role".into())
+    };
+    let refused = |e: DbError| match e.code() {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => WalError::NoReplication(user()),
+        Some(c) if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE && e.to_string().contains("wal_level") => {
+            WalError::WalLevel("below logical".into())
+        }
+        _ => WalError::Db(e.to_string()),
+    };
+    let mut replication = Replication::connect(url, APPLICATION_NAME)
         .await
-    {
-        Ok(_) => Ok(slot),
-        Err(e) => Err(match e.as_db_error().map(|d| d.code().code()) {
-            // configuration_limit_exceeded: "all replication slots are in use"
-            Some("53400") => {
-                let max = client
-                    .query_typed("select current_setting('max_replication_slots')", &[])
-                    .await
-                    .ok()
-                    .and_then(|rows| rows.first().map(|r| r.get::<_, String>(0)))
-                    .unwrap_or_else(|| "?".into());
-                WalError::NoFreeSlot(max)
-            }
-            Some("42501") => WalError::NoReplication("the reactor's role".into()),
-            Some("55000") if describe(&e).contains("wal_level") => {
-                WalError::WalLevel("below logical".into())
-            }
-            _ => db(e),
-        }),
+        .map_err(refused)?;
+    let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let create = format!("CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
+    match replication.command(&create).await {
+        Ok(_) => Ok((replication, slot)),
+        Err(e) if e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED) => {
+            let max = replication
+                .command("SHOW max_replication_slots")
+                .await
+                .ok()
+                .and_then(|rows| rows.into_iter().next().flatten())
+                .unwrap_or_else(|| "?".into());
+            Err(WalError::NoFreeSlot(max))
+        }
+        Err(e) => Err(refused(e)),
     }
 }
 
@@ -357,7 +368,6 @@ async fn wal_mode(client: &Client) -> Result<bool, WalError> {
 
 pub struct WalSource {
     pub url: String,
-    pub poll_interval: Duration,
     pub pool: Pool,
     pub sink: EventSink,
 }
@@ -457,90 +467,143 @@ impl WalSource {
         }
         let early = |e| (e, Phase::Starting);
         preflight(client).await.map_err(early)?;
-        let slot = create_slot(client).await.map_err(early)?;
+        let (mut replication, slot) = open_slot(&self.url).await.map_err(early)?;
         let mut decoder = Decoder::default();
-        decoder.set_tables(hinted_tables(client).await.map_err(early)?);
-        tracing::info!(%slot, "wal hints: reading publication {PUBLICATION} through a temporary slot");
+        let started = async {
+            decoder.set_tables(hinted_tables(client).await?);
+            replication
+                .start(&slot, PUBLICATION)
+                .await
+                .map_err(|e| WalError::Db(e.to_string()))
+        };
+        if let Err(e) = started.await {
+            replication.close().await;
+            return Err(early(e));
+        }
+        tracing::info!(%slot, "wal hints: streaming publication {PUBLICATION} from a temporary slot");
         (self.sink)(Event::Connected);
         *deaf = false;
+        let result = self
+            .follow(client, &mut replication, &mut decoder, shutdown)
+            .await
+            .map_err(|e| (e, Phase::Streaming));
+        // Ending the session drops the slot (SIGTERM included).
+        replication.close().await;
+        result
+    }
 
-        let late = |e| (e, Phase::Streaming);
-        let poll = format!(
-            "select data from pg_logical_slot_get_binary_changes('{slot}', null, {POLL_CHANGES},
-               'proto_version', '1', 'publication_names', '{PUBLICATION}')"
-        );
+    /// Turns the stream into hints until shutdown, the end of wal mode or a
+    /// failure. The server's position is confirmed as it is read, so the
+    /// slot holds back no more WAL than the last [`FEEDBACK`] interval.
+    async fn follow(
+        &self,
+        client: &Client,
+        replication: &mut Replication,
+        decoder: &mut Decoder,
+        shutdown: &CancellationToken,
+    ) -> Result<End, WalError> {
+        let mut ticks = tokio::time::interval(FEEDBACK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut received, mut confirmed) = (0u64, 0u64);
+        let mut last_confirmed = Instant::now();
         let mut broadcaster = false;
         let mut checked = Instant::now();
         let mut tables_loaded = Instant::now();
         loop {
-            if shutdown.is_cancelled() {
-                // Closing the session would drop it too; this is immediate.
-                let _ = client
-                    .query_typed(
-                        "select pg_drop_replication_slot($1::text::name)",
-                        &[param(&slot.as_str())],
-                    )
-                    .await;
-                return Ok(End::Shutdown);
-            }
-            let rows = client
-                .query_typed(&poll, &[])
-                .await
-                .map_err(|e| late(db(e)))?;
+            let mut frame = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(End::Shutdown),
+                frame = replication.next() => Some(frame.map_err(|e| WalError::Db(e.to_string()))?),
+                _ = ticks.tick() => None,
+            };
+            // Everything already read is one batch: one broadcast for a burst.
             let mut hints = Vec::new();
-            for row in &rows {
-                match decoder.feed(row.get::<_, &[u8]>(0)) {
-                    Ok(Some(hint)) => hints.push(hint),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "wal hints: skipping a message"),
+            let mut reply = false;
+            while let Some(f) = frame {
+                match f {
+                    Frame::XLogData { end, data } => {
+                        received = received.max(end);
+                        match decoder.feed(&data) {
+                            Ok(Some(hint)) => hints.push(hint),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "wal hints: skipping a message"),
+                        }
+                    }
+                    Frame::Keepalive { end, reply: asked } => {
+                        received = received.max(end);
+                        reply |= asked;
+                    }
                 }
+                frame = replication
+                    .next_buffered()
+                    .map_err(|e| WalError::Db(e.to_string()))?;
             }
             if decoder.stale && tables_loaded.elapsed() >= MODE_CHECK {
                 // A table joined the publication (reactor.watch_table) since
                 // the list was read: its rows were skipped, the replay finds them.
-                decoder.set_tables(hinted_tables(client).await.map_err(late)?);
+                decoder.set_tables(hinted_tables(client).await?);
                 tables_loaded = Instant::now();
                 decoder.relations.clear();
                 (self.sink)(Event::Connected);
             }
-            metrics::counter!("reactor_wal_hints_total").increment(hints.len() as u64);
-            if !hints.is_empty() {
-                if !broadcaster {
-                    broadcaster = client
-                        .query_typed("select pg_try_advisory_lock($1)", &[param(&BROADCAST_LOCK)])
-                        .await
-                        .map_err(|e| late(db(e)))?
-                        .first()
-                        .is_some_and(|r| r.get(0));
-                }
-                for hint in &hints {
-                    (self.sink)(Event::Change(hint.change.clone()));
-                    if hint.status_feed {
-                        (self.sink)(Event::Status(hint.change.clone()));
-                    }
-                }
-                if broadcaster {
-                    if let Err(e) = self.broadcast(&hints).await {
-                        tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed");
-                    }
-                }
+            self.deliver(client, &hints, &mut broadcaster).await?;
+            if reply || (received > confirmed && last_confirmed.elapsed() >= FEEDBACK) {
+                replication
+                    .confirm(received)
+                    .await
+                    .map_err(|e| WalError::Db(e.to_string()))?;
+                confirmed = received;
+                last_confirmed = Instant::now();
             }
             if checked.elapsed() >= MODE_CHECK {
                 checked = Instant::now();
-                if !wal_mode(client).await.map_err(late)? {
+                let answer = tokio::time::timeout(MODE_CHECK_TIMEOUT, wal_mode(client))
+                    .await
+                    .map_err(|_| {
+                        WalError::Db(format!(
+                            "the server did not answer within {MODE_CHECK_TIMEOUT:?}"
+                        ))
+                    })?;
+                if !answer? {
                     tracing::info!("notify mode is no longer wal: dropping the slot");
-                    // Rows decoded by nobody since the last poll: replay.
+                    // Rows decoded by nobody since the last batch: replay.
                     (self.sink)(Event::Connected);
                     return Ok(End::NotWalMode);
                 }
             }
-            if rows.len() < POLL_CHANGES as usize {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(self.poll_interval) => {}
-                }
+        }
+    }
+
+    /// Hands hints to the engine and, from one reactor, to clients elsewhere.
+    async fn deliver(
+        &self,
+        client: &Client,
+        hints: &[Hint],
+        broadcaster: &mut bool,
+    ) -> Result<(), WalError> {
+        metrics::counter!("reactor_wal_hints_total").increment(hints.len() as u64);
+        if hints.is_empty() {
+            return Ok(());
+        }
+        if !*broadcaster {
+            *broadcaster = client
+                .query_typed("select pg_try_advisory_lock($1)", &[param(&BROADCAST_LOCK)])
+                .await
+                .map_err(db)?
+                .first()
+                .is_some_and(|r| r.get(0));
+        }
+        for hint in hints {
+            (self.sink)(Event::Change(hint.change.clone()));
+            if hint.status_feed {
+                (self.sink)(Event::Status(hint.change.clone()));
             }
         }
+        if *broadcaster {
+            if let Err(e) = self.broadcast(hints).await {
+                tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed");
+            }
+        }
+        Ok(())
     }
 
     /// What the triggers sent to others: NOTIFY job_status, and on Supabase the

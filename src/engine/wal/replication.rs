@@ -1,0 +1,474 @@
+//! The part of Postgres' streaming replication protocol that WAL mode needs,
+//! on one connection started with `replication=database`:
+//! `CREATE_REPLICATION_SLOT … TEMPORARY LOGICAL pgoutput`, `START_REPLICATION`,
+//! then XLogData and keepalives in, standby status updates out.
+//!
+//! Why our own: tokio-postgres cannot enter the copy-both mode streaming uses,
+//! and the replication crates on crates.io expect a slot that already exists
+//! (a temporary slot must be created on the very session that streams from
+//! it). Messages are written with `postgres-protocol` (which tokio-postgres
+//! uses too), SCRAM and MD5 come from it; the connection's URL, `sslmode` and
+//! certificates are read exactly as for every other connection
+//! ([`crate::store::db::parse_url`], [`crate::store::db::connector`]).
+use crate::store::db::{connector, parse_url, DbError};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A replication connection.
+pub struct Replication {
+    io: Box<dyn Io>,
+    read: BytesMut,
+    write: BytesMut,
+}
+
+/// What the server streams once replication has started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One pgoutput message; `end` is where the server's WAL ends.
+    XLogData { end: u64, data: Bytes },
+    /// Nothing to send; `reply` asks for a status update at once.
+    Keepalive { end: u64, reply: bool },
+}
+
+fn io_error(e: std::io::Error) -> DbError {
+    DbError::Connect(format!("replication connection: {e}"))
+}
+
+fn protocol(what: &str) -> DbError {
+    DbError::Connect(format!("replication connection: {what}"))
+}
+
+/// An ErrorResponse's fields as the DbError every other statement gives.
+fn server_error(mut body: &[u8]) -> DbError {
+    let (mut code, mut message, mut detail, mut hint) = (None, String::new(), None, None);
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+        let value = String::from_utf8_lossy(&rest[..end]).into_owned();
+        match field {
+            b'C' => code = Some(SqlState::from_code(&value)),
+            b'M' => message = value,
+            b'D' => detail = Some(value),
+            b'H' => hint = Some(value),
+            _ => {}
+        }
+        body = rest.get(end + 1..).unwrap_or_default();
+    }
+    DbError::Statement {
+        code,
+        message,
+        detail,
+        hint,
+    }
+}
+
+/// Microseconds since 2000-01-01, the replication protocol's clock.
+fn pg_now() -> i64 {
+    const PG_EPOCH: u64 = 946_684_800;
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (since_unix.as_micros() as i64) - (PG_EPOCH as i64) * 1_000_000
+}
+
+impl Replication {
+    /// Connects to the first host of `url` that answers, as the URL's user,
+    /// and logs in (trust, password, MD5 or SCRAM-SHA-256).
+    pub async fn connect(url: &str, application_name: &str) -> Result<Self, DbError> {
+        let config = parse_url(url)?;
+        let user = config
+            .get_user()
+            .ok_or_else(|| DbError::BadUrl("no user name".into()))?
+            .to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        let ports = config.get_ports();
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let mut last = DbError::BadUrl("no host".into());
+        for (i, host) in config.get_hosts().iter().enumerate() {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let address = config.get_hostaddrs().get(i).copied();
+            let opened = tokio::time::timeout(timeout, Self::open(url, &config, host, address, port))
+                .await
+                .unwrap_or_else(|_| Err(protocol("timed out connecting")));
+            match opened {
+                Ok(io) => {
+                    let mut conn = Replication {
+                        io,
+                        read: BytesMut::with_capacity(64 * 1024),
+                        write: BytesMut::new(),
+                    };
+                    conn.start_up(&user, config.get_password(), &dbname, application_name)
+                        .await?;
+                    return Ok(conn);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// A socket to one host (at `address` if the URL gives `hostaddr`), with
+    /// TLS as the URL's `sslmode` says, checked against the host's name.
+    async fn open(
+        url: &str,
+        config: &tokio_postgres::Config,
+        host: &Host,
+        address: Option<std::net::IpAddr>,
+        port: u16,
+    ) -> Result<Box<dyn Io>, DbError> {
+        let name = match host {
+            Host::Tcp(name) => name,
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let socket = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|e| protocol(&format!("{}: {e}", path.display())))?;
+                return Ok(Box::new(socket));
+            }
+        };
+        let socket = match address {
+            Some(ip) => tokio::net::TcpStream::connect((ip, port)).await,
+            None => tokio::net::TcpStream::connect((name.as_str(), port)).await,
+        };
+        let mut tcp = socket.map_err(|e| protocol(&format!("{name}:{port}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        if config.get_ssl_mode() == SslMode::Disable {
+            return Ok(Box::new(tcp));
+        }
+        let mut request = BytesMut::new();
+        frontend::ssl_request(&mut request);
+        tcp.write_all(&request).await.map_err(io_error)?;
+        match tcp.read_u8().await.map_err(io_error)? {
+            b'S' => {
+                let mut make = connector(url)?;
+                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut make, name)?
+                    .connect(tcp)
+                    .await?;
+                Ok(Box::new(tls))
+            }
+            b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok(Box::new(tcp)),
+            b'N' => Err(protocol("the server does not support TLS, and sslmode requires it")),
+            _ => Err(protocol("unexpected answer to the TLS request")),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), DbError> {
+        self.io.write_all(&self.write).await.map_err(io_error)?;
+        self.write.clear();
+        self.io.flush().await.map_err(io_error)
+    }
+
+    /// A whole message already read: its tag and body.
+    fn buffered_message(&mut self) -> Result<Option<(u8, Bytes)>, DbError> {
+        if self.read.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
+        let len = usize::try_from(len).map_err(|_| protocol("message too long"))?;
+        if len < 4 {
+            return Err(protocol("bad message length"));
+        }
+        if self.read.len() < 1 + len {
+            self.read.reserve(1 + len - self.read.len());
+            return Ok(None);
+        }
+        let mut message = self.read.split_to(1 + len).freeze();
+        let tag = message.get_u8();
+        message.advance(4);
+        Ok(Some((tag, message)))
+    }
+
+    /// The next message, read from the socket if needed. Cancel-safe: what
+    /// was read stays in the buffer.
+    async fn message(&mut self) -> Result<(u8, Bytes), DbError> {
+        loop {
+            if let Some(message) = self.buffered_message()? {
+                return Ok(message);
+            }
+            if self.read.capacity() - self.read.len() < 8 * 1024 {
+                self.read.reserve(64 * 1024);
+            }
+            if self.io.read_buf(&mut self.read).await.map_err(io_error)? == 0 {
+                return Err(protocol("the server closed the connection"));
+            }
+        }
+    }
+
+    async fn start_up(
+        &mut self,
+        user: &str,
+        password: Option<&[u8]>,
+        dbname: &str,
+        application_name: &str,
+    ) -> Result<(), DbError> {
+        let params = [
+            ("user", user),
+            ("database", dbname),
+            ("replication", "database"),
+            ("application_name", application_name),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params, &mut self.write).map_err(io_error)?;
+        self.flush().await?;
+        let need_password =
+            || password.ok_or_else(|| protocol("the server asks for a password and the URL has none"));
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let (tag, mut body) = self.message().await?;
+            match tag {
+                b'R' => match body.get_i32() {
+                    0 => {}
+                    3 => {
+                        frontend::password_message(need_password()?, &mut self.write)
+                            .map_err(io_error)?;
+                        self.flush().await?;
+                    }
+                    5 => {
+                        let salt = body
+                            .get(..4)
+                            .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                            .ok_or_else(|| protocol("short MD5 salt"))?;
+                        let hash = md5_hash(user.as_bytes(), need_password()?, salt);
+                        frontend::password_message(hash.as_bytes(), &mut self.write)
+                            .map_err(io_error)?;
+                        self.flush().await?;
+                    }
+                    10 => {
+                        let offered = body
+                            .split(|b| *b == 0)
+                            .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                        if !offered {
+                            return Err(protocol("the server offers no SASL mechanism we know"));
+                        }
+                        let s = sasl::ScramSha256::new(
+                            need_password()?,
+                            sasl::ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            sasl::SCRAM_SHA_256,
+                            s.message(),
+                            &mut self.write,
+                        )
+                        .map_err(io_error)?;
+                        self.flush().await?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| protocol("SASL out of order"))?;
+                        s.update(&body).map_err(io_error)?;
+                        frontend::sasl_response(s.message(), &mut self.write).map_err(io_error)?;
+                        self.flush().await?;
+                    }
+                    12 => {
+                        let s = scram.as_mut().ok_or_else(|| protocol("SASL out of order"))?;
+                        s.finish(&body).map_err(io_error)?;
+                    }
+                    other => {
+                        return Err(protocol(&format!(
+                            "authentication method {other} is not supported here"
+                        )))
+                    }
+                },
+                b'E' => return Err(server_error(&body)),
+                b'Z' => return Ok(()),
+                // Parameter status, backend key, notices.
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one replication command (or SQL statement) to the end, and
+    /// returns the first column of its rows.
+    pub async fn command(&mut self, sql: &str) -> Result<Vec<Option<String>>, DbError> {
+        frontend::query(sql, &mut self.write).map_err(io_error)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let (tag, mut body) = self.message().await?;
+            match tag {
+                b'D' => {
+                    let columns = body.get_i16();
+                    let len = body.get_i32();
+                    rows.push((columns > 0 && len >= 0).then(|| {
+                        String::from_utf8_lossy(&body[..len as usize]).into_owned()
+                    }));
+                }
+                b'E' => failed = Some(server_error(&body)),
+                b'Z' => return failed.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts streaming `slot` with pgoutput's `publication`.
+    pub async fn start(&mut self, slot: &str, publication: &str) -> Result<(), DbError> {
+        let sql = format!(
+            "START_REPLICATION SLOT \"{slot}\" LOGICAL 0/0 \
+             (proto_version '1', publication_names '\"{publication}\"')"
+        );
+        frontend::query(&sql, &mut self.write).map_err(io_error)?;
+        self.flush().await?;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'W' => return Ok(()),
+                b'E' => return Err(server_error(&body)),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame of the stream, reading the socket if none is buffered
+    /// (cancel-safe).
+    pub async fn next(&mut self) -> Result<Frame, DbError> {
+        loop {
+            let (tag, body) = self.message().await?;
+            if let Some(frame) = Self::frame(tag, body)? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// A frame already read, without waiting.
+    pub fn next_buffered(&mut self) -> Result<Option<Frame>, DbError> {
+        while let Some((tag, body)) = self.buffered_message()? {
+            if let Some(frame) = Self::frame(tag, body)? {
+                return Ok(Some(frame));
+            }
+        }
+        Ok(None)
+    }
+
+    fn frame(tag: u8, mut body: Bytes) -> Result<Option<Frame>, DbError> {
+        match tag {
+            b'd' if body.first() == Some(&b'w') && body.len() >= 25 => {
+                body.advance(1 + 8);
+                let end = body.get_u64();
+                body.advance(8);
+                Ok(Some(Frame::XLogData { end, data: body }))
+            }
+            b'd' if body.first() == Some(&b'k') && body.len() >= 18 => {
+                body.advance(1);
+                let end = body.get_u64();
+                body.advance(8);
+                Ok(Some(Frame::Keepalive {
+                    end,
+                    reply: body.get_u8() == 1,
+                }))
+            }
+            b'd' => Err(protocol("unexpected copy data")),
+            b'E' => Err(server_error(&body)),
+            b'c' | b'C' | b'Z' => Err(protocol("the server ended the stream")),
+            // Notices and parameter changes.
+            _ => Ok(None),
+        }
+    }
+
+    /// Tells the server that everything up to `lsn` was received and dealt
+    /// with, so the slot may let that WAL go.
+    pub async fn confirm(&mut self, lsn: u64) -> Result<(), DbError> {
+        let mut update = BytesMut::with_capacity(34);
+        update.put_u8(b'r');
+        update.put_u64(lsn);
+        update.put_u64(lsn);
+        update.put_u64(lsn);
+        update.put_i64(pg_now());
+        update.put_u8(0);
+        frontend::CopyData::new(update.freeze())
+            .map_err(io_error)?
+            .write(&mut self.write);
+        self.flush().await
+    }
+
+    /// Ends the session (the server drops its temporary slot as it exits).
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.write);
+        let _ = self.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn error_responses_keep_code_message_detail_and_hint() {
+        let body = b"SERROR\0C53400\0Mall replication slots are in use\0HFree one.\0\0";
+        match server_error(body) {
+            DbError::Statement {
+                code,
+                message,
+                detail,
+                hint,
+            } => {
+                assert_eq!(code, Some(SqlState::CONFIGURATION_LIMIT_EXCEEDED));
+                assert_eq!(message, "all replication slots are in use");
+                assert_eq!(detail, None);
+                assert_eq!(hint.as_deref(), Some("Free one."));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_are_cut_from_a_buffer_that_holds_partial_messages() {
+        let mut xlog = vec![b'w'];
+        xlog.extend_from_slice(&1u64.to_be_bytes());
+        xlog.extend_from_slice(&0x1234u64.to_be_bytes());
+        xlog.extend_from_slice(&0i64.to_be_bytes());
+        xlog.extend_from_slice(b"I...");
+        let mut keepalive = vec![b'k'];
+        keepalive.extend_from_slice(&0x2000u64.to_be_bytes());
+        keepalive.extend_from_slice(&0i64.to_be_bytes());
+        keepalive.push(1);
+        let mut bytes = message(b'd', &xlog);
+        bytes.extend(message(b'N', b"SNOTICE\0\0"));
+        bytes.extend(message(b'd', &keepalive));
+
+        let (a, b) = bytes.split_at(bytes.len() - 3);
+        let mut conn = Replication {
+            io: Box::new(tokio::io::duplex(64).0),
+            read: BytesMut::from(a),
+            write: BytesMut::new(),
+        };
+        assert_eq!(
+            conn.next_buffered().unwrap(),
+            Some(Frame::XLogData {
+                end: 0x1234,
+                data: Bytes::from_static(b"I...")
+            })
+        );
+        assert_eq!(conn.next_buffered().unwrap(), None);
+        conn.read.extend_from_slice(b);
+        assert_eq!(
+            conn.next_buffered().unwrap(),
+            Some(Frame::Keepalive {
+                end: 0x2000,
+                reply: true
+            })
+        );
+    }
+}
