@@ -253,3 +253,46 @@ async fn transaction_mode_with_listen_on_is_named_and_polling_does_the_work() {
     assert!(log.contains("polling"), "{log}");
     assert!(!log.contains("prepared statement"), "{log}");
 }
+
+/// WAL mode streams on a replication connection, which PgBouncer cannot
+/// carry: the reactor says what to change, and the sweeps do the work meanwhile.
+#[tokio::test]
+async fn wal_mode_behind_a_pooler_names_the_cause_and_sweeps_do_the_work() {
+    let server =
+        reactor::store::localpg::LocalPostgres::start_with(&reactor::store::localpg::Options {
+            settings: vec![("wal_level".into(), "logical".into())],
+            files: vec![],
+        })
+        .await
+        .expect("a throwaway Postgres with wal_level = logical");
+    let name = format!("reactor_pooled_wal_{}", uuid::Uuid::new_v4().simple());
+    reactor::store::db::connect(&server.url("postgres"))
+        .await
+        .unwrap()
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let db = TestDb {
+        url: server.url(&name),
+        name,
+    };
+    let mut client = db.client().await;
+    reactor::store::migrate::run(&mut client).await.unwrap();
+    reactor::store::notify_mode::set(&client, reactor::store::notify_mode::Mode::Wal)
+        .await
+        .unwrap();
+    let bouncer = PgBouncer::start(&db, "session").await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &[]);
+    eventually("the cause is named in the log", LONG, || async {
+        log_of(storage.path()).contains("does not take replication connections")
+    })
+    .await;
+    whole_pipeline(&db).await;
+    assert!(reactor.terminate().success());
+    assert!(
+        log_of(storage.path()).contains("direct connection"),
+        "{}",
+        log_of(storage.path())
+    );
+}

@@ -405,11 +405,17 @@ async fn wal_mode_streams_over_verify_full_with_a_scram_password() {
             .unwrap()
             .map(|r| (r.get::<_, bool>(0), r.get::<_, String>(1)))
     };
-    eventually("the reactor streams from its slot", Duration::from_secs(30), || async {
-        streaming().await.is_some()
-    })
+    eventually(
+        "the reactor streams from its slot",
+        Duration::from_secs(30),
+        || async { streaming().await.is_some() },
+    )
     .await;
-    assert_eq!(streaming().await, Some((true, role.clone())), "over TLS, as the role");
+    assert_eq!(
+        streaming().await,
+        Some((true, role.clone())),
+        "over TLS, as the role"
+    );
     let user = common::user_with_profile(&client).await;
     eventually(
         "favorites for a profile heard in the WAL",

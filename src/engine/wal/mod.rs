@@ -1,11 +1,11 @@
 //! WAL mode (`reactor notify-mode wal`): hints from logical decoding instead
 //! of triggers, so writers pay nothing but the WAL they write anyway.
 //!
-//! While the database's reactor.settings says 'wal', each reactor holds one
-//! dedicated connection with a **temporary** logical replication slot
-//! (pgoutput, publication "reactor", see sql/190_wal_mode.sql) and polls it
-//! with `pg_logical_slot_get_binary_changes`. A temporary slot belongs to its
-//! session: it is dropped when the reactor stops, is killed, or loses the
+//! While the database's reactor.settings says 'wal', each reactor holds a
+//! replication connection ([`replication`]) with a **temporary** logical
+//! replication slot (pgoutput, publication "reactor", see
+//! sql/190_wal_mode.sql) and streams from it; an ordinary connection beside it
+//! watches the switch. A temporary slot belongs to its session: it is dropped when the reactor stops, is killed, or loses the
 //! connection, so a stopped reactor never makes the server keep WAL. After
 //! every (re)connection the engine replays from table state (`Connected`), so
 //! what was written while no slot existed is found by the sweep: the stream
@@ -18,7 +18,7 @@
 //! seen since start gives an update hint with no old status). They go to the
 //! same sink as notifications: `Change` for handlers and `Status` for the
 //! job_status feed. One reactor at a time (the holder of an advisory lock on
-//! its slot connection) also sends what the triggers sent for clients
+//! its ordinary connection) also sends what the triggers sent for clients
 //! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
@@ -81,6 +81,12 @@ pub enum WalError {
          (it creates the publication)"
     )]
     NoPublication,
+    #[error(
+        "notify mode is wal but the server at the database URL does not take replication connections \
+         ({0}): is a pooler in between? WAL mode needs a direct connection to Postgres (on Supabase, \
+         the direct connection string). Until then the reactor works from sweeps only"
+    )]
+    NotReplication(String),
     #[error("wal hints: {0}")]
     Db(String),
 }
@@ -329,7 +335,15 @@ pub async fn open_slot(url: &str) -> Result<(Replication, String), WalError> {
     };
     let refused = |e: DbError| match e.code() {
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => WalError::NoReplication(user()),
-        Some(c) if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE && e.to_string().contains("wal_level") => {
+        // PgBouncer refuses the start-up parameter; a pooler that drops it
+        // gives an ordinary session, where replication commands are syntax errors.
+        Some(c) if *c == SqlState::PROTOCOL_VIOLATION || *c == SqlState::SYNTAX_ERROR => {
+            WalError::NotReplication(e.to_string())
+        }
+        Some(c)
+            if *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+                && e.to_string().contains("wal_level") =>
+        {
             WalError::WalLevel("below logical".into())
         }
         _ => WalError::Db(e.to_string()),
@@ -338,7 +352,8 @@ pub async fn open_slot(url: &str) -> Result<(Replication, String), WalError> {
         .await
         .map_err(refused)?;
     let slot = format!("{SLOT_PREFIX}{}", uuid::Uuid::new_v4().simple());
-    let create = format!("CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
+    let create =
+        format!("CREATE_REPLICATION_SLOT \"{slot}\" TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
     match replication.command(&create).await {
         Ok(_) => Ok((replication, slot)),
         Err(e) if e.code() == Some(&SqlState::CONFIGURATION_LIMIT_EXCEEDED) => {

@@ -101,9 +101,10 @@ impl Replication {
         for (i, host) in config.get_hosts().iter().enumerate() {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             let address = config.get_hostaddrs().get(i).copied();
-            let opened = tokio::time::timeout(timeout, Self::open(url, &config, host, address, port))
-                .await
-                .unwrap_or_else(|_| Err(protocol("timed out connecting")));
+            let opened =
+                tokio::time::timeout(timeout, Self::open(url, &config, host, address, port))
+                    .await
+                    .unwrap_or_else(|_| Err(protocol("timed out connecting")));
             match opened {
                 Ok(io) => {
                     let mut conn = Replication {
@@ -155,13 +156,16 @@ impl Replication {
         match tcp.read_u8().await.map_err(io_error)? {
             b'S' => {
                 let mut make = connector(url)?;
-                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut make, name)?
-                    .connect(tcp)
-                    .await?;
+                let tls =
+                    MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut make, name)?
+                        .connect(tcp)
+                        .await?;
                 Ok(Box::new(tls))
             }
             b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok(Box::new(tcp)),
-            b'N' => Err(protocol("the server does not support TLS, and sslmode requires it")),
+            b'N' => Err(protocol(
+                "the server does not support TLS, and sslmode requires it",
+            )),
             _ => Err(protocol("unexpected answer to the TLS request")),
         }
     }
@@ -224,8 +228,9 @@ impl Replication {
         ];
         frontend::startup_message(params, &mut self.write).map_err(io_error)?;
         self.flush().await?;
-        let need_password =
-            || password.ok_or_else(|| protocol("the server asks for a password and the URL has none"));
+        let need_password = || {
+            password.ok_or_else(|| protocol("the server asks for a password and the URL has none"))
+        };
         let mut scram: Option<sasl::ScramSha256> = None;
         loop {
             let (tag, mut body) = self.message().await?;
@@ -268,13 +273,17 @@ impl Replication {
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| protocol("SASL out of order"))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| protocol("SASL out of order"))?;
                         s.update(&body).map_err(io_error)?;
                         frontend::sasl_response(s.message(), &mut self.write).map_err(io_error)?;
                         self.flush().await?;
                     }
                     12 => {
-                        let s = scram.as_mut().ok_or_else(|| protocol("SASL out of order"))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| protocol("SASL out of order"))?;
                         s.finish(&body).map_err(io_error)?;
                     }
                     other => {
@@ -304,9 +313,10 @@ impl Replication {
                 b'D' => {
                     let columns = body.get_i16();
                     let len = body.get_i32();
-                    rows.push((columns > 0 && len >= 0).then(|| {
-                        String::from_utf8_lossy(&body[..len as usize]).into_owned()
-                    }));
+                    rows.push(
+                        (columns > 0 && len >= 0)
+                            .then(|| String::from_utf8_lossy(&body[..len as usize]).into_owned()),
+                    );
                 }
                 b'E' => failed = Some(server_error(&body)),
                 b'Z' => return failed.map_or(Ok(rows), Err),
