@@ -422,6 +422,25 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         println!("\n== wal mode: skipped (pgbench not found)");
         return Ok(());
     };
+    // The clusters live under the temp dir: on tmpfs, fsync costs nothing
+    // and "durable" would not mean what it says.
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(std::env::temp_dir())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    res.machine.insert(
+        "wal workload's clusters: filesystem of TMPDIR".into(),
+        fs.clone(),
+    );
+    if fs == "tmpfs" || fs == "ramfs" {
+        res.notes.push(format!(
+            "wal: the clusters ran on {fs} (TMPDIR): fsync cost nothing, so the durable figures are not; \
+             set TMPDIR to a folder on disk"
+        ));
+    }
     let clusters = [
         Cluster::start(Level::Logical)
             .await
