@@ -3,6 +3,9 @@
 # the set-based floor, on one throwaway PostgreSQL, written to BENCHMARKS.md.
 # Also issue 12's "history" workload: sweeps and polls over 10k, 100k and 1M
 # handled rows with nothing pending (--workloads history --history-rows …).
+# Issue 14's "wal" workload is opt-in (--workloads wal, or add it to a list):
+# two durable clusters of its own (wal_level logical and replica), one
+# reactor at a time; its section of the report lists the issue's targets.
 #
 #   bench/run.sh                 # the full run (about 20-30 minutes on 2 cores)
 #   bench/run.sh --ci            # ~2,000 rows, few samples: proves the harness works

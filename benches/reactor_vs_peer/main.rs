@@ -89,7 +89,7 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "wal",
         run: |ctx, res| Box::pin(wal::run(ctx, res)),
-        section: None,
+        section: Some(wal::render),
         by_default: false,
     },
 ];
