@@ -120,6 +120,16 @@ impl Services {
         })
     }
 
+    /// Runs `service`, which ends by itself once the engine shuts down, to
+    /// its end: its clean-up is not cut short when the services stop (the
+    /// WAL source drops its replication slot before the process exits).
+    fn spawn_to_end<T: Send + 'static>(
+        &self,
+        service: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        self.tracker.spawn(service)
+    }
+
     /// Stops every service and waits until they have ended.
     async fn stop(&self) {
         self.stop.cancel();
@@ -237,7 +247,7 @@ impl Engine {
                 pool: shared.pool.clone(),
                 sink: l.sink.clone(),
             };
-            services.spawn(wal.run(shared.shutdown.clone()));
+            services.spawn_to_end(wal.run(shared.shutdown.clone()));
             Some(services.spawn(l.run(shared.shutdown.clone())))
         } else {
             shared.readiness.listening.store(true, Ordering::SeqCst);

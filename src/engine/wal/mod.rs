@@ -492,7 +492,7 @@ impl WalSource {
                 .map_err(|e| WalError::Db(e.to_string()))
         };
         if let Err(e) = started.await {
-            replication.close().await;
+            replication.close(&slot).await;
             return Err(early(e));
         }
         tracing::info!(%slot, "wal hints: streaming publication {PUBLICATION} from a temporary slot");
@@ -502,8 +502,8 @@ impl WalSource {
             .follow(client, &mut replication, &mut decoder, shutdown)
             .await
             .map_err(|e| (e, Phase::Streaming));
-        // Ending the session drops the slot (SIGTERM included).
-        replication.close().await;
+        // The slot is dropped before this returns (SIGTERM included).
+        replication.close(&slot).await;
         result
     }
 

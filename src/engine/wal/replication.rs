@@ -20,6 +20,9 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
+/// How long closing may take before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -405,11 +408,32 @@ impl Replication {
         self.flush().await
     }
 
-    /// Ends the session (the server drops its temporary slot as it exits).
-    pub async fn close(mut self) {
+    /// Ends the stream, drops `slot` and waits for the server to say so, then
+    /// ends the session: when this returns (within [`CLOSE_TIMEOUT`]) the slot
+    /// is gone, even if the process exits right after. Had it no time to,
+    /// the server drops a temporary slot anyway when the session ends.
+    pub async fn close(mut self, slot: &str) {
+        let tidy = async {
+            frontend::copy_done(&mut self.write);
+            self.flush().await?;
+            // What was in flight, then the end of the copy and of the command.
+            while self.message().await?.0 != b'Z' {}
+            self.command(&format!("DROP_REPLICATION_SLOT \"{slot}\""))
+                .await
+                .map(drop)
+        };
+        if let Err(e) = tokio::time::timeout(CLOSE_TIMEOUT, tidy)
+            .await
+            .unwrap_or_else(|_| Err(protocol("timed out")))
+        {
+            tracing::debug!(error = %e, %slot, "dropping the slot on close; the server drops it with the session");
+        }
         frontend::terminate(&mut self.write);
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
     }
 }
 
