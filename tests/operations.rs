@@ -569,16 +569,7 @@ async fn reactor_status_and_retry_show_and_bring_back_a_dead_row() {
 async fn on_supabase_each_status_change_is_broadcast_to_the_owners_realtime_topic() {
     let db = common::migrated_db().await;
     let client = db.client().await;
-    // A stand-in for Supabase's realtime.send that records its calls.
-    client
-        .batch_execute(
-            "create schema realtime;
-             create table realtime.calls (payload jsonb, event text, topic text, private boolean);
-             create function realtime.send(payload jsonb, event text, topic text, private boolean) returns void
-               language sql as $$ insert into realtime.calls values (payload, event, topic, private) $$;",
-        )
-        .await
-        .unwrap();
+    common::install_realtime_recorder(&client).await;
     let owner = user_with_profile(&client).await;
     let mut c = db.client().await;
     // Submitted by the client itself: the broadcast must work for a client's insert.

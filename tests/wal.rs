@@ -119,9 +119,13 @@ async fn listen(
     (client, rx)
 }
 
-/// The next payload on `rx` that mentions `needle`.
-async fn next_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) -> String {
-    tokio::time::timeout(LONG, async {
+/// The next payload on `rx` that mentions `needle`, if one comes `within`.
+async fn next_about(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+    within: Duration,
+) -> Option<String> {
+    tokio::time::timeout(within, async {
         loop {
             let payload = rx.recv().await.expect("listener open");
             if payload.contains(needle) {
@@ -130,7 +134,14 @@ async fn next_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no payload with {needle}"))
+    .ok()
+}
+
+/// The next payload on `rx` that mentions `needle`.
+async fn next_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) -> String {
+    next_about(rx, needle, LONG)
+        .await
+        .unwrap_or_else(|| panic!("no payload with {needle}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,4 +479,417 @@ async fn two_reactors_hold_a_slot_each_sigterm_drops_one_and_kill_9_leaves_none(
             == 0
     })
     .await;
+}
+
+/// Lines the reactors in `dir` logged at `level` (e.g. "ERROR") from WAL mode.
+fn wal_log_lines(dir: &std::path::Path, level: &str) -> usize {
+    logs(dir)
+        .lines()
+        .filter(|l| l.contains(&format!(" {level} ")) && l.contains("reactor::engine::wal"))
+        .count()
+}
+
+/// The one reactor slot of this database, once it is in use.
+async fn active_slot(client: &Client) -> String {
+    let one_in_use = |slots: &[(String, Option<i32>)]| {
+        matches!(slots, [(_, Some(_))]).then(|| slots[0].0.clone())
+    };
+    eventually("one reactor slot, in use", LONG, || async {
+        one_in_use(&reactor_slots(client).await).is_some()
+    })
+    .await;
+    one_in_use(&reactor_slots(client).await).expect("the slot stays")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_the_reactor_says_so_takes_a_new_slot_and_replays() {
+    // A cluster of its own: restarting the shared one would break other tests.
+    let mut pg = LocalPostgres::start_with(&Options {
+        settings: vec![("wal_level".into(), "logical".into())],
+        files: vec![],
+    })
+    .await
+    .expect("starting a throwaway PostgreSQL");
+    let server = pg.url("postgres");
+    let db = supabase_db(&server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    // Sweeps an hour apart: only the WAL and the replay after a reconnect do work.
+    let mut reactor = common::ChildReactor::spawn(
+        &db,
+        storage.path(),
+        &["--sweep-interval", "1h", "--download-timeout", "20s"],
+    );
+    let old_slot = active_slot(&client).await;
+    let before = common::user_with_profile(&client).await;
+    eventually("hints flow before the restart", LONG, || async {
+        favorites_of(&client, before).await == 1
+    })
+    .await;
+    drop(client);
+
+    // Restart, and write work at once, before the reactor has a slot again.
+    // Its reconnect backoff has grown while the server was down, so that
+    // nearly always holds; if the reactor was quicker, restart again: work
+    // only a replay can find is the point.
+    let mut written_deaf = Vec::new();
+    let client = loop {
+        let errors = wal_log_lines(storage.path(), "ERROR");
+        pg.stop_server().await.expect("stopping the server");
+        eventually("the reactor logs that wal hints stopped", LONG, || async {
+            wal_log_lines(storage.path(), "ERROR") > errors
+        })
+        .await;
+        // Down for a moment, as a real restart is.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pg.start_again().await.expect("starting the server again");
+        let client = db.client().await;
+        let user = common::user_with_profile(&client).await;
+        let job = submit_job(&db, user, "imagine", "written while deaf")
+            .await
+            .unwrap();
+        written_deaf.push((user, job));
+        if reactor_slots(&client).await.is_empty() {
+            break client;
+        }
+        assert!(
+            written_deaf.len() < 3,
+            "the reactor always had a slot before the test could write"
+        );
+    };
+    assert!(
+        reactor.child.try_wait().unwrap().is_none(),
+        "the reactor is still running"
+    );
+
+    let new_slot = active_slot(&client).await;
+    assert_ne!(new_slot, old_slot);
+    assert_eq!(
+        count(
+            &client,
+            &format!("select count(*) from pg_replication_slots where slot_name = '{old_slot}'")
+        )
+        .await,
+        0,
+        "a temporary slot does not survive a restart"
+    );
+    for (user, job) in &written_deaf {
+        eventually(
+            "the profile written while deaf is handled",
+            LONG,
+            || async { favorites_of(&client, *user).await == 1 },
+        )
+        .await;
+        eventually("the job written while deaf succeeds", LONG, || async {
+            succeeded_with_render(&client, *job).await == 1
+        })
+        .await;
+    }
+
+    // And hints flow again.
+    let after = common::user_with_profile(&client).await;
+    let job = submit_job(&db, after, "imagine", "written after the reconnect")
+        .await
+        .unwrap();
+    eventually("a profile after the reconnect is handled", LONG, || async {
+        favorites_of(&client, after).await == 1
+    })
+    .await;
+    eventually("a job after the reconnect succeeds", LONG, || async {
+        succeeded_with_render(&client, job).await == 1
+    })
+    .await;
+    assert!(reactor.terminate().success(), "clean exit on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_no_slot_is_free_the_reactor_keeps_saying_so_then_replays_once_one_frees() {
+    let server = cluster(&[("wal_level", "logical"), ("max_replication_slots", "1")]).await;
+    let db = supabase_db(&server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = common::ChildReactor::spawn(&db, storage.path(), &["--sweep-interval", "1h"]);
+    active_slot(&client).await;
+    let before = common::user_with_profile(&client).await;
+    eventually("hints flow", LONG, || async {
+        favorites_of(&client, before).await == 1
+    })
+    .await;
+
+    // The reactor's slot session dies and someone else takes the only slot
+    // the moment it is free (in one statement: the reactor waits at least a
+    // backoff step before it tries again; should it still win, go again).
+    let holder = superuser(&server, &db).await;
+    loop {
+        let [(_, Some(pid))] = reactor_slots(&client).await[..] else {
+            panic!("the reactor holds the only slot");
+        };
+        let taken = holder
+            .batch_execute(&format!(
+                "do $$ begin
+                   perform pg_terminate_backend({pid}, 10000);
+                   perform pg_create_logical_replication_slot('holder', 'pgoutput', true);
+                 end $$"
+            ))
+            .await;
+        match taken {
+            Ok(()) => break,
+            Err(e) if common::sqlstate(&e) == "53400" => {
+                active_slot(&client).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let refusals = || {
+        logs(storage.path())
+            .matches("no free replication slot")
+            .count()
+    };
+    eventually(
+        "the reactor names the cause and keeps trying",
+        LONG,
+        || async { refusals() >= 3 },
+    )
+    .await;
+    assert!(reactor_slots(&client).await.is_empty());
+    let deaf = common::user_with_profile(&client).await;
+    let job = submit_job(&db, deaf, "imagine", "written with no slot")
+        .await
+        .unwrap();
+    let so_far = refusals();
+    eventually("the reactor is still trying", LONG, || async {
+        refusals() > so_far
+    })
+    .await;
+
+    holder
+        .batch_execute("select pg_drop_replication_slot('holder')")
+        .await
+        .unwrap();
+    active_slot(&client).await;
+    eventually("the profile written meanwhile is handled", LONG, || async {
+        favorites_of(&client, deaf).await == 1
+    })
+    .await;
+    eventually("the job written meanwhile succeeds", LONG, || async {
+        succeeded_with_render(&client, job).await == 1
+    })
+    .await;
+    let after = common::user_with_profile(&client).await;
+    eventually("hints flow again", LONG, || async {
+        favorites_of(&client, after).await == 1
+    })
+    .await;
+    assert!(reactor.terminate().success(), "clean exit on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_wal_mode_the_reactor_not_a_trigger_broadcasts_each_job_status_to_realtime() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    common::install_realtime_recorder(&client).await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    assert_eq!(hint_triggers(&client, true).await, 0, "hint triggers off");
+    let storage = tempfile::tempdir().unwrap();
+    let reactor = common::start_reactor(
+        &db,
+        storage.path(),
+        &["--sweep-interval", "1h", "--download-timeout", "20s"],
+    )
+    .await;
+    active_slot(&client).await;
+    reactor.wait_ready().await;
+
+    let owner = common::user_with_profile(&client).await;
+    let job = submit_job(&db, owner, "imagine", "a quiet study")
+        .await
+        .unwrap();
+    eventually("the job succeeds with a render", LONG, || async {
+        succeeded_with_render(&client, job).await == 1
+    })
+    .await;
+    eventually("the broadcast of 'succeeded'", LONG, || async {
+        common::realtime_calls_for(&client, job)
+            .await
+            .last()
+            .is_some_and(|c| c.payload["status"] == "succeeded")
+    })
+    .await;
+
+    let calls = common::realtime_calls_for(&client, job).await;
+    for call in &calls {
+        assert_eq!(call.topic, format!("job_status:{owner}"), "{call:?}");
+        assert_eq!(call.event, "status", "{call:?}");
+        assert!(call.private, "a private topic: {call:?}");
+        assert_eq!(call.trigger_depth, 0, "sent by the reactor: {call:?}");
+        assert_eq!(call.payload["table"], "generation_jobs", "{call:?}");
+    }
+    // Every status once, in order, each update naming the one before.
+    assert_eq!(
+        (
+            calls[0].payload["op"].as_str(),
+            calls[0].payload["status"].as_str()
+        ),
+        (Some("INSERT"), Some("starting")),
+        "{calls:?}"
+    );
+    for pair in calls.windows(2) {
+        assert_eq!(pair[1].payload["op"], "UPDATE", "{calls:?}");
+        assert_eq!(
+            pair[1].payload["old_status"], pair[0].payload["status"],
+            "{calls:?}"
+        );
+        assert_ne!(
+            pair[1].payload["status"], pair[0].payload["status"],
+            "{calls:?}"
+        );
+    }
+    reactor.stop().await;
+}
+
+/// The job_status payloads about `row` that arrive on `rx`, as (op, status):
+/// waits (LONG) for `expected.len()` of them, then a quiet moment for any
+/// extra one, and asserts they are exactly `expected`.
+async fn job_status_exactly(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    row: Uuid,
+    expected: &[(&str, &str)],
+) {
+    let parse = |payload: String| {
+        let change: reactor::engine::notification::Change = serde_json::from_str(&payload).unwrap();
+        (change.op, change.status.unwrap_or_default())
+    };
+    let mut seen = Vec::new();
+    while seen.len() < expected.len() {
+        let payload = next_about(rx, &row.to_string(), LONG)
+            .await
+            .unwrap_or_else(|| panic!("only {seen:?} of {expected:?} arrived"));
+        seen.push(parse(payload));
+    }
+    // A second sender's copy comes right after the first's (every reactor
+    // polls the WAL continuously): absence can only be shown by waiting, so
+    // wait well beyond that.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(payload) = rx.try_recv() {
+        if payload.contains(&row.to_string()) {
+            seen.push(parse(payload));
+        }
+    }
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(op, status)| (op.to_string(), status.to_string()))
+        .collect();
+    assert_eq!(seen, expected, "each change sent once, by one reactor");
+}
+
+async fn set_status(client: &Client, row: Uuid, status: &str) {
+    client
+        .execute(
+            "update public.image_jobs set status = $2 where id = $1",
+            &[&row, &status],
+        )
+        .await
+        .unwrap();
+}
+
+/// After a reactor stopped, changes `row` until a job_status NOTIFY for it
+/// arrives (someone sends, taking over if the stopped one was the sender),
+/// then asserts one more change is sent exactly once.
+///
+/// Not every change: one decoded while the stopped sender's server session
+/// is still ending finds the broadcast lock held and is sent by nobody.
+async fn sent_again_after_a_stop(
+    client: &Client,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    row: Uuid,
+) {
+    for attempt in 1.. {
+        let status = format!("handover {attempt}");
+        set_status(client, row, &status).await;
+        let needle = format!(r#""status":"{status}""#);
+        if next_about(rx, &needle, Duration::from_secs(2))
+            .await
+            .is_some()
+        {
+            break;
+        }
+        assert!(attempt < 15, "no reactor sends job_status any more");
+    }
+    while rx.try_recv().is_ok() {}
+    set_status(client, row, "settled").await;
+    job_status_exactly(rx, row, &[("UPDATE", "settled")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_several_reactors_in_wal_mode_exactly_one_sends_each_job_status_notify() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    // A watched table no handler touches: only the test changes its rows.
+    client
+        .batch_execute(
+            "create table public.image_jobs (
+               id uuid primary key default gen_random_uuid(),
+               user_id uuid,
+               status text not null default 'queued');
+             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
+        )
+        .await
+        .unwrap();
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let slow_sweeps = ["--sweep-interval", "1h"];
+    let mut first = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
+    let mut second = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
+    let slots_in_use = |n: usize| {
+        let client = &client;
+        async move {
+            eventually("a slot per reactor, each in use", LONG, || async {
+                let slots = reactor_slots(client).await;
+                slots.len() == n && slots.iter().all(|(_, pid)| pid.is_some())
+            })
+            .await
+        }
+    };
+    slots_in_use(2).await;
+    let (_listening, mut statuses) = listen(&db.url, "job_status").await;
+
+    let row: Uuid = client
+        .query_one(
+            "insert into public.image_jobs default values returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    set_status(&client, row, "running").await;
+    set_status(&client, row, "done").await;
+    job_status_exactly(
+        &mut statuses,
+        row,
+        &[
+            ("INSERT", "queued"),
+            ("UPDATE", "running"),
+            ("UPDATE", "done"),
+        ],
+    )
+    .await;
+
+    // One reactor stops: the other sends (taking over if the first was the sender).
+    assert!(first.terminate().success());
+    slots_in_use(1).await;
+    sent_again_after_a_stop(&client, &mut statuses, row).await;
+
+    // A newcomer does not send too; when the sender stops, it takes over.
+    let mut third = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
+    slots_in_use(2).await;
+    set_status(&client, row, "restored").await;
+    job_status_exactly(&mut statuses, row, &[("UPDATE", "restored")]).await;
+    assert!(second.terminate().success());
+    slots_in_use(1).await;
+    sent_again_after_a_stop(&client, &mut statuses, row).await;
+    assert!(third.terminate().success());
 }

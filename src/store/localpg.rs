@@ -37,6 +37,7 @@ pub struct Options {
 /// A running throwaway server. Dropping it stops the server.
 pub struct LocalPostgres {
     port: u16,
+    dir: PathBuf,
     watchdog: Child,
     stdin: Option<ChildStdin>,
 }
@@ -69,9 +70,21 @@ max_wal_size = 2GB
 CONF
 # Settings asked for with Options (e.g. ssl=on and its files next to data/).
 if [ -f "$dir/extra.conf" ]; then cat "$dir/extra.conf" >>"$dir/data/postgresql.conf"; fi
-"$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" >"$dir/server.log" 2>&1 &
-pid=$!
-read -r _ || true
+serve() {
+  "$@" "$bindir/postgres" -D "$dir/data" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
+  pid=$!
+}
+serve "$@"
+# "down" stops the server (fast shutdown) and says so in $dir/state, "up"
+# starts it again on the same data and port (for restart tests); anything
+# else, or this process's stdin closing, ends it for good.
+while read -r cmd; do
+  case "$cmd" in
+    down) kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo down >"$dir/state" ;;
+    up) rm -f "$dir/state"; serve "$@" ;;
+    *) break ;;
+  esac
+done
 kill -INT "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
 rm -rf "$dir"
@@ -110,11 +123,53 @@ impl LocalPostgres {
         let stdin = watchdog.stdin.take();
         let mut pg = LocalPostgres {
             port,
+            dir,
             watchdog,
             stdin,
         };
-        pg.wait_ready(&dir).await?;
+        pg.wait_ready().await?;
         Ok(pg)
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` would (every session is
+    /// disconnected) and waits until it has exited. Data directory and port
+    /// stay for [`LocalPostgres::start_again`].
+    pub async fn stop_server(&mut self) -> Result<(), LocalPgError> {
+        self.command("down")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::read_to_string(self.dir.join("state")).unwrap_or_default() != "down\n" {
+            if Instant::now() > deadline {
+                return Err(LocalPgError::Start(
+                    "the server did not stop within 60s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts a server stopped with [`LocalPostgres::stop_server`] again, on
+    /// the same data directory and port, and waits until it accepts connections.
+    pub async fn start_again(&mut self) -> Result<(), LocalPgError> {
+        self.command("up")?;
+        self.wait_ready().await
+    }
+
+    /// `pg_ctl restart`: [`LocalPostgres::stop_server`] then [`LocalPostgres::start_again`].
+    pub async fn restart(&mut self) -> Result<(), LocalPgError> {
+        self.stop_server().await?;
+        self.start_again().await
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<(), LocalPgError> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| LocalPgError::Start("the watchdog is gone".into()))?;
+        stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| LocalPgError::Start(format!("telling the watchdog {cmd}: {e}")))
     }
 
     /// Connection string for `database` on this server (user postgres, trust auth).
@@ -129,7 +184,8 @@ impl LocalPostgres {
         url
     }
 
-    async fn wait_ready(&mut self, dir: &Path) -> Result<(), LocalPgError> {
+    async fn wait_ready(&mut self) -> Result<(), LocalPgError> {
+        let dir = self.dir.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = self.url("postgres");
         loop {
