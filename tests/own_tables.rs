@@ -416,32 +416,8 @@ impl Setup {
 
     /// Everything the reactors logged so far (ChildReactor logs), without colours.
     fn logs(&self) -> String {
-        let mut text = String::new();
-        for entry in std::fs::read_dir(self.storage.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "log") {
-                text.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
-            }
-        }
-        strip_ansi(&text)
+        common::child_logs(self.storage.path())
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------

@@ -161,18 +161,6 @@ fn reactor_behind(
     ChildReactor::spawn(&through, storage, extra)
 }
 
-fn log_of(storage: &std::path::Path) -> String {
-    std::fs::read_dir(storage)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("reactor-"))
-        })
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .collect()
-}
-
 /// Profile → favorites; a job → succeeded, one render with its images, one debit.
 async fn whole_pipeline(db: &TestDb) {
     let client = db.client().await;
@@ -208,12 +196,12 @@ async fn session_mode_runs_the_whole_pipeline_with_listen() {
     // Sweeps once an hour: after the start-up replay, only notifications drive the work.
     let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--sweep-interval", "1h"]);
     eventually("the listener hears itself", LONG, || async {
-        log_of(storage.path()).contains("listening on channel reactor")
+        common::child_logs(storage.path()).contains("listening on channel reactor")
     })
     .await;
     whole_pipeline(&db).await;
     assert!(reactor.terminate().success());
-    let log = log_of(storage.path());
+    let log = common::child_logs(storage.path());
     assert!(!log.contains("pooler"), "{log}");
     assert!(!log.contains("prepared statement"), "{log}");
 }
@@ -226,7 +214,7 @@ async fn transaction_mode_with_listen_off_runs_the_whole_pipeline() {
     let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--listen", "false"]);
     whole_pipeline(&db).await;
     assert!(reactor.terminate().success());
-    let log = log_of(storage.path());
+    let log = common::child_logs(storage.path());
     assert!(!log.contains("prepared statement"), "{log}");
 }
 
@@ -239,17 +227,17 @@ async fn transaction_mode_with_listen_on_is_named_and_polling_does_the_work() {
     // notices that LISTEN is deaf here and polls instead.
     let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &["--sweep-interval", "1h"]);
     eventually("the pooler is named in the log", LONG, || async {
-        log_of(storage.path()).contains("transaction-mode pooler")
+        common::child_logs(storage.path()).contains("transaction-mode pooler")
     })
     .await;
     whole_pipeline(&db).await;
     assert!(
         reactor.child.try_wait().unwrap().is_none(),
         "still running: {}",
-        log_of(storage.path())
+        common::child_logs(storage.path())
     );
     assert!(reactor.terminate().success());
-    let log = log_of(storage.path());
+    let log = common::child_logs(storage.path());
     assert!(log.contains("polling"), "{log}");
     assert!(!log.contains("prepared statement"), "{log}");
 }
@@ -285,14 +273,14 @@ async fn wal_mode_behind_a_pooler_names_the_cause_and_sweeps_do_the_work() {
     let storage = tempfile::tempdir().unwrap();
     let mut reactor = reactor_behind(&bouncer, &db, storage.path(), &[]);
     eventually("the cause is named in the log", LONG, || async {
-        log_of(storage.path()).contains("does not take replication connections")
+        common::child_logs(storage.path()).contains("does not take replication connections")
     })
     .await;
     whole_pipeline(&db).await;
     assert!(reactor.terminate().success());
     assert!(
-        log_of(storage.path()).contains("direct connection"),
+        common::child_logs(storage.path()).contains("direct connection"),
         "{}",
-        log_of(storage.path())
+        common::child_logs(storage.path())
     );
 }

@@ -327,16 +327,6 @@ async fn in_wal_mode_no_trigger_fires_and_the_reactor_hears_the_wal() {
     reactor.stop().await;
 }
 
-/// Everything the reactors in `dir` logged.
-fn logs(dir: &std::path::Path) -> String {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect()
-}
-
 #[tokio::test]
 async fn without_wal_level_logical_the_switch_and_the_reactor_say_so() {
     let server = cluster(&[("wal_level", "replica")]).await;
@@ -417,7 +407,7 @@ async fn no_free_replication_slot_is_a_plain_error_the_reactor_logs() {
     let storage = tempfile::tempdir().unwrap();
     let mut reactor = common::ChildReactor::spawn(&db, storage.path(), &[]);
     eventually("the reactor names the cause", LONG, || async {
-        logs(storage.path()).contains("no free replication slot")
+        common::child_logs(storage.path()).contains("no free replication slot")
     })
     .await;
     // The sweeps still do the work meanwhile.
@@ -483,7 +473,7 @@ async fn two_reactors_hold_a_slot_each_sigterm_drops_one_and_kill_9_leaves_none(
 
 /// Lines the reactors in `dir` logged at `level` (e.g. "ERROR") from WAL mode.
 fn wal_log_lines(dir: &std::path::Path, level: &str) -> usize {
-    logs(dir)
+    common::child_logs(dir)
         .lines()
         .filter(|l| l.contains(&format!(" {level} ")) && l.contains("reactor::engine::wal"))
         .count()
@@ -643,7 +633,7 @@ async fn while_no_slot_is_free_the_reactor_keeps_saying_so_then_replays_once_one
         }
     }
     let refusals = || {
-        logs(storage.path())
+        common::child_logs(storage.path())
             .matches("no free replication slot")
             .count()
     };
@@ -892,4 +882,26 @@ async fn of_several_reactors_in_wal_mode_exactly_one_sends_each_job_status_notif
     slots_in_use(1).await;
     sent_again_after_a_stop(&client, &mut statuses, row).await;
     assert!(third.terminate().success());
+}
+
+/// `REACTOR_WAL_POLL` from the polling days is still accepted, and the
+/// reactor says it is ignored now (a deprecated name, not an error).
+#[tokio::test]
+async fn the_old_poll_interval_is_accepted_and_named_as_ignored() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = common::ChildReactor::spawn(&db, storage.path(), &["--wal-poll", "10ms"]);
+    eventually("the deprecation is logged", LONG, || async {
+        common::child_logs(storage.path())
+            .contains("REACTOR_WAL_POLL (--wal-poll) is deprecated and ignored")
+    })
+    .await;
+    eventually("a slot of the reactor", LONG, || async {
+        reactor_slots(&client).await.len() == 1
+    })
+    .await;
+    assert!(reactor.terminate().success());
 }

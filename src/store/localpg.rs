@@ -155,12 +155,6 @@ impl LocalPostgres {
         self.wait_ready().await
     }
 
-    /// `pg_ctl restart`: [`LocalPostgres::stop_server`] then [`LocalPostgres::start_again`].
-    pub async fn restart(&mut self) -> Result<(), LocalPgError> {
-        self.stop_server().await?;
-        self.start_again().await
-    }
-
     fn command(&mut self, cmd: &str) -> Result<(), LocalPgError> {
         let stdin = self
             .stdin

@@ -115,6 +115,41 @@ pub struct ChildReactor {
     pub child: std::process::Child,
 }
 
+/// Everything the reactor binaries started with `storage` have logged so far
+/// (their `reactor-*.log` files there), without terminal colours.
+pub fn child_logs(storage: &std::path::Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(storage).expect("the storage folder") {
+        let path = entry.expect("a directory entry").path();
+        let ours = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("reactor-"));
+        if ours && path.extension().is_some_and(|e| e == "log") {
+            text.push_str(&String::from_utf8_lossy(
+                &std::fs::read(&path).unwrap_or_default(),
+            ));
+        }
+    }
+    strip_ansi(&text)
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl ChildReactor {
     pub fn spawn(db: &TestDb, storage: &std::path::Path, extra: &[&str]) -> Self {
         Self::spawn_flags(db, storage, extra.iter().map(|s| s.to_string()))
