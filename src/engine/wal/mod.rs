@@ -20,12 +20,14 @@
 //! job_status feed. One reactor at a time (the holder of an advisory lock on
 //! its ordinary connection) also sends what the triggers sent for clients
 //! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
+mod broadcast;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 
 use crate::engine::listener::{Event, EventSink};
 use crate::engine::notification::Change;
-use crate::store::db::{describe, param, parse_url, DbError};
+use crate::store::db::{describe, parse_url, DbError};
+use broadcast::Broadcaster;
 use deadpool_postgres::Pool;
 use pgoutput::{Message, Value};
 use replication::{Frame, Replication};
@@ -44,7 +46,7 @@ pub const SLOT_PREFIX: &str = "reactor_wal_";
 /// How often the position read is confirmed to the server while idle.
 const FEEDBACK: Duration = Duration::from_millis(100);
 /// How often a running slot checks that the database is still in wal mode.
-const MODE_CHECK: Duration = Duration::from_secs(2);
+pub(super) const MODE_CHECK: Duration = Duration::from_secs(2);
 /// How long the mode check may take: past it the server is taken for gone
 /// (a silent network loses no TCP connection), and the reactor reconnects.
 const MODE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +55,6 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Rows whose last decoded status is remembered (then forgotten at once: the
 /// worst case is one extra hint).
 const MAX_REMEMBERED: usize = 100_000;
-/// Session advisory lock of the reactor that sends job_status/Realtime.
-const BROADCAST_LOCK: i64 = 0x7265_6163_746f_7277; // "reactorw"
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -91,7 +91,7 @@ pub enum WalError {
     Db(String),
 }
 
-fn db(e: tokio_postgres::Error) -> WalError {
+pub(super) fn db(e: tokio_postgres::Error) -> WalError {
     WalError::Db(describe(&e))
 }
 
@@ -521,14 +521,16 @@ impl WalSource {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut received, mut confirmed) = (0u64, 0u64);
         let mut last_confirmed = Instant::now();
-        let mut broadcaster = false;
+        let mut broadcaster = Broadcaster::new(self.pool.clone());
         let mut checked = Instant::now();
         let mut tables_loaded = Instant::now();
         loop {
+            let due = broadcaster.due();
             let mut frame = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(End::Shutdown),
                 frame = replication.next() => Some(frame.map_err(|e| WalError::Db(e.to_string()))?),
                 _ = ticks.tick() => None,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => None,
             };
             // Everything already read is one batch: one broadcast for a burst.
             let mut hints = Vec::new();
@@ -560,7 +562,9 @@ impl WalSource {
                 decoder.relations.clear();
                 (self.sink)(Event::Connected);
             }
-            self.deliver(client, &hints, &mut broadcaster).await?;
+            self.deliver(&hints);
+            broadcaster.add(&hints);
+            broadcaster.flush_due(client).await?;
             if reply || (received > confirmed && last_confirmed.elapsed() >= FEEDBACK) {
                 replication
                     .confirm(received)
@@ -588,85 +592,14 @@ impl WalSource {
         }
     }
 
-    /// Hands hints to the engine and, from one reactor, to clients elsewhere.
-    async fn deliver(
-        &self,
-        client: &Client,
-        hints: &[Hint],
-        broadcaster: &mut bool,
-    ) -> Result<(), WalError> {
+    /// Hands hints to the engine at once.
+    fn deliver(&self, hints: &[Hint]) {
         metrics::counter!("reactor_wal_hints_total").increment(hints.len() as u64);
-        if hints.is_empty() {
-            return Ok(());
-        }
-        if !*broadcaster {
-            *broadcaster = client
-                .query_typed("select pg_try_advisory_lock($1)", &[param(&BROADCAST_LOCK)])
-                .await
-                .map_err(db)?
-                .first()
-                .is_some_and(|r| r.get(0));
-        }
         for hint in hints {
             (self.sink)(Event::Change(hint.change.clone()));
             if hint.status_feed {
                 (self.sink)(Event::Status(hint.change.clone()));
             }
         }
-        if *broadcaster {
-            if let Err(e) = self.broadcast(hints).await {
-                tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed");
-            }
-        }
-        Ok(())
-    }
-
-    /// What the triggers sent to others: NOTIFY job_status, and on Supabase the
-    /// Realtime broadcast of generation_jobs changes to 'job_status:<owner>'.
-    async fn broadcast(&self, hints: &[Hint]) -> Result<(), String> {
-        let payload = |h: &Hint| serde_json::to_string(&h.change).unwrap_or_default();
-        let status: Vec<String> = hints
-            .iter()
-            .filter(|h| h.status_feed)
-            .map(payload)
-            .collect();
-        let realtime: Vec<String> = hints.iter().filter(|h| h.realtime).map(payload).collect();
-        if status.is_empty() {
-            return Ok(());
-        }
-        let client = self.pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .query_typed(
-                "with sent as (select pg_notify('job_status', p) from unnest($1::text[]) p)
-                 select count(*) from sent",
-                &[param(&status)],
-            )
-            .await
-            .map_err(|e| describe(&e))?;
-        if realtime.is_empty() {
-            return Ok(());
-        }
-        let supabase = client
-            .query_typed(
-                "select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null",
-                &[],
-            )
-            .await
-            .map_err(|e| describe(&e))?
-            .first()
-            .is_some_and(|r| r.get(0));
-        if supabase {
-            client
-                .query_typed(
-                    "with sent as (
-                       select realtime.send(p::jsonb, 'status', 'job_status:' || (p::jsonb ->> 'owner_id'), true)
-                       from unnest($1::text[]) p)
-                     select count(*) from sent",
-                    &[param(&realtime)],
-                )
-                .await
-                .map_err(|e| describe(&e))?;
-        }
-        Ok(())
     }
 }
