@@ -2,8 +2,8 @@
 //! (usage) written while nothing runs, then drained by each contender and by
 //! the set-based floor.
 use crate::cli::Params;
-use crate::cluster::{Ctx, Template};
-use crate::contenders::Contender;
+use crate::cluster::{Ctx, Db, Template};
+use crate::contenders::{Contender, Running};
 use crate::measure::epoch_now;
 use crate::report::Results;
 use anyhow::{bail, Result};
@@ -165,6 +165,39 @@ impl Backlog {
     }
 }
 
+/// Starts `who` on `db`, which holds a backlog of `n` rows of `kind`, and
+/// waits until it has drained it. Returns the drain's seconds by the server's
+/// clock (start to the last effect row's timestamp), the seconds seen here,
+/// and the contender, still running.
+pub(crate) async fn drain(
+    ctx: &Ctx,
+    who: &Contender,
+    db: &Db,
+    kind: Backlog,
+    n: i64,
+) -> Result<(f64, f64, Running)> {
+    let t0 = epoch_now(&db.client).await?;
+    let started = Instant::now();
+    let mut running = ctx.start(who, db, "drain").await?;
+    loop {
+        tokio::time::sleep(DRAIN_POLL).await;
+        running.check_alive()?;
+        let done: i64 = db.client.query_one(kind.done_count(), &[]).await?.get(0);
+        if done >= n {
+            break;
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            bail!(
+                "{} did not drain {n} rows within {DRAIN_TIMEOUT:?} ({done} done)",
+                who.key()
+            );
+        }
+    }
+    let seen = started.elapsed().as_secs_f64();
+    let end: f64 = db.client.query_one(kind.last_write(), &[]).await?.get(0);
+    Ok((end - t0, seen, running))
+}
+
 pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<()> {
     let n = kind.rows(&ctx.p);
     let pre = kind.prefix();
@@ -192,23 +225,8 @@ pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<(
         let insert = kind.fill(&db.client, n).await?;
         res.set(format!("{pre}.insert.{key}"), insert);
 
-        let t0 = epoch_now(&db.client).await?;
-        let started = Instant::now();
-        let mut running = ctx.start(&who, &db, "drain").await?;
-        loop {
-            tokio::time::sleep(DRAIN_POLL).await;
-            running.check_alive()?;
-            let done: i64 = db.client.query_one(kind.done_count(), &[]).await?.get(0);
-            if done >= n {
-                break;
-            }
-            if started.elapsed() > DRAIN_TIMEOUT {
-                bail!("{key} did not drain {n} rows within {DRAIN_TIMEOUT:?} ({done} done)");
-            }
-        }
-        let seen = started.elapsed().as_secs_f64();
-        let end: f64 = db.client.query_one(kind.last_write(), &[]).await?.get(0);
-        res.set(format!("{pre}.drain.{key}"), end - t0);
+        let (drained, seen, running) = drain(ctx, &who, &db, kind, n).await?;
+        res.set(format!("{pre}.drain.{key}"), drained);
         res.set(format!("{pre}.drain_seen.{key}"), seen);
         if who == Contender::Reactor {
             if let Some(kb) = running.peak_rss_kb() {

@@ -19,6 +19,7 @@
 //! exists on the cluster, runs pgbench, stops the reactor and waits until its
 //! temporary slot is gone. Variants alternate within each repeat, the order
 //! rotating, after one unrecorded warm-up run per database.
+use crate::backlog::{drain, Backlog};
 use crate::cli::Params;
 use crate::cluster::{with_dbname, Ctx, Db};
 use crate::contenders::{Contender, Running};
@@ -56,14 +57,23 @@ const TABLES: [(&str, &str, &str); 2] = [
 
 /// The variants, in the order they alternate: (key, cluster, notify mode).
 /// `replica_*` run on the `wal_level = replica` cluster.
-const VARIANTS: [(&str, Level, &str); 6] = [
+const VARIANTS: [(&str, Level, &str); 7] = [
     ("without", Level::Logical, "without"),
     ("notify", Level::Logical, "notify"),
     ("outbox", Level::Logical, "outbox"),
     ("wal", Level::Logical, "wal"),
+    (FLOOR, Level::Logical, "wal"),
     ("replica_without", Level::Replica, "without"),
     ("replica_notify", Level::Replica, "notify"),
 ];
+
+/// The floor of any logical-decoding consumer: the database in WAL mode (no
+/// trigger fires, publication "reactor"), no reactor, and PostgreSQL's own
+/// `pg_recvlogical` (C, output to /dev/null) streaming the publication from a
+/// slot of its own. What this costs the writers is the server's decoding.
+const FLOOR: &str = "decoding_floor";
+/// Its slot: named like the reactor's, so the slot checks see it.
+const FLOOR_SLOT: &str = "reactor_wal_floor";
 
 /// Live latency runs in these modes on the logical cluster.
 const LATENCY_MODES: [&str; 3] = ["notify", "outbox", "wal"];
@@ -162,7 +172,18 @@ impl Variant {
         }
     }
 
+    /// The reactor in WAL mode.
     fn is_wal(&self) -> bool {
+        self.mode == "wal" && !self.is_floor()
+    }
+
+    /// pg_recvlogical instead of a reactor.
+    fn is_floor(&self) -> bool {
+        self.key == FLOOR
+    }
+
+    /// A slot decodes during this variant's runs.
+    fn decodes(&self) -> bool {
         self.mode == "wal"
     }
 }
@@ -246,6 +267,9 @@ async fn stop(
 ) -> Result<()> {
     running.check_alive()?;
     running.stop().await?;
+    if v.is_floor() {
+        return drop_floor_slot(&v.db).await;
+    }
     if !v.is_wal() {
         return Ok(());
     }
@@ -274,6 +298,51 @@ async fn stop(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Starts pg_recvlogical on a new slot [`FLOOR_SLOT`] of `db`.
+async fn start_decoding_floor(ctx: &Ctx, db: &Db, label: &str) -> Result<Running> {
+    let bin = find_pgbench()
+        .map(|p| p.with_file_name("pg_recvlogical"))
+        .filter(|p| p.is_file())
+        .context("pg_recvlogical (beside pgbench) for the decoding floor")?;
+    db.client
+        .execute(
+            "select pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&FLOOR_SLOT],
+        )
+        .await?;
+    let (log, path) = ctx.log_file(&format!("decoding_floor_{label}"))?;
+    let child = tokio::process::Command::new(bin)
+        .args(["--dbname", &db.url, "--slot", FLOOR_SLOT, "--start"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=reactor"])
+        .args(["--file", "/dev/null", "--status-interval", "1"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pg_recvlogical")?;
+    Ok(Running {
+        child,
+        log: path,
+        http_port: None,
+    })
+}
+
+/// Drops [`FLOOR_SLOT`] once pg_recvlogical's session has let it go (its
+/// slot is not temporary).
+async fn drop_floor_slot(db: &Db) -> Result<()> {
+    let deadline = Instant::now() + SLOT_WAIT;
+    while let Some((_, true)) = reactor_slot(&db.client).await? {
+        if Instant::now() > deadline {
+            bail!("pg_recvlogical's slot still in use {SLOT_WAIT:?} after it was stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.client
+        .execute("select pg_drop_replication_slot($1)", &[&FLOOR_SLOT])
+        .await?;
     Ok(())
 }
 
@@ -311,20 +380,18 @@ impl Run<'_> {
             .batch_execute(&format!("truncate {table} cascade"))
             .await?;
         db.client.batch_execute("checkpoint").await?;
-        let mut running = self
-            .ctx
-            .start(
-                &v.contender(),
-                db,
-                &format!("{}_c{c}", table.replace('.', "_")),
-            )
-            .await?;
+        let label = format!("{}_c{c}", table.replace('.', "_"));
+        let mut running = if v.is_floor() {
+            start_decoding_floor(self.ctx, db, &label).await?
+        } else {
+            self.ctx.start(&v.contender(), db, &label).await?
+        };
         running.ready().await?;
-        if v.is_wal() {
+        if v.decodes() {
             wait_slot(db, &mut running).await?;
         }
         let slots = cluster.slots().await?;
-        let want = i64::from(v.is_wal());
+        let want = i64::from(v.decodes());
         if slots != want {
             bail!(
                 "{} slot(s) on the {} cluster during the {} run, {want} expected: \
@@ -591,6 +658,7 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     }
 
     live_latency(ctx, &clusters, &variants, res).await?;
+    backlog_drains(ctx, &clusters[0], res).await?;
     println!("\n{}", render(res, &ctx.p));
 
     for v in variants {
@@ -647,6 +715,31 @@ async fn live_latency(
     Ok(())
 }
 
+/// Issue 14: "drains of the existing backlog workloads unchanged". A backlog
+/// of profiles written while no reactor runs, drained by one reactor in
+/// notify and in wal mode on the (durable, logical) cluster: in both it is the
+/// start-up replay, and WAL mode adds only its slot beside it.
+async fn backlog_drains(ctx: &Ctx, cluster: &Cluster, res: &mut Results) -> Result<()> {
+    let kind = Backlog::Favorites;
+    let n = kind.rows(&ctx.p);
+    println!("\n== wal mode: backlog drain of {n} profiles, notify and wal mode");
+    for mode in ["notify", "wal"] {
+        let v = Variant {
+            key: mode,
+            mode,
+            cluster: 0,
+            db: variant_db(cluster, &format!("drain_{mode}"), mode).await?,
+        };
+        kind.fill(&v.db.client, n).await?;
+        let (drained, _, running) = drain(ctx, &v.contender(), &v.db, kind, n).await?;
+        println!("  {mode}: {drained:.2}s");
+        res.set(format!("wal.drain.fav.{mode}"), drained);
+        stop(running, &v, cluster, res).await?;
+        kind.verify(&v.db.client, n).await?;
+    }
+    Ok(())
+}
+
 /// "median (min–max)" of `key`, formatted with `f`.
 fn spread(res: &Results, key: &str, f: impl Fn(f64) -> String) -> String {
     match res.get(key) {
@@ -683,7 +776,7 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
             let met = r.map(|r| r >= 0.95);
             all_met &= met.unwrap_or(false);
             write.push_str(&format!(
-                "| {title} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {title} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 spread(res, &k("without"), int),
                 spread(res, &k("notify"), int),
                 spread(res, &k("outbox"), int),
@@ -691,6 +784,7 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
                 spread(res, &k("notify.vs_without"), ratio),
                 spread(res, &k("outbox.vs_without"), ratio),
                 spread(res, &k("wal.vs_without"), ratio),
+                spread(res, &k(&format!("{FLOOR}.vs_without")), ratio),
                 spread(res, &k("replica_without.vs_without"), ratio),
                 Report::verdict(met),
             ));
@@ -760,6 +854,13 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
             ));
         }
     }
+    let drains = match (
+        res.get("wal.drain.fav.notify"),
+        res.get("wal.drain.fav.wal"),
+    ) {
+        (Some(n), Some(w)) => format!("| {n:.2} s | {w:.2} s | {:.2} |\n", w / n),
+        _ => "| — | — | — |\n".into(),
+    };
     let outbox = if p.outbox_poll.is_empty() {
         String::new()
     } else {
@@ -779,8 +880,11 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
          triggers* on the logical cluster, whose runs were back to back.\n\n\
          ### Write overhead: inserts/s\n\n\
          | table | writers | no triggers | notify | outbox | wal | notify ÷ none | outbox ÷ none | wal ÷ none \
-         | replica, no triggers ÷ logical, none | wal ≤ 5 % fewer |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n{write}\n\
+         | decoding floor ÷ none | replica, no triggers ÷ logical, none | wal ≤ 5 % fewer |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n{write}\n\
+         *Decoding floor*: the database in WAL mode with no reactor, and PostgreSQL's own `pg_recvlogical` \
+         streaming the same publication to /dev/null: what any logical-decoding consumer costs the \
+         writers on this machine, the server's decoding alone.\n\n\
          - WAL mode within 5 % of no triggers at every writer count, both tables: {all}\n\n\
          ### WAL written per insert (bytes, from `pg_current_wal_lsn()` before and after each run)\n\n\
          | table | writers | replica: no triggers | replica: notify | logical: no triggers | logical: notify \
@@ -791,10 +895,13 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
          ### The slot after each burst\n\n\
          Bytes of WAL between the server's position and the slot's `confirmed_flush_lsn`, read in the \
          statement right after pgbench ended, and the time until the slot confirmed that position.\n\n\
-         | table | writers | lag at the end of the burst | caught up after |\n|---|---|---|---|\n{slot}\n",
+         | table | writers | lag at the end of the burst | caught up after |\n|---|---|---|---|\n{slot}\n\
+         ### Backlog drain (the start-up replay), {fav} profiles written while no reactor ran\n\n\
+         | notify mode | wal mode | wal ÷ notify |\n|---|---|---|\n{drains}\n",
         secs = p.write_secs,
         n = p.write_repeats,
         all = Report::verdict(Some(all_met)),
         samples = p.samples,
+        fav = p.fav_rows,
     )
 }
