@@ -5,8 +5,9 @@
 //! replication connection ([`replication`]) with a **temporary** logical
 //! replication slot (pgoutput, publication "reactor", see
 //! sql/190_wal_mode.sql) and streams from it; an ordinary connection beside it
-//! watches the switch. A temporary slot belongs to its session: it is dropped when the reactor stops, is killed, or loses the
-//! connection, so a stopped reactor never makes the server keep WAL. After
+//! watches the switch. A temporary slot belongs to its session: it is dropped
+//! when the reactor stops, is killed, or loses the connection, so a stopped
+//! reactor never makes the server keep WAL. After
 //! every (re)connection the engine replays from table state (`Connected`), so
 //! what was written while no slot existed is found by the sweep: the stream
 //! is only a hint, as notifications are.
@@ -31,7 +32,7 @@ use broadcast::Broadcaster;
 use deadpool_postgres::Pool;
 use pgoutput::{Message, Value};
 use replication::{Frame, Replication};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -50,6 +51,17 @@ pub(super) const MODE_CHECK: Duration = Duration::from_secs(2);
 /// How long the mode check may take: past it the server is taken for gone
 /// (a silent network loses no TCP connection), and the reactor reconnects.
 const MODE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// When each hint is handed to the engine a second time. The walsender may
+/// send a commit the moment its WAL is flushed, a moment before the writer's
+/// transaction is visible to other sessions; a claim made in that moment
+/// finds nothing. Handlers are idempotent: the second look at a handled row
+/// finds nothing to do.
+const SECOND_LOOK: Duration = Duration::from_millis(500);
+/// Hints waiting for their second look, at most (then the oldest are
+/// dropped: the sweeps find what they pointed at).
+const MAX_SECOND_LOOKS: usize = 100_000;
+/// How long a session may take to end after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often a reactor not in wal mode looks at the switch.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Rows whose last decoded status is remembered (then forgotten at once: the
@@ -93,6 +105,12 @@ pub enum WalError {
 
 pub(super) fn db(e: tokio_postgres::Error) -> WalError {
     WalError::Db(describe(&e))
+}
+
+impl From<DbError> for WalError {
+    fn from(e: DbError) -> Self {
+        WalError::Db(e.to_string())
+    }
 }
 
 /// What a table's changes mean as hints.
@@ -346,7 +364,7 @@ pub async fn open_slot(url: &str) -> Result<(Replication, String), WalError> {
         {
             WalError::WalLevel("below logical".into())
         }
-        _ => WalError::Db(e.to_string()),
+        _ => e.into(),
     };
     let mut replication = Replication::connect(url, APPLICATION_NAME)
         .await
@@ -411,7 +429,17 @@ impl WalSource {
         // Whether the engine was told hints are not flowing (not ready).
         let mut deaf = false;
         loop {
-            let wait = match self.session(&shutdown, &mut deaf).await {
+            // After shutdown a session ends by itself, dropping its slot; one
+            // stuck connecting to an unreachable server is given up on.
+            let given_up = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            let ended = tokio::select! {
+                ended = self.session(&shutdown, &mut deaf) => ended,
+                _ = given_up => return,
+            };
+            let wait = match ended {
                 Ok(End::Shutdown) => return,
                 Ok(End::NotWalMode) => {
                     backoff = Duration::from_millis(100);
@@ -451,7 +479,7 @@ impl WalSource {
     ) -> Result<End, (WalError, Phase)> {
         let (client, connection) = crate::store::db::connect_raw(&self.url, Some(APPLICATION_NAME))
             .await
-            .map_err(|e| (WalError::Db(e.to_string()), Phase::Idle))?;
+            .map_err(|e| (e.into(), Phase::Idle))?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %describe(&e), "wal connection closed");
@@ -489,7 +517,7 @@ impl WalSource {
             replication
                 .start(&slot, PUBLICATION)
                 .await
-                .map_err(|e| WalError::Db(e.to_string()))
+                .map_err(WalError::from)
         };
         if let Err(e) = started.await {
             replication.close(&slot).await;
@@ -522,13 +550,14 @@ impl WalSource {
         let (mut received, mut confirmed) = (0u64, 0u64);
         let mut last_confirmed = Instant::now();
         let mut broadcaster = Broadcaster::new(self.pool.clone());
+        let mut second_looks: VecDeque<(Instant, Change)> = VecDeque::new();
         let mut checked = Instant::now();
         let mut tables_loaded = Instant::now();
         loop {
             let due = broadcaster.due();
             let mut frame = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(End::Shutdown),
-                frame = replication.next() => Some(frame.map_err(|e| WalError::Db(e.to_string()))?),
+                frame = replication.next() => Some(frame?),
                 _ = ticks.tick() => None,
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => None,
             };
@@ -550,9 +579,7 @@ impl WalSource {
                         reply |= asked;
                     }
                 }
-                frame = replication
-                    .next_buffered()
-                    .map_err(|e| WalError::Db(e.to_string()))?;
+                frame = replication.next_buffered()?;
             }
             if decoder.stale && tables_loaded.elapsed() >= MODE_CHECK {
                 // A table joined the publication (reactor.watch_table) since
@@ -563,13 +590,21 @@ impl WalSource {
                 (self.sink)(Event::Connected);
             }
             self.deliver(&hints);
+            let now = Instant::now();
+            while second_looks.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, change)) = second_looks.pop_front() {
+                    (self.sink)(Event::Change(change));
+                }
+            }
+            let later = now + SECOND_LOOK;
+            second_looks.extend(hints.iter().map(|h| (later, h.change.clone())));
+            if second_looks.len() > MAX_SECOND_LOOKS {
+                second_looks.drain(..second_looks.len() - MAX_SECOND_LOOKS);
+            }
             broadcaster.add(&hints);
             broadcaster.flush_due(client).await?;
             if reply || (received > confirmed && last_confirmed.elapsed() >= FEEDBACK) {
-                replication
-                    .confirm(received)
-                    .await
-                    .map_err(|e| WalError::Db(e.to_string()))?;
+                replication.confirm(received).await?;
                 confirmed = received;
                 last_confirmed = Instant::now();
             }
