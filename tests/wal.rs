@@ -479,6 +479,23 @@ fn wal_log_lines(dir: &std::path::Path, level: &str) -> usize {
         .count()
 }
 
+/// Waits until `user`'s sign-up got its favorites and `job` succeeded with
+/// its render (both written `when`).
+async fn both_handled(client: &Client, user: Uuid, job: Uuid, when: &str) {
+    eventually(
+        &format!("the profile written {when} is handled"),
+        LONG,
+        || async { favorites_of(client, user).await == 1 },
+    )
+    .await;
+    eventually(
+        &format!("the job written {when} succeeds"),
+        LONG,
+        || async { succeeded_with_render(client, job).await == 1 },
+    )
+    .await;
+}
+
 /// The one reactor slot of this database, once it is in use.
 async fn active_slot(client: &Client) -> String {
     let one_in_use = |slots: &[(String, Option<i32>)]| {
@@ -565,16 +582,7 @@ async fn after_a_server_restart_the_reactor_says_so_takes_a_new_slot_and_replays
         "a temporary slot does not survive a restart"
     );
     for (user, job) in &written_deaf {
-        eventually(
-            "the profile written while deaf is handled",
-            LONG,
-            || async { favorites_of(&client, *user).await == 1 },
-        )
-        .await;
-        eventually("the job written while deaf succeeds", LONG, || async {
-            succeeded_with_render(&client, *job).await == 1
-        })
-        .await;
+        both_handled(&client, *user, *job, "while deaf").await;
     }
 
     // And hints flow again.
@@ -582,14 +590,7 @@ async fn after_a_server_restart_the_reactor_says_so_takes_a_new_slot_and_replays
     let job = submit_job(&db, after, "imagine", "written after the reconnect")
         .await
         .unwrap();
-    eventually("a profile after the reconnect is handled", LONG, || async {
-        favorites_of(&client, after).await == 1
-    })
-    .await;
-    eventually("a job after the reconnect succeeds", LONG, || async {
-        succeeded_with_render(&client, job).await == 1
-    })
-    .await;
+    both_handled(&client, after, job, "after the reconnect").await;
     assert!(reactor.terminate().success(), "clean exit on SIGTERM");
 }
 
@@ -659,14 +660,7 @@ async fn while_no_slot_is_free_the_reactor_keeps_saying_so_then_replays_once_one
         .await
         .unwrap();
     active_slot(&client).await;
-    eventually("the profile written meanwhile is handled", LONG, || async {
-        favorites_of(&client, deaf).await == 1
-    })
-    .await;
-    eventually("the job written meanwhile succeeds", LONG, || async {
-        succeeded_with_render(&client, job).await == 1
-    })
-    .await;
+    both_handled(&client, deaf, job, "with no slot").await;
     let after = common::user_with_profile(&client).await;
     eventually("hints flow again", LONG, || async {
         favorites_of(&client, after).await == 1
