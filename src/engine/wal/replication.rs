@@ -50,6 +50,20 @@ fn protocol(what: &str) -> DbError {
     DbError::Connect(format!("replication connection: {what}"))
 }
 
+/// A message body at least `n` bytes long, or a protocol error (never a
+/// panic on what the server sent).
+fn need(body: &Bytes, n: usize) -> Result<(), DbError> {
+    if body.len() < n {
+        return Err(protocol("short message"));
+    }
+    Ok(())
+}
+
+fn take_i32(body: &mut Bytes) -> Result<i32, DbError> {
+    need(body, 4)?;
+    Ok(body.get_i32())
+}
+
 /// An ErrorResponse's fields as the DbError every other statement gives.
 fn server_error(mut body: &[u8]) -> DbError {
     let (mut code, mut message, mut detail, mut hint) = (None, String::new(), None, None);
@@ -238,7 +252,7 @@ impl Replication {
         loop {
             let (tag, mut body) = self.message().await?;
             match tag {
-                b'R' => match body.get_i32() {
+                b'R' => match take_i32(&mut body)? {
                     0 => {}
                     3 => {
                         frontend::password_message(need_password()?, &mut self.write)
@@ -314,12 +328,15 @@ impl Replication {
             let (tag, mut body) = self.message().await?;
             match tag {
                 b'D' => {
+                    need(&body, 6)?;
                     let columns = body.get_i16();
-                    let len = body.get_i32();
-                    rows.push(
-                        (columns > 0 && len >= 0)
-                            .then(|| String::from_utf8_lossy(&body[..len as usize]).into_owned()),
-                    );
+                    let len = usize::try_from(body.get_i32()).ok();
+                    let value = len.filter(|_| columns > 0).map(|len| {
+                        body.get(..len)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .ok_or_else(|| protocol("short data row"))
+                    });
+                    rows.push(value.transpose()?);
                 }
                 b'E' => failed = Some(server_error(&body)),
                 b'Z' => return failed.map_or(Ok(rows), Err),
@@ -465,6 +482,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn short_messages_are_errors_not_panics() {
+        assert!(Replication::frame(b'd', Bytes::from_static(b"w\0\0")).is_err());
+        assert!(Replication::frame(b'd', Bytes::from_static(b"k")).is_err());
+        assert!(take_i32(&mut Bytes::from_static(b"\0\0")).is_err());
     }
 
     #[test]
