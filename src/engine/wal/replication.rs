@@ -118,22 +118,23 @@ impl Replication {
         for (i, host) in config.get_hosts().iter().enumerate() {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             let address = config.get_hostaddrs().get(i).copied();
-            let opened =
-                tokio::time::timeout(timeout, Self::open(url, &config, host, address, port))
-                    .await
-                    .unwrap_or_else(|_| Err(protocol("timed out connecting")));
-            match opened {
-                Ok(io) => {
-                    let mut conn = Replication {
-                        io,
-                        read: BytesMut::with_capacity(64 * 1024),
-                        write: BytesMut::new(),
-                    };
-                    conn.start_up(&user, config.get_password(), &dbname, application_name)
-                        .await?;
-                    return Ok(conn);
-                }
-                Err(e) => last = e,
+            let attempt = async {
+                let io = Self::open(url, &config, host, address, port).await?;
+                let mut conn = Replication {
+                    io,
+                    read: BytesMut::with_capacity(64 * 1024),
+                    write: BytesMut::new(),
+                };
+                conn.start_up(&user, config.get_password(), &dbname, application_name)
+                    .await?;
+                Ok::<_, DbError>(conn)
+            };
+            // A server that takes the socket but never answers is a failure too.
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e @ DbError::Statement { .. })) => return Err(e),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = protocol("timed out connecting"),
             }
         }
         Err(last)
