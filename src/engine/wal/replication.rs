@@ -4,7 +4,7 @@
 //! then XLogData and keepalives in, standby status updates out.
 //!
 //! Why our own: tokio-postgres cannot enter the copy-both mode streaming uses,
-//! and the replication crates on crates.io expect a slot that already exists
+//! and the published replication crates expect a slot that already exists
 //! (a temporary slot must be created on the very session that streams from
 //! it). Messages are written with `postgres-protocol` (which tokio-postgres
 //! uses too), SCRAM and MD5 come from it; the connection's URL, `sslmode` and
