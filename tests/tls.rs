@@ -47,6 +47,26 @@ impl Pki {
         }
     }
 
+    /// A server with ssl=on and this server certificate, plus `settings`.
+    fn server_options(&self, settings: &[(&str, &str)]) -> Options {
+        let mut all = vec![
+            ("ssl", "on"),
+            ("ssl_cert_file", "../server.crt"),
+            ("ssl_key_file", "../server.key"),
+        ];
+        all.extend_from_slice(settings);
+        Options {
+            settings: all
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            files: vec![
+                ("server.crt".into(), self.server_cert.clone().into_bytes()),
+                ("server.key".into(), self.server_key.clone().into_bytes()),
+            ],
+        }
+    }
+
     fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
     }
@@ -69,18 +89,7 @@ async fn tls_server() -> &'static TlsServer {
     TLS_SERVER
         .get_or_init(|| async {
             let pki = Pki::new();
-            let options = Options {
-                settings: vec![
-                    ("ssl".into(), "on".into()),
-                    ("ssl_cert_file".into(), "../server.crt".into()),
-                    ("ssl_key_file".into(), "../server.key".into()),
-                ],
-                files: vec![
-                    ("server.crt".into(), pki.server_cert.clone().into_bytes()),
-                    ("server.key".into(), pki.server_key.clone().into_bytes()),
-                ],
-            };
-            let url = LocalPostgres::start_with(&options)
+            let url = LocalPostgres::start_with(&pki.server_options(&[]))
                 .await
                 .expect("start a Postgres with ssl=on")
                 .leak();
@@ -332,20 +341,9 @@ async fn migrate_and_run_do_the_work_over_verify_full_on_every_connection() {
 #[tokio::test]
 async fn wal_mode_streams_over_verify_full_with_a_scram_password() {
     let pki = Pki::new();
-    let server = LocalPostgres::start_with(&Options {
-        settings: vec![
-            ("ssl".into(), "on".into()),
-            ("ssl_cert_file".into(), "../server.crt".into()),
-            ("ssl_key_file".into(), "../server.key".into()),
-            ("wal_level".into(), "logical".into()),
-        ],
-        files: vec![
-            ("server.crt".into(), pki.server_cert.clone().into_bytes()),
-            ("server.key".into(), pki.server_key.clone().into_bytes()),
-        ],
-    })
-    .await
-    .expect("a Postgres with ssl=on and wal_level=logical");
+    let server = LocalPostgres::start_with(&pki.server_options(&[("wal_level", "logical")]))
+        .await
+        .expect("a Postgres with ssl=on and wal_level=logical");
     let superuser = server.url("postgres");
     let port = url::Url::parse(&superuser).unwrap().port().unwrap();
     let name = format!("reactor_tls_wal_{}", uuid::Uuid::new_v4().simple());
