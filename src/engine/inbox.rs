@@ -99,7 +99,7 @@ impl Shared {
             Event::Change(change) => {
                 for slot in &self.slots {
                     let spec = &slot.handler.spec;
-                    if !spec.wants(&change) {
+                    if !spec.wants(&change.table, change.status.as_deref()) {
                         continue;
                     }
                     if spec.key_type.accepts(&change.id) {

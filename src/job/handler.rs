@@ -8,7 +8,6 @@
 //! * [`Action::Leased`]: the work happens outside the database (downloads,
 //!   provider calls), under a lease recorded in `reactor.handler_state` that is
 //!   renewed while the work runs; the final write is fenced by the lease token.
-use crate::engine::notification::Change;
 pub use crate::job::error::HandlerError;
 use crate::job::lease::Lease;
 use async_trait::async_trait;
@@ -65,10 +64,11 @@ impl KeyType {
 }
 
 impl Spec {
-    /// Whether a change notification could concern this handler.
-    pub fn wants(&self, change: &Change) -> bool {
-        change.table == self.notify_table
-            && match (&self.statuses, &change.status) {
+    /// Whether a change of `table` to `status` (as a hint names them) could
+    /// concern this handler.
+    pub fn wants(&self, table: &str, status: Option<&str>) -> bool {
+        table == self.notify_table
+            && match (&self.statuses, status) {
                 (None, _) => true,
                 (Some(statuses), Some(status)) => statuses.iter().any(|s| s == status),
                 (Some(_), None) => false,
