@@ -5,12 +5,13 @@
 //!
 //! The layers, from the inside out:
 //! - [`job`]: what a handler is (a pending query plus an action), leases and retries;
-//! - [`store`]: the database: connections, TLS, migrations, settings, throwaway clusters;
+//! - [`store`]: the database: connections, TLS, migrations, settings;
 //! - [`engine`]: hearing hints (listener, status feed) and running handlers over pending rows;
 //! - [`handlers`]: one file per kind of change ("a job succeeded → its debit" is `handlers/usage.rs`);
 //! - [`providers`]: image providers and where renders are stored;
 //! - [`http`]: the HTTP server: webhooks, auth, the dashboard and its operations
 //!   (and `http::client`, what every outgoing request shares);
+//! - [`sandbox`]: throwaway clusters for the demo and the tests;
 //! - [`cli`]: commands other than `run` (demo, watch); [`app`] assembles `reactor run`.
 pub mod app;
 pub mod cli;
@@ -20,5 +21,6 @@ pub mod handlers;
 pub mod http;
 pub mod job;
 pub mod providers;
+pub mod sandbox;
 pub mod store;
 pub(crate) mod telemetry;

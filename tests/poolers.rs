@@ -247,7 +247,7 @@ async fn transaction_mode_with_listen_on_is_named_and_polling_does_the_work() {
 #[tokio::test]
 async fn wal_mode_behind_a_pooler_names_the_cause_and_sweeps_do_the_work() {
     let server =
-        reactor::store::localpg::LocalPostgres::start_with(&reactor::store::localpg::Options {
+        reactor::sandbox::cluster::LocalPostgres::start_with(&reactor::sandbox::cluster::Options {
             settings: vec![("wal_level".into(), "logical".into())],
             files: vec![],
         })

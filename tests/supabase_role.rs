@@ -1,5 +1,5 @@
 //! The reactor as Supabase's `postgres` role runs it: no superuser after the
-//! set-up (see src/store/supabase_like.rs for the role's shape), Realtime's read
+//! set-up (see src/sandbox/supabase_like.rs for the role's shape), Realtime's read
 //! authorization on realtime.messages, the outbox switch, foreign policies,
 //! and the one-file schema for the Supabase CLI.
 mod common;
@@ -18,7 +18,7 @@ const LONG: Duration = Duration::from_secs(30);
 async fn supabase_db() -> TestDb {
     let db = common::empty_db().await;
     let role = format!("owner_{}", Uuid::new_v4().simple());
-    let url = reactor::store::supabase_like::prepare(common::server_url().await, &db.name, &role)
+    let url = reactor::sandbox::supabase_like::prepare(common::server_url().await, &db.name, &role)
         .await
         .expect("Supabase-like set-up");
     TestDb { url, name: db.name }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{eventually, ChildReactor, TestDb};
-use reactor::store::localpg::{LocalPostgres, Options};
+use reactor::sandbox::cluster::{LocalPostgres, Options};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -364,7 +364,7 @@ async fn wal_mode_streams_over_verify_full_with_a_scram_password() {
         .batch_execute(&format!("create database {name}"))
         .await
         .unwrap();
-    reactor::store::supabase_like::prepare(&superuser, &name, &role)
+    reactor::sandbox::supabase_like::prepare(&superuser, &name, &role)
         .await
         .expect("Supabase-like set-up");
     admin

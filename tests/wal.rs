@@ -5,7 +5,7 @@ mod common;
 
 use common::{count, eventually, favorites_of, submit_job, succeeded_with_render, TestDb};
 use reactor::engine::wal;
-use reactor::store::localpg::{LocalPostgres, Options};
+use reactor::sandbox::cluster::{LocalPostgres, Options};
 use reactor::store::notify_mode::{self, Mode};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -52,7 +52,7 @@ async fn supabase_db(server: &str) -> TestDb {
         .await
         .unwrap();
     let role = format!("owner_{}", Uuid::new_v4().simple());
-    let url = reactor::store::supabase_like::prepare(server, &name, &role)
+    let url = reactor::sandbox::supabase_like::prepare(server, &name, &role)
         .await
         .expect("Supabase-like set-up");
     let db = TestDb { url, name };

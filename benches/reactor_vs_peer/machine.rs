@@ -84,7 +84,7 @@ pub(crate) async fn describe(ctx: &Ctx, res: &mut Results) -> Result<()> {
         if ctx.p.database_url.is_some() {
             "BENCH_DATABASE_URL (not throwaway)".into()
         } else {
-            "throwaway cluster (reactor::store::localpg::LocalPostgres), same host".into()
+            "throwaway cluster (reactor::sandbox::cluster::LocalPostgres), same host".into()
         },
     );
     let commit = command_line("git", &["rev-parse", "--short", "HEAD"], None)

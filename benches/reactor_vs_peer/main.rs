@@ -110,7 +110,7 @@ async fn run(p: Params) -> Result<()> {
     let (server_url, local) = match &p.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let pg = reactor::store::localpg::LocalPostgres::start().await?;
+            let pg = reactor::sandbox::cluster::LocalPostgres::start().await?;
             (pg.url("postgres"), Some(pg))
         }
     };

@@ -34,10 +34,10 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
         Some(url) => url,
         None => {
             println!("· starting a throwaway PostgreSQL (set DATABASE_URL to use yours)");
-            let server = crate::store::localpg::LocalPostgres::start().await?;
+            let server = crate::sandbox::cluster::LocalPostgres::start().await?;
             // Everything after set-up runs as a role shaped like Supabase's
             // `postgres` (no superuser), as it would on a hosted project.
-            let url = crate::store::supabase_like::prepare(
+            let url = crate::sandbox::supabase_like::prepare(
                 &server.url("postgres"),
                 "postgres",
                 DEMO_ROLE,

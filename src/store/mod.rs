@@ -1,12 +1,10 @@
 //! The database: connections (TLS included), migrations, the reactor's
 //! settings, every statement on the reactor's own tables (`handler_state`,
-//! `pending`, `outbox`), and the throwaway clusters of the demo and the tests.
+//! `pending`, `outbox`).
 pub mod db;
 pub(crate) mod handler_state;
-pub mod localpg;
 pub mod migrate;
 pub mod notify_mode;
 pub(crate) mod outbox;
 pub mod pending;
-pub mod supabase_like;
 pub(crate) mod tls;

@@ -11,7 +11,7 @@ pub async fn server_url() -> &'static str {
         .get_or_init(|| async {
             match std::env::var("DATABASE_URL") {
                 Ok(url) if !url.is_empty() => url,
-                _ => reactor::store::localpg::LocalPostgres::start()
+                _ => reactor::sandbox::cluster::LocalPostgres::start()
                     .await
                     .expect("starting a throwaway PostgreSQL (set DATABASE_URL to use a running server)")
                     .leak(),

@@ -6,7 +6,7 @@ use super::TestDb;
 /// A local TCP port that was free a moment ago (for a server the test starts
 /// and must know the address of beforehand).
 pub fn free_port() -> u16 {
-    reactor::store::localpg::free_port().expect("a free local port")
+    reactor::sandbox::cluster::free_port().expect("a free local port")
 }
 
 /// Flags for a test reactor: fast sweeps, retries and leases so tests are quick.

@@ -1,6 +1,6 @@
 //! A PostgreSQL cluster the soak owns, so it can crash it: `pg_ctl -m
 //! immediate stop`, then start it again on the same port (clients reconnect
-//! to the same address). Started like `reactor::store::localpg` starts its servers
+//! to the same address). Started like `reactor::sandbox::cluster` starts its servers
 //! (as user `postgres` when we are root); each server process sits under a
 //! small shell watchdog that stops it when this process exits, even by
 //! `kill -9`. Dropping the cluster stops the server and deletes its files.
@@ -37,11 +37,11 @@ pub struct SoakCluster {
 impl SoakCluster {
     /// initdb a fresh cluster on a free loopback port and start it.
     pub async fn start() -> Self {
-        let bindir = reactor::store::localpg::find_bindir().expect("PostgreSQL server binaries");
+        let bindir = reactor::sandbox::cluster::find_bindir().expect("PostgreSQL server binaries");
         let dir =
             std::env::temp_dir().join(format!("reactor-soak-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster directory");
-        let as_postgres: Vec<String> = if reactor::store::localpg::is_root() {
+        let as_postgres: Vec<String> = if reactor::sandbox::cluster::is_root() {
             run(Command::new("chown").arg("postgres").arg(&dir));
             [
                 "setpriv",
@@ -56,7 +56,7 @@ impl SoakCluster {
             vec![]
         };
         let mut cluster = SoakCluster {
-            port: reactor::store::localpg::free_port().expect("free port"),
+            port: reactor::sandbox::cluster::free_port().expect("free port"),
             bindir,
             dir,
             as_postgres,

@@ -25,7 +25,7 @@ impl Fleet {
     pub fn start(count: usize, flags: Vec<String>, logs: &Path) -> Self {
         let reactors = (0..count)
             .map(|i| Reactor {
-                port: reactor::store::localpg::free_port().expect("free port"),
+                port: reactor::sandbox::cluster::free_port().expect("free port"),
                 log: logs.join(format!("reactor-{i}.log")),
                 child: None,
             })

@@ -7,7 +7,7 @@ use crate::contenders::{Contender, Running};
 use crate::measure::find_pgbench;
 use crate::report::Results;
 use anyhow::{bail, Context as _, Result};
-use reactor::store::localpg::{LocalPostgres, Options};
+use reactor::sandbox::cluster::{LocalPostgres, Options};
 use reactor::store::notify_mode::{self, Mode};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
