@@ -6,6 +6,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# Not built, but Cargo.toml declares the benchmark, and cargo refuses a
+# manifest whose targets are missing (.ci/image-build proves this stage).
+COPY benches ./benches
 COPY sql ./sql
 COPY triggers ./triggers
 RUN cargo build --release --locked --bin reactor
@@ -18,6 +21,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/reactor /usr/local/bin/reactor
 USER reactor
 WORKDIR /var/lib/reactor
+# Made by the user, so a volume mounted here (compose.yaml) starts out theirs.
+RUN mkdir storage
 ENV REACTOR_HTTP_ADDR=0.0.0.0:8080 \
     REACTOR_STORAGE_URL=/var/lib/reactor/storage \
     REACTOR_LOG_FORMAT=json
