@@ -443,6 +443,50 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
     }
 }
 
+/// A backlog (every row pending) is drained page by page: each page marks its
+/// rows by key, never by hashing the whole table. Joined with `picked`, the
+/// marker update of a 50k backlog read every profile on every page.
+#[tokio::test]
+async fn a_backlog_page_marks_its_rows_by_key_not_by_scanning_the_table() {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    profiles(&client, 50_000).await;
+    succeeded_jobs_for_every_profile(&client).await;
+    client.batch_execute("analyze").await.unwrap();
+    let limit = 500i64;
+    let after = uuid::Uuid::nil().to_string();
+    for handler in [
+        reactor::handlers::usage::handler(),
+        reactor::handlers::favorites::handler(),
+    ] {
+        let reactor::job::handler::Action::Sql { effect, mark } = &handler.action else {
+            unreachable!("usage and favorites are SQL actions")
+        };
+        let statements = Statements::build(&handler.spec, Some(effect), mark.as_deref());
+        for (what, sql, params) in [
+            (
+                "effect_first",
+                statements.effect_first.clone(),
+                vec![&limit as &(dyn tokio_postgres::types::ToSql + Sync)],
+            ),
+            (
+                "effect_after",
+                statements.effect_after.clone(),
+                vec![&limit as _, &after as _],
+            ),
+        ] {
+            let plan = plan(&client, &sql.expect("an SQL action"), &params).await;
+            for table in ["generation_jobs", "profiles"] {
+                assert!(
+                    !plan.contains(&format!("Seq Scan on {table}")),
+                    "{} {what} scans {table}:\n{plan}",
+                    handler.spec.name
+                );
+            }
+        }
+    }
+}
+
 /// The plans of every statement `sql` runs, nested ones included (the submit
 /// rules run in a trigger), as auto_explain reports them.
 async fn nested_plans(db: &TestDb, sql: &str) -> Vec<String> {

@@ -29,11 +29,7 @@ pub fn handler() -> Handler {
                  select id, '{COLLECTION_NAME}', true from picked
                  on conflict (owner_id) where is_default_favorites do nothing"
             ),
-            mark: Some(
-                "update public.profiles m set favorites_at = now()
-                 from picked p where m.id = p.id"
-                    .into(),
-            ),
+            mark: Some("favorites_at = now()".into()),
         },
     }
 }

@@ -31,11 +31,7 @@ pub fn handler() -> Handler {
                      from picked p
                      on conflict (job_id) where kind = 'generation_debit' do nothing"
                 .into(),
-            mark: Some(
-                "update public.generation_jobs m set debited_at = now()
-                 from picked p where m.id = p.id"
-                    .into(),
-            ),
+            mark: Some("debited_at = now()".into()),
         },
     }
 }

@@ -80,11 +80,12 @@ pub enum Action {
     /// One statement over CTE `picked(id)`: the locked, pending rows.
     Sql {
         effect: String,
-        /// A second statement over `picked`, run in the same statement as
-        /// `effect`: sets the source row's marker (e.g. `debited_at`) that
-        /// takes it out of the pending condition and its partial index. The
-        /// effect must leave its row in place even when it already existed
-        /// (ON CONFLICT DO NOTHING), so marking it is always true.
+        /// The assignment that sets the source row's marker (e.g.
+        /// `debited_at = now()`), taking it out of the pending condition and
+        /// its partial index. It runs on the picked rows in the same
+        /// statement as `effect`. The effect must leave its row in place
+        /// even when it already existed (ON CONFLICT DO NOTHING), so marking
+        /// it is always true.
         mark: Option<String>,
     },
     Leased(Arc<dyn LeasedWork>),

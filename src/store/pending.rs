@@ -85,8 +85,16 @@ impl Statements {
                and (s.lease_expires_at is null or s.lease_expires_at <= now())
              returning row_id, lease_token, attempts"
         );
+        // By key lookups of the picked rows: a join with `picked` lets the
+        // planner hash the whole table on every page (measured: a seq scan
+        // of 50k profiles, 38 of a page's 57 ms).
         let marked = mark
-            .map(|mark| format!("marked as ({mark}),"))
+            .map(|mark| {
+                format!(
+                    "marked as (update {table} m set {mark}
+                       where m.{key} = any(array(select id from picked))),"
+                )
+            })
             .unwrap_or_default();
         let effect = |filter: &str, order_limit: &str| {
             sql_effect.map(|effect| {
