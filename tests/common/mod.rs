@@ -7,7 +7,8 @@
 //! One idea a file: `db` (databases and reading them back), `rows` (users and
 //! jobs), `reactor_process` (the reactor under test), `http` (loopback HTTP),
 //! `fake_replicate` (the provider's API), `realtime` (a recording stand-in for
-//! Supabase's realtime.send), `outsider` (a login with no grants). Everything is re-exported here.
+//! Supabase's realtime.send), `outsider` (a login with no grants). Everything
+//! is re-exported here.
 #![allow(dead_code)]
 
 pub mod db;
