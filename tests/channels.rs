@@ -458,6 +458,15 @@ async fn an_outsiders_temporary_look_alike_table_does_not_silence_the_owners_str
         common::impostor_watched_table(&outsider, "generation_jobs").await;
         outsiders.push(outsider);
     }
+    // What it cannot do: hang the reactor's own hint function on its table.
+    let refused = outsiders[0]
+        .batch_execute(
+            "create trigger reactor_watch_status after update on pg_temp.generation_jobs
+               for each row execute function reactor.notify_watched_row('id', 'status', 'owner_id')",
+        )
+        .await
+        .expect_err("the reactor's hint functions are not the outsider's");
+    assert_eq!(common::sqlstate(&refused), "42501");
     outsiders[0]
         .execute(
             "select pg_notify('job_status', $1)",
