@@ -433,3 +433,133 @@ async fn a_watched_tables_changes_reach_its_owner_verified_and_forgeries_do_not(
         .all(|(_, e)| e["table"] == json!("chores") && e["owner_id"] == json!(owner.to_string())));
     r.stop().await;
 }
+
+/// A login with no grants creates, in each of a few sessions, a TEMPORARY
+/// `generation_jobs` with a trigger named like the reactor's watch trigger,
+/// then names an unknown table on job_status so the feed looks its tables up
+/// again. The feed used to take those tables for watched ones: reading them
+/// fails (they belong to other sessions) and with them the owners' real jobs
+/// went unseen, the owner's stream stopping at `starting`/`processing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsiders_temporary_look_alike_table_does_not_silence_the_owners_stream() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
+    let client = db.client().await;
+    let owner = user_with_profile(&client).await;
+    let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
+
+    // (Several look-alikes: the feed checked its tables in no fixed order,
+    // so one alone let a batch through now and then.)
+    let mut outsiders = Vec::new();
+    for _ in 0..3 {
+        let outsider = common::outsider_session(&client, &db.url).await;
+        common::impostor_watched_table(&outsider, "generation_jobs").await;
+        outsiders.push(outsider);
+    }
+    // What it cannot do: hang the reactor's own hint function on its table.
+    let refused = outsiders[0]
+        .batch_execute(
+            "create trigger reactor_watch_status after update on pg_temp.generation_jobs
+               for each row execute function reactor.notify_watched_row('id', 'status', 'owner_id')",
+        )
+        .await
+        .expect_err("the reactor's hint functions are not the outsider's");
+    assert_eq!(common::sqlstate(&refused), "42501");
+    outsiders[0]
+        .execute(
+            "select pg_notify('job_status', $1)",
+            &[
+                &json!({"table": "no_such_table", "op": "UPDATE", "id": "1", "owner_id": null,
+                      "status": "x", "old_status": null})
+                .to_string(),
+            ],
+        )
+        .await
+        .unwrap();
+    // (One job at a time: the plan allows one in progress.)
+    for prompt in ["a first room", "a second room", "a third room"] {
+        let job = submit(&db, owner, prompt).await;
+        let seen = read_events(&mut owners, |e| {
+            events_for(e, job).contains(&"succeeded".into())
+        })
+        .await;
+        assert_eq!(
+            events_for(&seen, job).last().map(String::as_str),
+            Some("succeeded"),
+            "{seen:?}"
+        );
+    }
+    drop(outsiders);
+    r.stop().await;
+}
+
+/// A watched table that is dropped and made again with another key type is
+/// looked up again: its rows reach the owner (the feed used to keep the first
+/// table's key type and drop every hint of the new one).
+#[tokio::test]
+async fn a_watched_table_made_again_is_looked_up_again() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.chores (id uuid primary key, state text not null, owner uuid);
+             select reactor.watch_table('public.chores', 'state', 'owner');",
+        )
+        .await
+        .unwrap();
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
+    let owner = user_with_profile(&client).await;
+    let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
+    let first = Uuid::new_v4();
+    client
+        .execute(
+            "insert into public.chores values ($1, 'todo', $2)",
+            &[&first, &owner],
+        )
+        .await
+        .unwrap();
+    read_events(&mut owners, |e| events_for(e, first) == ["todo"]).await;
+
+    client
+        .batch_execute(
+            "drop table public.chores;
+             create table public.chores (id bigint primary key, state text not null, owner uuid);
+             select reactor.watch_table('public.chores', 'state', 'owner');",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "insert into public.chores values (7, 'todo', $1)",
+            &[&owner],
+        )
+        .await
+        .unwrap();
+    // Hints about a known table name are looked up again at most every few
+    // seconds: the row keeps changing until one gets through.
+    let changing = {
+        let client = db.client().await;
+        tokio::spawn(async move {
+            for step in 0.. {
+                client
+                    .execute(
+                        "update public.chores set state = $1 where id = 7",
+                        &[&format!("step {step}")],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    read_events(&mut owners, |e| {
+        e.iter().any(|(_, e)| e["id"] == json!("7"))
+    })
+    .await;
+    changing.abort();
+    r.stop().await;
+}

@@ -950,3 +950,129 @@ async fn every_sign_up_of_a_burst_is_handled_from_wal_hints_alone() {
     );
     assert!(reactor.terminate().success());
 }
+
+/// The advisory-lock key that elected the job_status sender before the lease
+/// (src/engine/wal/broadcast.rs): "reactorw".
+const OLD_SENDER_LOCK: i64 = 0x7265_6163_746f_7277;
+
+/// A login with no grants takes the advisory lock that used to elect the
+/// reactor sending job_status in WAL mode and keeps it: no reactor sent
+/// job_status (or Realtime) any more. The sender is now elected by a lease
+/// row only the reactor's role may write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_holding_the_old_sender_lock_does_not_silence_job_status_in_wal_mode() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.image_jobs (
+               id uuid primary key default gen_random_uuid(),
+               user_id uuid,
+               status text not null default 'queued');
+             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
+        )
+        .await
+        .unwrap();
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let outsider = common::outsider_session(&client, &db.url).await;
+    let squatting: bool = outsider
+        .query_one("select pg_try_advisory_lock($1)", &[&OLD_SENDER_LOCK])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(squatting, "any login may take any advisory lock");
+    let reserved = outsider
+        .execute("update reactor.wal_sender set expires_at = 'infinity'", &[])
+        .await
+        .expect_err("the lease is the reactor's");
+    assert_eq!(common::sqlstate(&reserved), "42501");
+
+    let storage = tempfile::tempdir().unwrap();
+    let reactor = common::start_reactor(&db, storage.path(), &["--sweep-interval", "1h"]).await;
+    active_slot(&client).await;
+    reactor.wait_ready().await;
+    let (_listening, mut statuses) = listen(&db.url, "job_status").await;
+    let row: Uuid = client
+        .query_one(
+            "insert into public.image_jobs default values returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    set_status(&client, row, "running").await;
+    job_status_exactly(
+        &mut statuses,
+        row,
+        &[("INSERT", "queued"), ("UPDATE", "running")],
+    )
+    .await;
+    drop(outsider);
+    reactor.stop().await;
+}
+
+/// A login with no grants keeps a TEMPORARY `generation_jobs` with triggers
+/// named like the reactor's hint triggers (one enabled, one disabled). The
+/// switch used to try to alter that table (another session's, which nobody
+/// else may alter) and failed both ways while it existed.
+#[tokio::test]
+async fn an_outsiders_temporary_look_alike_table_does_not_break_the_mode_switch() {
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    let outsider = common::outsider_session(&client, &db.url).await;
+    common::impostor_watched_table(&outsider, "generation_jobs").await;
+    let ours_enabled = || async {
+        count(
+            &client,
+            "select count(*) from pg_trigger
+             where tgrelid in ('public.generation_jobs'::regclass, 'public.profiles'::regclass)
+               and tgname like 'reactor_notify_%' and tgenabled <> 'D'",
+        )
+        .await
+    };
+    let impostors = || async {
+        outsider
+            .query(
+                "select tgname::text, tgenabled <> 'D' from pg_trigger
+                 where tgrelid = 'pg_temp.generation_jobs'::regclass order by 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+            .collect::<Vec<_>>()
+    };
+    let untouched = vec![
+        ("reactor_watch_insert".to_string(), false),
+        ("reactor_watch_status".to_string(), true),
+    ];
+
+    let on = notify_mode::set(&client, Mode::Wal)
+        .await
+        .expect("switching to wal while the look-alike exists");
+    assert_eq!(on.effective, "wal");
+    assert_eq!(ours_enabled().await, 0, "the reactor's triggers are off");
+    let published: Vec<String> = client
+        .query(
+            "select schemaname || '.' || tablename from pg_publication_tables
+             where pubname = 'reactor' order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["public.generation_jobs", "public.profiles"]);
+    assert_eq!(impostors().await, untouched);
+
+    let off = notify_mode::set(&client, Mode::Notify)
+        .await
+        .expect("switching back while the look-alike exists");
+    assert_eq!(off.effective, "notify");
+    assert_eq!(ours_enabled().await, 3, "the reactor's triggers are on");
+    assert_eq!(impostors().await, untouched);
+}

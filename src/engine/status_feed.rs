@@ -10,6 +10,12 @@
 //! it never becomes an event, and a flood of them cannot make viewers lag.
 //! A row that changes twice before its hint is checked is shown once, in its
 //! current state.
+//!
+//! Which tables can be checked comes from reactor.hint_triggers (the
+//! trusted hint triggers, triggers/210_trusted_hint_triggers.sql), never from
+//! a trigger's name alone: anyone may create a temporary table with a trigger
+//! named like ours. A table whose check fails anyway (dropped, renamed) is
+//! forgotten and looked up again, and never holds back the others.
 use crate::engine::notification::Change;
 use crate::job::handler::KeyType;
 use crate::store::db::{param, quote_ident};
@@ -89,12 +95,12 @@ impl Source {
 /// Tables `reactor.watch_table` set up: name, table, trigger arguments
 /// (key, status, owner columns) and the key's type.
 const WATCHED: &str = "
-select c.relname::text, c.oid::regclass::text, t.tgargs, format_type(a.atttypid, a.atttypmod)
-from pg_trigger t
-join pg_class c on c.oid = t.tgrelid
-join pg_attribute a on a.attrelid = c.oid
- and a.attname = split_part(encode(t.tgargs, 'escape'), '\\000', 1)
-where t.tgname = 'reactor_watch_status'";
+select h.table_name, h.tbl::text, h.args, format_type(a.atttypid, a.atttypmod)
+from reactor.hint_triggers h
+join pg_attribute a on a.attrelid = h.tbl
+ and a.attname = split_part(encode(h.args, 'escape'), '\\000', 1)
+ and a.attnum > 0 and not a.attisdropped
+where h.trigger_name = 'reactor_watch_status'";
 
 fn watched_source(name: String, table: String, args: &[u8], key_type: &str) -> Option<Source> {
     let mut parts = args
@@ -214,22 +220,47 @@ impl StatusFeed {
         }
         for (i, ids) in by_source {
             let source = &sources[i];
-            let keys: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
-            let rows = client
-                .query_typed(&source.select(), &[param(&keys)])
-                .await
-                .map_err(|e| crate::store::db::describe(&e))?;
-            let inserted: HashMap<&str, bool> =
-                ids.iter().map(|(id, ins)| (id.as_str(), *ins)).collect();
-            for row in rows {
-                let id: String = row.get(0);
-                let status: Option<String> = row.get(1);
-                let owner: Option<String> = row.get(2);
-                let insert = inserted.get(id.as_str()).copied().unwrap_or(false);
-                self.send_if_changed(&source.name, id, status, owner, insert);
+            if let Err(e) = self.check_source(&client, source, &ids).await {
+                // Its hints are lost (the next change of those rows brings
+                // them back); the other tables' are not.
+                tracing::warn!(table = %source.table, error = %e, "checking job_status hints failed; the table is looked up again");
+                self.forget(source);
             }
         }
         Ok(())
+    }
+
+    /// Reads the rows `ids` name in one table and sends what changed.
+    async fn check_source(
+        &self,
+        client: &deadpool_postgres::Client,
+        source: &Source,
+        ids: &[(String, bool)],
+    ) -> Result<(), String> {
+        let keys: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        let rows = client
+            .query_typed(&source.select(), &[param(&keys)])
+            .await
+            .map_err(|e| crate::store::db::describe(&e))?;
+        let inserted: HashMap<&str, bool> =
+            ids.iter().map(|(id, ins)| (id.as_str(), *ins)).collect();
+        for row in rows {
+            let id: String = row.get(0);
+            let status: Option<String> = row.get(1);
+            let owner: Option<String> = row.get(2);
+            let insert = inserted.get(id.as_str()).copied().unwrap_or(false);
+            self.send_if_changed(&source.name, id, status, owner, insert);
+        }
+        Ok(())
+    }
+
+    /// Drops a table whose check failed from the cache, so the next hint
+    /// naming it looks the watched tables up again at once: a table that is
+    /// gone stays gone, one watched again is found.
+    fn forget(&self, failed: &Source) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.list.retain(|s| s != failed);
+        sources.loaded = None;
     }
 
     /// Sends the row's state unless it is what was last sent for it.
@@ -270,7 +301,8 @@ impl StatusFeed {
     }
 
     /// The tables hints can be checked against; looked up again (at most every
-    /// SOURCES_REFRESH) when a hint names a table not known yet.
+    /// SOURCES_REFRESH, or at once after a table failed) when a hint names a
+    /// table not known yet, or a known one with a key of another type.
     async fn sources(
         &self,
         client: &deadpool_postgres::Client,
@@ -278,9 +310,14 @@ impl StatusFeed {
     ) -> Vec<Source> {
         let (known, stale) = {
             let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-            let unknown = batch
-                .iter()
-                .any(|((table, _), _)| !sources.list.iter().any(|s| &s.name == table));
+            // A known name with a key of another type may be a table
+            // re-created since it was looked up.
+            let unknown = batch.iter().any(|((table, id), _)| {
+                !sources
+                    .list
+                    .iter()
+                    .any(|s| &s.name == table && s.key_type.accepts(id))
+            });
             let stale = unknown
                 && sources
                     .loaded

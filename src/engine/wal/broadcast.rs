@@ -3,8 +3,16 @@
 //! `NOTIFY job_status`, and where `realtime.send` exists the Realtime
 //! broadcast the generation trigger sent (topic `job_status:<owner>`).
 //!
-//! The sender is the holder of a session advisory lock on the reactor's
-//! `reactor wal` connection; the others try to take it over now and then.
+//! The sender is the holder of a lease, the one row of `reactor.wal_sender`
+//! (sql/210_wal_sender_lease.sql), which only the reactor's role may write:
+//! not an advisory lock, whose keys any login may take (and so silence these
+//! for good). The holder renews the lease while it sends and releases it when
+//! its session ends; the others try to take it over now and then, and get it
+//! once it is released or has expired. Every send checks, in its own
+//! statement, that the lease is still this reactor's, so a reactor that
+//! stalled past its lease never sends beside the one that took over. No
+//! transaction stays open for it: a lease is a row, not a lock.
+//!
 //! Payloads are gathered for up to [`WINDOW`] and sent in one statement, so a
 //! burst of single-row writers costs the database a statement per window,
 //! not one per commit.
@@ -14,17 +22,37 @@ use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Client;
+use uuid::Uuid;
 
 /// How long payloads wait to be sent together.
 pub(super) const WINDOW: Duration = Duration::from_millis(10);
-/// Session advisory lock of the reactor that sends job_status/Realtime.
-const SENDER_LOCK: i64 = 0x7265_6163_746f_7277; // "reactorw"
+/// How long the lease lasts unless renewed: a sender that dies without
+/// releasing it (kill -9, a lost network) is replaced after this.
+const LEASE: Duration = Duration::from_secs(6);
+/// The holder renews its lease when this much of it has passed.
+const RENEW: Duration = MODE_CHECK;
+/// Takes the lease for token $1 for $2 seconds if it is free, expired or
+/// already this token's; returns a row when it did.
+const TAKE_LEASE: &str = "update reactor.wal_sender
+    set holder = $1, expires_at = now() + make_interval(secs => $2)
+    where holder = $1 or holder is null or expires_at <= now()
+    returning true";
+/// Gives the lease of token $1 up, so another reactor takes it at once.
+const RELEASE_LEASE: &str =
+    "update reactor.wal_sender set expires_at = '-infinity' where holder = $1";
+/// The fence of every send: whether token $2 holds an unexpired lease.
+const HOLDS_LEASE: &str =
+    "exists (select 1 from reactor.wal_sender where holder = $2 and expires_at > now())";
+/// How long releasing may take when the session ends.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) struct Broadcaster {
     pool: Pool,
-    /// This reactor holds the lock.
-    sender: bool,
-    /// When this reactor last tried to take the lock.
+    /// This reactor's lease token (one per session).
+    token: Uuid,
+    /// When this reactor last took or renewed the lease (None: another sends).
+    renewed: Option<Instant>,
+    /// When this reactor last tried to take the lease.
     tried: Option<Instant>,
     /// Whether `realtime.send` exists, looked up once per session.
     realtime: Option<bool>,
@@ -37,7 +65,8 @@ impl Broadcaster {
     pub(super) fn new(pool: Pool) -> Self {
         Broadcaster {
             pool,
-            sender: false,
+            token: Uuid::new_v4(),
+            renewed: None,
             tried: None,
             realtime: None,
             status: Vec::new(),
@@ -63,8 +92,8 @@ impl Broadcaster {
         self.since.map(|t| t + WINDOW)
     }
 
-    /// Sends what is queued if it is due and this reactor is the sender
-    /// (taking over if the lock is free, tried at most every [`MODE_CHECK`]);
+    /// Sends what is queued if it is due and this reactor holds the lease
+    /// (taking it if it is free, tried at most every [`MODE_CHECK`]);
     /// otherwise another reactor sends it, and it is dropped here.
     pub(super) async fn flush_due(&mut self, client: &Client) -> Result<(), WalError> {
         if self.due().is_none_or(|due| due > Instant::now()) {
@@ -73,31 +102,65 @@ impl Broadcaster {
         self.since = None;
         let status = std::mem::take(&mut self.status);
         let to_realtime = std::mem::take(&mut self.to_realtime);
-        if !self.sender && self.tried.is_none_or(|t| t.elapsed() >= MODE_CHECK) {
+        let fresh = self.renewed.is_some_and(|t| t.elapsed() < RENEW);
+        let may_try =
+            self.renewed.is_some() || self.tried.is_none_or(|t| t.elapsed() >= MODE_CHECK);
+        if !fresh && may_try {
             self.tried = Some(Instant::now());
-            self.sender = client
-                .query_typed("select pg_try_advisory_lock($1)", &[param(&SENDER_LOCK)])
-                .await
-                .map_err(db)?
-                .first()
-                .is_some_and(|r| r.get(0));
+            self.renewed = self.take_lease(client).await?.then(Instant::now);
         }
-        if self.sender {
-            if let Err(e) = self.send(client, &status, &to_realtime).await {
-                tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed");
+        if self.renewed.is_some() {
+            match self.send(&status, &to_realtime).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        "wal hints: another reactor took over sending job_status/Realtime"
+                    );
+                    self.renewed = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed")
+                }
             }
         }
         Ok(())
     }
 
-    async fn send(
-        &mut self,
-        client: &Client,
-        status: &[String],
-        to_realtime: &[String],
-    ) -> Result<(), String> {
+    /// Takes or renews the lease; whether this reactor holds it now.
+    async fn take_lease(&self, client: &Client) -> Result<bool, WalError> {
+        let rows = client
+            .query_typed(
+                TAKE_LEASE,
+                &[param(&self.token), param(&LEASE.as_secs_f64())],
+            )
+            .await
+            .map_err(db)?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Gives the lease up (if held) as the session ends, so another reactor
+    /// sends from its next try instead of after the lease expires. Best
+    /// effort: on a dead connection the lease simply expires.
+    pub(super) async fn release(&self, client: &Client) {
+        if self.renewed.is_none() {
+            return;
+        }
+        let released = tokio::time::timeout(
+            RELEASE_TIMEOUT,
+            client.query_typed(RELEASE_LEASE, &[param(&self.token)]),
+        )
+        .await;
+        if let Ok(Err(e)) = released {
+            tracing::debug!(error = %describe(&e), "wal hints: releasing the sender lease failed");
+        }
+    }
+
+    /// Sends `status` and `to_realtime` if the lease is still this reactor's;
+    /// Ok(false) when it is not (nothing was sent).
+    async fn send(&mut self, status: &[String], to_realtime: &[String]) -> Result<bool, String> {
+        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
         if self.realtime.is_none() {
-            let exists = client
+            let exists = pooled
                 .query_typed(
                     "select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null",
                     &[],
@@ -108,27 +171,32 @@ impl Broadcaster {
                 .is_some_and(|r| r.get(0));
             self.realtime = Some(exists);
         }
-        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
-        pooled
+        let held = pooled
             .query_typed(
-                "with sent as (select pg_notify('job_status', p) from unnest($1::text[]) p)
-                 select count(*) from sent",
-                &[param(&status)],
+                &format!(
+                    "with sent as (select pg_notify('job_status', p) from unnest($1::text[]) p where {HOLDS_LEASE})
+                     select {HOLDS_LEASE}, (select count(*) from sent)"
+                ),
+                &[param(&status), param(&self.token)],
             )
             .await
-            .map_err(|e| describe(&e))?;
-        if self.realtime == Some(true) && !to_realtime.is_empty() {
+            .map_err(|e| describe(&e))?
+            .first()
+            .is_some_and(|r| r.get(0));
+        if held && self.realtime == Some(true) && !to_realtime.is_empty() {
             pooled
                 .query_typed(
-                    "with sent as (
-                       select realtime.send(p::jsonb, 'status', 'job_status:' || (p::jsonb ->> 'owner_id'), true)
-                       from unnest($1::text[]) p)
-                     select count(*) from sent",
-                    &[param(&to_realtime)],
+                    &format!(
+                        "with sent as (
+                           select realtime.send(p::jsonb, 'status', 'job_status:' || (p::jsonb ->> 'owner_id'), true)
+                           from unnest($1::text[]) p where {HOLDS_LEASE})
+                         select count(*) from sent"
+                    ),
+                    &[param(&to_realtime), param(&self.token)],
                 )
                 .await
                 .map_err(|e| describe(&e))?;
         }
-        Ok(())
+        Ok(held)
     }
 }

@@ -18,9 +18,10 @@
 //! the default replica identity, so the old row is not in the WAL; a row not
 //! seen since start gives an update hint with no old status). They go to the
 //! same sink as notifications: `Change` for handlers and `Status` for the
-//! job_status feed. One reactor at a time (the holder of an advisory lock on
-//! its ordinary connection) also sends what the triggers sent for clients
-//! elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime broadcast.
+//! job_status feed. One reactor at a time (the holder of the lease in
+//! reactor.wal_sender, see [`broadcast`]) also sends what the triggers sent
+//! for clients elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime
+//! broadcast.
 mod broadcast;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
@@ -131,7 +132,9 @@ struct TableHints {
 
 /// The tables whose changes are hints, by (schema, name): the built-in ones
 /// and those watched with reactor.watch_table (their trigger arguments name
-/// the columns, whether the triggers are enabled or not).
+/// the columns, whether the triggers are enabled or not). Only the triggers
+/// of reactor.hint_triggers count: a look-alike on a stranger's table is not
+/// a watched table.
 async fn hinted_tables(client: &Client) -> Result<HashMap<(String, String), TableHints>, WalError> {
     let mut tables = HashMap::new();
     tables.insert(
@@ -160,11 +163,8 @@ async fn hinted_tables(client: &Client) -> Result<HashMap<(String, String), Tabl
     );
     let rows = client
         .query_typed(
-            "select n.nspname::text, c.relname::text, t.tgargs
-             from pg_trigger t
-             join pg_class c on c.oid = t.tgrelid
-             join pg_namespace n on n.oid = c.relnamespace
-             where t.tgname = 'reactor_watch_status'",
+            "select schema_name, table_name, args from reactor.hint_triggers
+             where trigger_name = 'reactor_watch_status'",
             &[],
         )
         .await
@@ -526,10 +526,18 @@ impl WalSource {
         tracing::info!(%slot, "wal hints: streaming publication {PUBLICATION} from a temporary slot");
         (self.sink)(Event::Connected);
         *deaf = false;
+        let mut broadcaster = Broadcaster::new(self.pool.clone());
         let result = self
-            .follow(client, &mut replication, &mut decoder, shutdown)
+            .follow(
+                client,
+                &mut replication,
+                &mut decoder,
+                &mut broadcaster,
+                shutdown,
+            )
             .await
             .map_err(|e| (e, Phase::Streaming));
+        broadcaster.release(client).await;
         // The slot is dropped before this returns (SIGTERM included).
         replication.close(&slot).await;
         result
@@ -543,13 +551,13 @@ impl WalSource {
         client: &Client,
         replication: &mut Replication,
         decoder: &mut Decoder,
+        broadcaster: &mut Broadcaster,
         shutdown: &CancellationToken,
     ) -> Result<End, WalError> {
         let mut ticks = tokio::time::interval(FEEDBACK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut received, mut confirmed) = (0u64, 0u64);
         let mut last_confirmed = Instant::now();
-        let mut broadcaster = Broadcaster::new(self.pool.clone());
         let mut second_looks: VecDeque<(Instant, Change)> = VecDeque::new();
         let mut checked = Instant::now();
         let mut tables_loaded = Instant::now();
