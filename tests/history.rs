@@ -383,7 +383,7 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
     let expected = [
         (
             "generation",
-            vec!["idx_jobs_in_flight_owner", "idx_jobs_timed_out_created"],
+            vec!["idx_jobs_in_flight_owner", "idx_jobs_followed_owner"],
         ),
         ("renders", vec!["idx_jobs_pending_renders"]),
         ("usage", vec!["idx_jobs_pending_usage"]),
@@ -395,7 +395,7 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
     ];
     let limit = 500i64;
     let after = uuid::Uuid::nil().to_string();
-    for spec in reactor::http::ops::builtin_specs(Duration::from_secs(3600)) {
+    for spec in reactor::http::ops::builtin_specs() {
         let (_, indexes) = expected
             .iter()
             .find(|(name, _)| *name == spec.name)
