@@ -1,7 +1,8 @@
 //! Issue 10, the database side: each attack an attacker with a Supabase client
 //! (or a SQL session) tried, performed against a real PostgreSQL.
 //!   1. input paths that would have become signed links to others' files;
-//!   3. the monthly quota race between a job's success and its debit;
+//!   3. the monthly quota race between a job's success and its debit, and
+//!      an outsider squatting an owner's submit lock;
 //!   4. cancel_generation_job trusting a claim, and EXECUTE grants.
 mod common;
 
@@ -473,6 +474,8 @@ async fn success_racing_a_submission_never_ends_above_the_plan() {
     }
     assert_eq!(accepted, 0, "no submission could get past a pending debit");
 }
+
+// 3b. The submit lock: nobody but the submit rules and the reactor can hold it.
 
 /// A login with no grants at all, connected to `db`.
 async fn nobody(db: &TestDb, admin: &Client) -> Client {

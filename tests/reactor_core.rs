@@ -831,7 +831,8 @@ async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
     // Sessions opened after ALTER DATABASE write to the outbox.
     let client = db.client().await;
     let user = user_with_profile(&client).await;
-    let job = succeeded_job(&client, user, &["http://127.0.0.1:9/never.jpg".to_string()]).await;
+    let images = image_server().await;
+    let job = succeeded_job(&client, user, &[images.url("/ok/outbox.jpg")]).await;
     wait_until(
         &client,
         "favorites via the outbox",
@@ -841,7 +842,7 @@ async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
     .await;
     wait_until(
         &client,
-        "debit via the outbox",
+        "render and debit via the outbox (a debit comes with the delivery)",
         &format!("select count(*) from usage_ledger where job_id = '{job}'"),
         1,
     )
