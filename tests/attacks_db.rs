@@ -1,7 +1,8 @@
 //! Issue 10, the database side: each attack an attacker with a Supabase client
 //! (or a SQL session) tried, performed against a real PostgreSQL.
 //!   1. input paths that would have become signed links to others' files;
-//!   3. the monthly quota race between a job's success and its debit;
+//!   3. the monthly quota race between a job's success and its debit, and
+//!      an outsider squatting an owner's submit lock;
 //!   4. cancel_generation_job trusting a claim, and EXECUTE grants.
 mod common;
 
@@ -472,6 +473,68 @@ async fn success_racing_a_submission_never_ends_above_the_plan() {
         assert!(used <= 2, "{used} generations used on a plan of 2");
     }
     assert_eq!(accepted, 0, "no submission could get past a pending debit");
+}
+
+// 3b. The submit lock: nobody but the submit rules and the reactor can hold it.
+
+/// A login with no grants at all, connected to `db`.
+async fn nobody(db: &TestDb, admin: &Client) -> Client {
+    let role = format!("nobody_{}", Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("create role {role} login"))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    reactor::store::db::connect(url.as_str()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_login_with_no_grants_cannot_stall_an_owners_submissions() {
+    let db = common::migrated_db().await;
+    let mut c = db.client().await;
+    let user = common::user_with_profile(&c).await;
+    let squatter = nobody(&db, &c).await;
+    // The old submit lock: an advisory key anyone can compute from the
+    // public user id, held in an open transaction.
+    squatter
+        .batch_execute(&format!(
+            "begin; select pg_advisory_xact_lock(hashtext('reactor.submit'), hashtext('{user}'))"
+        ))
+        .await
+        .unwrap();
+    // The owner's submission goes through (a stall would hit the timeout).
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("set local statement_timeout = '5s'")
+        .await
+        .unwrap();
+    reactor::store::db::act_as_user(&tx, user).await.unwrap();
+    tx.execute(
+        "insert into generation_jobs (owner_id, mode, prompt) values (auth.uid(), 'imagine', 'a loft')",
+        &[],
+    )
+    .await
+    .expect("not stalled by the squatter");
+    tx.commit().await.unwrap();
+    squatter.batch_execute("rollback").await.unwrap();
+
+    // The lock now used is out of the squatter's reach, and of other users'.
+    for attempt in [
+        format!("select reactor.lock_submissions('{user}')"),
+        "select 1 from reactor.submit_locks for key share".to_string(),
+    ] {
+        let err = squatter.batch_execute(&attempt).await.expect_err(&attempt);
+        assert_eq!(common::sqlstate(&err), "42501", "{attempt}: {err}");
+        let other = common::user_with_profile(&c).await;
+        let err = common::as_user(&mut c, other, &attempt)
+            .await
+            .expect_err(&attempt);
+        assert_eq!(
+            common::sqlstate(&err),
+            "42501",
+            "{attempt} as a user: {err}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

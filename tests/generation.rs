@@ -302,7 +302,6 @@ async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once
     let pid = wait_prediction(&fake, 1).await;
     wait_status(&client, id, "failed").await;
     assert_eq!(job_state(&client, id).await.2.as_deref(), Some("timed out"));
-    // The owner may submit again once the job is no longer in flight.
     assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
 
     fake.finish(
@@ -318,6 +317,195 @@ async fn a_stuck_job_times_out_then_a_late_success_still_renders_and_debits_once
         "the timeout error is gone"
     );
     one_render_one_debit(&client, id).await;
+    reactor.stop().await;
+}
+
+/// Jobs of `user` that were delivered (rendered) and those debited.
+async fn delivered_and_debited(client: &tokio_postgres::Client, user: Uuid) -> (i64, i64) {
+    let delivered = common::count_with(
+        client,
+        "select count(*) from renders where owner_id = $1",
+        &[&user],
+    )
+    .await;
+    let debited = common::count_with(
+        client,
+        "select count(*) from usage_ledger where owner_id = $1 and kind = 'generation_debit'",
+        &[&user],
+    )
+    .await;
+    (delivered, debited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_job_racing_new_submissions_and_its_late_success_never_delivers_above_the_plan()
+{
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let mut flags = fake.reactor_flags(&[]);
+    flags.extend(["--stuck-after", "1s", "--late-window", "6s"].map(String::from));
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
+    let client = db.client().await;
+    let user = common::user_on_plan(&client, 1).await;
+
+    // The owner keeps submitting, as an impatient client would.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let submitter = tokio::spawn({
+        let (stop, db) = (
+            stop.clone(),
+            common::TestDb {
+                url: db.url.clone(),
+                name: db.name.clone(),
+            },
+        );
+        async move {
+            let mut refusals = std::collections::BTreeSet::new();
+            while !stop.is_cancelled() {
+                if let Err(e) = submit_job(&db, user, "imagine", "again").await {
+                    refusals.insert(common::sqlstate(&e));
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            refusals
+        }
+    });
+    // Job A: its prediction outlasts the stuck rule.
+    let first = wait_prediction(&fake, 1).await;
+    let job_of_first =
+        format!("select count(*) from generation_jobs where prediction_id = '{first}'");
+    wait_for_count(&client, "A's prediction saved", &job_of_first, 1).await;
+    let a: Uuid = client
+        .query_one(
+            "select id from generation_jobs where prediction_id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_status(&client, a, "failed").await;
+    assert_eq!(job_state(&client, a).await.2.as_deref(), Some("timed out"));
+    // Submissions go on while A is followed; then A succeeds late. Any other
+    // prediction that got created succeeds at once.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for p in fake.predictions() {
+        fake.finish(
+            &p.id,
+            "succeeded",
+            json!([images.url(&format!("/ok/{}.jpg", p.id))]),
+            json!(null),
+        );
+    }
+    wait_status(&client, a, "succeeded").await;
+    one_render_one_debit(&client, a).await;
+    // Past the late window, still submitting.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.cancel();
+    let refusals = submitter.await.unwrap();
+    for p in fake.predictions() {
+        fake.finish(
+            &p.id,
+            "succeeded",
+            json!([images.url(&format!("/ok/{}.jpg", p.id))]),
+            json!(null),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(
+        delivered_and_debited(&client, user).await,
+        (1, 1),
+        "a plan of 1: one generation delivered and debited"
+    );
+    assert_eq!(
+        fake.predictions().len(),
+        1,
+        "the provider ran one prediction"
+    );
+    assert_eq!(common::jobs_of(&client, user).await, 1);
+    assert!(
+        refusals.contains("PT409") && refusals.contains("PT402"),
+        "in flight while followed, then over the plan: {refusals:?}"
+    );
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_success_after_the_late_window_is_refused_and_the_prediction_canceled() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    let mut flags = fake.reactor_flags(&[]);
+    flags.extend(webhook_flags("1h"));
+    flags.extend(["--stuck-after", "1s", "--late-window", "3s"].map(String::from));
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
+    let client = db.client().await;
+    let user = common::user_on_plan(&client, 2).await;
+    let a = submit_job(&db, user, "imagine", "a porch").await.unwrap();
+    let pid = wait_prediction(&fake, 1).await;
+    wait_status(&client, a, "failed").await;
+    let err = submit_job(&db, user, "imagine", "too soon")
+        .await
+        .expect_err("a followed job is in flight");
+    assert_eq!(common::sqlstate(&err), "PT409");
+
+    // The window ends: the reactor cancels the prediction and stops following.
+    eventually(
+        "the prediction canceled at the window's end",
+        LONG,
+        || async { fake.predictions()[0].canceled },
+    )
+    .await;
+    wait_for_count(
+        &client,
+        "no longer followed",
+        &format!(
+            "select count(*) from generation_jobs where id = '{a}' and followed_until is null"
+        ),
+        1,
+    )
+    .await;
+    let b = submit_job(&db, user, "imagine", "again")
+        .await
+        .expect("A can no longer deliver: not in flight");
+
+    // A success for A arrives anyway (the provider finished before the
+    // cancel reached it): refused, never delivered, never debited.
+    let late = fake.finish(
+        &pid,
+        "succeeded",
+        json!([images.url("/ok/too-late.jpg")]),
+        json!(null),
+    );
+    let hook = late.webhook.clone().unwrap();
+    let (body, headers) = signed_webhook(&late.json(), "msg_late", chrono::Utc::now().timestamp());
+    assert_eq!(
+        deliver_webhook(&hook, body, &headers).await,
+        reqwest::StatusCode::OK
+    );
+    let second = wait_prediction(&fake, 2).await;
+    let done = fake.finish(
+        &second,
+        "succeeded",
+        json!([images.url("/ok/b.jpg")]),
+        json!(null),
+    );
+    let (body, headers) = signed_webhook(&done.json(), "msg_b", chrono::Utc::now().timestamp());
+    let hook = done.webhook.clone().unwrap();
+    assert_eq!(
+        deliver_webhook(&hook, body, &headers).await,
+        reqwest::StatusCode::OK
+    );
+    wait_status(&client, b, "succeeded").await;
+    one_render_one_debit(&client, b).await;
+
+    assert_eq!(job_state(&client, a).await.0, "failed");
+    assert_eq!(
+        images.hits("/ok/too-late.jpg"),
+        0,
+        "A's pictures never fetched"
+    );
+    assert_eq!(delivered_and_debited(&client, user).await, (1, 1));
     reactor.stop().await;
 }
 

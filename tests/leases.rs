@@ -274,16 +274,29 @@ async fn the_stuck_sweep_fails_an_in_flight_job_nobody_holds_a_claim_on() {
     let reactor = start(
         &db,
         storage.path(),
-        &fake.reactor_flags(&["--stuck-after", "2s"]),
+        &fake.reactor_flags(&["--stuck-after", "2s", "--late-window", "5s"]),
     )
     .await;
     wait_status(&client, id, "failed").await;
     assert_eq!(job_state(&client, id).await.2.as_deref(), Some("timed out"));
     assert_eq!(fake.create_calls(), 0);
-    // The owner may submit again.
-    submit_job(&db, user, "imagine", "a quiet study")
+    // Its prediction may still succeed within the late window: still in flight.
+    let err = submit_job(&db, user, "imagine", "a quiet study")
         .await
-        .unwrap();
+        .expect_err("followed for a late success");
+    assert_eq!(common::sqlstate(&err), "PT409");
+    // Once the window has ended (even with the lease still held) the owner may
+    // submit again.
+    eventually(
+        "a submission accepted after the late window",
+        LONG,
+        || async {
+            submit_job(&db, user, "imagine", "a quiet study")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
     reactor.stop().await;
 }
 
@@ -394,8 +407,9 @@ async fn after_the_work_is_done_only_dead_rows_stay_in_handler_state() {
          where handler = 'renders' and row_id = '{dead}' and dead_at is not null"
     );
     wait_for_count(&client, "the missing image's render dead", &dead_state, 1).await;
-    eventually("two debits and the default collection", LONG, || async {
-        count(&client, "select count(*) from usage_ledger").await == 2
+    // The dead render's job is not delivered, so it is not debited.
+    eventually("one debit and the default collection", LONG, || async {
+        count(&client, "select count(*) from usage_ledger").await == 1
             && count(
                 &client,
                 "select count(*) from collections where is_default_favorites",

@@ -502,13 +502,13 @@ async fn dead_render_error(client: &tokio_postgres::Client) -> (i32, String) {
 }
 
 #[tokio::test]
-async fn a_gone_output_image_ends_the_render_at_once_with_a_clear_error_and_no_half_render() {
+async fn a_gone_output_image_ends_the_render_fails_the_job_saying_why_and_debits_nothing() {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let images = image_server().await;
     let client = db.client().await;
-    let owner = common::auth_user(&client).await;
-    succeeded_job(
+    let owner = common::user_on_plan(&client, 1).await;
+    let job = succeeded_job(
         &client,
         owner,
         &[
@@ -517,17 +517,37 @@ async fn a_gone_output_image_ends_the_render_at_once_with_a_clear_error_and_no_h
         ],
     )
     .await;
+    // Succeeded, not yet delivered: a pending debit, so the plan of 1 is full.
+    let err = common::submit_job(&db, owner, "imagine", "another")
+        .await
+        .expect_err("the pending debit counts");
+    assert_eq!(common::sqlstate(&err), "PT402");
     let reactor = start_reactor(&db, storage.path(), &[]).await;
     let (attempts, error) = dead_render_error(&client).await;
     assert_eq!(attempts, 1, "a 404 is not retried");
     assert!(error.contains("gone") && error.contains("404"), "{error}");
+    let shown = common::wait_status(&client, job, "failed").await.unwrap();
+    assert!(
+        shown.contains("could not be stored")
+            && shown.contains("not charged")
+            && shown.contains("gone"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("http://"),
+        "no URL in the owner's error: {shown}"
+    );
     assert_eq!(count(&client, "select count(*) from renders").await, 0);
     assert_eq!(
         count(&client, "select count(*) from render_variants").await,
         0
     );
-    // The debit does not depend on the render.
-    wait_until(&client, "debit", "select count(*) from usage_ledger", 1).await;
+    // Never delivered, never debited: the owner may use the generation.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
+    common::submit_job(&db, owner, "imagine", "another")
+        .await
+        .expect("nothing was used");
     reactor.stop().await;
 }
 
@@ -811,7 +831,8 @@ async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
     // Sessions opened after ALTER DATABASE write to the outbox.
     let client = db.client().await;
     let user = user_with_profile(&client).await;
-    let job = succeeded_job(&client, user, &["http://127.0.0.1:9/never.jpg".to_string()]).await;
+    let images = image_server().await;
+    let job = succeeded_job(&client, user, &[images.url("/ok/outbox.jpg")]).await;
     wait_until(
         &client,
         "favorites via the outbox",
@@ -821,7 +842,7 @@ async fn outbox_mode_works_without_notify_in_the_writers_transactions() {
     .await;
     wait_until(
         &client,
-        "debit via the outbox",
+        "render and debit via the outbox (a debit comes with the delivery)",
         &format!("select count(*) from usage_ledger where job_id = '{job}'"),
         1,
     )

@@ -14,13 +14,13 @@ use anyhow::{bail, Result};
 use reactor::job::handler::{Action, Spec};
 use reactor::store::pending::Statements;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_postgres::Client;
 
 /// The partial indexes of the pending queries (180, 186; dropped for "without").
 const PENDING_INDEXES: &str =
     "idx_jobs_pending_usage, idx_jobs_pending_renders, idx_jobs_in_flight_owner, \
-     idx_jobs_timed_out_created, idx_profiles_pending_favorites";
+     idx_jobs_followed_owner, idx_profiles_pending_favorites";
 
 /// `n` handled profiles and jobs, each with its favorites, render, debit and
 /// markers, plus the reactor's own tables as they fill up (1% of jobs dead
@@ -77,7 +77,7 @@ fn first_pages() -> Vec<(String, String)> {
         reactor::handlers::usage::handler(),
         reactor::handlers::favorites::handler(),
     ];
-    reactor::http::ops::builtin_specs(Duration::from_secs(3600))
+    reactor::http::ops::builtin_specs()
         .into_iter()
         .map(|spec: Spec| {
             let sql = sql_actions.iter().find_map(|h| match &h.action {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 /// The schema before issue 12, from the schema now.
 const BEFORE_ISSUE_12: &str = "
 drop index public.idx_jobs_pending_usage, public.idx_jobs_pending_renders,
-  public.idx_jobs_in_flight_owner, public.idx_jobs_timed_out_created,
+  public.idx_jobs_in_flight_owner,
   public.idx_profiles_pending_favorites;
 create index idx_jobs_status on public.generation_jobs (status, id);";
 

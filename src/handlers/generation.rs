@@ -12,6 +12,15 @@
 //! Only a prediction that carries this job's id is adopted; one that merely
 //! has the same input may be another user's identical job, so the job fails
 //! with [`UNPROVEN`] instead (we never attach another user's images).
+//!
+//! Timed out, still followed: the stuck rule fails a job that has no terminal
+//! status in time, and when the job has a prediction it sets
+//! `followed_until = created_at + late window`. Until then the prediction is
+//! still looked at, a late success is accepted, and the submit rules count the
+//! job as in flight (it may still deliver, so the owner may not start another).
+//! When the window ends the reactor cancels the prediction and stops
+//! following; a success arriving after `followed_until` is refused, so it is
+//! never delivered and never debited.
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
@@ -32,10 +41,24 @@ const FAIL_IN_FLIGHT: &str =
 
 /// Fails every in-flight job older than `$2` seconds with error `$1`: the
 /// stuck rule, enforced from table state (served by idx_jobs_in_flight_owner).
+/// A job with a prediction stays followed for `$3` seconds after its creation.
 const TIME_OUT_STUCK: &str =
-    "update public.generation_jobs set status = 'failed', error = $1, completed_at = now()
+    "update public.generation_jobs set status = 'failed', error = $1, completed_at = now(),
+            followed_until = case when prediction_id is not null
+                                  then created_at + make_interval(secs => $3) end
      where status in ('starting', 'processing') and created_at <= now() - make_interval(secs => $2)
      returning id::text, prediction_id is not null";
+
+/// The stuck rule for one job (`$1`), as an attempt applies it.
+const TIME_OUT_ONE: &str =
+    "update public.generation_jobs set status = 'failed', error = $2, completed_at = now(),
+            followed_until = case when prediction_id is not null
+                                  then created_at + make_interval(secs => $3) end
+     where id = $1 and status in ('starting', 'processing')";
+
+/// Stops following job `$1` once its late window has ended.
+const STOP_FOLLOWING: &str = "update public.generation_jobs set followed_until = null
+     where id = $1 and followed_until is not null and followed_until <= clock_timestamp()";
 
 /// The error a job gets when an interrupted submission cannot be reconciled.
 pub const UNPROVEN: &str = "the submission was interrupted and its outcome could not be proven: \
@@ -53,7 +76,8 @@ pub struct Settings {
     pub poll_min: Duration,
     /// With webhooks on, how long to wait for one before polling.
     pub webhook_grace: Duration,
-    /// How long a timed-out job is still followed for a late success.
+    /// How long after its creation a timed-out job is still followed for a
+    /// late success (`followed_until`).
     pub late_window: Duration,
     /// Prefix for input paths that are not URLs (e.g. a public bucket's URL).
     pub input_base_url: Option<String>,
@@ -67,20 +91,15 @@ pub struct Settings {
 const INPUT_URL_VALIDITY: Duration = Duration::from_secs(3600);
 
 /// The rows the generation handler works on: in-flight jobs, and timed-out
-/// jobs still followed for a late success within `late_window`.
-pub fn spec(late_window: Duration) -> Spec {
-    let late = late_window.as_secs();
+/// jobs still followed for a late success (`followed_until` set).
+pub fn spec() -> Spec {
     Spec {
         name: NAME.into(),
         table: "public.generation_jobs".into(),
         notify_table: "generation_jobs".into(),
         key: "id".into(),
         key_type: KeyType::Uuid,
-        pending: format!(
-            "t.status in ('starting', 'processing')
-             or (t.status = 'failed' and t.error = '{TIMED_OUT}' and t.prediction_id is not null
-                 and t.created_at > now() - interval '{late} seconds')"
-        ),
+        pending: "t.status in ('starting', 'processing') or t.followed_until is not null".into(),
         statuses: Some(vec![
             JobStatus::Starting.to_string(),
             JobStatus::Processing.to_string(),
@@ -90,7 +109,7 @@ pub fn spec(late_window: Duration) -> Spec {
 
 pub fn handler(provider: Arc<dyn Provider>, settings: Settings) -> Handler {
     Handler {
-        spec: spec(settings.late_window),
+        spec: spec(),
         action: Action::Leased(Arc::new(Generation { provider, settings })),
     }
 }
@@ -111,6 +130,8 @@ struct Job {
     submit_started_at: Option<DateTime<Utc>>,
     cancel_requested: bool,
     created_at: DateTime<Utc>,
+    /// Set while a timed-out job is still followed for a late success.
+    followed_until: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -120,8 +141,12 @@ impl Job {
 }
 
 /// Writes a provider's word on a prediction to its job, if the job can still
-/// take it (in flight, or timed out and waiting for a late answer). Shared by
-/// polling and the webhook. Returns whether the job changed.
+/// take it (in flight, or timed out and still followed: `followed_until` not
+/// yet passed). Shared by polling and the webhook; `db` must be a transaction:
+/// a success first takes the owner's submit lock, so that it and a submission
+/// are ordered (a late success refused from the moment its window ends, a
+/// submission that sees the success counting it). Returns whether the job
+/// changed.
 pub async fn apply_prediction(
     db: &impl GenericClient,
     job_id: Uuid,
@@ -167,12 +192,20 @@ pub async fn apply_prediction(
             ),
             PredictionState::Canceled => (JobStatus::Canceled, None, None),
         };
+    if status == JobStatus::Succeeded {
+        db.execute_typed(
+            "select reactor.lock_submissions(owner_id) from public.generation_jobs where id = $1",
+            &[param(&job_id)],
+        )
+        .await?;
+    }
     let n = db
         .execute_typed(
             "update public.generation_jobs
-             set status = $2, output = $3, error = $4, completed_at = now()
+             set status = $2, output = $3, error = $4, completed_at = now(), followed_until = null
              where id = $1 and prediction_id = $5
-               and (status in ('starting', 'processing') or (status = 'failed' and error = $6))",
+               and (status in ('starting', 'processing')
+                    or (status = 'failed' and error = $6 and followed_until > clock_timestamp()))",
             &[
                 param(&job_id),
                 param(&status),
@@ -198,7 +231,7 @@ impl Generation {
             .query_typed_opt(
                 "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
                         prediction_id, submit_started_at, cancel_requested_at is not null, created_at,
-                        owner_id
+                        owner_id, followed_until
                  from public.generation_jobs where id = $1",
                 &[param(&id)],
             )
@@ -237,6 +270,7 @@ impl Generation {
             submit_started_at: row.get(9),
             cancel_requested: row.get(10),
             created_at: row.get(11),
+            followed_until: row.get(13),
         }))
     }
 
@@ -301,6 +335,11 @@ impl Generation {
         .unwrap_or_default();
         if job.in_flight() && to_stuck > Duration::ZERO {
             delay = delay.min(to_stuck + Duration::from_millis(10));
+        }
+        // And for the end of the late window.
+        if let Some(until) = job.followed_until {
+            let to_end = (until - Utc::now()).to_std().unwrap_or_default();
+            delay = delay.min(to_end + Duration::from_millis(10));
         }
         delay
     }
@@ -376,6 +415,32 @@ impl Generation {
             )
             .await?;
         tracing::info!("job canceled");
+        Ok(Outcome::Finished)
+    }
+
+    /// The late window of a timed-out job has ended: its prediction is
+    /// canceled at the provider (it would cost money for a result that is
+    /// refused now) and the job is no longer followed.
+    async fn stop_following(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+        job: &Job,
+    ) -> Result<Outcome, HandlerError> {
+        if let Some(pid) = &job.prediction_id {
+            match self.provider.cancel(pid).await {
+                Ok(()) | Err(ProviderError::NotFound) => {}
+                Err(e) => {
+                    return Err(HandlerError::retryable(format!(
+                        "canceling prediction {pid} at the end of the late window: {e}"
+                    )))
+                }
+            }
+        }
+        lease
+            .execute_fenced(pool, STOP_FOLLOWING, &[&job.input.id])
+            .await?;
+        tracing::info!("late window ended: prediction canceled, no longer followed");
         Ok(Outcome::Finished)
     }
 
@@ -486,14 +551,25 @@ impl LeasedWork for Generation {
             + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
         if job.in_flight() && Utc::now() >= stuck_at {
             lease
-                .execute_fenced(pool, FAIL_IN_FLIGHT, &[&id, &TIMED_OUT])
+                .execute_fenced(
+                    pool,
+                    TIME_OUT_ONE,
+                    &[&id, &TIMED_OUT, &self.settings.late_window.as_secs_f64()],
+                )
                 .await?;
-            tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted");
+            tracing::warn!(stuck_after = ?self.settings.stuck_after, "job timed out; a late success is still accepted within the late window");
             job.status = JobStatus::Failed;
             job.error = Some(TIMED_OUT.into());
             if job.prediction_id.is_none() {
                 return Ok(Outcome::Finished);
             }
+            job.followed_until = Some(
+                job.created_at
+                    + chrono::Duration::from_std(self.settings.late_window).unwrap_or_default(),
+            );
+        }
+        if job.followed_until.is_some_and(|until| Utc::now() >= until) {
+            return self.stop_following(pool, lease, &job).await;
         }
         match job.prediction_id.clone() {
             None if job.status == JobStatus::Starting => self.submit(pool, lease, &mut job).await,
@@ -533,6 +609,7 @@ impl LeasedWork for Generation {
                 &[
                     param(&TIMED_OUT),
                     param(&self.settings.stuck_after.as_secs_f64()),
+                    param(&self.settings.late_window.as_secs_f64()),
                 ],
             )
             .await?;
@@ -556,9 +633,18 @@ impl LeasedWork for Generation {
         let Ok(id) = Uuid::parse_str(row_id) else {
             return Ok(());
         };
-        pool.get()
-            .await?
+        let client = pool.get().await?;
+        client
             .execute_typed(FAIL_IN_FLIGHT, &[param(&id), param(&job_error_text(error))])
+            .await?;
+        // Nobody follows it any more: its late success would be refused, so
+        // it no longer counts as in flight either.
+        client
+            .execute_typed(
+                "update public.generation_jobs set followed_until = null
+                 where id = $1 and followed_until is not null",
+                &[param(&id)],
+            )
             .await?;
         Ok(())
     }

@@ -282,6 +282,9 @@ impl LeasedWork for Renders {
                 &[&job_id],
             )
             .await?;
+            // Delivered: debited in the same transaction (see usage.rs).
+            tx.execute(crate::handlers::usage::DEBIT_DELIVERED, &[&job_id])
+                .await?;
             created = inserted == 1;
         }
         tx.finish().await?;
@@ -290,6 +293,20 @@ impl LeasedWork for Renders {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
         }
         Ok(Outcome::Finished)
+    }
+
+    /// The render died for good: the job cannot be delivered, so it fails
+    /// and is not debited (see usage.rs).
+    async fn gave_up(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        row_id: &str,
+        error: &str,
+    ) -> Result<(), HandlerError> {
+        match Uuid::parse_str(row_id) {
+            Ok(job_id) => crate::handlers::usage::undeliverable(pool, job_id, error).await,
+            Err(_) => Ok(()),
+        }
     }
 }
 

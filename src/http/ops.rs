@@ -7,7 +7,6 @@ use crate::job::handler::Spec;
 use crate::store::db::param;
 use serde::Serialize;
 use std::path::Path;
-use std::time::Duration;
 use tokio_postgres::GenericClient;
 
 /// Backlogs are counted up to this many rows (a count of a huge backlog would
@@ -15,9 +14,9 @@ use tokio_postgres::GenericClient;
 pub const BACKLOG_CAP: i64 = 100_000;
 
 /// The built-in handlers' specs (no provider or storage needed).
-pub fn builtin_specs(late_window: Duration) -> Vec<Spec> {
+pub fn builtin_specs() -> Vec<Spec> {
     vec![
-        handlers::generation::spec(late_window),
+        handlers::generation::spec(),
         handlers::renders::spec(),
         handlers::usage::handler().spec,
         handlers::favorites::handler().spec,
@@ -27,7 +26,7 @@ pub fn builtin_specs(late_window: Duration) -> Vec<Spec> {
 /// The handlers `reactor status` and `reactor retry` know: the built-in ones
 /// and, with a REACTOR_CONFIG file, one per table of yours.
 pub fn specs(config: Option<&Path>) -> Result<Vec<Spec>, ConfigError> {
-    let mut specs = builtin_specs(Duration::from_secs(3600));
+    let mut specs = builtin_specs();
     if let Some(path) = config {
         specs.extend(handlers::own_tables::specs(path)?);
     }

@@ -148,3 +148,24 @@ pub async fn succeeded_with_render(client: &Client, job: Uuid) -> i64 {
     )
     .await
 }
+
+/// Creates a plan of `monthly` generations and a user (with profile) on it.
+pub async fn user_on_plan(client: &Client, monthly: i32) -> Uuid {
+    let price = format!("price_{}", Uuid::new_v4().simple());
+    client
+        .execute(
+            "insert into plans (price_id, name, monthly_generations) values ($1, $1, $2)",
+            &[&price, &monthly],
+        )
+        .await
+        .expect("insert plan");
+    let user = user_with_profile(client).await;
+    client
+        .execute(
+            "update profiles set price_id = $2 where id = $1",
+            &[&user, &price],
+        )
+        .await
+        .expect("put the user on the plan");
+    user
+}
