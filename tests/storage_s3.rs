@@ -68,7 +68,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
     moto.put("private", b"").await;
     let owner = uuid::Uuid::new_v4();
     let input = format!("private/{owner}/inputs/room.jpg");
-    moto.put(&input, common::JPEG).await;
+    moto.put(&input, &common::JPEG).await;
     // The only test in this binary: the process environment is its own.
     for (name, value) in [
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -87,7 +87,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         .unwrap();
     let fetched = reqwest::get(&url).await.unwrap();
     assert!(fetched.status().is_success(), "{url}: {}", fetched.status());
-    assert_eq!(fetched.bytes().await.unwrap().as_ref(), common::JPEG);
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), &common::JPEG[..]);
 
     // Outputs: a JPEG and a PNG rendered into the public bucket.
     let db = common::migrated_db().await;
@@ -166,7 +166,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         );
         let body = got.bytes().await.unwrap();
         if content_type == "image/jpeg" {
-            assert_eq!(body.as_ref(), common::JPEG);
+            assert_eq!(body.as_ref(), &common::JPEG[..]);
         }
     }
 }

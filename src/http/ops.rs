@@ -19,6 +19,7 @@ pub fn builtin_specs(late_window: Duration) -> Vec<Spec> {
     vec![
         handlers::generation::spec(late_window),
         handlers::renders::spec(),
+        handlers::deleted_objects::spec(),
         handlers::usage::handler().spec,
         handlers::favorites::handler().spec,
     ]
