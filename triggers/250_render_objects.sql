@@ -3,16 +3,20 @@
 -- deleted_objects handler removes them from storage. A render a community item
 -- names keeps its objects (held) until the last such item goes.
 
--- The work hint for one queued object, on channel "reactor" (or the outbox).
+-- The work hint for one queued object, on channel "reactor", or in the outbox
+-- in outbox mode (the mode lookup of triggers/165_notify_settings.sql). WAL
+-- mode sends none: deletions are rare, and the sweep finds the row.
 create or replace function reactor.hint_deleted_object(object_id bigint) returns void
 language plpgsql security definer set search_path = pg_catalog, public as $$
 declare
   payload text := '{"table":"deleted_objects","op":"INSERT","id":"' || object_id::text
     || '","owner_id":null,"status":null,"old_status":null}';
+  mode text := coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
+                        (select s.notify_mode from reactor.settings s limit 1));
 begin
-  if current_setting('reactor.notify_mode', true) = 'outbox' then
+  if mode = 'outbox' then
     insert into reactor.outbox (payload, to_status) values (payload, false);
-  else
+  elsif mode is distinct from 'wal' then
     perform pg_notify('reactor', payload);
   end if;
 end

@@ -115,7 +115,9 @@ pub(crate) fn render(res: &Results, _p: &crate::cli::Params) -> String {
          | per variant | without thumbnail | with thumbnail | ratio |\n\
          |---|---|---|---|\n\
          | time to store | {:.1} ms | {:.1} ms | {} |\n\
-         | bytes stored | {:.0} KiB | {:.0} KiB (+{:.0} KiB thumbnail) | {} |\n",
+         | bytes stored | {:.0} KiB | {:.0} KiB (+{:.0} KiB thumbnail) | {} |\n\n\
+         Lossless WebP keeps a grainy photo's grain: the thumbnail is a large part of the \
+         original. Time includes decoding the original and scaling it (`Triangle` filter).\n\n",
         without * 1000.0,
         with * 1000.0,
         fmt_ratio(Some(with), Some(without)),
