@@ -89,6 +89,10 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_MAX_IMAGE_BYTES", default_value = "26214400", value_parser = positive)]
     pub max_image_bytes: usize,
 
+    /// Longest side, in pixels, of the WebP thumbnail stored beside each render variant.
+    #[arg(long, env = "REACTOR_THUMBNAIL_SIZE", default_value = "512", value_parser = positive)]
+    pub thumbnail_size: usize,
+
     /// Timeout of each output image download.
     #[arg(long, env = "REACTOR_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub download_timeout: Duration,

@@ -39,8 +39,21 @@ fn reactor_demo_runs_the_whole_pipeline_offline_and_exits_zero() {
         stdout.contains("processing → succeeded"),
         "live status lines:\n{stdout}"
     );
+    assert!(
+        stdout.contains("_thumb.webp"),
+        "shows the thumbnails' paths:\n{stdout}"
+    );
     let images = walk(&dir.path().join("storage/public/renders"));
-    assert_eq!(images.len(), 8, "two images per job: {images:?}");
+    assert_eq!(
+        images.len(),
+        16,
+        "two images per job, each with its thumbnail: {images:?}"
+    );
+    let thumbnails = images
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("_thumb.webp"))
+        .count();
+    assert_eq!(thumbnails, 8, "{images:?}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -377,6 +377,11 @@ async fn big_handled_history() -> TestDb {
                select id, 'imagine', 'history', 'failed', 'timed out', 'p' || id, now() - interval '30 days'
                from profiles limit 50000;
              update profiles set favorites_at = now();
+             -- Objects of deleted renders a community item still names (held):
+             -- never pending, however many.
+             insert into reactor.deleted_objects (render_id, path, held)
+               select gen_random_uuid(), 'renders/held/' || n || '.jpg', true
+               from generate_series(1, 50000) n;
              analyze;",
         )
         .await
@@ -396,14 +401,18 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
         ("renders", vec!["idx_jobs_pending_renders"]),
         ("usage", vec!["idx_jobs_pending_usage"]),
         ("favorites", vec!["idx_profiles_pending_favorites"]),
+        ("deleted_objects", vec!["idx_deleted_objects_pending"]),
     ];
     let handlers = [
         reactor::handlers::usage::handler(),
         reactor::handlers::favorites::handler(),
     ];
     let limit = 500i64;
-    let after = uuid::Uuid::nil().to_string();
     for spec in reactor::http::ops::builtin_specs() {
+        let after = match spec.key_type {
+            reactor::job::handler::KeyType::Bigint => "0".to_string(),
+            _ => uuid::Uuid::nil().to_string(),
+        };
         let (_, indexes) = expected
             .iter()
             .find(|(name, _)| *name == spec.name)
@@ -433,7 +442,13 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
             checked.push(("effect_after", plan(&client, next, &[&limit, &after]).await));
         }
         for (what, plan) in checked {
-            for table in ["generation_jobs", "profiles", "collections", "usage_ledger"] {
+            for table in [
+                "generation_jobs",
+                "profiles",
+                "collections",
+                "usage_ledger",
+                "deleted_objects",
+            ] {
                 assert!(
                     !plan.contains(&format!("Seq Scan on {table}")),
                     "{} {what} scans {table}:\n{plan}",

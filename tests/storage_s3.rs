@@ -1,7 +1,9 @@
 //! Renders stored in a real S3 API on loopback (moto's server, from PyPI:
-//! `pip install 'moto[server]'`; `.ci/run` installs it): the keys, the
-//! Content-Type and Cache-Control each object is served with, and presigned
-//! input URLs that fetch the input.
+//! `pip install 'moto[server]'`; `.ci/run` installs it): the keys (not
+//! derivable from the job id), the thumbnails, the Content-Type and
+//! Cache-Control each object is served with, objects removed when their
+//! render is deleted (after a crash mid-delete too, never a live render's),
+//! and presigned input URLs that fetch the input.
 mod common;
 
 use common::{count, eventually};
@@ -68,7 +70,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
     moto.put("private", b"").await;
     let owner = uuid::Uuid::new_v4();
     let input = format!("private/{owner}/inputs/room.jpg");
-    moto.put(&input, common::JPEG).await;
+    moto.put(&input, &common::JPEG).await;
     // The only test in this binary: the process environment is its own.
     for (name, value) in [
         ("AWS_ACCESS_KEY_ID", "testing"),
@@ -87,7 +89,7 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         .unwrap();
     let fetched = reqwest::get(&url).await.unwrap();
     assert!(fetched.status().is_success(), "{url}: {}", fetched.status());
-    assert_eq!(fetched.bytes().await.unwrap().as_ref(), common::JPEG);
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), &common::JPEG[..]);
 
     // Outputs: a JPEG and a PNG rendered into the public bucket.
     let db = common::migrated_db().await;
@@ -111,13 +113,32 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
             == 2
     })
     .await;
+    let kept_job = common::succeeded_job(&client, user, &[images.url("/ok/c.jpg")]).await;
+    eventually("the second render", Duration::from_secs(30), || async {
+        count(
+            &client,
+            &format!("select count(*) from renders where job_id = '{kept_job}'"),
+        )
+        .await
+            == 1
+    })
+    .await;
     reactor.stop().await;
 
     let paths = common::texts(
         &client,
-        "select v.image_path from render_variants v join renders r on r.id = v.render_id
-             where r.job_id = $1 order by v.idx",
+        "select p from render_variants v join renders r on r.id = v.render_id,
+           unnest(array[v.image_path, v.thumb_path]) p
+         where r.job_id = $1 order by p",
         &[&job],
+    )
+    .await;
+    let kept_paths = common::texts(
+        &client,
+        "select p from render_variants v join renders r on r.id = v.render_id,
+           unnest(array[v.image_path, v.thumb_path]) p
+         where r.job_id = $1 order by p",
+        &[&kept_job],
     )
     .await;
     let render: uuid::Uuid = client
@@ -125,11 +146,14 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         .await
         .unwrap()
         .get(0);
+    assert_ne!(render, common::guessable_render_id(job));
     assert_eq!(
         paths,
         [
             format!("renders/{render}/0.jpg"),
-            format!("renders/{render}/1.png")
+            format!("renders/{render}/0_thumb.webp"),
+            format!("renders/{render}/1.png"),
+            format!("renders/{render}/1_thumb.webp"),
         ]
     );
     // As a browser gets them (the bucket is private in moto: through a
@@ -140,16 +164,26 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         .with_allow_http(true)
         .build()
         .unwrap();
-    for (path, content_type) in paths.iter().zip(["image/jpeg", "image/png"]) {
-        let url = public
-            .signed_url(
-                reqwest::Method::GET,
-                &object_store::path::Path::from(path.as_str()),
-                Duration::from_secs(600),
-            )
-            .await
-            .unwrap();
-        let got = reqwest::get(url).await.unwrap();
+    let get = |path: String| {
+        let public = &public;
+        async move {
+            let url = public
+                .signed_url(
+                    reqwest::Method::GET,
+                    &object_store::path::Path::from(path.as_str()),
+                    Duration::from_secs(600),
+                )
+                .await
+                .unwrap();
+            reqwest::get(url).await.unwrap()
+        }
+    };
+    for (path, content_type) in
+        paths
+            .iter()
+            .zip(["image/jpeg", "image/webp", "image/png", "image/webp"])
+    {
+        let got = get(path.clone()).await;
         assert!(got.status().is_success(), "GET {path}: {}", got.status());
         let header = |name: &str| {
             got.headers()
@@ -166,7 +200,65 @@ async fn renders_land_in_s3_with_their_content_type_and_cache_control_and_inputs
         );
         let body = got.bytes().await.unwrap();
         if content_type == "image/jpeg" {
-            assert_eq!(body.as_ref(), common::JPEG);
+            assert_eq!(body.as_ref(), &common::JPEG[..]);
         }
+        if content_type == "image/webp" {
+            let thumb = image::load_from_memory(&body).unwrap();
+            assert_eq!(
+                thumb.width().max(thumb.height()),
+                512.min(common::IMAGE_SIZE.0)
+            );
+        }
+    }
+
+    // The owner deletes the first render while no reactor runs; a reactor is
+    // then killed after removing its first object, before dropping its queue
+    // row. The next reactor removes the rest; the other render keeps its own.
+    let mut client = client;
+    common::as_user(
+        &mut client,
+        user,
+        &format!("delete from renders where id = '{render}'"),
+    )
+    .await
+    .unwrap();
+    let first = client
+        .query_one(
+            "select id, path from reactor.deleted_objects order by id limit 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (first_id, first_path): (i64, String) = (first.get(0), first.get(1));
+    use object_store::ObjectStore as _;
+    public
+        .delete(&object_store::path::Path::from(first_path.as_str()))
+        .await
+        .unwrap();
+    common::lease_of_a_killed_reactor(&client, "deleted_objects", &first_id.to_string()).await;
+    let reactor =
+        common::start_reactor(&db, scratch.path(), &["--storage-url", "s3://public"]).await;
+    eventually(
+        "the deleted objects queue drains",
+        Duration::from_secs(30),
+        || async { count(&client, "select count(*) from reactor.deleted_objects").await == 0 },
+    )
+    .await;
+    reactor.stop().await;
+    for path in &paths {
+        let got = get(path.clone()).await;
+        assert_eq!(
+            got.status(),
+            reqwest::StatusCode::NOT_FOUND,
+            "{path} deleted"
+        );
+    }
+    for path in &kept_paths {
+        let got = get(path.clone()).await;
+        assert!(
+            got.status().is_success(),
+            "{path} of the live render: {}",
+            got.status()
+        );
     }
 }

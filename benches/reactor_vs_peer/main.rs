@@ -29,6 +29,7 @@ mod latency;
 mod machine;
 mod measure;
 mod report;
+mod thumbnails;
 mod wal;
 mod write;
 mod write_path;
@@ -84,6 +85,12 @@ const WORKLOADS: &[Workload] = &[
         name: "write-path",
         run: |ctx, res| Box::pin(write_path::run(ctx, res)),
         section: Some(write_path::render),
+        by_default: true,
+    },
+    Workload {
+        name: "thumbnails",
+        run: |ctx, res| Box::pin(thumbnails::run(ctx, res)),
+        section: Some(thumbnails::render),
         by_default: true,
     },
     Workload {

@@ -177,14 +177,16 @@ pub async fn run(database_url: Option<String>, storage_url: &str) -> anyhow::Res
     watcher.abort();
 
     println!(
-        "\n{:<9} {:<10} {:<10} {:<10} images",
+        "\n{:<9} {:<10} {:<10} {:<10} images (each with its thumbnail)",
         "mode", "job", "status", "render"
     );
     for (mode, id) in &jobs {
         let row = admin
             .query_one(
-                "select j.status, r.id, coalesce(array_agg(v.image_path order by v.idx) filter (where v.id is not null), '{}')
+                "select j.status, r.id,
+                        coalesce(array_agg(p order by v.idx, k) filter (where p is not null), '{}')
                  from generation_jobs j left join renders r on r.job_id = j.id left join render_variants v on v.render_id = r.id
+                   left join lateral unnest(array[v.image_path, v.thumb_path]) with ordinality as o(p, k) on true
                  where j.id = $1 group by j.status, r.id",
                 &[id],
             )

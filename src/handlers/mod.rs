@@ -1,9 +1,11 @@
 //! The built-in handlers. Each file says what happens for one kind of change.
+pub(crate) mod deleted_objects;
 pub mod favorites;
 pub(crate) mod generation;
 pub(crate) mod own_tables;
 pub(crate) mod renders;
 pub(crate) mod table_config;
+pub mod thumbnails;
 pub mod usage;
 
 use crate::config::{ProviderKind, RunConfig};
@@ -55,7 +57,7 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
     })
 }
 
-/// generation, renders, usage and favorites, configured from `cfg`.
+/// generation, renders, deleted objects, usage and favorites, configured from `cfg`.
 pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     let storage = crate::providers::storage::Storage::from_url(&cfg.storage_url)?;
     let provider: Arc<dyn Provider> =
@@ -75,8 +77,14 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     };
     Ok(vec![
         generation::handler(provider, settings),
-        renders::handler(storage, cfg.max_image_bytes, cfg.download_timeout)
-            .map_err(|e| SetupError::Other(e.to_string()))?,
+        renders::handler(
+            storage.clone(),
+            cfg.max_image_bytes,
+            cfg.download_timeout,
+            u32::try_from(cfg.thumbnail_size).unwrap_or(u32::MAX),
+        )
+        .map_err(|e| SetupError::Other(e.to_string()))?,
+        deleted_objects::handler(storage),
         usage::handler(),
         favorites::handler(),
     ])

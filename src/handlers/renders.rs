@@ -1,6 +1,13 @@
 //! A succeeded generation job gets its render: every output image is
-//! downloaded, stored at `public/renders/{render_id}/{idx}.{ext}`, and then one
-//! `renders` row and one `render_variants` row per image are written together.
+//! downloaded and given a WebP thumbnail, both are stored at
+//! `public/renders/{render_id}/{idx}.{ext}` and `…/{idx}_thumb.webp`, and then
+//! one `renders` row and one `render_variants` row per image are written
+//! together.
+//!
+//! The render id, and so every object path, is HMAC-SHA256 of the job id keyed
+//! with a secret only the reactor reads (`reactor.render_path_key`, made at
+//! migrate time): whoever knows a job id cannot compute where its pictures
+//! are, yet every attempt of every reactor derives the same id.
 //!
 //! Idempotent by construction: the render id is derived from the job id, so a
 //! retry overwrites the same objects; the rows are written in one fenced
@@ -8,24 +15,31 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
+use crate::handlers::thumbnails;
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
-use crate::providers::storage::Storage;
+use crate::providers::storage::{Storage, RENDER_CACHE_CONTROL};
 use crate::store::db::param;
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use hmac::{Hmac, Mac as _};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 pub const NAME: &str = "renders";
 
-/// Namespace of render ids: render id = UUIDv5(this, job id).
-const RENDER_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_8e0a_4f0b_4c1e_9a57_2d8b_3e61_f0a4);
-
-pub fn render_id(job_id: Uuid) -> Uuid {
-    Uuid::new_v5(&RENDER_NAMESPACE, job_id.as_bytes())
+/// The render id of a job: the first 16 bytes of HMAC-SHA256(`key`, job id),
+/// as a (random-looking, version 4) UUID. `key` is `reactor.render_path_key`.
+pub fn render_id(key: &[u8], job_id: Uuid) -> Result<Uuid, HandlerError> {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key)
+        .map_err(|e| HandlerError::permanent(format!("reactor.render_path_key: {e}")))?;
+    mac.update(job_id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid())
 }
 
 /// The rows the renders handler works on.
@@ -41,7 +55,12 @@ pub fn spec() -> Spec {
     }
 }
 
-pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow::Result<Handler> {
+pub fn handler(
+    storage: Storage,
+    max_bytes: usize,
+    timeout: Duration,
+    thumbnail_size: u32,
+) -> anyhow::Result<Handler> {
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -52,6 +71,7 @@ pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow:
             storage,
             http,
             max_bytes,
+            thumbnail_size,
         })),
     })
 }
@@ -60,11 +80,19 @@ struct Renders {
     storage: Storage,
     http: reqwest::Client,
     max_bytes: usize,
+    /// Longest side of thumbnails, in pixels.
+    thumbnail_size: u32,
 }
 
 struct Image {
     bytes: bytes::Bytes,
     ext: &'static str,
+}
+
+/// A downloaded variant with its thumbnail, ready to store.
+struct Variant {
+    image: Image,
+    thumbnail: bytes::Bytes,
 }
 
 /// The output URLs of a job: Replicate gives a URL or a list of URLs.
@@ -141,6 +169,53 @@ fn has_magic(ext: &str, b: &[u8]) -> bool {
 }
 
 impl Renders {
+    /// Each image with its WebP thumbnail (decoding and encoding run on a
+    /// blocking thread). An image that does not decode fails the attempt.
+    async fn with_thumbnails(&self, images: Vec<Image>) -> Result<Vec<Variant>, HandlerError> {
+        let size = self.thumbnail_size;
+        tokio::task::spawn_blocking(move || {
+            images
+                .into_iter()
+                .enumerate()
+                .map(|(idx, image)| {
+                    let thumbnail = thumbnails::make(&image.bytes, image.ext, size)
+                        .map_err(|e| HandlerError::retryable(format!("output image {idx}: {e}")))?;
+                    Ok(Variant {
+                        image,
+                        thumbnail: thumbnail.into(),
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| HandlerError::retryable(format!("making thumbnails: {e}")))?
+    }
+
+    /// Stores variant `idx` of `render_id` and its thumbnail; returns their paths.
+    async fn store(
+        &self,
+        render_id: Uuid,
+        idx: usize,
+        variant: Variant,
+    ) -> Result<(String, String), HandlerError> {
+        let path = format!("renders/{render_id}/{idx}.{}", variant.image.ext);
+        let thumb_path = thumbnails::path(render_id, idx);
+        for (path, bytes, content_type) in [
+            (
+                &path,
+                variant.image.bytes,
+                content_type_of(variant.image.ext),
+            ),
+            (&thumb_path, variant.thumbnail, thumbnails::CONTENT_TYPE),
+        ] {
+            self.storage
+                .put_public(path, bytes, content_type, RENDER_CACHE_CONTROL)
+                .await
+                .map_err(HandlerError::retryable)?;
+        }
+        Ok((path, thumb_path))
+    }
+
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
         let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
         let response = self.http.get(url).send().await.map_err(|e| {
@@ -222,28 +297,30 @@ impl LeasedWork for Renders {
             .get()
             .await?
             .query_typed_opt(
-                "select owner_id, mode, room_type, style, output from public.generation_jobs
+                "select owner_id, mode, room_type, style, output,
+                        (select key from reactor.render_path_key) as path_key
+                 from public.generation_jobs
                  where id = $1 and status = 'succeeded' and output is not null",
                 &[param(&job_id)],
             )
             .await?;
-        let render_id = render_id(job_id);
+        let mut render_id = Uuid::nil();
         let mut variants = Vec::new();
         if let Some(job) = &job {
+            let key: Option<Vec<u8>> = job.get("path_key");
+            let key = key.ok_or_else(|| {
+                HandlerError::permanent("reactor.render_path_key is empty: run `reactor migrate`")
+            })?;
+            render_id = self::render_id(&key, job_id)?;
+            // Everything is downloaded and decoded before anything is stored:
+            // a picture that does not decode stores nothing.
+            let mut images = Vec::new();
             let output: serde_json::Value = job.get("output");
-            for (idx, url) in output_urls(&output)?.iter().enumerate() {
-                let image = self.download(url).await?;
-                let path = format!("renders/{render_id}/{idx}.{}", image.ext);
-                self.storage
-                    .put_public(
-                        &path,
-                        image.bytes,
-                        content_type_of(image.ext),
-                        crate::providers::storage::RENDER_CACHE_CONTROL,
-                    )
-                    .await
-                    .map_err(HandlerError::retryable)?;
-                variants.push(path);
+            for url in output_urls(&output)? {
+                images.push(self.download(&url).await?);
+            }
+            for variant in self.with_thumbnails(images).await? {
+                variants.push(self.store(render_id, variants.len(), variant).await?);
             }
         }
 
@@ -268,11 +345,11 @@ impl LeasedWork for Renders {
                 )
                 .await?;
             if inserted == 1 {
-                for (idx, path) in variants.iter().enumerate() {
+                for (idx, (path, thumb_path)) in variants.iter().enumerate() {
                     tx.execute(
-                        "insert into public.render_variants (render_id, owner_id, idx, image_path)
-                         values ($1, $2, $3, $4)",
-                        &[&render_id, &owner, &(idx as i32), path],
+                        "insert into public.render_variants (render_id, owner_id, idx, image_path, thumb_path)
+                         values ($1, $2, $3, $4, $5)",
+                        &[&render_id, &owner, &(idx as i32), path, thumb_path],
                     )
                     .await?;
                 }
@@ -352,9 +429,11 @@ mod tests {
     }
 
     #[test]
-    fn render_id_is_stable_per_job() {
+    fn render_id_is_stable_per_job_and_depends_on_the_key() {
         let job = Uuid::new_v4();
-        assert_eq!(render_id(job), render_id(job));
-        assert_ne!(render_id(job), render_id(Uuid::new_v4()));
+        let id = render_id(b"key one", job).unwrap();
+        assert_eq!(id, render_id(b"key one", job).unwrap());
+        assert_ne!(id, render_id(b"key one", Uuid::new_v4()).unwrap());
+        assert_ne!(id, render_id(b"key two", job).unwrap());
     }
 }

@@ -18,6 +18,7 @@ pub fn builtin_specs() -> Vec<Spec> {
     vec![
         handlers::generation::spec(),
         handlers::renders::spec(),
+        handlers::deleted_objects::spec(),
         handlers::usage::handler().spec,
         handlers::favorites::handler().spec,
     ]

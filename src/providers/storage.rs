@@ -25,6 +25,12 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    #[error("deleting {path}: {source}")]
+    Delete {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +130,16 @@ impl Storage {
             .await
             .map_err(|source| StorageError::Put { path: full, source })?;
         Ok(())
+    }
+
+    /// Deletes the object at `path` inside the public bucket. An object that
+    /// is not there (deleted before, or never stored) is success.
+    pub async fn delete_public(&self, path: &str) -> Result<(), StorageError> {
+        let full = format!("{}{path}", self.bucket_prefix);
+        match self.store.delete(&ObjectPath::from(full.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(StorageError::Delete { path: full, source }),
+        }
     }
 
     pub fn description(&self) -> &str {

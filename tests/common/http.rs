@@ -1,8 +1,35 @@
 //! Loopback HTTP for tests: a server standing in for the provider's file
 //! delivery, and the client side of the reactor's own HTTP API.
 
-/// A tiny JPEG-looking body (the renders handler checks the magic bytes).
-pub const JPEG: &[u8] = &[
+/// Width and height of the pictures the image server returns.
+pub const IMAGE_SIZE: (u32, u32) = (96, 64);
+
+fn picture() -> image::RgbImage {
+    image::RgbImage::from_fn(IMAGE_SIZE.0, IMAGE_SIZE.1, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    })
+}
+
+/// A real JPEG (the renders handler decodes it to make the thumbnail).
+pub static JPEG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut out)
+        .encode_image(&picture())
+        .expect("encode the test JPEG");
+    out
+});
+
+/// A real PNG of the same picture.
+pub static PNG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut out = std::io::Cursor::new(Vec::new());
+    picture()
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode the test PNG");
+    out.into_inner()
+});
+
+/// Starts like a JPEG (the magic bytes pass) but does not decode.
+pub const CORRUPT_JPEG: &[u8] = &[
     0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0xFF, 0xD9,
 ];
 
@@ -22,7 +49,8 @@ impl ImageServer {
     }
 }
 
-/// Routes: `/ok/{name}` a JPEG, `/png/{name}` a PNG, `/missing/{name}` 404,
+/// Routes: `/ok/{name}` a JPEG, `/png/{name}` a PNG, `/corrupt/{name}` a JPEG
+/// that does not decode, `/missing/{name}` 404,
 /// `/html/{name}` an HTML page, `/slow/{name}` a JPEG after 30 s,
 /// `/flaky/{fails}/{name}` HTTP 500 for the first `fails` requests then a JPEG,
 /// `/big/{name}` a 2 MiB JPEG, `/delay/{ms}/{name}` a JPEG after `ms` milliseconds.
@@ -46,9 +74,10 @@ pub async fn image_server() -> ImageServer {
         let jpeg = || ([(header::CONTENT_TYPE, "image/jpeg")], JPEG.to_vec()).into_response();
         match kind.as_str() {
             "ok" => jpeg(),
-            "png" => (
-                [(header::CONTENT_TYPE, "image/png")],
-                b"\x89PNG\r\n\x1a\n0000".to_vec(),
+            "png" => ([(header::CONTENT_TYPE, "image/png")], PNG.to_vec()).into_response(),
+            "corrupt" => (
+                [(header::CONTENT_TYPE, "image/jpeg")],
+                CORRUPT_JPEG.to_vec(),
             )
                 .into_response(),
             "missing" => StatusCode::NOT_FOUND.into_response(),

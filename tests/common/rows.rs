@@ -169,3 +169,24 @@ pub async fn user_on_plan(client: &Client, monthly: i32) -> Uuid {
         .expect("put the user on the plan");
     user
 }
+
+/// The state a reactor killed (`kill -9`) in the middle of an attempt leaves:
+/// its unexpired lease on `row_id` for `handler`, held by a process that is
+/// gone. The next reactor may take the row only once the lease expires.
+pub async fn lease_of_a_killed_reactor(client: &Client, handler: &str, row_id: &str) {
+    client
+        .execute(
+            "insert into reactor.handler_state (handler, row_id, lease_owner, lease_token, lease_expires_at)
+             values ($1, $2, $3, 1, now() + interval '2 seconds')",
+            &[&handler, &row_id, &Uuid::new_v4()],
+        )
+        .await
+        .expect("insert the killed reactor's lease");
+}
+
+/// The render id main used to derive from a job id (UUIDv5 of a constant in
+/// the public source): what an attacker who knows a job id computes.
+pub fn guessable_render_id(job: Uuid) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_8e0a_4f0b_4c1e_9a57_2d8b_3e61_f0a4);
+    Uuid::new_v5(&NAMESPACE, job.as_bytes())
+}
