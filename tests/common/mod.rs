@@ -6,20 +6,23 @@
 //!
 //! One idea a file: `db` (databases and reading them back), `rows` (users and
 //! jobs), `reactor_process` (the reactor under test), `http` (loopback HTTP),
-//! `fake_replicate` (the provider's API), `realtime` (a recording stand-in for
+//! `fake_replicate` (the provider's API), `pgbouncer` (a real pooler in front),
+//! `pki` (certificates for TLS servers), `realtime` (a recording stand-in for
 //! Supabase's realtime.send). Everything is re-exported here.
 #![allow(dead_code)]
 
 pub mod db;
 pub mod fake_replicate;
 pub mod http;
+pub mod pgbouncer;
+pub mod pki;
 pub mod reactor_process;
 pub mod realtime;
 pub mod rows;
 
 // A test binary uses only some of these; the rest is not a mistake.
 #[allow(unused_imports)]
-pub use {db::*, http::*, reactor_process::*, realtime::*, rows::*};
+pub use {db::*, http::*, pgbouncer::*, pki::*, reactor_process::*, realtime::*, rows::*};
 
 use std::time::{Duration, Instant};
 
