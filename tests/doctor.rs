@@ -474,3 +474,25 @@ async fn a_public_url_without_webhook_secret_fails() {
     assert_failed_with_exit_1(&outcome, "webhook");
     assert!(outcome.fix("webhook").contains("REPLICATE_WEBHOOK_SECRET"));
 }
+
+#[tokio::test]
+async fn a_database_that_never_answers_is_a_failed_line_not_a_hang() {
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let storage = tempfile::tempdir().unwrap();
+    let replicate = FakeReplicate::start().await;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+    let outcome = doctor(&healthy_flags(&url, storage.path(), &replicate)).await;
+    assert_failed_with_exit_1(&outcome, "connection");
+    assert!(outcome.message("connection").contains("did not answer"));
+    // The checks that need no database still ran.
+    assert_eq!(outcome.status("storage"), "ok");
+    assert_eq!(outcome.status("provider"), "ok");
+}

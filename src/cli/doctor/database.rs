@@ -30,49 +30,41 @@ pub(super) async fn checks(cfg: &RunConfig) -> Vec<Check> {
     let client = match tokio::time::timeout(CHECK_TIMEOUT, db::connect(&cfg.database_url)).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return vec![connect_failed(&e)],
-        Err(_) => {
-            return vec![Check::failed(
-            "connection",
-            format!(
-                "no connection within {}",
-                humantime::format_duration(CHECK_TIMEOUT)
-            ),
-            "check DATABASE_URL's host and port and that this machine may reach them (firewall, \
-                 network restrictions of the project)",
-        )]
-        }
+        Err(_) => return vec![timed_out("connection")],
     };
     let mut out = within("connection", connection(&client)).await;
     out.extend(within("tls", tls(cfg, &client)).await);
     out.extend(within("pooler", pooler(cfg, &client)).await);
-    let role = match tokio::time::timeout(CHECK_TIMEOUT, role(&client)).await {
-        Ok(Ok(role)) => role,
-        Ok(Err(e)) => {
-            out.push(statement_failed("role", &e));
+    let role = match answer("role", role(&client)).await {
+        Ok(role) => role,
+        Err(failed) => {
+            out.push(failed);
             return out;
         }
-        Err(_) => return out,
     };
     out.push(role_check(&role));
     out.extend(within("schema", schema(&client)).await);
-    match tokio::time::timeout(CHECK_TIMEOUT, has_reactor_schema(&client)).await {
-        Ok(Ok(true)) => {}
+    match answer("schema", has_reactor_schema(&client)).await {
+        Ok(true) => {}
         // Not migrated: the schema check said so; the rest needs the schema.
-        Ok(Ok(false)) | Err(_) => return out,
-        Ok(Err(e)) => {
-            out.push(statement_failed("schema", &e));
+        Ok(false) => return out,
+        Err(failed) => {
+            out.push(failed);
             return out;
         }
     }
-    let mode =
-        match tokio::time::timeout(CHECK_TIMEOUT, crate::store::notify_mode::show(&client)).await {
-            Ok(Ok(settings)) => settings,
-            Ok(Err(e)) => {
-                out.push(statement_failed("notify mode", &DbError::from(e)));
-                return out;
-            }
-            Err(_) => return out,
-        };
+    let shown = async {
+        crate::store::notify_mode::show(&client)
+            .await
+            .map_err(DbError::from)
+    };
+    let mode = match answer("notify mode", shown).await {
+        Ok(settings) => settings,
+        Err(failed) => {
+            out.push(failed);
+            return out;
+        }
+    };
     out.push(mode_check(cfg, &mode));
     let wal = mode.effective == "wal";
     out.extend(within("hint triggers", hint_triggers(&client, wal)).await);
@@ -89,6 +81,30 @@ pub(super) async fn checks(cfg: &RunConfig) -> Vec<Check> {
     }
     out.extend(within("supabase", supabase(&client)).await);
     out
+}
+
+/// What `query` answered within [`CHECK_TIMEOUT`], or the failed line named `check`.
+async fn answer<T>(
+    check: &str,
+    query: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, Check> {
+    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(statement_failed(check, &e)),
+        Err(_) => Err(timed_out(check)),
+    }
+}
+
+fn timed_out(check: &str) -> Check {
+    Check::failed(
+        check,
+        format!(
+            "the database did not answer within {}",
+            humantime::format_duration(CHECK_TIMEOUT)
+        ),
+        "check DATABASE_URL's host and port and that this machine may reach them (firewall, network \
+         restrictions of the project), and that the server is not overloaded",
+    )
 }
 
 fn connect_failed(e: &DbError) -> Check {
