@@ -12,7 +12,7 @@
 //! - [`http`]: the HTTP server: webhooks, auth, the dashboard and its operations
 //!   (and `http::client`, what every outgoing request shares);
 //! - [`sandbox`]: throwaway clusters for the demo and the tests;
-//! - [`cli`]: commands other than `run` (demo, watch); [`app`] assembles `reactor run`.
+//! - [`cli`]: commands other than `run` (demo, watch, doctor); [`app`] assembles `reactor run`.
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -90,6 +90,15 @@ enum Command {
         /// The row's primary key.
         id: String,
     },
+    /// Check a deployment with `reactor run`'s configuration and say how to fix
+    /// what is wrong (exits non-zero when a check failed; warnings exit 0).
+    Doctor {
+        #[command(flatten)]
+        cfg: Box<reactor::config::RunConfig>,
+        /// Print the checks as a JSON array of {check, status, message, fix}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the reactor's /healthz answers (for container health checks).
     Healthcheck {
         #[arg(long, env = "REACTOR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -102,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own story; the daemon logs what it does.
     let default_filter = match cli.command {
-        Command::Demo { .. } | Command::Watch { .. } | Command::Status { .. } => "warn",
+        Command::Demo { .. }
+        | Command::Watch { .. }
+        | Command::Status { .. }
+        | Command::Doctor { .. } => "warn",
         _ => "info,tokio_postgres=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -219,6 +231,20 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{table} {id}: retrying for {}", cleared.join(", "));
             }
+        }
+        Command::Doctor { cfg, json } => {
+            use reactor::cli::doctor;
+            let checks = doctor::run(&cfg).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", doctor::render(&checks));
+            }
+            let failed = checks
+                .iter()
+                .filter(|c| c.status == doctor::Status::Failed)
+                .count();
+            anyhow::ensure!(failed == 0, "reactor doctor: {failed} check(s) failed");
         }
         Command::Healthcheck { http_addr } => {
             let url = format!("http://{http_addr}/healthz");

@@ -77,6 +77,53 @@ impl Replicate {
     }
 }
 
+/// What `GET /models/{owner}/{name}` said about the token and the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelCheck {
+    /// 200: the token is accepted and the model exists.
+    Found,
+    /// 401/403: the token is refused (Replicate's message).
+    TokenRefused(String),
+    /// 404: no such model (or not visible to this token).
+    UnknownModel,
+    /// Anything else: unreachable, a 5xx, an unreadable answer.
+    Failed(String),
+}
+
+impl Replicate {
+    /// The model's name without a version (`owner/name`).
+    pub fn model_name(&self) -> &str {
+        self.model
+            .split_once(':')
+            .map_or(self.model.as_str(), |(name, _)| name)
+    }
+
+    /// Asks Replicate for the configured model, which proves the token works
+    /// and the model exists without creating (or paying for) anything.
+    pub async fn check_model(&self) -> ModelCheck {
+        let url = format!("{}/models/{}", self.base_url, self.model_name());
+        let response = match self.http.get(&url).bearer_auth(&self.token).send().await {
+            Ok(r) => r,
+            Err(e) => return ModelCheck::Failed(client::error_text(&e)),
+        };
+        let status = response.status();
+        if matches!(
+            status,
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+        ) {
+            let body = response.text().await.unwrap_or_default();
+            let message = client::json_message(&body, &["detail", "title", "error"])
+                .unwrap_or_else(|| client::truncate(&body, client::MAX_DETAIL_CHARS));
+            return ModelCheck::TokenRefused(format!("HTTP {status}: {message}"));
+        }
+        match read(response, false).await {
+            Ok(_) => ModelCheck::Found,
+            Err(ProviderError::NotFound) => ModelCheck::UnknownModel,
+            Err(e) => ModelCheck::Failed(e.to_string()),
+        }
+    }
+}
+
 /// The model input for a job (google/nano-banana's schema: prompt, image_input, output_format).
 pub fn model_input(job: &JobInput) -> Value {
     let room = job.room_type.as_deref().unwrap_or("room");

@@ -31,6 +31,8 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
+    #[error("probe object {path}: {reason}")]
+    Probe { path: String, reason: String },
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +142,40 @@ impl Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(StorageError::Delete { path: full, source }),
         }
+    }
+
+    /// Writes a small object, reads it back and deletes it: proves the
+    /// reactor may store renders here. Leaves nothing behind when it succeeds
+    /// (and tries to delete the object when reading fails).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        let path = format!("reactor-probe-{}.txt", uuid::Uuid::new_v4().simple());
+        let bytes = bytes::Bytes::from(format!("reactor storage probe {path}"));
+        self.put_public(&path, bytes.clone(), "text/plain", "no-store")
+            .await?;
+        let full = ObjectPath::from(format!("{}{path}", self.bucket_prefix).as_str());
+        let probe_err = |reason: String| StorageError::Probe {
+            path: full.to_string(),
+            reason,
+        };
+        let read = async {
+            self.store
+                .get(&full)
+                .await
+                .map_err(|e| probe_err(format!("reading it back: {e}")))?
+                .bytes()
+                .await
+                .map_err(|e| probe_err(format!("reading it back: {e}")))
+        }
+        .await;
+        let deleted = self
+            .store
+            .delete(&full)
+            .await
+            .map_err(|e| probe_err(format!("deleting it: {e}")));
+        if read? != bytes {
+            return Err(probe_err("read back other bytes than were written".into()));
+        }
+        deleted
     }
 
     pub fn description(&self) -> &str {

@@ -122,6 +122,12 @@ pub fn connector(url: &str) -> Result<MakeTls, DbError> {
     Ok(tls_settings(&ssl)?.connector()?)
 }
 
+/// The TLS settings a connection to `url` uses (its `sslmode`/`sslrootcert`,
+/// else PGSSLMODE/PGSSLROOTCERT).
+pub(crate) fn tls_settings_of(url: &str) -> Result<crate::store::tls::Settings, DbError> {
+    tls_settings(&split_tls_params(url).1)
+}
+
 #[derive(Default)]
 struct TlsParams {
     mode: Option<String>,

@@ -172,8 +172,9 @@ pub async fn foreign_policies(client: &Client) -> Result<Vec<ForeignPolicy>, Mig
     tables.sort();
     tables.dedup();
     let names: Vec<String> = managed.iter().map(|(t, n)| format!("{t}|{n}")).collect();
+    // Unnamed statement: doctor runs this behind transaction-mode poolers too.
     let rows = client
-        .query(
+        .query_typed(
             "select p.schemaname || '.' || p.tablename, p.policyname, p.cmd,
                     p.roles::text[], p.qual, p.with_check,
                     array(select a.attname::text from pg_attribute a
@@ -184,7 +185,10 @@ pub async fn foreign_policies(client: &Client) -> Result<Vec<ForeignPolicy>, Mig
                and p.schemaname || '.' || p.tablename = any($1)
                and p.schemaname || '.' || p.tablename || '|' || p.policyname <> all($2)
              order by 1, 2",
-            &[&tables, &names],
+            &[
+                crate::store::db::param(&tables),
+                crate::store::db::param(&names),
+            ],
         )
         .await?;
     Ok(rows

@@ -51,8 +51,9 @@ impl std::fmt::Display for Settings {
 
 /// Reads the switch.
 pub async fn show(client: &Client) -> Result<Settings, tokio_postgres::Error> {
+    // One unnamed statement (no prepared one): works behind any pooler.
     let row = client
-        .query_one(
+        .query_typed_one(
             "select (select notify_mode from reactor.settings limit 1),
                     nullif(current_setting('reactor.notify_mode', true), ''),
                     reactor.notify_mode()",

@@ -167,6 +167,17 @@ impl Settings {
         )
     }
 
+    /// Whether the server's certificate is checked against a root
+    /// certificate (verify-ca, verify-full, or require with sslrootcert).
+    pub fn verifies(&self) -> bool {
+        self.check() != Check::Nothing
+    }
+
+    /// libpq's name of the mode, e.g. `verify-full`.
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.name()
+    }
+
     /// How the certificate is checked. libpq: `require` with a root
     /// certificate checks the chain as `verify-ca` does.
     fn check(&self) -> Check {

@@ -149,6 +149,7 @@ impl FakeReplicate {
                 "/v1/models/{owner}/{name}/predictions",
                 axum::routing::post(create),
             )
+            .route("/v1/models/{owner}/{name}", axum::routing::get(model))
             .route("/v1/predictions", axum::routing::get(list))
             .route("/v1/predictions/{id}", axum::routing::get(get))
             .route("/v1/predictions/{id}/cancel", axum::routing::post(cancel))
@@ -204,6 +205,31 @@ impl FakeReplicate {
         p.error = error;
         p.clone()
     }
+}
+
+/// `GET /models/{owner}/{name}` as Replicate answers it: 401 for a bad
+/// token, 404 for a model it does not have (only the reactor's default model
+/// exists here: google/nano-banana, the reactor's default), else the model.
+async fn model(Path((owner, name)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    if !authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401})),
+        )
+            .into_response();
+    }
+    if format!("{owner}/{name}") != "google/nano-banana" {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"title": "Not found", "detail": "The requested resource could not be found.", "status": 404})),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "owner": owner, "name": name, "url": format!("https://replicate.com/{owner}/{name}"),
+        "visibility": "public", "latest_version": {"id": "0123456789abcdef"},
+    }))
+    .into_response()
 }
 
 fn authorized(headers: &HeaderMap) -> bool {

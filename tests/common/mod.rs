@@ -6,7 +6,8 @@
 //!
 //! One idea a file: `db` (databases and reading them back), `rows` (users and
 //! jobs), `reactor_process` (the reactor under test), `http` (loopback HTTP),
-//! `fake_replicate` (the provider's API), `realtime` (a recording stand-in for
+//! `fake_replicate` (the provider's API), `pgbouncer` (a real pooler in front),
+//! `pki` (certificates for TLS servers), `realtime` (a recording stand-in for
 //! Supabase's realtime.send), `outsider` (a login with no grants). Everything
 //! is re-exported here.
 #![allow(dead_code)]
@@ -15,13 +16,17 @@ pub mod db;
 pub mod fake_replicate;
 pub mod http;
 pub mod outsider;
+pub mod pgbouncer;
+pub mod pki;
 pub mod reactor_process;
 pub mod realtime;
 pub mod rows;
 
 // A test binary uses only some of these; the rest is not a mistake.
 #[allow(unused_imports)]
-pub use {db::*, http::*, outsider::*, reactor_process::*, realtime::*, rows::*};
+pub use {
+    db::*, http::*, outsider::*, pgbouncer::*, pki::*, reactor_process::*, realtime::*, rows::*,
+};
 
 use std::time::{Duration, Instant};
 
