@@ -1,6 +1,7 @@
 //! The database: connections (TLS included), migrations, the reactor's
 //! settings, every statement on the reactor's own tables (`handler_state`,
 //! `pending`, `outbox`), and the throwaway clusters of the demo and the tests.
+pub(crate) mod conninfo;
 pub mod db;
 pub(crate) mod handler_state;
 pub mod localpg;
@@ -8,5 +9,6 @@ pub mod migrate;
 pub mod notify_mode;
 pub(crate) mod outbox;
 pub mod pending;
+pub(crate) mod require_auth;
 pub mod supabase_like;
 pub(crate) mod tls;
