@@ -114,10 +114,31 @@ struct Login<'a> {
     password: Option<&'a [u8]>,
     dbname: &'a str,
     application_name: &'a str,
+    /// The connection string's `options` (server settings, `-c name=value`).
+    options: Option<&'a str>,
     require_auth: &'a RequireAuth,
     channel_binding: ChannelBindingMode,
-    /// The TLS connection's `tls-server-end-point` data (None without TLS).
+    /// Whether the connection is TLS.
+    encrypted: bool,
+    /// The TLS connection's `tls-server-end-point` data, if the certificate has one.
     end_point: Option<Vec<u8>>,
+}
+
+/// A socket to the server, before the log-in.
+struct Opened {
+    io: Box<dyn Io>,
+    encrypted: bool,
+    end_point: Option<Vec<u8>>,
+}
+
+impl Opened {
+    fn plain(io: Box<dyn Io>) -> Self {
+        Opened {
+            io,
+            encrypted: false,
+            end_point: None,
+        }
+    }
 }
 
 impl Login<'_> {
@@ -168,10 +189,16 @@ impl Login<'_> {
         if chosen.0 != sasl::SCRAM_SHA_256_PLUS
             && self.channel_binding == ChannelBindingMode::Require
         {
-            return Err(protocol(if self.end_point.is_some() {
-                "channel_binding=require refuses this server: it offers SCRAM without channel binding"
-            } else {
-                "channel_binding=require needs TLS, and this connection has none"
+            return Err(protocol(match (self.encrypted, &self.end_point) {
+                (false, _) => "channel_binding=require needs TLS, and this connection has none",
+                (true, None) => {
+                    "channel_binding=require: the server's certificate signature has no \
+                     hash to bind to (e.g. Ed25519)"
+                }
+                (true, Some(_)) => {
+                    "channel_binding=require refuses this server: it offers SCRAM without \
+                     channel binding"
+                }
             }));
         }
         Ok(chosen)
@@ -200,9 +227,9 @@ impl Replication {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             let address = config.get_hostaddrs().get(i).copied();
             let attempt = async {
-                let (io, end_point) = Self::open(&connector, config, host, address, port).await?;
+                let opened = Self::open(&connector, config, host, address, port).await?;
                 let mut conn = Replication {
-                    io,
+                    io: opened.io,
                     read: BytesMut::with_capacity(64 * 1024),
                     write: BytesMut::new(),
                 };
@@ -211,9 +238,11 @@ impl Replication {
                     password: config.get_password(),
                     dbname,
                     application_name,
+                    options: config.get_options(),
                     require_auth: &info.require_auth,
                     channel_binding: config.get_channel_binding(),
-                    end_point,
+                    encrypted: opened.encrypted,
+                    end_point: opened.end_point,
                 })
                 .await?;
                 Ok::<_, DbError>(conn)
@@ -238,7 +267,7 @@ impl Replication {
         host: &Host,
         address: Option<std::net::IpAddr>,
         port: u16,
-    ) -> Result<(Box<dyn Io>, Option<Vec<u8>>), DbError> {
+    ) -> Result<Opened, DbError> {
         let name = match host {
             Host::Tcp(name) => name,
             Host::Unix(dir) => {
@@ -246,7 +275,7 @@ impl Replication {
                 let socket = tokio::net::UnixStream::connect(&path)
                     .await
                     .map_err(|e| protocol(&format!("{}: {e}", path.display())))?;
-                return Ok((Box::new(socket), None));
+                return Ok(Opened::plain(Box::new(socket)));
             }
         };
         let socket = match address {
@@ -256,7 +285,7 @@ impl Replication {
         let mut tcp = socket.map_err(|e| protocol(&format!("{name}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         if config.get_ssl_mode() == SslMode::Disable {
-            return Ok((Box::new(tcp), None));
+            return Ok(Opened::plain(Box::new(tcp)));
         }
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
@@ -269,10 +298,13 @@ impl Replication {
                 )?
                 .connect(tcp)
                 .await?;
-                let end_point = tls.server_end_point().map(<[u8]>::to_vec);
-                Ok((Box::new(tls), end_point))
+                Ok(Opened {
+                    end_point: tls.server_end_point().map(<[u8]>::to_vec),
+                    encrypted: true,
+                    io: Box::new(tls),
+                })
             }
-            b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok((Box::new(tcp), None)),
+            b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok(Opened::plain(Box::new(tcp))),
             b'N' => Err(protocol(
                 "the server does not support TLS, and sslmode requires it",
             )),
@@ -323,13 +355,14 @@ impl Replication {
     }
 
     async fn start_up(&mut self, login: &Login<'_>) -> Result<(), DbError> {
-        let params = [
+        let mut params = vec![
             ("user", login.user),
             ("database", login.dbname),
             ("replication", "database"),
             ("application_name", login.application_name),
             ("client_encoding", "UTF8"),
         ];
+        params.extend(login.options.map(|options| ("options", options)));
         frontend::startup_message(params, &mut self.write).map_err(io_error)?;
         self.flush().await?;
         // Whether the server asked for anything, and how far SCRAM got.
@@ -357,6 +390,13 @@ impl Replication {
                     3 => {
                         asked = true;
                         login.allow(AuthMethod::Password)?;
+                        if !login.encrypted {
+                            // libpq sends it too; the README says how to refuse.
+                            tracing::warn!(
+                                "the server asks for a cleartext password on a connection without TLS; \
+                                 sslmode=verify-full or require_auth=scram-sha-256 refuses that"
+                            );
+                        }
                         frontend::password_message(login.password()?, &mut self.write)
                             .map_err(io_error)?;
                         self.flush().await?;
