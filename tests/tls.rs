@@ -461,8 +461,9 @@ async fn a_keyword_string_verifies_the_certificate_with_its_quoted_sslrootcert()
     assert!(err.contains("certificate not signed by the CA"), "{err}");
 }
 
-/// A TLS server with logical WAL whose pg_hba asks `scram_user` for SCRAM
-/// and `password_user` for a cleartext password (both with or without TLS).
+/// A TLS server with logical WAL whose pg_hba asks `scram_user` for SCRAM,
+/// `password_user` for a cleartext password and `md5_user` for an MD5 one
+/// (with or without TLS).
 struct AuthServer {
     pki: Pki,
     port: u16,
@@ -486,10 +487,14 @@ async fn auth_server() -> &'static AuthServer {
                 .batch_execute(&format!(
                     "create role scram_user login replication password 'scram secret';
                      create role password_user login replication password 'clear secret';
+                     set password_encryption = 'md5';
+                     create role md5_user login replication password 'md5 secret';
+                     reset password_encryption;
                      copy (select unnest(array[
                        'host all postgres 127.0.0.1/32 trust',
                        'host all scram_user 127.0.0.1/32 scram-sha-256',
                        'host all password_user 127.0.0.1/32 password',
+                       'host all md5_user 127.0.0.1/32 md5',
                        'host all all 127.0.0.1/32 reject'])) to '{hba_file}';
                      select pg_reload_conf();"
                 ))
@@ -624,4 +629,27 @@ async fn require_auth_refuses_a_server_that_asks_for_a_cleartext_password() {
     );
     assert_eq!(encrypted(&allowed).await, Ok(true));
     assert!(reactor::engine::wal::open_slot(&allowed).await.is_ok());
+}
+
+/// Negated lists: `!md5` refuses a server that asks for an MD5 password on
+/// the replication connection; what the list leaves allowed logs in.
+#[tokio::test]
+async fn require_auth_not_md5_refuses_an_md5_request_and_allows_the_rest() {
+    let s = auth_server().await;
+    let md5 = |extra: &str| s.keywords("md5_user", "md5 secret", extra);
+    let err = reactor::engine::wal::open_slot(&md5("sslmode=disable require_auth=!md5"))
+        .await
+        .err()
+        .expect("MD5 refused");
+    assert!(
+        err.to_string()
+            .contains("require_auth=!md5 refuses this server: the server asks for an MD5 password"),
+        "{err}"
+    );
+    assert!(
+        reactor::engine::wal::open_slot(&md5("sslmode=disable require_auth=!password,!none"))
+            .await
+            .is_ok(),
+        "MD5 is allowed by a list that does not negate it"
+    );
 }
