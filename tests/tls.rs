@@ -355,3 +355,234 @@ async fn wal_mode_streams_over_verify_full_with_a_scram_password() {
     )
     .await;
 }
+
+/// The key=value form of a connection string honours `sslmode` as the URL
+/// form does: `require` never falls back to plaintext.
+#[tokio::test]
+async fn a_keyword_string_with_sslmode_require_is_refused_by_a_server_without_tls() {
+    let plain = url::Url::parse(plain_server().await).unwrap();
+    let port = plain.port().unwrap();
+    let keywords = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    assert_eq!(
+        encrypted(&format!("{keywords} sslmode=disable")).await,
+        Ok(false)
+    );
+    let err = encrypted(&format!("{keywords} sslmode=require"))
+        .await
+        .expect_err("require must not fall back to plaintext");
+    assert!(err.contains("server does not support TLS"), "{err}");
+}
+
+#[tokio::test]
+async fn a_keyword_string_verifies_the_certificate_with_its_quoted_sslrootcert() {
+    let s = tls_server().await;
+    let keywords = |ca: &Path| {
+        format!(
+            "host = localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres \
+             sslmode=verify-full sslrootcert='{}'",
+            s.port,
+            ca.display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('\'', "\\'")
+        )
+    };
+    assert_eq!(encrypted(&keywords(&s.pki.ca())).await, Ok(true));
+    let err = encrypted(&keywords(&s.pki.other_ca()))
+        .await
+        .expect_err("another CA");
+    assert!(err.contains("certificate not signed by the CA"), "{err}");
+}
+
+/// A TLS server with logical WAL whose pg_hba asks `scram_user` for SCRAM,
+/// `password_user` for a cleartext password and `md5_user` for an MD5 one
+/// (with or without TLS).
+struct AuthServer {
+    pki: Pki,
+    port: u16,
+    admin: String,
+}
+
+static AUTH_SERVER: OnceCell<AuthServer> = OnceCell::const_new();
+
+async fn auth_server() -> &'static AuthServer {
+    AUTH_SERVER
+        .get_or_init(|| async {
+            let pki = Pki::new();
+            let admin = LocalPostgres::start_with(&pki.server_options(&[("wal_level", "logical")]))
+                .await
+                .expect("a Postgres with ssl=on and wal_level=logical")
+                .leak();
+            let port = url::Url::parse(&admin).unwrap().port().unwrap();
+            let client = reactor::store::db::connect(&admin).await.unwrap();
+            let hba_file: String = client.query_one("show hba_file", &[]).await.unwrap().get(0);
+            client
+                .batch_execute(&format!(
+                    "create role scram_user login replication password 'scram secret';
+                     create role password_user login replication password 'clear secret';
+                     set password_encryption = 'md5';
+                     create role md5_user login replication password 'md5 secret';
+                     reset password_encryption;
+                     copy (select unnest(array[
+                       'host all postgres 127.0.0.1/32 trust',
+                       'host all scram_user 127.0.0.1/32 scram-sha-256',
+                       'host all password_user 127.0.0.1/32 password',
+                       'host all md5_user 127.0.0.1/32 md5',
+                       'host all all 127.0.0.1/32 reject'])) to '{hba_file}';
+                     select pg_reload_conf();"
+                ))
+                .await
+                .unwrap();
+            AuthServer { pki, port, admin }
+        })
+        .await
+}
+
+impl AuthServer {
+    /// A key=value string for `user` (whose password is `password`) plus `extra`.
+    fn keywords(&self, user: &str, password: &str, extra: &str) -> String {
+        format!(
+            "host=localhost hostaddr=127.0.0.1 port={} dbname=postgres user={user} \
+             password='{password}' {extra}",
+            self.port
+        )
+    }
+
+    fn verify_full(&self) -> String {
+        format!(
+            "sslmode=verify-full sslrootcert='{}'",
+            self.pki.ca().display()
+        )
+    }
+
+    /// Whether a walsender of `user` runs, and over TLS.
+    async fn walsender_ssl(&self, user: &str) -> Option<bool> {
+        let admin = reactor::store::db::connect(&self.admin).await.unwrap();
+        admin
+            .query_opt(
+                "select s.ssl from pg_stat_activity a join pg_stat_ssl s using (pid)
+                 where a.backend_type = 'walsender' and a.usename = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    }
+}
+
+/// channel_binding=require: SCRAM-SHA-256-PLUS with tls-server-end-point, on
+/// the ordinary connections (tokio-postgres, given the certificate's hash)
+/// and on WAL mode's replication connection. The server checks the binding
+/// data, so a log-in here means the hash was right; without TLS there is no
+/// binding and both refuse.
+#[tokio::test]
+async fn channel_binding_require_logs_in_with_scram_plus_on_every_connection() {
+    let s = auth_server().await;
+    let url = s.keywords(
+        "scram_user",
+        "scram secret",
+        &format!("{} channel_binding=require", s.verify_full()),
+    );
+    assert_eq!(encrypted(&url).await, Ok(true));
+    let (replication, _slot) = reactor::engine::wal::open_slot(&url)
+        .await
+        .expect("the replication client logs in with SCRAM-SHA-256-PLUS");
+    assert_eq!(s.walsender_ssl("scram_user").await, Some(true));
+    drop(replication);
+
+    let plaintext = s.keywords(
+        "scram_user",
+        "scram secret",
+        "sslmode=disable channel_binding=require",
+    );
+    let err = reactor::engine::wal::open_slot(&plaintext)
+        .await
+        .err()
+        .expect("no channel binding without TLS");
+    assert!(
+        err.to_string()
+            .contains("channel_binding=require needs TLS, and this connection has none"),
+        "{err}"
+    );
+    let err = encrypted(&plaintext)
+        .await
+        .expect_err("no binding without TLS");
+    assert!(err.contains("channel binding"), "{err}");
+}
+
+/// require_auth: a server that asks for a cleartext password is refused
+/// before the password is sent, by the replication client on any connection
+/// and by the ordinary connections inside TLS (which they then must use).
+#[tokio::test]
+async fn require_auth_refuses_a_server_that_asks_for_a_cleartext_password() {
+    let s = auth_server().await;
+    let refusal = "require_auth=scram-sha-256 refuses this server: \
+                   the server asks for a cleartext password";
+    let plaintext = s.keywords(
+        "password_user",
+        "clear secret",
+        "sslmode=disable require_auth=scram-sha-256",
+    );
+    let err = reactor::engine::wal::open_slot(&plaintext)
+        .await
+        .err()
+        .expect("cleartext password refused");
+    assert!(err.to_string().contains(refusal), "{err}");
+    let err = encrypted(&plaintext)
+        .await
+        .expect_err("require_auth needs TLS");
+    assert!(err.contains("require_auth is checked inside TLS"), "{err}");
+
+    let over_tls = s.keywords(
+        "password_user",
+        "clear secret",
+        &format!("{} require_auth=scram-sha-256", s.verify_full()),
+    );
+    let err = encrypted(&over_tls)
+        .await
+        .expect_err("cleartext password refused");
+    assert!(err.contains(refusal), "{err}");
+    let err = reactor::engine::wal::open_slot(&over_tls)
+        .await
+        .err()
+        .expect("cleartext password refused");
+    assert!(err.to_string().contains(refusal), "{err}");
+
+    // What require_auth allows still works, on both kinds of connection.
+    let scram = s.keywords(
+        "scram_user",
+        "scram secret",
+        &format!("{} require_auth=scram-sha-256", s.verify_full()),
+    );
+    assert_eq!(encrypted(&scram).await, Ok(true));
+    let allowed = s.keywords(
+        "password_user",
+        "clear secret",
+        &format!("{} require_auth=password", s.verify_full()),
+    );
+    assert_eq!(encrypted(&allowed).await, Ok(true));
+    assert!(reactor::engine::wal::open_slot(&allowed).await.is_ok());
+}
+
+/// Negated lists: `!md5` refuses a server that asks for an MD5 password on
+/// the replication connection; what the list leaves allowed logs in.
+#[tokio::test]
+async fn require_auth_not_md5_refuses_an_md5_request_and_allows_the_rest() {
+    let s = auth_server().await;
+    let md5 = |extra: &str| s.keywords("md5_user", "md5 secret", extra);
+    let err = reactor::engine::wal::open_slot(&md5("sslmode=disable require_auth=!md5"))
+        .await
+        .err()
+        .expect("MD5 refused");
+    assert!(
+        err.to_string()
+            .contains("require_auth=!md5 refuses this server: the server asks for an MD5 password"),
+        "{err}"
+    );
+    assert!(
+        reactor::engine::wal::open_slot(&md5("sslmode=disable require_auth=!password,!none"))
+            .await
+            .is_ok(),
+        "MD5 is allowed by a list that does not negate it"
+    );
+}

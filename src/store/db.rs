@@ -1,6 +1,8 @@
 //! Connections: one helper for single connections (migrate, the listener) and
 //! one for the work pool, plus readable errors. Every connection goes through
-//! [`crate::store::tls`] with the URL's (or PGSSLMODE's) `sslmode`.
+//! [`crate::store::conninfo`] (either form of connection string) and
+//! [`crate::store::tls`] with its (or PGSSLMODE's) `sslmode`.
+use crate::store::conninfo::{self, ConnInfoError};
 use crate::store::tls::{MakeTls, TlsStream};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::Type;
@@ -102,69 +104,41 @@ fn show_statement_error(
     s
 }
 
-/// The URL's settings for tokio-postgres, with `sslmode` already applied
-/// (tokio-postgres knows only disable/prefer/require, so the TLS parameters
-/// are taken out here and handled by [`connector`]).
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    let (rest, ssl) = split_tls_params(url);
-    let mut config = rest.parse::<tokio_postgres::Config>().map_err(|e| {
-        DbError::BadUrl(format!(
-            "{e} (expected postgres://user:password@host:port/database)"
-        ))
-    })?;
-    config.ssl_mode(tls_settings(&ssl)?.mode.negotiation());
-    Ok(config)
+impl From<ConnInfoError> for DbError {
+    fn from(e: ConnInfoError) -> Self {
+        match e {
+            ConnInfoError::Tls(e) => DbError::Tls(e),
+            e => DbError::BadUrl(e.to_string()),
+        }
+    }
 }
 
-/// The TLS connector for `url` (its `sslmode`/`sslrootcert`, else PGSSLMODE/PGSSLROOTCERT).
-pub fn connector(url: &str) -> Result<MakeTls, DbError> {
-    let (_, ssl) = split_tls_params(url);
-    Ok(tls_settings(&ssl)?.connector()?)
+/// The connection string's settings for tokio-postgres (either form, see
+/// [`crate::store::conninfo`]), with `sslmode` already applied.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    Ok(conninfo::parse(url)?.config)
 }
 
 /// The TLS settings a connection to `url` uses (its `sslmode`/`sslrootcert`,
 /// else PGSSLMODE/PGSSLROOTCERT).
 pub(crate) fn tls_settings_of(url: &str) -> Result<crate::store::tls::Settings, DbError> {
-    tls_settings(&split_tls_params(url).1)
+    Ok(conninfo::parse(url)?.tls)
 }
 
-#[derive(Default)]
-struct TlsParams {
-    mode: Option<String>,
-    root_cert: Option<String>,
-}
-
-fn tls_settings(p: &TlsParams) -> Result<crate::store::tls::Settings, DbError> {
-    Ok(crate::store::tls::Settings::from_url_and_env(
-        p.mode.as_deref(),
-        p.root_cert.as_deref(),
-    )?)
-}
-
-/// `url` without its `sslmode` and `sslrootcert` query parameters, and their
-/// (decoded) values.
-fn split_tls_params(url: &str) -> (String, TlsParams) {
-    let mut params = TlsParams::default();
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_string(), params);
-    };
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        // Percent-decoding only: in a postgres URL, as in libpq, '+' is a plus.
-        let plus_kept = pair.replace('+', "%2B");
-        let decoded = url::form_urlencoded::parse(plus_kept.as_bytes()).next();
-        match decoded {
-            Some((k, v)) if k == "sslmode" => params.mode = Some(v.into_owned()),
-            Some((k, v)) if k == "sslrootcert" => params.root_cert = Some(v.into_owned()),
-            _ => kept.push(pair),
-        }
+/// tokio-postgres' settings and TLS connector for `url`. tokio-postgres has
+/// no `require_auth`: the connector checks it inside TLS, so with it the
+/// connection must be TLS whatever the server answers.
+fn settings(url: &str) -> Result<(tokio_postgres::Config, MakeTls), DbError> {
+    let info = conninfo::parse(url)?;
+    if info.require_auth.is_set() && info.tls.mode.may_be_plaintext() {
+        return Err(DbError::BadUrl(format!(
+            "require_auth is checked inside TLS: use it with sslmode=require, verify-ca or \
+             verify-full (not {})",
+            info.tls.mode.name()
+        )));
     }
-    let rest = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    (rest, params)
+    let connector = info.tls.connector()?.with_require_auth(info.require_auth);
+    Ok((info.config, connector))
 }
 
 /// One connection and its I/O half, not yet driven (for LISTEN connections).
@@ -172,12 +146,12 @@ pub async fn connect_raw(
     url: &str,
     application_name: Option<&str>,
 ) -> Result<(Client, Connection), DbError> {
-    let mut config = parse_url(url)?;
+    let (mut config, connector) = settings(url)?;
     if let Some(name) = application_name {
         config.application_name(name);
     }
     config
-        .connect(connector(url)?)
+        .connect(connector)
         .await
         .map_err(|e| DbError::Connect(describe(&e)))
 }
@@ -195,13 +169,13 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
 
 /// A pool of up to `size` connections; a connection is checked on reuse.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let mut config = parse_url(url)?;
+    let (mut config, connector) = settings(url)?;
     if config.get_application_name().is_none() {
         config.application_name("reactor");
     }
     let manager = Manager::from_config(
         config,
-        connector(url)?,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -286,27 +260,4 @@ pub async fn act_as_user(
     )
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_parameters_are_taken_out_of_the_url_and_the_rest_is_kept() {
-        let (rest, p) = split_tls_params(
-            "postgres://u:p@db.example.co:5432/postgres?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt",
-        );
-        assert_eq!(
-            rest,
-            "postgres://u:p@db.example.co:5432/postgres?application_name=x"
-        );
-        assert_eq!(p.mode.as_deref(), Some("verify-full"));
-        assert_eq!(p.root_cert.as_deref(), Some("/etc/ca.crt"));
-        let (_, p) = split_tls_params("postgres://u@h/db?sslrootcert=/certs/a+b%20c.crt");
-        assert_eq!(p.root_cert.as_deref(), Some("/certs/a+b c.crt"));
-        let (rest, p) = split_tls_params("postgres://u@h/db?sslmode=disable");
-        assert_eq!(rest, "postgres://u@h/db");
-        assert_eq!(p.mode.as_deref(), Some("disable"));
-    }
 }

@@ -27,6 +27,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
+use crate::store::require_auth::{RequireAuth, Watch};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
@@ -48,7 +50,7 @@ impl SslMode {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Disable => "disable",
             Self::Prefer => "prefer",
@@ -56,6 +58,11 @@ impl SslMode {
             Self::VerifyCa => "verify-ca",
             Self::VerifyFull => "verify-full",
         }
+    }
+
+    /// Whether the connection may end up without TLS.
+    pub fn may_be_plaintext(self) -> bool {
+        matches!(self, Self::Disable | Self::Prefer)
     }
 
     /// What tokio-postgres must do before the startup message.
@@ -221,6 +228,7 @@ impl Settings {
         Ok(MakeTls {
             config: Arc::new(config),
             root_label: Arc::from(label),
+            require_auth: RequireAuth::default(),
         })
     }
 }
@@ -331,12 +339,24 @@ impl ServerCertVerifier for Verifier {
 pub struct MakeTls {
     config: Arc<rustls::ClientConfig>,
     root_label: Arc<str>,
+    require_auth: RequireAuth,
+}
+
+impl MakeTls {
+    /// Connections that refuse, inside TLS, an authentication request
+    /// `require_auth` does not allow (for tokio-postgres, which has no
+    /// `require_auth` of its own).
+    pub fn with_require_auth(mut self, require_auth: RequireAuth) -> Self {
+        self.require_auth = require_auth;
+        self
+    }
 }
 
 pub struct Connect {
     config: Arc<rustls::ClientConfig>,
     root_label: Arc<str>,
     host: String,
+    require_auth: RequireAuth,
 }
 
 impl<S> MakeTlsConnect<S> for MakeTls
@@ -352,6 +372,7 @@ where
             config: self.config.clone(),
             root_label: self.root_label.clone(),
             host: host.to_string(),
+            require_auth: self.require_auth.clone(),
         })
     }
 }
@@ -368,11 +389,25 @@ where
         Box::pin(async move {
             let name = ServerName::try_from(self.host.clone())
                 .map_err(|_| TlsError::BadHost(self.host.clone()))?;
-            tokio_rustls::TlsConnector::from(self.config)
+            let stream = tokio_rustls::TlsConnector::from(self.config)
                 .connect(name, stream)
                 .await
-                .map(TlsStream)
-                .map_err(|e| explain(&e, &self.host, &self.root_label))
+                .map_err(|e| explain(&e, &self.host, &self.root_label))?;
+            let end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| server_end_point(cert));
+            let watch = self
+                .require_auth
+                .is_set()
+                .then(|| Watch::new(self.require_auth.clone()));
+            Ok(TlsStream {
+                stream,
+                end_point,
+                watch,
+            })
         })
     }
 }
@@ -416,8 +451,90 @@ fn bare_name(presented: &str) -> &str {
         .unwrap_or(presented)
 }
 
+/// The `tls-server-end-point` channel binding of RFC 5929: a hash of the
+/// server's certificate, with the hash function of the certificate's
+/// signature (SHA-256 when that is MD5 or SHA-1). None for a signature
+/// without one hash function (Ed25519, RSA-PSS): SCRAM then runs without
+/// channel binding, as with libpq.
+pub fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    let (certificate, _) = der_element(cert, 0x30)?;
+    let tbs = der_next(certificate)?;
+    let (algorithm, _) = der_element(tbs.rest, 0x30)?;
+    let (oid, _) = der_element(algorithm, 0x06)?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let (last, head) = oid.split_last()?;
+    let bits = match (head, *last) {
+        (RSA, 4 | 5 | 11) => 256, // MD5, SHA-1 and SHA-256 with RSA
+        (RSA, 12) | (ECDSA_SHA2, 3) => 384,
+        (RSA, 13) | (ECDSA_SHA2, 4) => 512,
+        (RSA, 14) | (ECDSA_SHA2, 1) => 224,
+        (ECDSA_SHA2, 2) => 256,
+        _ if oid == ECDSA_SHA1 => 256,
+        _ => return None,
+    };
+    Some(match bits {
+        224 => sha2::Sha224::digest(cert).to_vec(),
+        384 => sha2::Sha384::digest(cert).to_vec(),
+        512 => sha2::Sha512::digest(cert).to_vec(),
+        _ => sha2::Sha256::digest(cert).to_vec(),
+    })
+}
+
+/// One DER element at the start of some input.
+struct Der<'a> {
+    tag: u8,
+    contents: &'a [u8],
+    /// What follows the element.
+    rest: &'a [u8],
+}
+
+fn der_next(input: &[u8]) -> Option<Der<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| Der {
+        tag,
+        contents: &rest[..len],
+        rest: &rest[len..],
+    })
+}
+
+/// The contents of the element at the start of `input` if it has `tag`, and what follows it.
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let der = der_next(input)?;
+    (der.tag == tag).then_some((der.contents, der.rest))
+}
+
 /// A TLS connection to the server.
-pub struct TlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub struct TlsStream<S> {
+    stream: tokio_rustls::client::TlsStream<S>,
+    /// See [`server_end_point`].
+    end_point: Option<Vec<u8>>,
+    /// Checks the log-in's authentication requests, when `require_auth` is set.
+    watch: Option<Watch>,
+}
+
+impl<S> TlsStream<S> {
+    /// The `tls-server-end-point` channel binding data, if the certificate allows one.
+    pub fn server_end_point(&self) -> Option<&[u8]> {
+        self.end_point.as_deref()
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
@@ -425,7 +542,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(watch)) = (&read, &mut this.watch) {
+            watch
+                .feed(&buf.filled()[before..])
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        }
+        read
     }
 }
 
@@ -435,23 +560,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsStream<S> {
-    /// No channel binding: SCRAM then runs without `-PLUS`, as libpq's
-    /// default `channel_binding=prefer` allows.
+    /// `tls-server-end-point`, so SCRAM runs as SCRAM-SHA-256-PLUS when the
+    /// server offers it (the connection's `channel_binding` decides).
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        match &self.end_point {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash.clone()),
+            None => ChannelBinding::none(),
+        }
     }
 }
 
@@ -505,6 +633,39 @@ mod tests {
         assert_eq!(s.check(), Check::Nothing);
         let s = resolve((Some("verify-full"), Some("/ca.pem")), (None, None)).unwrap();
         assert_eq!(s.check(), Check::ChainAndName);
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_signature() {
+        use sha2::Digest;
+        let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256 with SHA-256
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            server_end_point(&der),
+            Some(sha2::Sha256::digest(&der).to_vec())
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            server_end_point(&der),
+            Some(sha2::Sha384::digest(&der).to_vec())
+        );
+        // Ed25519 has no hash of its own: no channel binding, as in libpq.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(server_end_point(cert.der()), None);
+        assert_eq!(server_end_point(b"\x30\x82"), None);
     }
 
     #[test]

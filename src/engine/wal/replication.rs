@@ -7,16 +7,25 @@
 //! and the published replication crates expect a slot that already exists
 //! (a temporary slot must be created on the very session that streams from
 //! it). Messages are written with `postgres-protocol` (which tokio-postgres
-//! uses too), SCRAM and MD5 come from it; the connection's URL, `sslmode` and
-//! certificates are read exactly as for every other connection
-//! ([`crate::store::db::parse_url`], [`crate::store::db::connector`]).
-use crate::store::db::{connector, parse_url, DbError};
+//! uses too), SCRAM and MD5 come from it; the connection string, `sslmode`
+//! and certificates are read exactly as for every other connection
+//! ([`crate::store::conninfo`]).
+//!
+//! The log-in is at least as strict as libpq's: `require_auth` is checked on
+//! every request before anything is sent, `channel_binding` (default
+//! `prefer`) uses SCRAM-SHA-256-PLUS with `tls-server-end-point` over TLS
+//! when the server offers it and with `require` accepts nothing else, and
+//! SCRAM only succeeds once the server's signature was verified.
+use crate::store::conninfo;
+use crate::store::db::DbError;
+use crate::store::require_auth::{method_of_request, AuthMethod, RequireAuth};
+use crate::store::tls::MakeTls;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::{ChannelBinding as ChannelBindingMode, Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
@@ -99,16 +108,115 @@ fn pg_now() -> i64 {
     (since_unix.as_micros() as i64) - (PG_EPOCH as i64) * 1_000_000
 }
 
+/// What logging in needs from the connection string.
+struct Login<'a> {
+    user: &'a str,
+    password: Option<&'a [u8]>,
+    dbname: &'a str,
+    application_name: &'a str,
+    /// The connection string's `options` (server settings, `-c name=value`).
+    options: Option<&'a str>,
+    require_auth: &'a RequireAuth,
+    channel_binding: ChannelBindingMode,
+    /// Whether the connection is TLS.
+    encrypted: bool,
+    /// The TLS connection's `tls-server-end-point` data, if the certificate has one.
+    end_point: Option<Vec<u8>>,
+}
+
+/// A socket to the server, before the log-in.
+struct Opened {
+    io: Box<dyn Io>,
+    encrypted: bool,
+    end_point: Option<Vec<u8>>,
+}
+
+impl Opened {
+    fn plain(io: Box<dyn Io>) -> Self {
+        Opened {
+            io,
+            encrypted: false,
+            end_point: None,
+        }
+    }
+}
+
+impl Login<'_> {
+    fn password(&self) -> Result<&[u8], DbError> {
+        self.password.ok_or_else(|| {
+            protocol("the server asks for a password and the connection string has none")
+        })
+    }
+
+    /// Refuses what `require_auth` does not allow, and with
+    /// `channel_binding=require` anything but SCRAM with channel binding.
+    fn allow(&self, method: AuthMethod) -> Result<(), DbError> {
+        self.require_auth
+            .check(method)
+            .map_err(|e| protocol(&e.to_string()))?;
+        if self.channel_binding == ChannelBindingMode::Require && method != AuthMethod::ScramSha256
+        {
+            return Err(protocol(&format!(
+                "channel_binding=require refuses this server: {}",
+                method.request()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The SCRAM mechanism to use among those the server offers, as libpq
+    /// and tokio-postgres choose: `-PLUS` with the certificate's hash when
+    /// TLS is in use and `channel_binding` is not `disable`.
+    fn scram(&self, offered: &[u8]) -> Result<(&'static str, sasl::ChannelBinding), DbError> {
+        let offers = |name: &str| offered.split(|b| *b == 0).any(|m| m == name.as_bytes());
+        let binding = self
+            .end_point
+            .clone()
+            .filter(|_| self.channel_binding != ChannelBindingMode::Disable);
+        let chosen = match binding {
+            Some(hash) if offers(sasl::SCRAM_SHA_256_PLUS) => (
+                sasl::SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(hash),
+            ),
+            Some(_) if offers(sasl::SCRAM_SHA_256) => {
+                (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested())
+            }
+            None if offers(sasl::SCRAM_SHA_256) => {
+                (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())
+            }
+            _ => return Err(protocol("the server offers no SASL mechanism we know")),
+        };
+        if chosen.0 != sasl::SCRAM_SHA_256_PLUS
+            && self.channel_binding == ChannelBindingMode::Require
+        {
+            return Err(protocol(match (self.encrypted, &self.end_point) {
+                (false, _) => "channel_binding=require needs TLS, and this connection has none",
+                (true, None) => {
+                    "channel_binding=require: the server's certificate signature has no \
+                     hash to bind to (e.g. Ed25519)"
+                }
+                (true, Some(_)) => {
+                    "channel_binding=require refuses this server: it offers SCRAM without \
+                     channel binding"
+                }
+            }));
+        }
+        Ok(chosen)
+    }
+}
+
 impl Replication {
-    /// Connects to the first host of `url` that answers, as the URL's user,
-    /// and logs in (trust, password, MD5 or SCRAM-SHA-256).
+    /// Connects to the first host of `url` that answers, as its user, and
+    /// logs in (trust, password, MD5 or SCRAM-SHA-256[-PLUS]) within what
+    /// its `require_auth` and `channel_binding` allow.
     pub async fn connect(url: &str, application_name: &str) -> Result<Self, DbError> {
-        let config = parse_url(url)?;
+        let info = conninfo::parse(url)?;
+        let config = &info.config;
         let user = config
             .get_user()
-            .ok_or_else(|| DbError::BadUrl("no user name".into()))?
-            .to_string();
-        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+            .ok_or_else(|| DbError::BadUrl("no user name".into()))?;
+        let dbname = config.get_dbname().unwrap_or(user);
+        let connector = info.tls.connector()?;
         let ports = config.get_ports();
         let timeout = config
             .get_connect_timeout()
@@ -119,14 +227,24 @@ impl Replication {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             let address = config.get_hostaddrs().get(i).copied();
             let attempt = async {
-                let io = Self::open(url, &config, host, address, port).await?;
+                let opened = Self::open(&connector, config, host, address, port).await?;
                 let mut conn = Replication {
-                    io,
+                    io: opened.io,
                     read: BytesMut::with_capacity(64 * 1024),
                     write: BytesMut::new(),
                 };
-                conn.start_up(&user, config.get_password(), &dbname, application_name)
-                    .await?;
+                conn.start_up(&Login {
+                    user,
+                    password: config.get_password(),
+                    dbname,
+                    application_name,
+                    options: config.get_options(),
+                    require_auth: &info.require_auth,
+                    channel_binding: config.get_channel_binding(),
+                    encrypted: opened.encrypted,
+                    end_point: opened.end_point,
+                })
+                .await?;
                 Ok::<_, DbError>(conn)
             };
             // A server that takes the socket but never answers is a failure too.
@@ -140,15 +258,16 @@ impl Replication {
         Err(last)
     }
 
-    /// A socket to one host (at `address` if the URL gives `hostaddr`), with
-    /// TLS as the URL's `sslmode` says, checked against the host's name.
+    /// A socket to one host (at `address` if the connection string gives
+    /// `hostaddr`), with TLS as its `sslmode` says, checked against the
+    /// host's name; with TLS, also the channel binding data.
     async fn open(
-        url: &str,
+        connector: &MakeTls,
         config: &tokio_postgres::Config,
         host: &Host,
         address: Option<std::net::IpAddr>,
         port: u16,
-    ) -> Result<Box<dyn Io>, DbError> {
+    ) -> Result<Opened, DbError> {
         let name = match host {
             Host::Tcp(name) => name,
             Host::Unix(dir) => {
@@ -156,7 +275,7 @@ impl Replication {
                 let socket = tokio::net::UnixStream::connect(&path)
                     .await
                     .map_err(|e| protocol(&format!("{}: {e}", path.display())))?;
-                return Ok(Box::new(socket));
+                return Ok(Opened::plain(Box::new(socket)));
             }
         };
         let socket = match address {
@@ -166,21 +285,26 @@ impl Replication {
         let mut tcp = socket.map_err(|e| protocol(&format!("{name}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         if config.get_ssl_mode() == SslMode::Disable {
-            return Ok(Box::new(tcp));
+            return Ok(Opened::plain(Box::new(tcp)));
         }
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
         tcp.write_all(&request).await.map_err(io_error)?;
         match tcp.read_u8().await.map_err(io_error)? {
             b'S' => {
-                let mut make = connector(url)?;
-                let tls =
-                    MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut make, name)?
-                        .connect(tcp)
-                        .await?;
-                Ok(Box::new(tls))
+                let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                    &mut connector.clone(),
+                    name,
+                )?
+                .connect(tcp)
+                .await?;
+                Ok(Opened {
+                    end_point: tls.server_end_point().map(<[u8]>::to_vec),
+                    encrypted: true,
+                    io: Box::new(tls),
+                })
             }
-            b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok(Box::new(tcp)),
+            b'N' if config.get_ssl_mode() == SslMode::Prefer => Ok(Opened::plain(Box::new(tcp))),
             b'N' => Err(protocol(
                 "the server does not support TLS, and sslmode requires it",
             )),
@@ -230,69 +354,79 @@ impl Replication {
         }
     }
 
-    async fn start_up(
-        &mut self,
-        user: &str,
-        password: Option<&[u8]>,
-        dbname: &str,
-        application_name: &str,
-    ) -> Result<(), DbError> {
-        let params = [
-            ("user", user),
-            ("database", dbname),
+    async fn start_up(&mut self, login: &Login<'_>) -> Result<(), DbError> {
+        let mut params = vec![
+            ("user", login.user),
+            ("database", login.dbname),
             ("replication", "database"),
-            ("application_name", application_name),
+            ("application_name", login.application_name),
             ("client_encoding", "UTF8"),
         ];
+        params.extend(login.options.map(|options| ("options", options)));
         frontend::startup_message(params, &mut self.write).map_err(io_error)?;
         self.flush().await?;
-        let need_password = || {
-            password.ok_or_else(|| protocol("the server asks for a password and the URL has none"))
-        };
+        // Whether the server asked for anything, and how far SCRAM got.
+        let mut asked = false;
         let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram_verified = false;
+        let mut authenticated = false;
         loop {
             let (tag, mut body) = self.message().await?;
             match tag {
                 b'R' => match take_i32(&mut body)? {
-                    0 => {}
+                    _ if authenticated => return Err(protocol("authentication after the log-in")),
+                    0 => {
+                        if scram.is_some() && !scram_verified {
+                            return Err(protocol(
+                                "the server ended SCRAM without proving it knows the password \
+                                 (no server signature)",
+                            ));
+                        }
+                        if !asked {
+                            login.allow(AuthMethod::None)?;
+                        }
+                        authenticated = true;
+                    }
                     3 => {
-                        frontend::password_message(need_password()?, &mut self.write)
+                        asked = true;
+                        login.allow(AuthMethod::Password)?;
+                        if !login.encrypted {
+                            // libpq sends it too; the README says how to refuse.
+                            tracing::warn!(
+                                "the server asks for a cleartext password on a connection without TLS; \
+                                 sslmode=verify-full or require_auth=scram-sha-256 refuses that"
+                            );
+                        }
+                        frontend::password_message(login.password()?, &mut self.write)
                             .map_err(io_error)?;
                         self.flush().await?;
                     }
                     5 => {
+                        asked = true;
+                        login.allow(AuthMethod::Md5)?;
                         let salt = body
                             .get(..4)
                             .and_then(|s| <[u8; 4]>::try_from(s).ok())
                             .ok_or_else(|| protocol("short MD5 salt"))?;
-                        let hash = md5_hash(user.as_bytes(), need_password()?, salt);
+                        let hash = md5_hash(login.user.as_bytes(), login.password()?, salt);
                         frontend::password_message(hash.as_bytes(), &mut self.write)
                             .map_err(io_error)?;
                         self.flush().await?;
                     }
-                    10 => {
-                        let offered = body
-                            .split(|b| *b == 0)
-                            .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
-                        if !offered {
-                            return Err(protocol("the server offers no SASL mechanism we know"));
-                        }
-                        let s = sasl::ScramSha256::new(
-                            need_password()?,
-                            sasl::ChannelBinding::unsupported(),
-                        );
-                        frontend::sasl_initial_response(
-                            sasl::SCRAM_SHA_256,
-                            s.message(),
-                            &mut self.write,
-                        )
-                        .map_err(io_error)?;
+                    10 if scram.is_none() => {
+                        asked = true;
+                        login.allow(AuthMethod::ScramSha256)?;
+                        let (mechanism, binding) = login.scram(&body)?;
+                        let s = sasl::ScramSha256::new(login.password()?, binding);
+                        frontend::sasl_initial_response(mechanism, s.message(), &mut self.write)
+                            .map_err(io_error)?;
                         self.flush().await?;
                         scram = Some(s);
                     }
                     11 => {
                         let s = scram
                             .as_mut()
+                            .filter(|_| !scram_verified)
                             .ok_or_else(|| protocol("SASL out of order"))?;
                         s.update(&body).map_err(io_error)?;
                         frontend::sasl_response(s.message(), &mut self.write).map_err(io_error)?;
@@ -301,17 +435,24 @@ impl Replication {
                     12 => {
                         let s = scram
                             .as_mut()
+                            .filter(|_| !scram_verified)
                             .ok_or_else(|| protocol("SASL out of order"))?;
+                        // Checks the server's signature: it knew the password too.
                         s.finish(&body).map_err(io_error)?;
+                        scram_verified = true;
                     }
-                    other => {
+                    code => {
+                        if let Some(method) = method_of_request(code) {
+                            login.allow(method)?;
+                        }
                         return Err(protocol(&format!(
-                            "authentication method {other} is not supported here"
-                        )))
+                            "authentication request {code} is not supported here"
+                        )));
                     }
                 },
                 b'E' => return Err(server_error(&body)),
-                b'Z' => return Ok(()),
+                b'Z' if authenticated => return Ok(()),
+                b'Z' => return Err(protocol("the server was ready before authentication")),
                 // Parameter status, backend key, notices.
                 _ => {}
             }
@@ -464,6 +605,75 @@ mod tests {
         m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         m.extend_from_slice(body);
         m
+    }
+
+    /// A frontend 'p' message's body, as text.
+    async fn read_password_message(socket: &mut tokio::net::TcpStream) -> String {
+        assert_eq!(socket.read_u8().await.unwrap(), b'p');
+        let len = socket.read_i32().await.unwrap();
+        let mut body = vec![0; len as usize - 4];
+        socket.read_exact(&mut body).await.unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// A fake server on loopback that runs SCRAM up to the client's final
+    /// message and then sends `ending` (messages, raw) instead of a
+    /// verifiable SASLFinal; returns the address to connect to.
+    async fn scram_impostor(ending: Vec<u8>) -> std::net::SocketAddr {
+        use tokio::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let startup_len = socket.read_i32().await.unwrap();
+            let mut startup = vec![0; startup_len as usize - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+            let mut sasl = 10i32.to_be_bytes().to_vec();
+            sasl.extend_from_slice(b"SCRAM-SHA-256\0\0");
+            socket.write_all(&message(b'R', &sasl)).await.unwrap();
+            let first = read_password_message(&mut socket).await;
+            let client_nonce = first.split("r=").nth(1).unwrap().to_string();
+            let mut server_first = 11i32.to_be_bytes().to_vec();
+            server_first.extend_from_slice(
+                format!("r={client_nonce}impostor,s=c2FsdHNhbHQ=,i=4096").as_bytes(),
+            );
+            socket
+                .write_all(&message(b'R', &server_first))
+                .await
+                .unwrap();
+            read_password_message(&mut socket).await;
+            socket.write_all(&ending).await.unwrap();
+            let _ = socket.read_u8().await;
+        });
+        address
+    }
+
+    async fn log_in_to(address: std::net::SocketAddr) -> Result<(), DbError> {
+        let url = format!("postgres://u:pw@{address}/db?sslmode=disable");
+        Replication::connect(&url, "test").await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn authentication_ok_without_the_server_signature_is_refused() {
+        let mut ending = message(b'R', &0i32.to_be_bytes());
+        ending.extend(message(b'Z', b"I"));
+        let err = log_in_to(scram_impostor(ending).await)
+            .await
+            .expect_err("a server that never proved it knows the password");
+        assert!(err.to_string().contains("no server signature"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_server_signature_is_refused() {
+        let mut last = 12i32.to_be_bytes().to_vec();
+        last.extend_from_slice(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let mut ending = message(b'R', &last);
+        ending.extend(message(b'R', &0i32.to_be_bytes()));
+        ending.extend(message(b'Z', b"I"));
+        let err = log_in_to(scram_impostor(ending).await)
+            .await
+            .expect_err("a forged signature");
+        assert!(err.to_string().contains("replication connection"), "{err}");
     }
 
     #[test]
