@@ -1691,3 +1691,243 @@ async fn a_client_cannot_unflag_delete_or_forge_a_default_favorites_collection()
         .collect();
     assert_eq!(rows, vec![(fav, true), (other, false)]);
 }
+
+// ---------------------------------------------------------------------------
+// Attacks from outside the database: a malicious or compromised provider, and
+// the reactor's own HTTP surface.
+// ---------------------------------------------------------------------------
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+const LONG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves `app` on `bind` (an address with port 0); its base URL.
+async fn serve(bind: &str, app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// A service only the reactor's own network should reach (a cloud metadata
+/// endpoint, an internal admin page): answers every request with a JPEG, and
+/// counts them.
+async fn internal_service(bind: &str) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, SeqCst);
+        async { ([("content-type", "image/jpeg")], common::JPEG.to_vec()) }
+    });
+    (serve(bind, app).await, hits)
+}
+
+/// The provider's output URL redirects to an internal address: the reactor
+/// must not follow it (the internal answer would be stored as a public render).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_output_that_redirects_to_a_private_address_is_never_fetched() {
+    use common::fake_replicate::FakeReplicate;
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    // 127.0.0.2 is loopback too, but not the host the tests allow downloads from.
+    let (internal, internal_hits) = internal_service("127.0.0.2:0").await;
+    let target = format!("{internal}/latest/meta-data/secret.jpg");
+    let cdn = serve(
+        "127.0.0.1:0",
+        axum::Router::new().route(
+            "/out.jpg",
+            axum::routing::get(move || {
+                let target = target.clone();
+                async move { axum::response::Redirect::temporary(&target) }
+            }),
+        ),
+    )
+    .await;
+    let fake = FakeReplicate::start().await;
+    let reactor = common::start_reactor_with(&db, storage.path(), &fake.reactor_flags(&[])).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = common::submit_job(&db, user, "imagine", "a den")
+        .await
+        .unwrap();
+    common::eventually("prediction created", LONG, || async {
+        !fake.predictions().is_empty()
+    })
+    .await;
+    let pid = fake.predictions()[0].id.clone();
+    fake.finish(
+        &pid,
+        "succeeded",
+        serde_json::json!([format!("{cdn}/out.jpg")]),
+        serde_json::json!(null),
+    );
+    common::wait_status(&client, id, "succeeded").await;
+    let dead = format!(
+        "select count(*) from reactor.handler_state where handler = 'renders'
+         and row_id = '{id}' and dead_at is not null and last_error like '%not a public address%'"
+    );
+    common::wait_for_count(&client, "the render refused", &dead, 1).await;
+    assert_eq!(
+        internal_hits.load(SeqCst),
+        0,
+        "the internal service was reached"
+    );
+    let renders = format!("select count(*) from renders where job_id = '{id}'");
+    assert_eq!(common::count(&client, &renders).await, 0);
+    reactor.stop().await;
+}
+
+/// Names and literals that lead to loopback, private or metadata addresses
+/// are refused before anything is sent; allowed hosts are fetched.
+#[tokio::test]
+async fn output_downloads_reach_no_private_address_by_name_literal_or_redirect() {
+    use reactor::http::public_fetch::{AllowedHosts, FetchError, PublicFetch};
+    let (internal, hits) = internal_service("127.0.0.1:0").await;
+    let port = internal.rsplit(':').next().unwrap().to_string();
+    let strict = PublicFetch::new(LONG, AllowedHosts::default()).unwrap();
+    for url in [
+        internal.clone(),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://2130706433:{port}/"), // 127.0.0.1 as one number
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00:ec2::254]/latest/meta-data/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ] {
+        let got = strict.get(&url).await;
+        assert!(matches!(got, Err(FetchError::Refused(_))), "{url}: {got:?}");
+    }
+    assert_eq!(hits.load(SeqCst), 0);
+    // An allowed host is fetched, but a redirect from it to another is checked.
+    let allowed = PublicFetch::new(
+        LONG,
+        AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap(),
+    )
+    .unwrap();
+    assert!(allowed.get(&internal).await.unwrap().status().is_success());
+    assert_eq!(hits.load(SeqCst), 1);
+    let (other, other_hits) = internal_service("127.0.0.1:0").await;
+    let redirector = serve(
+        "127.0.0.1:0",
+        axum::Router::new().fallback(move || {
+            let to = other.clone();
+            async move { axum::response::Redirect::permanent(&to) }
+        }),
+    )
+    .await;
+    let both = PublicFetch::new(
+        LONG,
+        AllowedHosts::parse(&format!("127.0.0.1:{port},{}", &redirector[7..])).unwrap(),
+    )
+    .unwrap();
+    let got = both.get(&redirector).await;
+    assert!(matches!(got, Err(FetchError::Refused(_))), "{got:?}");
+    assert_eq!(other_hits.load(SeqCst), 0);
+}
+
+/// Replicate's API at `base`, as the reactor uses it.
+fn replicate(base: &str) -> reactor::providers::replicate::Replicate {
+    reactor::providers::replicate::Replicate::new(
+        base,
+        common::fake_replicate::TOKEN,
+        "owner/model",
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+fn job_input() -> reactor::providers::JobInput {
+    reactor::providers::JobInput {
+        id: Uuid::new_v4(),
+        mode: "imagine".into(),
+        room_type: None,
+        style: None,
+        prompt: Some("a den".into()),
+        images: vec![],
+    }
+}
+
+/// The prediction list's `next` link is followed only on the API's own
+/// origin: the bearer token goes with it.
+#[tokio::test]
+async fn the_prediction_lists_next_link_never_takes_the_token_to_another_host() {
+    use reactor::providers::Provider as _;
+    let stolen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let thief = stolen.clone();
+    let elsewhere = serve(
+        "127.0.0.1:0",
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string());
+            thief.lock().unwrap().extend(auth);
+            async { axum::Json(serde_json::json!({"results": []})) }
+        }),
+    )
+    .await;
+    let second_pages = Arc::new(AtomicUsize::new(0));
+    let counter = second_pages.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let own = base.clone();
+    let app = axum::Router::new().route(
+        "/v1/predictions",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| {
+                let next = match q.get("cursor").map(String::as_str) {
+                    None => format!("{own}/predictions?cursor=2"),
+                    _ => {
+                        counter.fetch_add(1, SeqCst);
+                        format!("{elsewhere}/v1/predictions?cursor=3")
+                    }
+                };
+                async move { axum::Json(serde_json::json!({"results": [], "next": next})) }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let found = replicate(&base)
+        .find(&job_input(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(matches!(found, reactor::providers::Found::Nothing));
+    assert_eq!(
+        second_pages.load(SeqCst),
+        1,
+        "a next page on the same origin is read"
+    );
+    assert_eq!(
+        *stolen.lock().unwrap(),
+        Vec::<String>::new(),
+        "the token went elsewhere"
+    );
+}
+
+/// An endless answer from the provider is cut off at a cap, not read into
+/// memory until a timeout.
+#[tokio::test]
+async fn an_endless_provider_answer_is_cut_off_at_the_cap() {
+    use reactor::providers::Provider as _;
+    let app = axum::Router::new().route(
+        "/v1/predictions/{id}",
+        axum::routing::get(|| async {
+            let start = futures::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                    br#"{"id":"p","status":"starting","pad":""#,
+                ))
+            });
+            let endless =
+                futures::stream::repeat_with(|| Ok(bytes::Bytes::from(vec![b'x'; 65536])));
+            (
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(futures::StreamExt::chain(start, endless)),
+            )
+        }),
+    );
+    let base = format!("{}/v1", serve("127.0.0.1:0", app).await);
+    let err = replicate(&base).get("p").await.unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+}

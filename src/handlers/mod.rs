@@ -58,8 +58,12 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
 /// generation, renders, usage and favorites, configured from `cfg`.
 pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     let storage = crate::providers::storage::Storage::from_url(&cfg.storage_url)?;
-    let provider: Arc<dyn Provider> =
-        Arc::new(crate::providers::metered::Metered(provider(cfg).await?));
+    let provider = provider(cfg).await?;
+    let mut downloads_from = cfg.allow_private_downloads.clone();
+    if let Some(server) = provider.output_server() {
+        downloads_from = downloads_from.with_origin_of(&server);
+    }
+    let provider: Arc<dyn Provider> = Arc::new(crate::providers::metered::Metered(provider));
     let settings = generation::Settings {
         webhook_url: cfg
             .public_url
@@ -75,8 +79,13 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     };
     Ok(vec![
         generation::handler(provider, settings),
-        renders::handler(storage, cfg.max_image_bytes, cfg.download_timeout)
-            .map_err(|e| SetupError::Other(e.to_string()))?,
+        renders::handler(
+            storage,
+            cfg.max_image_bytes,
+            cfg.download_timeout,
+            downloads_from,
+        )
+        .map_err(|e| SetupError::Other(e.to_string()))?,
         usage::handler(),
         favorites::handler(),
     ])

@@ -4,6 +4,7 @@
 pub(crate) mod auth;
 pub(crate) mod client;
 pub mod ops;
+pub mod public_fetch;
 pub mod webhook_signature;
 
 use crate::engine::notification::Change;
