@@ -1931,3 +1931,178 @@ async fn an_endless_provider_answer_is_cut_off_at_the_cap() {
     let err = replicate(&base).get("p").await.unwrap_err().to_string();
     assert!(err.contains("larger than"), "{err}");
 }
+
+const ADMIN: &str = "security-admin-token";
+
+/// A reactor with an admin token, ready; its HTTP base URL.
+async fn reactor_with_admin(db: &TestDb, storage: &std::path::Path) -> (common::InProcess, String) {
+    let reactor = common::start_reactor(db, storage, &["--admin-token", ADMIN]).await;
+    reactor.wait_ready().await;
+    let base = format!("http://{}", reactor.http_addr);
+    (reactor, base)
+}
+
+/// Opens `/v1/events` with `token`; the answer (streaming when 200).
+async fn open_events(base: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads an event stream until its text contains `needle`; the text.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(LONG, async {
+        while !text.contains(needle) {
+            match response.chunk().await.unwrap() {
+                Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                None => break,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in time: {text}"));
+    text
+}
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_than_ten_event_streams_open() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let stream = open_events(&base, ADMIN).await;
+        assert_eq!(stream.status(), 200);
+        open.push(stream);
+    }
+    let eleventh = open_events(&base, ADMIN).await;
+    assert_eq!(eleventh.status(), 429);
+    let body = eleventh.text().await.unwrap();
+    assert!(body.contains("too many open event streams"), "{body}");
+    // A closed stream frees its slot.
+    drop(open.pop());
+    common::eventually("a freed slot", LONG, || async {
+        open_events(&base, ADMIN).await.status() == 200
+    })
+    .await;
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_the_admin_token_is_slowed_down_per_client_address() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let http = reqwest::Client::new();
+    let summary = |token: &str| {
+        http.get(format!("{base}/v1/admin/summary"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for guess in 0..8 {
+        statuses.push(
+            summary(&format!("guess-{guess}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(
+        statuses[5..].contains(&429),
+        "guesses went on unhindered: {statuses:?}"
+    );
+    // While it waits, the address gets nothing checked, the right token included.
+    let locked = summary(ADMIN).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().contains_key("retry-after"));
+    // And the event stream, which also takes the admin token, is locked too.
+    assert_eq!(open_events(&base, "another-guess").await.status(), 429);
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_may_not_be_framed_and_runs_only_its_own_script_and_style() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let page = reqwest::get(format!("{base}/dashboard")).await.unwrap();
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let csp = header("content-security-policy");
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    let html = page.text().await.unwrap();
+    let hash = |tag: &str| {
+        let start = html.find(&format!("<{tag}>")).unwrap() + tag.len() + 2;
+        let end = start + html[start..].find(&format!("</{tag}>")).unwrap();
+        let digest = sha2::Sha256::digest(&html.as_bytes()[start..end]);
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    };
+    for directive in [
+        "default-src 'none'".to_string(),
+        format!("script-src {}", hash("script")),
+        format!("style-src {}", hash("style")),
+        "connect-src 'self'".to_string(),
+        "frame-ancestors 'none'".to_string(),
+    ] {
+        assert!(
+            csp.split(';').any(|d| d.trim() == directive),
+            "{directive:?} not in {csp:?}"
+        );
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    // What the policy would block must not be on the page.
+    assert!(!html.contains("style=\"") && !html.contains(" onclick="));
+    reactor.stop().await;
+}
+
+/// A flood of job_status hints beyond what the feed holds: the hints that
+/// do not fit are dropped, and viewers are told to resync, never left
+/// believing they saw everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_status_feeds_cap_tells_viewers_to_resync() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let mut stream = open_events(&base, ADMIN).await;
+    assert_eq!(stream.status(), 200);
+    // Hold the checks up, so that the hints pile up past the cap.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("lock table public.generation_jobs in access exclusive mode")
+        .await
+        .unwrap();
+    let flooder = db.client().await;
+    flooder
+        .batch_execute(
+            "select pg_notify('job_status', json_build_object(
+               'table', 'generation_jobs', 'op', 'UPDATE', 'id', gen_random_uuid())::text)
+             from generate_series(1, 120000)",
+        )
+        .await
+        .unwrap();
+    let text = read_until(&mut stream, "event: resync").await;
+    assert!(text.contains("overloaded"), "{text}");
+    lock.rollback().await.unwrap();
+    reactor.stop().await;
+}
