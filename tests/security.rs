@@ -2,6 +2,9 @@
 //! request: `SET LOCAL ROLE authenticated` (or `anon`) plus `request.jwt.claims`.
 //! Rows only the service may create are written by the superuser connection,
 //! which bypasses RLS, as the reactor and billing do.
+//!
+//! At the end: attacks from outside the database (a malicious provider's
+//! URLs and answers, the HTTP surface, a flood of status hints).
 mod common;
 
 use common::{count_with, TestDb};

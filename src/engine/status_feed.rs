@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Rows waiting to be checked; hints beyond this are dropped (and counted).
+/// Rows waiting to be checked; hints beyond this are dropped (counted, and
+/// every event stream told to resync).
 const MAX_PENDING: usize = 100_000;
 /// Rows checked per query.
 const BATCH: usize = 5_000;
