@@ -62,6 +62,7 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         cfg.supabase_jwt_secret.as_deref(),
         cfg.supabase_jwks_url.as_deref(),
     ));
+    let max_streams_per_user = cfg.max_streams_per_user;
     let engine = Engine::new(cfg, handlers, shutdown.clone())?;
     let readiness = engine.readiness();
     // The own tables' checks run beside the engine and end with it.
@@ -73,11 +74,15 @@ pub async fn start(cfg: RunConfig, shutdown: CancellationToken) -> Result<App, A
         webhook_secret,
         auth,
         statuses: engine.statuses(),
+        status_losses: engine.status_losses(),
         specs,
         metrics: crate::telemetry::handle(),
+        streams: crate::http::limits::StreamSlots::new(max_streams_per_user),
+        logins: Default::default(),
     });
     let http_shutdown = shutdown.clone();
     tokio::spawn(async move {
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await;

@@ -14,6 +14,10 @@ fn interval(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn allowed_hosts(s: &str) -> Result<crate::http::public_fetch::AllowedHosts, String> {
+    crate::http::public_fetch::AllowedHosts::parse(s)
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -97,6 +101,11 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub download_timeout: Duration,
 
+    /// Hosts (`host` or `host:port`, comma-separated) output images may be
+    /// downloaded from although they are on loopback or private addresses.
+    #[arg(long, env = "REACTOR_ALLOW_PRIVATE_DOWNLOADS", default_value = "", value_parser = allowed_hosts)]
+    pub allow_private_downloads: crate::http::public_fetch::AllowedHosts,
+
     /// Image provider: replicate, or local (draws images here; no network, no account).
     #[arg(long, env = "REACTOR_PROVIDER", value_enum, default_value_t = ProviderKind::Replicate)]
     pub provider: ProviderKind,
@@ -152,6 +161,10 @@ pub struct RunConfig {
     /// Bearer token for the dashboard, admin API and all-jobs event stream.
     #[arg(long, env = "REACTOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Event streams (`/v1/events`) one user (or the admin) may hold open at once.
+    #[arg(long, env = "REACTOR_MAX_STREAMS_PER_USER", default_value = "10", value_parser = positive)]
+    pub max_streams_per_user: usize,
 
     /// Supabase JWT secret: verifies users' HS256 access tokens on /v1/events.
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]

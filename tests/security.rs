@@ -2,6 +2,9 @@
 //! request: `SET LOCAL ROLE authenticated` (or `anon`) plus `request.jwt.claims`.
 //! Rows only the service may create are written by the superuser connection,
 //! which bypasses RLS, as the reactor and billing do.
+//!
+//! At the end: attacks from outside the database (a malicious provider's
+//! URLs and answers, the HTTP surface, a flood of status hints).
 mod common;
 
 use common::{count_with, TestDb};
@@ -1690,4 +1693,419 @@ async fn a_client_cannot_unflag_delete_or_forge_a_default_favorites_collection()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(rows, vec![(fav, true), (other, false)]);
+}
+
+// ---------------------------------------------------------------------------
+// Attacks from outside the database: a malicious or compromised provider, and
+// the reactor's own HTTP surface.
+// ---------------------------------------------------------------------------
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+const LONG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Serves `app` on `bind` (an address with port 0); its base URL.
+async fn serve(bind: &str, app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// A service only the reactor's own network should reach (a cloud metadata
+/// endpoint, an internal admin page): answers every request with a JPEG, and
+/// counts them.
+async fn internal_service(bind: &str) -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, SeqCst);
+        async { ([("content-type", "image/jpeg")], common::JPEG.to_vec()) }
+    });
+    (serve(bind, app).await, hits)
+}
+
+/// The provider's output URL redirects to an internal address: the reactor
+/// must not follow it (the internal answer would be stored as a public render).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_output_that_redirects_to_a_private_address_is_never_fetched() {
+    use common::fake_replicate::FakeReplicate;
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    // 127.0.0.2 is loopback too, but not the host the tests allow downloads from.
+    let (internal, internal_hits) = internal_service("127.0.0.2:0").await;
+    let target = format!("{internal}/latest/meta-data/secret.jpg");
+    let cdn = serve(
+        "127.0.0.1:0",
+        axum::Router::new().route(
+            "/out.jpg",
+            axum::routing::get(move || {
+                let target = target.clone();
+                async move { axum::response::Redirect::temporary(&target) }
+            }),
+        ),
+    )
+    .await;
+    let fake = FakeReplicate::start().await;
+    let reactor = common::start_reactor_with(&db, storage.path(), &fake.reactor_flags(&[])).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = common::submit_job(&db, user, "imagine", "a den")
+        .await
+        .unwrap();
+    common::eventually("prediction created", LONG, || async {
+        !fake.predictions().is_empty()
+    })
+    .await;
+    let pid = fake.predictions()[0].id.clone();
+    fake.finish(
+        &pid,
+        "succeeded",
+        serde_json::json!([format!("{cdn}/out.jpg")]),
+        serde_json::json!(null),
+    );
+    common::wait_status(&client, id, "succeeded").await;
+    let dead = format!(
+        "select count(*) from reactor.handler_state where handler = 'renders'
+         and row_id = '{id}' and dead_at is not null and last_error like '%not a public address%'"
+    );
+    common::wait_for_count(&client, "the render refused", &dead, 1).await;
+    assert_eq!(
+        internal_hits.load(SeqCst),
+        0,
+        "the internal service was reached"
+    );
+    let renders = format!("select count(*) from renders where job_id = '{id}'");
+    assert_eq!(common::count(&client, &renders).await, 0);
+    reactor.stop().await;
+}
+
+/// Names and literals that lead to loopback, private or metadata addresses
+/// are refused before anything is sent; allowed hosts are fetched.
+#[tokio::test]
+async fn output_downloads_reach_no_private_address_by_name_literal_or_redirect() {
+    use reactor::http::public_fetch::{AllowedHosts, FetchError, PublicFetch};
+    let (internal, hits) = internal_service("127.0.0.1:0").await;
+    let port = internal.rsplit(':').next().unwrap().to_string();
+    let strict = PublicFetch::new(LONG, AllowedHosts::default()).unwrap();
+    for url in [
+        internal.clone(),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://2130706433:{port}/"), // 127.0.0.1 as one number
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00:ec2::254]/latest/meta-data/".to_string(),
+        "http://0.0.0.0/".to_string(),
+    ] {
+        let got = strict.get(&url).await;
+        assert!(matches!(got, Err(FetchError::Refused(_))), "{url}: {got:?}");
+    }
+    assert_eq!(hits.load(SeqCst), 0);
+    // An allowed host is fetched, but a redirect from it to another is checked.
+    let allowed = PublicFetch::new(
+        LONG,
+        AllowedHosts::parse(&format!("127.0.0.1:{port}")).unwrap(),
+    )
+    .unwrap();
+    assert!(allowed.get(&internal).await.unwrap().status().is_success());
+    assert_eq!(hits.load(SeqCst), 1);
+    let (other, other_hits) = internal_service("127.0.0.1:0").await;
+    let redirector = serve(
+        "127.0.0.1:0",
+        axum::Router::new().fallback(move || {
+            let to = other.clone();
+            async move { axum::response::Redirect::permanent(&to) }
+        }),
+    )
+    .await;
+    let both = PublicFetch::new(
+        LONG,
+        AllowedHosts::parse(&format!("127.0.0.1:{port},{}", &redirector[7..])).unwrap(),
+    )
+    .unwrap();
+    let got = both.get(&redirector).await;
+    assert!(matches!(got, Err(FetchError::Refused(_))), "{got:?}");
+    assert_eq!(other_hits.load(SeqCst), 0);
+}
+
+/// Replicate's API at `base`, as the reactor uses it.
+fn replicate(base: &str) -> reactor::providers::replicate::Replicate {
+    reactor::providers::replicate::Replicate::new(
+        base,
+        common::fake_replicate::TOKEN,
+        "owner/model",
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+fn job_input() -> reactor::providers::JobInput {
+    reactor::providers::JobInput {
+        id: Uuid::new_v4(),
+        mode: "imagine".into(),
+        room_type: None,
+        style: None,
+        prompt: Some("a den".into()),
+        images: vec![],
+    }
+}
+
+/// The prediction list's `next` link is followed only on the API's own
+/// origin: the bearer token goes with it.
+#[tokio::test]
+async fn the_prediction_lists_next_link_never_takes_the_token_to_another_host() {
+    use reactor::providers::Provider as _;
+    let stolen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let thief = stolen.clone();
+    let elsewhere = serve(
+        "127.0.0.1:0",
+        axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string());
+            thief.lock().unwrap().extend(auth);
+            async { axum::Json(serde_json::json!({"results": []})) }
+        }),
+    )
+    .await;
+    let second_pages = Arc::new(AtomicUsize::new(0));
+    let counter = second_pages.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let own = base.clone();
+    let app = axum::Router::new().route(
+        "/v1/predictions",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| {
+                let next = match q.get("cursor").map(String::as_str) {
+                    None => format!("{own}/predictions?cursor=2"),
+                    _ => {
+                        counter.fetch_add(1, SeqCst);
+                        format!("{elsewhere}/v1/predictions?cursor=3")
+                    }
+                };
+                async move { axum::Json(serde_json::json!({"results": [], "next": next})) }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let found = replicate(&base)
+        .find(&job_input(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(matches!(found, reactor::providers::Found::Nothing));
+    assert_eq!(
+        second_pages.load(SeqCst),
+        1,
+        "a next page on the same origin is read"
+    );
+    assert_eq!(
+        *stolen.lock().unwrap(),
+        Vec::<String>::new(),
+        "the token went elsewhere"
+    );
+}
+
+/// An endless answer from the provider is cut off at a cap, not read into
+/// memory until a timeout.
+#[tokio::test]
+async fn an_endless_provider_answer_is_cut_off_at_the_cap() {
+    use reactor::providers::Provider as _;
+    let app = axum::Router::new().route(
+        "/v1/predictions/{id}",
+        axum::routing::get(|| async {
+            let start = futures::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                    br#"{"id":"p","status":"starting","pad":""#,
+                ))
+            });
+            let endless =
+                futures::stream::repeat_with(|| Ok(bytes::Bytes::from(vec![b'x'; 65536])));
+            (
+                [("content-type", "application/json")],
+                axum::body::Body::from_stream(futures::StreamExt::chain(start, endless)),
+            )
+        }),
+    );
+    let base = format!("{}/v1", serve("127.0.0.1:0", app).await);
+    let err = replicate(&base).get("p").await.unwrap_err().to_string();
+    assert!(err.contains("larger than"), "{err}");
+}
+
+const ADMIN: &str = "security-admin-token";
+
+/// A reactor with an admin token, ready; its HTTP base URL.
+async fn reactor_with_admin(db: &TestDb, storage: &std::path::Path) -> (common::InProcess, String) {
+    let reactor = common::start_reactor(db, storage, &["--admin-token", ADMIN]).await;
+    reactor.wait_ready().await;
+    let base = format!("http://{}", reactor.http_addr);
+    (reactor, base)
+}
+
+/// Opens `/v1/events` with `token`; the answer (streaming when 200).
+async fn open_events(base: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads an event stream until its text contains `needle`; the text.
+async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(LONG, async {
+        while !text.contains(needle) {
+            match response.chunk().await.unwrap() {
+                Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                None => break,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {needle:?} in time: {text}"));
+    text
+}
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_than_ten_event_streams_open() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let stream = open_events(&base, ADMIN).await;
+        assert_eq!(stream.status(), 200);
+        open.push(stream);
+    }
+    let eleventh = open_events(&base, ADMIN).await;
+    assert_eq!(eleventh.status(), 429);
+    let body = eleventh.text().await.unwrap();
+    assert!(body.contains("too many open event streams"), "{body}");
+    // A closed stream frees its slot.
+    drop(open.pop());
+    common::eventually("a freed slot", LONG, || async {
+        open_events(&base, ADMIN).await.status() == 200
+    })
+    .await;
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_the_admin_token_is_slowed_down_per_client_address() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let http = reqwest::Client::new();
+    let summary = |token: &str| {
+        http.get(format!("{base}/v1/admin/summary"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for guess in 0..8 {
+        statuses.push(
+            summary(&format!("guess-{guess}"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert!(
+        statuses[5..].contains(&429),
+        "guesses went on unhindered: {statuses:?}"
+    );
+    // While it waits, the address gets nothing checked, the right token included.
+    let locked = summary(ADMIN).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().contains_key("retry-after"));
+    // And the event stream, which also takes the admin token, is locked too.
+    assert_eq!(open_events(&base, "another-guess").await.status(), 429);
+    reactor.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_may_not_be_framed_and_runs_only_its_own_script_and_style() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let page = reqwest::get(format!("{base}/dashboard")).await.unwrap();
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let csp = header("content-security-policy");
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    let html = page.text().await.unwrap();
+    let hash = |tag: &str| {
+        let start = html.find(&format!("<{tag}>")).unwrap() + tag.len() + 2;
+        let end = start + html[start..].find(&format!("</{tag}>")).unwrap();
+        let digest = sha2::Sha256::digest(&html.as_bytes()[start..end]);
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    };
+    for directive in [
+        "default-src 'none'".to_string(),
+        format!("script-src {}", hash("script")),
+        format!("style-src {}", hash("style")),
+        "connect-src 'self'".to_string(),
+        "frame-ancestors 'none'".to_string(),
+    ] {
+        assert!(
+            csp.split(';').any(|d| d.trim() == directive),
+            "{directive:?} not in {csp:?}"
+        );
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    // What the policy would block must not be on the page.
+    assert!(!html.contains("style=\"") && !html.contains(" onclick="));
+    reactor.stop().await;
+}
+
+/// A flood of job_status hints beyond what the feed holds: the hints that
+/// do not fit are dropped, and viewers are told to resync, never left
+/// believing they saw everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_status_feeds_cap_tells_viewers_to_resync() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let (reactor, base) = reactor_with_admin(&db, storage.path()).await;
+    let mut stream = open_events(&base, ADMIN).await;
+    assert_eq!(stream.status(), 200);
+    // Hold the checks up, so that the hints pile up past the cap.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("lock table public.generation_jobs in access exclusive mode")
+        .await
+        .unwrap();
+    let flooder = db.client().await;
+    flooder
+        .batch_execute(
+            "select pg_notify('job_status', json_build_object(
+               'table', 'generation_jobs', 'op', 'UPDATE', 'id', gen_random_uuid())::text)
+             from generate_series(1, 120000)",
+        )
+        .await
+        .unwrap();
+    let text = read_until(&mut stream, "event: resync").await;
+    assert!(text.contains("overloaded"), "{text}");
+    lock.rollback().await.unwrap();
+    reactor.stop().await;
 }

@@ -201,6 +201,12 @@ impl Engine {
         self.shared.statuses.clone()
     }
 
+    /// Changes whenever job_status hints were lost: event streams must tell
+    /// their viewers to resync.
+    pub fn status_losses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.status_feed.losses()
+    }
+
     /// Runs until the shutdown token is cancelled, then finishes in-flight work
     /// (up to the grace period) and releases this reactor's leases.
     pub async fn run(self) -> Result<(), EngineError> {

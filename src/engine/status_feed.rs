@@ -22,10 +22,11 @@ use crate::store::db::{param, quote_ident};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Rows waiting to be checked; hints beyond this are dropped (and counted).
+/// Rows waiting to be checked; hints beyond this are dropped (counted, and
+/// every event stream told to resync).
 const MAX_PENDING: usize = 100_000;
 /// Rows checked per query.
 const BATCH: usize = 5_000;
@@ -127,6 +128,9 @@ struct Sources {
 
 pub struct StatusFeed {
     sender: broadcast::Sender<Change>,
+    /// Counts the times hints were dropped: every stream that sees it change
+    /// tells its viewer to `resync` (events may be missing).
+    dropped: watch::Sender<u64>,
     /// Rows hinted at, with whether any hint said INSERT.
     pending: Mutex<HashMap<RowKey, bool>>,
     wake: Notify,
@@ -139,6 +143,7 @@ impl StatusFeed {
     pub fn new(sender: broadcast::Sender<Change>) -> Self {
         StatusFeed {
             sender,
+            dropped: watch::Sender::new(0),
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             sent: Mutex::new(HashMap::new()),
@@ -158,7 +163,9 @@ impl StatusFeed {
         match pending.get_mut(&(change.table.clone(), change.id.clone())) {
             Some(insert) => *insert |= inserted,
             None if len >= MAX_PENDING => {
+                drop(pending);
                 metrics::counter!("reactor_status_hints_dropped_total").increment(1);
+                self.hints_lost();
                 return;
             }
             None => {
@@ -167,6 +174,16 @@ impl StatusFeed {
         }
         drop(pending);
         self.wake.notify_one();
+    }
+
+    /// Changes whenever hints were lost (dropped at the cap, or their check
+    /// failed): a stream that sees it change must tell its viewer to resync.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.dropped.subscribe()
+    }
+
+    fn hints_lost(&self) {
+        self.dropped.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Checks hints against the tables until shutdown.
@@ -189,6 +206,7 @@ impl StatusFeed {
                 if let Err(e) = self.check(&pool, batch).await {
                     // The hints are lost; the next change of those rows brings them back.
                     tracing::warn!(error = %e, "checking job_status hints failed");
+                    self.hints_lost();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

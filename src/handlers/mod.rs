@@ -60,8 +60,12 @@ pub async fn provider(cfg: &RunConfig) -> Result<Arc<dyn Provider>, SetupError> 
 /// generation, renders, deleted objects, usage and favorites, configured from `cfg`.
 pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     let storage = crate::providers::storage::Storage::from_url(&cfg.storage_url)?;
-    let provider: Arc<dyn Provider> =
-        Arc::new(crate::providers::metered::Metered(provider(cfg).await?));
+    let provider = provider(cfg).await?;
+    let mut downloads_from = cfg.allow_private_downloads.clone();
+    if let Some(server) = provider.output_server() {
+        downloads_from = downloads_from.with_origin_of(&server);
+    }
+    let provider: Arc<dyn Provider> = Arc::new(crate::providers::metered::Metered(provider));
     let settings = generation::Settings {
         webhook_url: cfg
             .public_url
@@ -82,6 +86,7 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
             cfg.max_image_bytes,
             cfg.download_timeout,
             u32::try_from(cfg.thumbnail_size).unwrap_or(u32::MAX),
+            downloads_from,
         )
         .map_err(|e| SetupError::Other(e.to_string()))?,
         deleted_objects::handler(storage),

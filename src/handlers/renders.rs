@@ -16,13 +16,14 @@
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
 use crate::handlers::thumbnails;
+use crate::http::client;
+use crate::http::public_fetch::{AllowedHosts, FetchError, PublicFetch};
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
 use crate::providers::storage::{Storage, RENDER_CACHE_CONTROL};
 use crate::store::db::param;
 use async_trait::async_trait;
-use futures::StreamExt as _;
 use hmac::{Hmac, Mac as _};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,16 +61,13 @@ pub fn handler(
     max_bytes: usize,
     timeout: Duration,
     thumbnail_size: u32,
+    allowed: AllowedHosts,
 ) -> anyhow::Result<Handler> {
-    let http = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .build()?;
     Ok(Handler {
         spec: spec(),
         action: Action::Leased(Arc::new(Renders {
             storage,
-            http,
+            http: PublicFetch::new(timeout, allowed)?,
             max_bytes,
             thumbnail_size,
         })),
@@ -78,7 +76,8 @@ pub fn handler(
 
 struct Renders {
     storage: Storage,
-    http: reqwest::Client,
+    /// Output URLs come from the provider: public addresses only.
+    http: PublicFetch,
     max_bytes: usize,
     /// Longest side of thumbnails, in pixels.
     thumbnail_size: u32,
@@ -218,12 +217,16 @@ impl Renders {
 
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
         let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
-        let response = self.http.get(url).send().await.map_err(|e| {
-            retry(if e.is_timeout() {
+        let response = self.http.get(url).await.map_err(|e| match e {
+            FetchError::Refused(why) => HandlerError::permanent(format!(
+                "output image {}: {why} (see REACTOR_ALLOW_PRIVATE_DOWNLOADS)",
+                client::display_url(url)
+            )),
+            FetchError::Request(e) => retry(if e.is_timeout() {
                 "timed out".into()
             } else {
                 format!("request failed: {e}")
-            })
+            }),
         })?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
@@ -252,27 +255,17 @@ impl Renders {
                 self.max_bytes
             ))
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > self.max_bytes as u64)
-        {
-            return Err(too_big());
-        }
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
+        // Read chunk by chunk: never more than the cap is held.
+        let body = client::read_capped(response, self.max_bytes)
+            .await
+            .map_err(|e| {
                 retry(if e.is_timeout() {
                     "timed out".into()
                 } else {
                     format!("reading failed: {e}")
                 })
-            })?;
-            if body.len() + chunk.len() > self.max_bytes {
-                return Err(too_big());
-            }
-            body.extend_from_slice(&chunk);
-        }
+            })?
+            .ok_or_else(too_big)?;
         if !has_magic(ext, &body) {
             return Err(retry(format!(
                 "declared {content_type} but its bytes are not that kind of image"

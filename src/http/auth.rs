@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Viewer {
     Admin,
     User(Uuid),
@@ -50,20 +50,65 @@ pub enum AuthError {
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
-/// How long fetched keys are trusted before they are fetched again.
-const JWKS_TTL: Duration = Duration::from_secs(600);
-/// A token with a key id we do not know makes us fetch the keys again (they
-/// rotate), but at most this often: random key ids must not make us a
-/// request amplifier against the JWKS URL.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(60);
+/// When the keys are fetched again, and for how long old ones are still used.
+#[derive(Debug, Clone, Copy)]
+struct JwksTimes {
+    /// How long fetched keys are used before they are fetched again.
+    ttl: Duration,
+    /// A token with a key id we do not know makes us fetch the keys again
+    /// (they rotate), but at most this often: random key ids must not make
+    /// us a request amplifier against the JWKS URL.
+    min_refetch: Duration,
+    /// After a failed fetch, the next is tried after this, doubling with
+    /// each failure up to `min_refetch`.
+    first_retry: Duration,
+    /// While fetches fail, keys fetched at most this long ago are still
+    /// used; older ones are not (tokens are refused until a fetch succeeds).
+    max_stale: Duration,
+}
+
+const JWKS_TIMES: JwksTimes = JwksTimes {
+    ttl: Duration::from_secs(600),
+    min_refetch: Duration::from_secs(60),
+    first_retry: Duration::from_secs(5),
+    max_stale: Duration::from_secs(3600),
+};
+/// The largest JWK set read.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// The only audience and role a user's token may carry.
 const AUTHENTICATED: &str = "authenticated";
 
 #[derive(Default)]
 struct Keys {
     set: Option<JwkSet>,
-    /// When the keys were last fetched (or a fetch was last tried).
+    /// When `set` was fetched.
     fetched: Option<Instant>,
+    /// When a fetch was last tried (whether it worked or not).
+    tried: Option<Instant>,
+    /// Fetches that failed since the last that worked.
+    failures: u32,
+}
+
+impl Keys {
+    /// Whether the keys were fetched less than `age` ago.
+    fn younger_than(&self, age: Duration) -> bool {
+        self.fetched.is_some_and(|t| t.elapsed() < age)
+    }
+
+    /// Whether a fetch may be tried now: when the keys are older than `ttl`
+    /// or `min_refetch` has passed since the last fetch; after a failure, once
+    /// its backoff is over.
+    fn may_fetch(&self, times: &JwksTimes) -> bool {
+        let wait = match self.failures {
+            0 if !self.younger_than(times.ttl) => Duration::ZERO,
+            0 => times.min_refetch,
+            n => times
+                .first_retry
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(times.min_refetch),
+        };
+        self.tried.is_none_or(|t| t.elapsed() >= wait)
+    }
 }
 
 pub struct Auth {
@@ -74,6 +119,7 @@ pub struct Auth {
     /// Held while fetching, so concurrent unknown key ids make one fetch.
     fetching: Mutex<()>,
     http: reqwest::Client,
+    times: JwksTimes,
 }
 
 #[derive(serde::Deserialize)]
@@ -149,6 +195,7 @@ impl Auth {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            times: JWKS_TIMES,
         }
     }
 
@@ -252,55 +299,77 @@ impl Auth {
                 None => set.keys.first().cloned(),
             })
         };
-        let fresh =
-            |keys: &Keys, within: Duration| keys.fetched.is_some_and(|t| t.elapsed() < within);
+        let times = &self.times;
+        let no_kid = || AuthError::Invalid("no key with the token's kid".into());
         {
             let keys = self.keys.read().await;
-            if fresh(&keys, JWKS_TTL) {
+            if keys.younger_than(times.ttl) {
                 if let Some(jwk) = find(&keys) {
                     return Ok(jwk);
                 }
             }
         }
         let _fetching = self.fetching.lock().await;
-        {
-            let keys = self.keys.read().await;
-            if fresh(&keys, JWKS_MIN_REFETCH) {
-                // Fetched a moment ago (perhaps while we waited): no second fetch.
-                return find(&keys)
-                    .ok_or_else(|| AuthError::Invalid("no key with the token's kid".into()));
+        let keys = self.keys.read().await;
+        if !keys.may_fetch(times) {
+            // Tried a moment ago (perhaps while we waited): no second fetch.
+            if !keys.younger_than(times.max_stale) {
+                return Err(AuthError::Invalid(
+                    "the keys at SUPABASE_JWKS_URL could not be fetched".into(),
+                ));
             }
+            return find(&keys).ok_or_else(no_kid);
         }
-        // Unknown key id or stale keys: fetch again (keys rotate). A failed
-        // fetch counts too, so a broken JWKS URL is not hammered either.
+        drop(keys);
+        // Unknown key id or old keys: fetch again (keys rotate).
         let fetched = self.fetch_keys(url).await;
         let mut keys = self.keys.write().await;
-        keys.fetched = Some(Instant::now());
-        keys.set = Some(fetched?);
-        find(&keys).ok_or_else(|| AuthError::Invalid("no key with the token's kid".into()))
+        keys.tried = Some(Instant::now());
+        match fetched {
+            Ok(set) => {
+                keys.set = Some(set);
+                keys.fetched = keys.tried;
+                keys.failures = 0;
+            }
+            // A failed fetch leaves the keys as old as they are: the next
+            // is tried after a short backoff, and they are used only while
+            // younger than `max_stale`.
+            Err(e) => {
+                keys.failures = keys.failures.saturating_add(1);
+                tracing::warn!(error = %e, failures = keys.failures, "fetching SUPABASE_JWKS_URL failed");
+                if !keys.younger_than(times.max_stale) {
+                    return Err(e);
+                }
+            }
+        }
+        find(&keys).ok_or_else(no_kid)
     }
 
     async fn fetch_keys(&self, url: &str) -> Result<JwkSet, AuthError> {
         tracing::info!("fetching the keys at SUPABASE_JWKS_URL");
-        self.http
+        let failed = |e: reqwest::Error| {
+            AuthError::Invalid(format!(
+                "fetching SUPABASE_JWKS_URL: {}",
+                crate::http::client::error_text(&e)
+            ))
+        };
+        let response = self
+            .http
             .get(url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| {
-                AuthError::Invalid(format!(
-                    "fetching SUPABASE_JWKS_URL: {}",
-                    crate::http::client::error_text(&e)
-                ))
-            })?
-            .json()
+            .map_err(failed)?;
+        let body = crate::http::client::read_capped(response, MAX_JWKS_BYTES)
             .await
-            .map_err(|e| {
+            .map_err(failed)?
+            .ok_or_else(|| {
                 AuthError::Invalid(format!(
-                    "SUPABASE_JWKS_URL is not a JWK set: {}",
-                    crate::http::client::error_text(&e)
+                    "SUPABASE_JWKS_URL answered more than {MAX_JWKS_BYTES} bytes"
                 ))
-            })
+            })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| AuthError::Invalid(format!("SUPABASE_JWKS_URL is not a JWK set: {e}")))
     }
 }
 
@@ -381,6 +450,89 @@ mod tests {
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (url, fetches)
+    }
+
+    /// A failing JWKS URL: the old keys are used for a bounded time only, and
+    /// the fetch is tried again after a short backoff (not a full TTL later).
+    #[tokio::test]
+    async fn a_failed_jwks_fetch_is_retried_soon_and_old_keys_are_used_only_while_not_too_old() {
+        use base64::Engine as _;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        use std::sync::Arc;
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "kid": "key-1", "alg": "ES256"}
+        ]});
+        let (failing, fetches) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (f, n) = (failing.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                n.fetch_add(1, SeqCst);
+                let answer = if f.load(SeqCst) {
+                    Err(axum::http::StatusCode::BAD_GATEWAY)
+                } else {
+                    Ok(axum::Json(jwks.clone()))
+                };
+                async move { answer }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(EC_PKCS8_B64)
+            .unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("key-1".into());
+        let claims = serde_json::json!({"sub": Uuid::nil().to_string(), "aud": "authenticated", "role": "authenticated", "exp": chrono::Utc::now().timestamp() + 600});
+        let token = encode(&header, &claims, &EncodingKey::from_ec_der(&der)).unwrap();
+        let mut auth = Auth::new(None, None, Some(&url));
+        auth.times = JwksTimes {
+            ttl: Duration::from_millis(500),
+            min_refetch: Duration::from_secs(5),
+            first_retry: Duration::from_millis(500),
+            max_stale: Duration::from_secs(2),
+        };
+        let ms = |n| tokio::time::sleep(Duration::from_millis(n));
+        let user = Ok(Viewer::User(Uuid::nil()));
+
+        assert_eq!(auth.viewer(Some(&token)).await, user);
+        assert_eq!(fetches.load(SeqCst), 1);
+        failing.store(true, SeqCst);
+        ms(600).await;
+        assert_eq!(
+            auth.viewer(Some(&token)).await,
+            user,
+            "a failed refresh falls back to keys that are not too old"
+        );
+        assert_eq!(fetches.load(SeqCst), 2, "the keys were due: fetched");
+        assert_eq!(auth.viewer(Some(&token)).await, user);
+        assert_eq!(
+            fetches.load(SeqCst),
+            2,
+            "no second fetch within the backoff"
+        );
+        ms(600).await;
+        assert_eq!(auth.viewer(Some(&token)).await, user);
+        assert_eq!(
+            fetches.load(SeqCst),
+            3,
+            "the failed fetch did not make the old keys fresh: tried again after the backoff"
+        );
+        ms(1100).await;
+        assert!(
+            matches!(auth.viewer(Some(&token)).await, Err(AuthError::Invalid(_))),
+            "keys older than the staleness bound are not used"
+        );
+        assert_eq!(fetches.load(SeqCst), 4);
+        failing.store(false, SeqCst);
+        ms(2100).await;
+        assert_eq!(auth.viewer(Some(&token)).await, user, "recovered");
+        assert_eq!(fetches.load(SeqCst), 5);
     }
 
     /// A P-256 key pair made for this test only (PKCS#8 DER, and its JWK point).

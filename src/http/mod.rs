@@ -3,23 +3,28 @@
 //! helpers the reactor's own outgoing requests share.
 pub(crate) mod auth;
 pub(crate) mod client;
+mod dashboard;
+pub(crate) mod limits;
 pub mod ops;
+pub mod public_fetch;
 pub mod webhook_signature;
 
 use crate::engine::notification::Change;
 use crate::engine::Readiness;
-use crate::http::auth::{Auth, AuthError};
+use crate::http::auth::{Auth, AuthError, Viewer};
+use crate::http::limits::{FailedLogins, StreamSlots};
 use crate::job::handler::Spec;
 use crate::providers::replicate::{created_for, parse_prediction};
 use crate::store::db::DbError;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use webhook_signature::Secret;
 
@@ -31,9 +36,15 @@ pub struct HttpState {
     pub webhook_secret: Option<Arc<Secret>>,
     pub auth: Arc<Auth>,
     pub statuses: tokio::sync::broadcast::Sender<Change>,
+    /// Changes when status hints were lost (see `engine::status_feed`).
+    pub status_losses: tokio::sync::watch::Receiver<u64>,
     /// The running handlers (for backlogs and retries).
     pub specs: Arc<Vec<Spec>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Open event streams per viewer (`REACTOR_MAX_STREAMS_PER_USER`).
+    pub streams: Arc<StreamSlots>,
+    /// Wrong credentials per client address.
+    pub logins: Arc<FailedLogins>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -46,10 +57,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route("/webhooks/replicate", post(replicate_webhook))
         .route("/v1/events", get(events))
-        .route(
-            "/dashboard",
-            get(|| async { Html(include_str!("dashboard.html")) }),
-        )
+        .route("/dashboard", get(dashboard::page))
         .route("/v1/admin/summary", get(admin_summary))
         .route("/v1/admin/retry", post(admin_retry))
         .with_state(state)
@@ -57,6 +65,54 @@ pub fn router(state: HttpState) -> Router {
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+/// Verifies a credential with `check`, unless `client` presented too many
+/// wrong ones lately (then 429 and how long to wait). A wrong credential
+/// counts against `client`; the admin token clears its count.
+async fn verified<F>(state: &HttpState, client: SocketAddr, check: F) -> Result<Viewer, Response>
+where
+    F: std::future::Future<Output = Result<Viewer, AuthError>>,
+{
+    let ip = client.ip();
+    if let Some(wait) = state.logins.wait(ip) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        let body = serde_json::json!({
+            "error": format!("too many wrong credentials from this address: try again in {secs} s")
+        });
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", secs.to_string())],
+            Json(body),
+        )
+            .into_response());
+    }
+    match check.await {
+        Ok(viewer) => {
+            if viewer == Viewer::Admin {
+                state.logins.admin_succeeded(ip);
+            }
+            Ok(viewer)
+        }
+        Err(e) => {
+            if matches!(e, AuthError::Invalid(_)) {
+                state.logins.failed(ip);
+            }
+            Err(unauthorized(e))
+        }
+    }
+}
+
+/// Only the admin, through [`verified`].
+async fn verified_admin(
+    state: &HttpState,
+    client: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    match verified(state, client, state.auth.viewer(bearer(headers))).await? {
+        Viewer::Admin => Ok(()),
+        Viewer::User(_) => Err(unauthorized(AuthError::NotAdmin)),
+    }
 }
 
 fn unauthorized(e: AuthError) -> Response {
@@ -81,27 +137,43 @@ struct TokenQuery {
 /// (reconnect with a fresh token).
 async fn events(
     State(state): State<HttpState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    let access = match bearer(&headers) {
-        Some(header) => state.auth.access(Some(header)).await,
-        None => state.auth.user_access(q.access_token.as_deref()).await,
+    let mut expires_at = None;
+    let check = async {
+        let access = match bearer(&headers) {
+            Some(header) => state.auth.access(Some(header)).await,
+            None => state.auth.user_access(q.access_token.as_deref()).await,
+        }?;
+        expires_at = access.expires_at;
+        Ok(access.viewer)
     };
-    let access = match access {
-        Ok(a) => a,
-        Err(e) => return unauthorized(e),
+    let viewer = match verified(&state, client, check).await {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused,
     };
-    let expiry = access.expires_at.map(|exp| {
+    let Some(slot) = state.streams.open(&viewer) else {
+        let body = serde_json::json!({
+            "error": format!(
+                "too many open event streams for this user (at most {}): close one first",
+                state.streams.max()
+            )
+        });
+        return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    };
+    let expiry = expires_at.map(|exp| {
         let left = (exp - chrono::Utc::now().timestamp()).max(0);
         tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs())
     });
-    let viewer = access.viewer;
     let receiver = state.statuses.subscribe();
-    let stream = futures::stream::unfold(Some(receiver), move |receiver| {
+    let mut losses = state.status_losses.clone();
+    losses.mark_unchanged();
+    let stream = futures::stream::unfold(Some((receiver, losses)), move |state| {
         let viewer = viewer.clone();
         async move {
-            let mut receiver = receiver?;
+            let (mut receiver, mut losses) = state?;
             let expired = async {
                 match expiry {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -112,6 +184,13 @@ async fn events(
             loop {
                 let received = tokio::select! {
                     r = receiver.recv() => r,
+                    Ok(()) = losses.changed() => {
+                        // Hints were dropped under a flood: events may be missing.
+                        let event = Event::default()
+                            .event("resync")
+                            .data(serde_json::json!({ "missed": null, "reason": "overloaded" }).to_string());
+                        return Some((Ok(event), None));
+                    }
                     _ = &mut expired => {
                         let event = Event::default().event("expired").data("{}");
                         return Some((Ok(event), None));
@@ -121,7 +200,10 @@ async fn events(
                     Ok(change) if viewer.sees(change.owner_id.as_deref()) => {
                         let data = serde_json::to_string(&change).unwrap_or_default();
                         let event = Event::default().event("job_status").data(data);
-                        return Some((Ok::<_, std::convert::Infallible>(event), Some(receiver)));
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            Some((receiver, losses)),
+                        ));
                     }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -135,15 +217,24 @@ async fn events(
             }
         }
     });
+    // The slot is held while the stream is: until the client goes away.
+    let stream = futures::StreamExt::map(stream, move |event| {
+        let _held = &slot;
+        event
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
 /// Everything the dashboard shows, in one read.
-async fn admin_summary(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.auth.admin(bearer(&headers)).await {
-        return unauthorized(e);
+async fn admin_summary(
+    State(state): State<HttpState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = verified_admin(&state, client, &headers).await {
+        return refused;
     }
     let summary = async {
         let client = state.pool.get().await?;
@@ -178,11 +269,12 @@ struct RetryRequest {
 /// Brings one dead row back (the dashboard's retry button).
 async fn admin_retry(
     State(state): State<HttpState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(req): Json<RetryRequest>,
 ) -> Response {
-    if let Err(e) = state.auth.admin(bearer(&headers)).await {
-        return unauthorized(e);
+    if let Err(refused) = verified_admin(&state, client, &headers).await {
+        return refused;
     }
     if !state.specs.iter().any(|s| s.name == req.handler) {
         return (

@@ -112,6 +112,10 @@ async fn serve_output(
 
 #[async_trait]
 impl Provider for Local {
+    fn output_server(&self) -> Option<url::Url> {
+        url::Url::parse(&self.base_url).ok()
+    }
+
     async fn create(
         &self,
         job: &JobInput,

@@ -5,7 +5,7 @@
 pub(crate) mod local;
 pub(crate) mod local_image;
 pub(crate) mod metered;
-pub(crate) mod replicate;
+pub mod replicate;
 pub mod storage;
 
 use async_trait::async_trait;
@@ -110,4 +110,9 @@ pub trait Provider: Send + Sync {
     /// made at or after `since` (reconciliation: never pay twice), and says
     /// whether it is provably this job's.
     async fn find(&self, job: &JobInput, since: DateTime<Utc>) -> Result<Found, ProviderError>;
+    /// The provider's own server its output URLs point at, when it runs one
+    /// on this machine (downloads from it skip the public-address check).
+    fn output_server(&self) -> Option<url::Url> {
+        None
+    }
 }

@@ -18,6 +18,9 @@ pub const DEFAULT_BASE_URL: &str = "https://api.replicate.com/v1";
 pub const DEFAULT_MODEL: &str = "google/nano-banana";
 /// How many pages of recent predictions reconciliation reads at most.
 const FIND_MAX_PAGES: usize = 10;
+/// The largest API answer read: a prediction, or a page of them, is a few
+/// KiB; a provider sending more is cut off instead of filling memory.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Replicate {
     http: reqwest::Client,
@@ -63,6 +66,14 @@ impl Replicate {
                 .json(&body),
         }
         .bearer_auth(&self.token)
+    }
+
+    /// `next` (absolute, or relative to the base URL) when it has the base
+    /// URL's scheme, host and port.
+    fn same_origin(&self, next: &str) -> Option<String> {
+        let base = url::Url::parse(&format!("{}/", self.base_url)).ok()?;
+        let next = base.join(next).ok()?;
+        (next.origin() == base.origin()).then(|| next.to_string())
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, ProviderError> {
@@ -156,14 +167,22 @@ pub fn model_input(job: &JobInput) -> Value {
 async fn read(response: reqwest::Response, creating: bool) -> Result<Value, ProviderError> {
     let status = response.status();
     let retry_after = client::retry_after(response.headers());
-    let body = response.text().await.map_err(|e| {
-        let message = format!("reading the answer: {}", client::error_text(&e));
+    let unreadable = |message: String| {
         if creating && status.is_success() {
             ProviderError::Ambiguous(message)
         } else {
             ProviderError::Unavailable(message)
         }
-    })?;
+    };
+    let body = client::read_capped(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| unreadable(format!("reading the answer: {}", client::error_text(&e))))?
+        .ok_or_else(|| {
+            unreadable(format!(
+                "HTTP {status} with an answer larger than {MAX_ANSWER_BYTES} bytes"
+            ))
+        })?;
+    let body = String::from_utf8_lossy(&body);
     if status.is_success() {
         return serde_json::from_str(&body).map_err(|e| {
             let message = format!(
@@ -322,7 +341,18 @@ impl Provider for Replicate {
                 }
             }
             match page.get("next").and_then(Value::as_str) {
-                Some(next) if !next.is_empty() => url = next.to_string(),
+                Some(next) if !next.is_empty() => match self.same_origin(next) {
+                    Some(next) => url = next,
+                    None => {
+                        // The token goes with every request: never to another host.
+                        tracing::warn!(
+                            next = %client::display_url(next),
+                            base = %client::display_url(&self.base_url),
+                            "the prediction list's next page is not on REPLICATE_BASE_URL's origin; listing stopped"
+                        );
+                        break;
+                    }
+                },
                 _ => break,
             }
         }

@@ -40,6 +40,9 @@ pub fn reactor_flags(db: &TestDb, storage: &std::path::Path) -> Vec<String> {
         "50ms",
         "--http-addr",
         "127.0.0.1:0",
+        // The tests' image servers listen on loopback.
+        "--allow-private-downloads",
+        "127.0.0.1",
     ]
     .iter()
     .map(|s| s.to_string())
