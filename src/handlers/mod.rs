@@ -75,8 +75,13 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
     };
     Ok(vec![
         generation::handler(provider, settings),
-        renders::handler(storage, cfg.max_image_bytes, cfg.download_timeout)
-            .map_err(|e| SetupError::Other(e.to_string()))?,
+        renders::handler(
+            storage,
+            cfg.max_image_bytes,
+            cfg.download_timeout,
+            cfg.render_retry_for,
+        )
+        .map_err(|e| SetupError::Other(e.to_string()))?,
         usage::handler(),
         favorites::handler(),
     ])

@@ -8,12 +8,14 @@
 //! `uniq_renders_job` allows one render per job. That transaction also sets
 //! `generation_jobs.rendered_at`, which is what "done" means: an owner may
 //! delete the render later, and it must not come back.
+use crate::job::error::Budget;
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
 use crate::providers::storage::Storage;
 use crate::store::db::param;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +43,14 @@ pub fn spec() -> Spec {
     }
 }
 
-pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow::Result<Handler> {
+/// `retry_for`: how long after a job's completion outages are retried (its
+/// outputs are deleted by the provider then).
+pub fn handler(
+    storage: Storage,
+    max_bytes: usize,
+    timeout: Duration,
+    retry_for: Duration,
+) -> anyhow::Result<Handler> {
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -52,6 +61,7 @@ pub fn handler(storage: Storage, max_bytes: usize, timeout: Duration) -> anyhow:
             storage,
             http,
             max_bytes,
+            retry_for,
         })),
     })
 }
@@ -60,6 +70,16 @@ struct Renders {
     storage: Storage,
     http: reqwest::Client,
     max_bytes: usize,
+    retry_for: Duration,
+}
+
+/// How long outages of a job's render are retried: until `retry_for` after
+/// the job completed, when the provider's outputs are gone anyway.
+fn render_budget(completed_at: Option<DateTime<Utc>>, retry_for: Duration) -> Budget {
+    match (completed_at, chrono::Duration::from_std(retry_for)) {
+        (Some(at), Ok(d)) => Budget::Until(at + d),
+        _ => Budget::For(retry_for),
+    }
 }
 
 struct Image {
@@ -141,10 +161,14 @@ fn has_magic(ext: &str, b: &[u8]) -> bool {
 }
 
 impl Renders {
+    /// Fetches one output image. The provider or the way to it being away
+    /// (no connection, a timeout, HTTP 5xx/429/408) is transient; an answer
+    /// that is not a usable image, or any other status, never gets better.
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
-        let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
+        let outage = |what: String| HandlerError::transient(format!("output image {url}: {what}"));
+        let refused = |what: String| HandlerError::permanent(format!("output image {url}: {what}"));
         let response = self.http.get(url).send().await.map_err(|e| {
-            retry(if e.is_timeout() {
+            outage(if e.is_timeout() {
                 "timed out".into()
             } else {
                 format!("request failed: {e}")
@@ -156,8 +180,14 @@ impl Renders {
                 "output image {url} is gone (HTTP {status}); providers delete outputs (Replicate: about an hour after the prediction)"
             )));
         }
+        if crate::http::client::is_outage_status(status) {
+            return Err(HandlerError::transient_after(
+                format!("output image {url}: HTTP {status}"),
+                crate::http::client::retry_after(response.headers()),
+            ));
+        }
         if !status.is_success() {
-            return Err(retry(format!("HTTP {status}")));
+            return Err(refused(format!("HTTP {status}")));
         }
         let content_type = response
             .headers()
@@ -166,13 +196,13 @@ impl Renders {
             .unwrap_or("")
             .to_string();
         let ext = image_ext(&content_type).ok_or_else(|| {
-            retry(format!(
+            refused(format!(
                 "not an image (content-type {:?}; expected image/jpeg, image/png, image/webp or image/gif)",
                 content_type
             ))
         })?;
         let too_big = || {
-            retry(format!(
+            refused(format!(
                 "larger than REACTOR_MAX_IMAGE_BYTES ({} bytes)",
                 self.max_bytes
             ))
@@ -187,7 +217,7 @@ impl Renders {
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                retry(if e.is_timeout() {
+                outage(if e.is_timeout() {
                     "timed out".into()
                 } else {
                     format!("reading failed: {e}")
@@ -199,7 +229,7 @@ impl Renders {
             body.extend_from_slice(&chunk);
         }
         if !has_magic(ext, &body) {
-            return Err(retry(format!(
+            return Err(refused(format!(
                 "declared {content_type} but its bytes are not that kind of image"
             )));
         }
@@ -222,7 +252,7 @@ impl LeasedWork for Renders {
             .get()
             .await?
             .query_typed_opt(
-                "select owner_id, mode, room_type, style, output from public.generation_jobs
+                "select owner_id, mode, room_type, style, output, completed_at from public.generation_jobs
                  where id = $1 and status = 'succeeded' and output is not null",
                 &[param(&job_id)],
             )
@@ -231,8 +261,9 @@ impl LeasedWork for Renders {
         let mut variants = Vec::new();
         if let Some(job) = &job {
             let output: serde_json::Value = job.get("output");
+            let budget = render_budget(job.get("completed_at"), self.retry_for);
             for (idx, url) in output_urls(&output)?.iter().enumerate() {
-                let image = self.download(url).await?;
+                let image = self.download(url).await.map_err(|e| e.within(budget))?;
                 let path = format!("renders/{render_id}/{idx}.{}", image.ext);
                 self.storage
                     .put_public(
@@ -242,7 +273,7 @@ impl LeasedWork for Renders {
                         crate::providers::storage::RENDER_CACHE_CONTROL,
                     )
                     .await
-                    .map_err(HandlerError::retryable)?;
+                    .map_err(|e| HandlerError::transient(e).within(budget))?;
                 variants.push(path);
             }
         }
