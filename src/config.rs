@@ -52,13 +52,29 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_CONCURRENCY", default_value = "16", value_parser = positive)]
     pub concurrency: usize,
 
-    /// Failed attempts after which a row is marked dead.
+    /// Failed attempts after which a row is marked dead, unless the failure is
+    /// an outage still inside its time budget (those go on; see REACTOR_RETRY_FOR).
     #[arg(long, env = "REACTOR_MAX_ATTEMPTS", default_value = "5", value_parser = positive)]
     pub max_attempts: usize,
 
-    /// Delay before the first retry; doubles each attempt (with jitter), capped at 10 minutes.
+    /// Delay before the first retry; doubles each attempt (with jitter), capped at
+    /// REACTOR_RETRY_BACKOFF_MAX.
     #[arg(long, env = "REACTOR_RETRY_BACKOFF", default_value = "2s", value_parser = duration)]
     pub retry_backoff: Duration,
+
+    /// The longest wait between two attempts of a row, so work resumes promptly after an outage.
+    #[arg(long, env = "REACTOR_RETRY_BACKOFF_MAX", default_value = "1m", value_parser = interval)]
+    pub retry_backoff_max: Duration,
+
+    /// How long an outage (the database, storage, a peer answering 5xx/429/408 or not at all)
+    /// is retried when the work has no budget of its own, from the row's first failure.
+    #[arg(long, env = "REACTOR_RETRY_FOR", default_value = "1h", value_parser = duration)]
+    pub retry_for: Duration,
+
+    /// How long after a job's completion its render is retried through outages:
+    /// the provider deletes the outputs then (Replicate: about an hour).
+    #[arg(long, env = "REACTOR_RENDER_RETRY_FOR", default_value = "1h", value_parser = duration)]
+    pub render_retry_for: Duration,
 
     /// Rows handled per database round trip.
     #[arg(long, env = "REACTOR_BATCH_SIZE", default_value = "500", value_parser = positive)]
@@ -203,6 +219,16 @@ struct Flags {
 }
 
 impl RunConfig {
+    /// How failed attempts are retried.
+    pub fn retry_policy(&self) -> crate::store::handler_state::RetryPolicy {
+        crate::store::handler_state::RetryPolicy {
+            backoff: self.retry_backoff,
+            backoff_max: self.retry_backoff_max,
+            max_attempts: i32::try_from(self.max_attempts).unwrap_or(i32::MAX),
+            transient_for: self.retry_for,
+        }
+    }
+
     /// Parses flags the way `reactor run` does (environment variables still
     /// apply), e.g. `["--database-url", url, "--lease", "2s"]`.
     pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>

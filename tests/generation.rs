@@ -228,17 +228,45 @@ async fn a_429_is_retried_after_its_retry_after_and_creates_exactly_one_predicti
     reactor.stop().await;
 }
 
+/// More failed creates than REACTOR_MAX_ATTEMPTS (3 in tests): an outage is
+/// retried up to the stuck rule's deadline, so the job is submitted once the
+/// provider answers again, exactly once.
 #[tokio::test]
-async fn an_outage_fails_the_job_with_the_error_after_the_last_attempt_and_creates_nothing() {
+async fn an_outage_longer_than_the_attempt_limit_does_not_fail_the_job_and_it_is_submitted_once_after(
+) {
     let db = common::migrated_db().await;
     let storage = tempfile::tempdir().unwrap();
     let fake = FakeReplicate::start().await;
-    fake.script(&[
-        CreateScript::ServerError,
-        CreateScript::ServerError,
-        CreateScript::ServerError,
-    ]);
-    let flags = fake.reactor_flags(&[]);
+    fake.script(&vec![CreateScript::ServerError; 5]);
+    let flags = fake.reactor_flags(&["--retry-backoff", "200ms"]);
+    let reactor = start_reactor_with(&db, storage.path(), &flags).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    let id = submit_job(&db, user, "imagine", "a porch").await.unwrap();
+    wait_prediction(&fake, 1).await;
+    wait_status(&client, id, "processing").await;
+    assert_eq!(fake.create_calls(), 6, "five refused creates, one real");
+    assert_eq!(fake.predictions().len(), 1);
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from reactor.handler_state where dead_at is not null"
+        )
+        .await,
+        0
+    );
+    reactor.stop().await;
+}
+
+/// An outage that outlasts the stuck rule: the rule decides, the job fails
+/// as timed out, nothing was created and nothing is debited.
+#[tokio::test]
+async fn an_outage_past_the_stuck_deadline_fails_the_job_as_timed_out_and_creates_nothing() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let fake = FakeReplicate::start().await;
+    fake.set_down(true);
+    let flags = fake.reactor_flags(&["--retry-backoff", "200ms", "--stuck-after", "3s"]);
     let reactor = start_reactor_with(&db, storage.path(), &flags).await;
     let client = db.client().await;
     let user = common::user_with_profile(&client).await;
@@ -246,9 +274,11 @@ async fn an_outage_fails_the_job_with_the_error_after_the_last_attempt_and_creat
     wait_status(&client, id, "failed").await;
     let (_, prediction, error) = job_state(&client, id).await;
     assert!(prediction.is_none());
-    let error = error.unwrap();
-    assert!(error.contains("502"), "{error}");
-    assert_eq!(fake.create_calls(), 3, "max attempts (3 in tests)");
+    assert_eq!(error.as_deref(), Some("timed out"));
+    assert!(
+        fake.refused_while_down() > 3,
+        "retried past the attempt limit"
+    );
     assert!(fake.predictions().is_empty());
     assert_eq!(count(&client, "select count(*) from usage_ledger").await, 0);
     reactor.stop().await;

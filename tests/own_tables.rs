@@ -23,8 +23,11 @@ const EXAMPLE_BASE: &str = "https://handlers.example.com";
 // Markers put into a job's input; the loopback handler answers by them.
 /// 200 with a result and a URL.
 const OK: &str = "MARK_OK";
-/// Always HTTP 500 `{"error":"renderer crashed"}`.
+/// Always HTTP 200 with an answer that is not JSON (a failure the reactor
+/// cannot classify: retried up to the attempt limit).
 const FAIL: &str = "MARK_FAIL";
+/// Always HTTP 400 `{"error":"renderer refused the input"}` (permanent).
+const REJECT: &str = "MARK_REJECT";
 /// HTTP 503 on the first request for a row, then like OK.
 const FLAKY: &str = "MARK_FLAKY";
 /// Answers after 3 seconds.
@@ -158,12 +161,16 @@ struct Request {
     body: serde_json::Value,
     /// `webhook_signature::verify` on the request as received.
     verified: Result<(), String>,
+    /// Answered HTTP 503 because the handler was down.
+    during_outage: bool,
 }
 
 #[derive(Clone)]
 struct Loopback {
     base: String,
     requests: Arc<Mutex<Vec<Request>>>,
+    /// While set, every request is answered HTTP 503 (the worker is down).
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Loopback {
@@ -189,8 +196,9 @@ async fn loopback() -> Loopback {
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::IntoResponse;
 
+    type Shared = (Arc<Mutex<Vec<Request>>>, Arc<std::sync::atomic::AtomicBool>);
     async fn handle(
-        State(requests): State<Arc<Mutex<Vec<Request>>>>,
+        State((requests, down)): State<Shared>,
         OriginalUri(uri): OriginalUri,
         headers: HeaderMap,
         raw: Bytes,
@@ -230,7 +238,9 @@ async fn loopback() -> Loopback {
         )
         .map_err(|e| e.to_string());
         let text = String::from_utf8_lossy(&raw).to_string();
+        let during_outage = down.load(std::sync::atomic::Ordering::SeqCst);
         let request = Request {
+            during_outage,
             path: uri.path().to_string(),
             id: header("x-reactor-id"),
             webhook_id: header("webhook-id"),
@@ -259,10 +269,14 @@ async fn loopback() -> Loopback {
             }))
             .into_response()
         };
-        if text.contains(FAIL) {
+        if during_outage {
+            (StatusCode::SERVICE_UNAVAILABLE, "down for maintenance").into_response()
+        } else if text.contains(FAIL) {
+            (StatusCode::OK, "<html>renderer crashed</html>").into_response()
+        } else if text.contains(REJECT) {
             (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(serde_json::json!({"error": "renderer crashed"})),
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"error": "renderer refused the input"})),
             )
                 .into_response()
         } else if text.contains(FLAKY) && earlier == 0 {
@@ -278,13 +292,18 @@ async fn loopback() -> Loopback {
     }
 
     let requests: Arc<Mutex<Vec<Request>>> = Default::default();
+    let down: Arc<std::sync::atomic::AtomicBool> = Default::default();
     let app = axum::Router::new()
         .route("/{*path}", axum::routing::post(handle))
-        .with_state(requests.clone());
+        .with_state((requests.clone(), down.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Loopback { base, requests }
+    Loopback {
+        base,
+        requests,
+        down,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -502,7 +521,7 @@ async fn failures_retry_and_end_failed_with_the_error(system: System) {
     assert_eq!(numbers, expected);
     let error = s.column(system.error_column, id).await.unwrap_or_default();
     assert!(
-        error.contains("HTTP 500") && error.contains("renderer crashed"),
+        error.contains("HTTP 200") && error.contains("not JSON"),
         "{error}"
     );
     assert!(
@@ -738,18 +757,115 @@ async fn image_jobs_clients_submit_and_read_only_their_own_jobs_and_never_write_
 }
 
 #[tokio::test]
-async fn image_jobs_a_handler_slower_than_the_timeout_fails_the_attempt_as_timed_out() {
+async fn image_jobs_a_handler_slower_than_the_timeout_is_retried_for_its_budget_then_fails_as_timed_out(
+) {
     let s = setup_many(&[IMAGE_JOBS], |c| {
-        c.replace("timeout = \"60s\"", "timeout = \"300ms\"")
+        c.replace(
+            "timeout = \"60s\"",
+            "timeout = \"300ms\"\nretry_for = \"3s\"",
+        )
     })
     .await;
-    let reactor = s.start(&["--max-attempts", "2"]).await;
+    let reactor = s
+        .start(&["--max-attempts", "1", "--retry-backoff", "200ms"])
+        .await;
     let owner = auth_user(&s.client).await;
     let id = s.submit(owner, None, SLOW).await;
     s.wait_status(id, IMAGE_JOBS.failed).await;
     let error = s.column("error_message", id).await.unwrap_or_default();
     assert!(error.contains("timed out after 300ms"), "{error}");
-    assert_eq!(s.handler.requests_for(id).len(), 2);
+    // A timeout is an outage: retried past the attempt limit, for the budget.
+    assert!(s.handler.requests_for(id).len() >= 3);
+    reactor.stop().await;
+}
+
+/// The worker down for a while (HTTP 503 to everything): no row is failed
+/// or dead however many attempts it takes, and once the worker is back each
+/// row is posted until it succeeds, and never again after that.
+#[tokio::test]
+async fn generic_jobs_a_worker_outage_fails_nothing_and_each_row_succeeds_once_it_is_back() {
+    let s = setup(GENERIC_JOBS).await;
+    s.handler
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Two attempts would have failed a row before; the backoff is short so
+    // the outage spans many attempts.
+    let reactor = s
+        .start(&[
+            "--max-attempts",
+            "2",
+            "--retry-backoff",
+            "100ms",
+            "--retry-backoff-max",
+            "1s",
+        ])
+        .await;
+    let owner = auth_user(&s.client).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(s.submit(owner, None, OK).await);
+    }
+    for id in &ids {
+        eventually("many attempts during the outage", LONG, || async {
+            s.handler.requests_for(*id).len() >= 6
+        })
+        .await;
+    }
+    assert_eq!(
+        count(
+            &s.client,
+            "select count(*) from reactor.handler_state where dead_at is not null"
+        )
+        .await,
+        0,
+        "nothing dead during the outage"
+    );
+    for id in &ids {
+        assert_ne!(s.status(*id).await, "failed");
+    }
+    s.handler
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    for id in &ids {
+        s.wait_status(*id, "completed").await;
+    }
+    // Sweeps and wake-ups go on: a succeeded row is not posted again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let served: Vec<Request> = s
+            .handler
+            .requests_for(*id)
+            .into_iter()
+            .filter(|r| !r.during_outage)
+            .collect();
+        assert_eq!(served.len(), 1, "row {id} posted once after the outage");
+        assert_eq!(s.column("error", *id).await, None);
+    }
+    wait_for_count(
+        &s.client,
+        "state cleared",
+        "select count(*) from reactor.handler_state",
+        0,
+    )
+    .await;
+    reactor.stop().await;
+}
+
+/// A 4xx other than 408/429 says the request is wrong: no retry.
+#[tokio::test]
+async fn generic_jobs_a_4xx_answer_fails_the_row_at_once_with_the_error() {
+    let s = setup(GENERIC_JOBS).await;
+    let reactor = s.start(&["--max-attempts", "5"]).await;
+    let owner = auth_user(&s.client).await;
+    let id = s.submit(owner, None, REJECT).await;
+    s.wait_status(id, "failed").await;
+    let error = s.column("error", id).await.unwrap_or_default();
+    assert!(
+        error.contains("HTTP 400") && error.contains("renderer refused the input"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.handler.requests_for(id).len(), 1, "not retried");
     reactor.stop().await;
 }
 

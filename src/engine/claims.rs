@@ -6,7 +6,7 @@ use super::worker::RunningHandler;
 use super::Shared;
 use crate::job::handler::{HandlerError, LeasedWork, Outcome};
 use crate::job::lease::Lease;
-use crate::store::handler_state;
+use crate::store::handler_state::{self, FailureKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -115,7 +115,7 @@ impl Shared {
         outcome: Result<Outcome, HandlerError>,
     ) -> Result<(), ServiceError> {
         let slot = &self.slots[index];
-        let (error, permanent, not_before) = match outcome {
+        let e = match outcome {
             Ok(Outcome::Finished) => {
                 let client = self.pool.get().await?;
                 handler_state::release(&**client, lease).await?;
@@ -129,23 +129,22 @@ impl Shared {
                 }
                 return Ok(());
             }
-            Err(HandlerError::LeaseLost) => {
-                tracing::warn!("lease lost: another reactor took this row over; result discarded");
-                return Ok(());
-            }
-            Err(HandlerError::Retry(e)) => (e, false, Duration::ZERO),
-            Err(HandlerError::RetryIn(e, delay)) => (e, false, delay),
-            Err(HandlerError::Permanent(e)) => (e, true, Duration::ZERO),
+            Err(e) => e,
         };
+        let policy = self.cfg.retry_policy();
+        let Some(kind) = FailureKind::of(&e, policy.transient_for) else {
+            tracing::warn!("lease lost: another reactor took this row over; result discarded");
+            return Ok(());
+        };
+        let error = e.to_string();
         let client = self.pool.get().await?;
         let failure = handler_state::record_leased_failure(
             &**client,
             lease,
             &error,
-            self.cfg.retry_backoff,
-            self.cfg.max_attempts as i32,
-            permanent,
-            not_before,
+            &policy,
+            kind,
+            e.not_before().unwrap_or_default(),
         )
         .await?;
         drop(client);

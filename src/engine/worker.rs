@@ -253,9 +253,8 @@ impl Shared {
                         name,
                         id,
                         &error,
-                        self.cfg.retry_backoff,
-                        self.cfg.max_attempts as i32,
-                        false,
+                        &self.cfg.retry_policy(),
+                        handler_state::FailureKind::Counted,
                     )
                     .await?;
                     self.after_failure(slot, id, &error, &failure);

@@ -21,6 +21,7 @@
 //! When the window ends the reactor cancels the prediction and stops
 //! following; a success arriving after `followed_until` is refused, so it is
 //! never delivered and never debited.
+use crate::job::error::Budget;
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
@@ -400,7 +401,7 @@ impl Generation {
             match self.provider.cancel(pid).await {
                 Ok(()) | Err(ProviderError::NotFound) => {}
                 Err(e) => {
-                    return Err(HandlerError::retryable(format!(
+                    return Err(HandlerError::transient(format!(
                         "canceling prediction {pid}: {e}"
                     )))
                 }
@@ -466,7 +467,7 @@ impl Generation {
                     tracing::info!("no prediction from the interrupted submission; submitting")
                 }
                 Err(e) => {
-                    return Err(HandlerError::retryable(format!(
+                    return Err(HandlerError::transient(format!(
                         "reconciling an interrupted submission: {e}"
                     )))
                 }
@@ -493,17 +494,16 @@ impl Generation {
             Ok(p) => self.adopt(pool, lease, job, p).await,
             Err(ProviderError::RateLimited { retry_after }) => {
                 lease.execute_fenced(pool, unmark, &[&id]).await?;
-                let message = "rate limited by the provider (HTTP 429)".to_string();
-                Err(match retry_after {
-                    Some(delay) => HandlerError::retryable_after(message, delay),
-                    None => HandlerError::retryable(message),
-                })
+                Err(HandlerError::transient_after(
+                    "rate limited by the provider (HTTP 429)",
+                    retry_after,
+                ))
             }
             Err(ProviderError::Unavailable(e)) => {
                 lease.execute_fenced(pool, unmark, &[&id]).await?;
-                Err(HandlerError::retryable(format!("provider unavailable: {e}")))
+                Err(HandlerError::transient(format!("provider unavailable: {e}")))
             }
-            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::retryable(format!(
+            Err(ProviderError::Ambiguous(e)) => Err(HandlerError::transient(format!(
                 "submission outcome unknown ({e}); the next attempt reconciles before submitting again"
             ))),
             Err(ProviderError::Rejected(e)) => self.fail_job(pool, lease, id, &e).await,
@@ -514,17 +514,15 @@ impl Generation {
     }
 }
 
-#[async_trait]
-impl LeasedWork for Generation {
-    async fn run(
+impl Generation {
+    /// One attempt at a loaded job: submit, follow, cancel or time it out.
+    async fn attempt(
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
+        mut job: Job,
     ) -> Result<Outcome, HandlerError> {
-        let id = lease.row_uuid()?;
-        let Some(mut job) = self.load(pool, id).await? else {
-            return Ok(Outcome::Finished);
-        };
+        let id = job.input.id;
         if let Some(refusal) = job.input_refusal.take() {
             // Written around the database's input rule (or before it): fail
             // the job rather than sign, prefix or send what is not the owner's.
@@ -539,7 +537,7 @@ impl LeasedWork for Generation {
             if let (None, Some(since)) = (&job.prediction_id, job.submit_started_at) {
                 if let Found::Ours(p) =
                     self.provider.find(&job.input, since).await.map_err(|e| {
-                        HandlerError::retryable(format!("reconciling before cancel: {e}"))
+                        HandlerError::transient(format!("reconciling before cancel: {e}"))
                     })?
                 {
                     return self.adopt(pool, lease, &mut job, p).await;
@@ -594,6 +592,31 @@ impl LeasedWork for Generation {
                 }
             },
         }
+    }
+}
+
+#[async_trait]
+impl LeasedWork for Generation {
+    async fn run(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        lease: &Lease,
+    ) -> Result<Outcome, HandlerError> {
+        let id = lease.row_uuid()?;
+        let Some(job) = self.load(pool, id).await? else {
+            return Ok(Outcome::Finished);
+        };
+        // An outage (of the provider, the database) while the job is in
+        // flight is retried until the stuck rule's deadline, which then
+        // decides: the job is not failed for an outage shorter than that.
+        let stuck_at = job.created_at
+            + chrono::Duration::from_std(self.settings.stuck_after).unwrap_or_default();
+        let in_flight = job.in_flight();
+        let outcome = self.attempt(pool, lease, job).await;
+        if in_flight {
+            return outcome.map_err(|e| e.within(Budget::Until(stuck_at)));
+        }
+        outcome
     }
 
     /// The stuck rule for every job, including ones no reactor works on (a

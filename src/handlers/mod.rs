@@ -87,6 +87,7 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
             cfg.download_timeout,
             u32::try_from(cfg.thumbnail_size).unwrap_or(u32::MAX),
             downloads_from,
+            cfg.render_retry_for,
         )
         .map_err(|e| SetupError::Other(e.to_string()))?,
         deleted_objects::handler(storage),

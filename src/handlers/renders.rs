@@ -18,12 +18,14 @@
 use crate::handlers::thumbnails;
 use crate::http::client;
 use crate::http::public_fetch::{AllowedHosts, FetchError, PublicFetch};
+use crate::job::error::Budget;
 use crate::job::handler::{Action, Handler, HandlerError, KeyType, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::job::status::JobStatus;
 use crate::providers::storage::{Storage, RENDER_CACHE_CONTROL};
 use crate::store::db::param;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac as _};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +58,15 @@ pub fn spec() -> Spec {
     }
 }
 
+/// `retry_for`: how long after a job's completion outages are retried (its
+/// outputs are deleted by the provider then).
 pub fn handler(
     storage: Storage,
     max_bytes: usize,
     timeout: Duration,
     thumbnail_size: u32,
     allowed: AllowedHosts,
+    retry_for: Duration,
 ) -> anyhow::Result<Handler> {
     Ok(Handler {
         spec: spec(),
@@ -70,6 +75,7 @@ pub fn handler(
             http: PublicFetch::new(timeout, allowed)?,
             max_bytes,
             thumbnail_size,
+            retry_for,
         })),
     })
 }
@@ -81,6 +87,16 @@ struct Renders {
     max_bytes: usize,
     /// Longest side of thumbnails, in pixels.
     thumbnail_size: u32,
+    retry_for: Duration,
+}
+
+/// How long outages of a job's render are retried: until `retry_for` after
+/// the job completed, when the provider's outputs are gone anyway.
+fn render_budget(completed_at: Option<DateTime<Utc>>, retry_for: Duration) -> Budget {
+    match (completed_at, chrono::Duration::from_std(retry_for)) {
+        (Some(at), Ok(d)) => Budget::Until(at + d),
+        _ => Budget::For(retry_for),
+    }
 }
 
 struct Image {
@@ -178,7 +194,7 @@ impl Renders {
                 .enumerate()
                 .map(|(idx, image)| {
                     let thumbnail = thumbnails::make(&image.bytes, image.ext, size)
-                        .map_err(|e| HandlerError::retryable(format!("output image {idx}: {e}")))?;
+                        .map_err(|e| HandlerError::permanent(format!("output image {idx}: {e}")))?;
                     Ok(Variant {
                         image,
                         thumbnail: thumbnail.into(),
@@ -210,19 +226,24 @@ impl Renders {
             self.storage
                 .put_public(path, bytes, content_type, RENDER_CACHE_CONTROL)
                 .await
-                .map_err(HandlerError::retryable)?;
+                .map_err(HandlerError::transient)?;
         }
         Ok((path, thumb_path))
     }
 
+    /// Fetches one output image. The provider or the way to it being away
+    /// (no connection, a timeout, HTTP 5xx/429/408) is transient; an answer
+    /// that is not a usable image, a refused address, or any other status
+    /// never gets better.
     async fn download(&self, url: &str) -> Result<Image, HandlerError> {
-        let retry = |what: String| HandlerError::retryable(format!("output image {url}: {what}"));
+        let outage = |what: String| HandlerError::transient(format!("output image {url}: {what}"));
+        let refused = |what: String| HandlerError::permanent(format!("output image {url}: {what}"));
         let response = self.http.get(url).await.map_err(|e| match e {
             FetchError::Refused(why) => HandlerError::permanent(format!(
                 "output image {}: {why} (see REACTOR_ALLOW_PRIVATE_DOWNLOADS)",
                 client::display_url(url)
             )),
-            FetchError::Request(e) => retry(if e.is_timeout() {
+            FetchError::Request(e) => outage(if e.is_timeout() {
                 "timed out".into()
             } else {
                 format!("request failed: {e}")
@@ -234,8 +255,14 @@ impl Renders {
                 "output image {url} is gone (HTTP {status}); providers delete outputs (Replicate: about an hour after the prediction)"
             )));
         }
+        if client::is_outage_status(status) {
+            return Err(HandlerError::transient_after(
+                format!("output image {url}: HTTP {status}"),
+                client::retry_after(response.headers()),
+            ));
+        }
         if !status.is_success() {
-            return Err(retry(format!("HTTP {status}")));
+            return Err(refused(format!("HTTP {status}")));
         }
         let content_type = response
             .headers()
@@ -244,13 +271,13 @@ impl Renders {
             .unwrap_or("")
             .to_string();
         let ext = image_ext(&content_type).ok_or_else(|| {
-            retry(format!(
+            refused(format!(
                 "not an image (content-type {:?}; expected image/jpeg, image/png, image/webp or image/gif)",
                 content_type
             ))
         })?;
         let too_big = || {
-            retry(format!(
+            refused(format!(
                 "larger than REACTOR_MAX_IMAGE_BYTES ({} bytes)",
                 self.max_bytes
             ))
@@ -259,7 +286,7 @@ impl Renders {
         let body = client::read_capped(response, self.max_bytes)
             .await
             .map_err(|e| {
-                retry(if e.is_timeout() {
+                outage(if e.is_timeout() {
                     "timed out".into()
                 } else {
                     format!("reading failed: {e}")
@@ -267,7 +294,7 @@ impl Renders {
             })?
             .ok_or_else(too_big)?;
         if !has_magic(ext, &body) {
-            return Err(retry(format!(
+            return Err(refused(format!(
                 "declared {content_type} but its bytes are not that kind of image"
             )));
         }
@@ -290,7 +317,7 @@ impl LeasedWork for Renders {
             .get()
             .await?
             .query_typed_opt(
-                "select owner_id, mode, room_type, style, output,
+                "select owner_id, mode, room_type, style, output, completed_at,
                         (select key from reactor.render_path_key) as path_key
                  from public.generation_jobs
                  where id = $1 and status = 'succeeded' and output is not null",
@@ -309,11 +336,13 @@ impl LeasedWork for Renders {
             // a picture that does not decode stores nothing.
             let mut images = Vec::new();
             let output: serde_json::Value = job.get("output");
+            let budget = render_budget(job.get("completed_at"), self.retry_for);
             for url in output_urls(&output)? {
-                images.push(self.download(&url).await?);
+                images.push(self.download(&url).await.map_err(|e| e.within(budget))?);
             }
             for variant in self.with_thumbnails(images).await? {
-                variants.push(self.store(render_id, variants.len(), variant).await?);
+                let stored = self.store(render_id, variants.len(), variant).await;
+                variants.push(stored.map_err(|e| e.within(budget))?);
             }
         }
 

@@ -27,6 +27,9 @@ use std::time::Duration;
 /// Timeout of one request when a table sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a worker's outage is retried when a table sets no `http.retry_for`.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("REACTOR_CONFIG {path}: cannot read it: {source}")]
@@ -88,6 +91,7 @@ struct RawTable {
 struct RawHttp {
     url: Option<String>,
     timeout: Option<String>,
+    retry_for: Option<String>,
     secret: Option<String>,
     #[serde(default)]
     routes: BTreeMap<String, String>,
@@ -146,6 +150,9 @@ pub struct StatusValues {
 pub struct HttpConfig {
     pub target: Target,
     pub timeout: Duration,
+    /// How long an outage of the worker (no connection, a timeout, HTTP
+    /// 5xx/429/408) is retried, from the row's first failure.
+    pub retry_for: Duration,
     pub secret: Secret,
 }
 
@@ -267,6 +274,26 @@ impl Checker<'_> {
             return Err(self.invalid(key, "contains a NUL character"));
         }
         Ok(value.to_string())
+    }
+
+    /// A duration more than zero (`default` when not set).
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = text else {
+            return Ok(default);
+        };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => Err(self.invalid(key, "must be more than zero")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(self.invalid(
+                key,
+                format!("{text:?} is not a duration ({e}; examples: 500ms, 30s, 2m)"),
+            )),
+        }
     }
 
     fn http_url(&self, key: &str, value: &str) -> Result<String, ConfigError> {
@@ -407,21 +434,12 @@ impl Checker<'_> {
                 Target::Routes(routes)
             }
         };
-        let timeout = match http.timeout.as_deref() {
-            None => DEFAULT_TIMEOUT,
-            Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if d.is_zero() => {
-                    return Err(self.invalid("http.timeout", "must be more than zero"))
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    return Err(self.invalid(
-                        "http.timeout",
-                        format!("{text:?} is not a duration ({e}; examples: 500ms, 30s, 2m)"),
-                    ))
-                }
-            },
-        };
+        let timeout = self.duration("http.timeout", http.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        let retry_for = self.duration(
+            "http.retry_for",
+            http.retry_for.as_deref(),
+            DEFAULT_RETRY_FOR,
+        )?;
         let secret = match (http.secret.as_deref(), env_secret.filter(|s| !s.is_empty())) {
             (Some(s), _) => {
                 Secret::parse(s).map_err(|e| self.invalid("http.secret", e.to_string()))?
@@ -457,6 +475,7 @@ impl Checker<'_> {
             http: HttpConfig {
                 target,
                 timeout,
+                retry_for,
                 secret,
             },
         })
@@ -503,6 +522,7 @@ mod tests {
         assert_eq!(t.status.processing, "processing");
         assert_eq!(t.max_attempts, 5);
         assert_eq!(t.http.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(t.http.retry_for, DEFAULT_RETRY_FOR);
         assert_eq!(t.url_for(Some("anything")), Some("http://127.0.0.1:1/x"));
         assert_eq!(t.handler_name(), "http:public.image_jobs");
     }
@@ -534,6 +554,11 @@ mod tests {
                 "url = \"http://127.0.0.1:1/x\"",
                 "url = \"http://127.0.0.1:1/x\"\ntimeout = \"soon\"",
                 "http.timeout",
+            ),
+            (
+                "url = \"http://127.0.0.1:1/x\"",
+                "url = \"http://127.0.0.1:1/x\"\nretry_for = \"0s\"",
+                "http.retry_for",
             ),
             (
                 "url = \"http://127.0.0.1:1/x\"",

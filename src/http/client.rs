@@ -23,6 +23,15 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
+/// Whether an HTTP status says the peer is away or overloaded for now (5xx,
+/// 429 Too Many Requests, 408 Request Timeout) rather than that the request
+/// is wrong: worth retrying through the outage.
+pub fn is_outage_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+}
+
 /// reqwest's message followed by its causes ("error sending request" alone
 /// says little).
 pub fn error_text(e: &reqwest::Error) -> String {

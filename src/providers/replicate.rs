@@ -202,7 +202,7 @@ async fn read(response: reqwest::Response, creating: bool) -> Result<Value, Prov
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(ProviderError::NotFound);
     }
-    if status.is_server_error() {
+    if client::is_outage_status(status) {
         return Err(ProviderError::Unavailable(format!(
             "HTTP {status}: {}",
             client::truncate(&body, client::MAX_DETAIL_CHARS)

@@ -70,8 +70,15 @@ impl Storage {
             reason,
         };
         if let Some(dir) = local_dir(url) {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| config_err(format!("creating {}: {e}", dir.display())))?;
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                if !dir.exists() {
+                    return Err(config_err(format!("creating {}: {e}", dir.display())));
+                }
+                // Something is at the path but it is not a usable folder (a
+                // mount that is away): an outage, not a setting to refuse.
+                // Writes fail, and renders are retried, until it is back.
+                tracing::warn!(storage = %dir.display(), error = %e, "the storage folder is not usable now; renders wait for it");
+            }
             let dir = dir
                 .canonicalize()
                 .map_err(|e| config_err(format!("resolving {}: {e}", dir.display())))?;
@@ -300,6 +307,27 @@ impl InputSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_storage_folder_away_at_start_up_is_an_outage_and_writes_work_once_it_is_back() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("storage");
+        std::fs::write(&dir, b"not a folder").unwrap();
+        let storage = Storage::from_url(dir.to_str().unwrap()).unwrap();
+        let put = || {
+            storage.put_public(
+                "renders/x/0.jpg",
+                bytes::Bytes::from_static(b"\xFF\xD8\xFF"),
+                "image/jpeg",
+                RENDER_CACHE_CONTROL,
+            )
+        };
+        assert!(put().await.is_err(), "nothing can be written yet");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        put().await.unwrap();
+        assert!(dir.join("public/renders/x/0.jpg").is_file());
+    }
 
     fn signer() -> InputSigner {
         InputSigner::with_builder(

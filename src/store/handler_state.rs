@@ -1,8 +1,10 @@
 //! `reactor.handler_state`: a row has state here only while it is leased,
 //! waiting for a retry, or dead. Every statement on it outside the fenced
 //! transactions of [`Lease`] is here.
+use crate::job::error::{Budget, HandlerError};
 use crate::job::lease::{Lease, LiveLeases};
 use crate::store::db::param;
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -27,10 +29,75 @@ pub struct Failure {
     pub retry_in: f64,
 }
 
+/// How failed attempts are retried (REACTOR_RETRY_BACKOFF,
+/// REACTOR_RETRY_BACKOFF_MAX, REACTOR_MAX_ATTEMPTS, REACTOR_RETRY_FOR).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Delay before the first retry; doubles with each failed attempt.
+    pub backoff: Duration,
+    /// The longest delay between two attempts.
+    pub backoff_max: Duration,
+    /// Attempts after which an unclassified failure kills the row.
+    pub max_attempts: i32,
+    /// Budget of a transient failure that brings none of its own.
+    pub transient_for: Duration,
+}
+
+/// What kind of failure an attempt ended with, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub enum FailureKind {
+    /// Retried until REACTOR_MAX_ATTEMPTS attempts have failed.
+    Counted,
+    /// Dead at once.
+    Permanent,
+    /// Retried until the budget is spent, however many attempts that is.
+    Transient(Budget),
+}
+
+impl FailureKind {
+    /// The kind of `e` (None for a lost lease, which records nothing), the
+    /// budget of an unbudgeted transient failure being `default_budget`.
+    pub fn of(e: &HandlerError, default_budget: Duration) -> Option<Self> {
+        match e {
+            HandlerError::Retry(_) | HandlerError::RetryIn(..) => Some(FailureKind::Counted),
+            HandlerError::Permanent(_) => Some(FailureKind::Permanent),
+            HandlerError::Transient { budget, .. } => Some(FailureKind::Transient(
+                budget.unwrap_or(Budget::For(default_budget)),
+            )),
+            HandlerError::LeaseLost => None,
+        }
+    }
+
+    /// The SQL parameters `permanent`, `transient until` and `transient for
+    /// seconds` of the failure statements.
+    fn params(self) -> (bool, Option<DateTime<Utc>>, Option<f64>) {
+        match self {
+            FailureKind::Counted => (false, None, None),
+            FailureKind::Permanent => (true, None, None),
+            FailureKind::Transient(Budget::Until(t)) => (false, Some(t), None),
+            FailureKind::Transient(Budget::For(d)) => (false, None, Some(d.as_secs_f64())),
+        }
+    }
+}
+
 /// When the next attempt is due after `n` failed attempts, in SQL:
-/// `base * 2^(n-1)` seconds (`base` is parameter `$4`), capped at 10 minutes, ±10% jitter.
+/// `base * 2^(n-1)` seconds (`base` is parameter `$4`), capped at `$7`
+/// seconds, ±10% jitter.
 fn next_attempt(n: &str) -> String {
-    format!("now() + make_interval(secs => least(600, $4 * power(2, ({n}) - 1)) * (0.9 + random() * 0.2))")
+    format!("now() + make_interval(secs => least($7, $4 * power(2, least(({n}) - 1, 60))) * (0.9 + random() * 0.2))")
+}
+
+/// When a row is dead after a failed attempt, in SQL (`first` is when its
+/// failures began): a permanent failure (`$6`) at once; a transient one
+/// (`$8` until, or `$9` seconds after `first`) once its budget is spent;
+/// any other after `$5` attempts.
+fn dead_at(attempts: &str, first: &str) -> String {
+    format!(
+        "case when $6 then now()
+              when $8::timestamptz is not null or $9::float8 is not null then
+                case when now() >= coalesce($8, {first} + make_interval(secs => $9)) then now() end
+              when {attempts} >= $5 then now() end"
+    )
 }
 
 /// Columns returned by both failure statements, read by [`failure`].
@@ -47,30 +114,34 @@ fn failure(row: &tokio_postgres::Row) -> Failure {
 
 /// Records a failed attempt of a row that was worked without a lease (SQL actions).
 /// Parameters: `$1` handler, `$2` row id, `$3` error, `$4` backoff seconds,
-/// `$5` max attempts, `$6` permanent.
+/// `$5` max attempts, `$6` permanent, `$7` backoff cap seconds, `$8`/`$9` the
+/// transient budget.
 pub async fn record_failure(
     db: &impl GenericClient,
     handler: &str,
     row_id: &str,
     error: &str,
-    backoff: Duration,
-    max_attempts: i32,
-    permanent: bool,
+    policy: &RetryPolicy,
+    kind: FailureKind,
 ) -> Result<Failure, tokio_postgres::Error> {
     let sql = format!(
         "insert into reactor.handler_state as s
-           (handler, row_id, attempts, last_error, next_attempt_at, dead_at, updated_at)
-         values ($1, $2, 1, $3, {first}, case when 1 >= $5 or $6 then now() end, now())
+           (handler, row_id, attempts, last_error, next_attempt_at, dead_at, first_failed_at, updated_at)
+         values ($1, $2, 1, $3, {first}, {first_dead}, now(), now())
          on conflict (handler, row_id) do update set
            attempts = s.attempts + 1,
            last_error = excluded.last_error,
            next_attempt_at = {next},
-           dead_at = case when s.attempts + 1 >= $5 or $6 then now() end,
+           dead_at = {dead},
+           first_failed_at = coalesce(s.first_failed_at, now()),
            lease_owner = null, lease_expires_at = null, updated_at = now()
          {FAILURE_RETURNING}",
         first = next_attempt("1"),
+        first_dead = dead_at("1", "now()"),
         next = next_attempt("s.attempts + 1"),
+        dead = dead_at("s.attempts + 1", "coalesce(s.first_failed_at, now())"),
     );
+    let (permanent, until, budget_s) = kind.params();
     let row = db
         .query_typed_one(
             &sql,
@@ -78,9 +149,12 @@ pub async fn record_failure(
                 param(&handler),
                 param(&row_id),
                 param(&error),
-                param(&backoff.as_secs_f64()),
-                param(&max_attempts),
+                param(&policy.backoff.as_secs_f64()),
+                param(&policy.max_attempts),
                 param(&permanent),
+                param(&policy.backoff_max.as_secs_f64()),
+                param(&until),
+                param(&budget_s),
             ],
         )
         .await?;
@@ -89,27 +163,29 @@ pub async fn record_failure(
 
 /// Records a failed leased attempt, only if this reactor still holds the lease.
 /// Returns None when the lease was lost (the new holder owns the row's fate).
-#[allow(clippy::too_many_arguments)]
+/// `not_before`: the next attempt waits at least this long.
 pub async fn record_leased_failure(
     db: &impl GenericClient,
     lease: &Lease,
     error: &str,
-    backoff: Duration,
-    max_attempts: i32,
-    permanent: bool,
+    policy: &RetryPolicy,
+    kind: FailureKind,
     not_before: Duration,
 ) -> Result<Option<Failure>, tokio_postgres::Error> {
     let sql = format!(
         "update reactor.handler_state set
            attempts = attempts + 1,
            last_error = $3,
-           next_attempt_at = greatest({next}, now() + make_interval(secs => $9)),
-           dead_at = case when attempts + 1 >= $5 or $6 then now() end,
+           next_attempt_at = greatest({next}, now() + make_interval(secs => $12)),
+           dead_at = {dead},
+           first_failed_at = coalesce(first_failed_at, now()),
            lease_owner = null, lease_expires_at = null, updated_at = now()
-         where handler = $1 and row_id = $2 and lease_owner = $7 and lease_token = $8
+         where handler = $1 and row_id = $2 and lease_owner = $10 and lease_token = $11
          {FAILURE_RETURNING}",
         next = next_attempt("attempts + 1"),
+        dead = dead_at("attempts + 1", "coalesce(first_failed_at, now())"),
     );
+    let (permanent, until, budget_s) = kind.params();
     let row = db
         .query_typed_opt(
             &sql,
@@ -117,9 +193,12 @@ pub async fn record_leased_failure(
                 param(&lease.handler),
                 param(&lease.row_id),
                 param(&error),
-                param(&backoff.as_secs_f64()),
-                param(&max_attempts),
+                param(&policy.backoff.as_secs_f64()),
+                param(&policy.max_attempts),
                 param(&permanent),
+                param(&policy.backoff_max.as_secs_f64()),
+                param(&until),
+                param(&budget_s),
                 param(&lease.owner),
                 param(&lease.token),
                 param(&not_before.as_secs_f64()),

@@ -113,6 +113,10 @@ pub struct Inner {
     pub script: VecDeque<CreateScript>,
     pub create_calls: u32,
     pub times: Vec<std::time::Instant>,
+    /// While set, every endpoint answers HTTP 503 (an outage at the provider).
+    pub down: bool,
+    /// Requests answered 503 because of `down`.
+    pub refused_while_down: u32,
 }
 
 #[derive(Clone)]
@@ -166,6 +170,16 @@ impl FakeReplicate {
             .unwrap()
             .script
             .extend(steps.iter().cloned());
+    }
+
+    /// Starts (true) or ends (false) an outage: every endpoint answers 503.
+    pub fn set_down(&self, down: bool) {
+        self.inner.lock().unwrap().down = down;
+    }
+
+    /// Requests answered 503 during outages so far.
+    pub fn refused_while_down(&self) -> u32 {
+        self.inner.lock().unwrap().refused_while_down
     }
 
     pub fn predictions(&self) -> Vec<FakePrediction> {
@@ -236,6 +250,22 @@ fn authorized(headers: &HeaderMap) -> bool {
     headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
 }
 
+/// The answer during an outage (see [`FakeReplicate::set_down`]), if one is on.
+fn outage(inner: &Mutex<Inner>) -> Option<Response> {
+    let mut i = inner.lock().unwrap();
+    if !i.down {
+        return None;
+    }
+    i.refused_while_down += 1;
+    Some(
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"detail": "Service Unavailable"})),
+        )
+            .into_response(),
+    )
+}
+
 async fn create(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((_owner, _name)): Path<(String, String)>,
@@ -248,6 +278,9 @@ async fn create(
             Json(json!({"detail": "Invalid token"})),
         )
             .into_response();
+    }
+    if let Some(down) = outage(&inner) {
+        return down;
     }
     let step = {
         let mut i = inner.lock().unwrap();
@@ -305,6 +338,9 @@ async fn get(
     if !authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    if let Some(down) = outage(&inner) {
+        return down;
+    }
     match inner
         .lock()
         .unwrap()
@@ -325,6 +361,9 @@ async fn cancel(
     if !authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    if let Some(down) = outage(&inner) {
+        return down;
+    }
     let mut i = inner.lock().unwrap();
     match i.predictions.iter_mut().find(|p| p.id == id) {
         Some(p) => {
@@ -342,6 +381,9 @@ async fn cancel(
 async fn list(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
     if !authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Some(down) = outage(&inner) {
+        return down;
     }
     let results: Vec<Value> = inner
         .lock()

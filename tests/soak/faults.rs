@@ -2,12 +2,15 @@
 //! schedule; how the system interleaves with it still varies from run to run):
 //! `kill -9` of a reactor (restarted after a moment), a PostgreSQL crash
 //! (`pg_ctl -m immediate stop`, back after 0.5-4 s), `pg_terminate_backend` of
-//! the reactors' connections, and the provider stand-in answering a create
-//! slowly, with a 5xx, or after the reactor gave up waiting (it was created).
+//! the reactors' connections, the provider stand-in answering a create
+//! slowly, with a 5xx, or after the reactor gave up waiting (it was created),
+//! the provider answering 503 to everything for seconds, and the storage
+//! folder unwritable for seconds (a regular file at its path).
 use crate::cluster::SoakCluster;
 use crate::common::fake_replicate::{CreateScript, FakeReplicate};
 use crate::reactors::Fleet;
 use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,10 @@ pub enum Fault {
     Terminate,
     /// The next create call meets this.
     Provider(CreateScript),
+    /// Every provider endpoint answers 503 for `down`.
+    ProviderOutage { down: Duration },
+    /// The storage folder is unwritable for `down`.
+    StorageOutage { down: Duration },
 }
 
 #[derive(Default, Debug)]
@@ -29,6 +36,8 @@ pub struct FaultCounts {
     pub pg_stop: u64,
     pub terminate: u64,
     pub provider: u64,
+    pub provider_outage: u64,
+    pub storage_outage: u64,
 }
 
 /// Each kind of fault recurs at random intervals within its range. Kills stop
@@ -63,6 +72,16 @@ pub fn schedule(seed: u64, length: Duration, provider_timeout: Duration) -> Vec<
         }
     });
     every(6.0, 14.0, 8.0, end, &mut |_| Fault::Terminate);
+    every(30.0, 60.0, 12.0, closing_outage - 15.0, &mut |rng| {
+        Fault::ProviderOutage {
+            down: Duration::from_millis(rng.random_range(3000..15000)),
+        }
+    });
+    every(30.0, 60.0, 25.0, closing_outage - 15.0, &mut |rng| {
+        Fault::StorageOutage {
+            down: Duration::from_millis(rng.random_range(3000..15000)),
+        }
+    });
     every(1.0, 4.0, 2.0, end, &mut |rng| {
         Fault::Provider(match rng.random_range(0..3) {
             0 => CreateScript::ServerError,
@@ -85,6 +104,8 @@ pub struct Injector {
     pub cluster: SoakCluster,
     pub fleet: Arc<Mutex<Fleet>>,
     pub fake: FakeReplicate,
+    /// The reactors' storage folder.
+    pub storage: PathBuf,
     /// The soak database, as superuser (for pg_terminate_backend).
     pub admin_url: String,
     pub counts: FaultCounts,
@@ -133,6 +154,23 @@ impl Injector {
             Fault::Provider(step) => {
                 self.fake.script(&[step]);
                 self.counts.provider += 1;
+            }
+            Fault::ProviderOutage { down } => {
+                self.fake.set_down(true);
+                tokio::time::sleep(down).await;
+                self.fake.set_down(false);
+                self.counts.provider_outage += 1;
+            }
+            Fault::StorageOutage { down } => {
+                // Moved away with a regular file in its place: every write
+                // under it fails, for root too.
+                let away = self.storage.with_extension("away");
+                std::fs::rename(&self.storage, &away).expect("move the storage folder away");
+                std::fs::write(&self.storage, b"storage outage").expect("a file in its place");
+                tokio::time::sleep(down).await;
+                std::fs::remove_file(&self.storage).expect("remove the file");
+                std::fs::rename(&away, &self.storage).expect("put the storage folder back");
+                self.counts.storage_outage += 1;
             }
         }
     }

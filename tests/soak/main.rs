@@ -79,11 +79,14 @@ fn reactor_flags(
             &humantime::format_duration(STUCK_AFTER).to_string(),
             "--late-window",
             "10s",
-            // Enough retries to outlive a 4 s outage: 0.25+0.5+1+2+4 s.
+            // Outages (the database, storage, the provider) are retried for
+            // their budgets; the cap keeps recovery within the settle window.
             "--max-attempts",
             "6",
             "--retry-backoff",
             "250ms",
+            "--retry-backoff-max",
+            "5s",
         ]
         .map(String::from),
     );
@@ -148,6 +151,7 @@ async fn soak() {
         cluster,
         fleet: fleet.clone(),
         fake: fake.clone(),
+        storage: storage.clone(),
         admin_url: db.url.clone(),
         counts: Default::default(),
     };
@@ -188,7 +192,7 @@ async fn soak() {
         "soak: seed={} minutes={:.1} reactors={} jobs={} succeeded={} failed={} canceled={} profiles={} \
          creates={} dead={} refused_409={} refused_402={} cancels={} client_interrupted={} \
          webhooks_ok={} webhooks_refused={} webhooks_given_up={} \
-         faults=kill:{},pg_stop:{},terminate:{},provider:{} lost={lost} doubled={doubled} leftover_state={leftover} exited={}",
+         faults=kill:{},pg_stop:{},terminate:{},provider:{},provider_outage:{},storage_outage:{} lost={lost} doubled={doubled} leftover_state={leftover} exited={}",
         config.seed,
         config.seconds as f64 / 60.0,
         config.reactors,
@@ -210,6 +214,8 @@ async fn soak() {
         c.pg_stop,
         c.terminate,
         c.provider,
+        c.provider_outage,
+        c.storage_outage,
         exits.len(),
     );
     let failed = lost + doubled + leftover + exits.len() > 0;

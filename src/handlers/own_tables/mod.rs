@@ -9,8 +9,10 @@
 //! * A 2xx answer `{"result": …, "url": "…"}` sets the succeeded value and the
 //!   result and URL columns. Anything else (an error status, a timeout, an
 //!   unreadable answer) is a failed attempt: retried with backoff, counted in
-//!   the retry column, and after the table's `max_attempts` the row gets the
-//!   failed value and the error.
+//!   the retry column. The worker being away (no connection, a timeout, HTTP
+//!   5xx/429/408) is retried for the table's `http.retry_for`; any other
+//!   error status fails the row at once; an unreadable answer after the
+//!   table's `max_attempts`. A failed row gets the failed value and the error.
 //! * Delivery is at least once: a reactor that dies after the request but before
 //!   the write-back leaves the row to be posted again. Receivers deduplicate on
 //!   `X-Reactor-Id` (the row's key); `webhook-id` is new on every POST.
@@ -26,6 +28,7 @@ mod signed_client;
 mod sql;
 
 use crate::handlers::table_config::{self, ConfigError, TableConfig};
+use crate::job::error::Budget;
 use crate::job::handler::{Action, Handler, HandlerError, LeasedWork, Outcome, Spec};
 use crate::job::lease::Lease;
 use crate::store::db::param;
@@ -276,7 +279,11 @@ impl LeasedWork for TableHandler {
             Ok(answer) => self.succeed(pool, lease, answer).await,
             Err(failure) => {
                 self.count_failure(pool, lease).await?;
-                if lease.attempts + 1 >= self.cfg.max_attempts {
+                if failure.is_transient() {
+                    // The worker is away: retried for the table's budget.
+                    return Err(failure.within(Budget::For(self.cfg.http.retry_for)));
+                }
+                if failure.is_retryable() && lease.attempts + 1 >= self.cfg.max_attempts {
                     // The table's own limit (at most REACTOR_MAX_ATTEMPTS): give up now.
                     return Err(HandlerError::Permanent(failure.to_string()));
                 }

@@ -41,8 +41,10 @@ impl SignedClient {
         })
     }
 
-    /// POSTs a row's JSON to `url`, signed; `attempt` counts from 1. Every
-    /// failure is one to retry (with the answer's Retry-After, if any).
+    /// POSTs a row's JSON to `url`, signed; `attempt` counts from 1. The
+    /// worker being away (no connection, a timeout, HTTP 5xx/429/408, with
+    /// its Retry-After) is transient; any other error status is permanent;
+    /// an answer that cannot be read is retried up to the attempt limit.
     pub(super) async fn post(
         &self,
         url: &str,
@@ -85,7 +87,7 @@ impl SignedClient {
             .send()
             .await
             .map_err(|e| {
-                HandlerError::Retry(if e.is_timeout() {
+                HandlerError::transient(if e.is_timeout() {
                     format!("POST {shown}: timed out after {:?}", self.timeout)
                 } else {
                     format!("POST {shown}: {}", client::error_text_without_url(&e))
@@ -96,7 +98,7 @@ impl SignedClient {
         let body = client::read_capped(response, MAX_ANSWER_BYTES)
             .await
             .map_err(|e| {
-                HandlerError::Retry(if e.is_timeout() {
+                HandlerError::transient(if e.is_timeout() {
                     format!(
                         "POST {shown}: timed out after {:?} reading the answer",
                         self.timeout
@@ -115,9 +117,10 @@ impl SignedClient {
         };
         if !status.is_success() {
             let message = format!("POST {shown}: HTTP {status}{}", error_detail(&body));
-            return Err(match retry_after {
-                Some(delay) => HandlerError::RetryIn(message, delay),
-                None => HandlerError::Retry(message),
+            return Err(if client::is_outage_status(status) {
+                HandlerError::transient_after(message, retry_after)
+            } else {
+                HandlerError::permanent(message)
             });
         }
         parse_answer(&body)
