@@ -16,6 +16,7 @@ pub mod http;
 pub mod reactor_process;
 pub mod realtime;
 pub mod rows;
+pub mod silent_proxy;
 
 // A test binary uses only some of these; the rest is not a mistake.
 #[allow(unused_imports)]

@@ -2,10 +2,14 @@
 //! schedule; how the system interleaves with it still varies from run to run):
 //! `kill -9` of a reactor (restarted after a moment), a PostgreSQL crash
 //! (`pg_ctl -m immediate stop`, back after 0.5-4 s), `pg_terminate_backend` of
-//! the reactors' connections, and the provider stand-in answering a create
-//! slowly, with a 5xx, or after the reactor gave up waiting (it was created).
+//! the reactors' connections, a silent network partition (the proxy between
+//! the reactors and PostgreSQL forwards nothing and closes nothing on its
+//! flows, which stay silent for good after the heal), and the provider
+//! stand-in answering a create slowly, with a 5xx, or after the reactor gave
+//! up waiting (it was created).
 use crate::cluster::SoakCluster;
 use crate::common::fake_replicate::{CreateScript, FakeReplicate};
+use crate::common::silent_proxy::SilentProxy;
 use crate::reactors::Fleet;
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, Mutex};
@@ -19,6 +23,8 @@ pub enum Fault {
     PgStop { down: Duration },
     /// Terminate every backend of the reactors.
     Terminate,
+    /// The reactors' network to PostgreSQL goes silent for `down`.
+    Silence { down: Duration },
     /// The next create call meets this.
     Provider(CreateScript),
 }
@@ -28,6 +34,7 @@ pub struct FaultCounts {
     pub kill: u64,
     pub pg_stop: u64,
     pub terminate: u64,
+    pub silence: u64,
     pub provider: u64,
 }
 
@@ -63,6 +70,11 @@ pub fn schedule(seed: u64, length: Duration, provider_timeout: Duration) -> Vec<
         }
     });
     every(6.0, 14.0, 8.0, end, &mut |_| Fault::Terminate);
+    every(30.0, 50.0, 12.0, closing_outage - 20.0, &mut |rng| {
+        Fault::Silence {
+            down: Duration::from_millis(rng.random_range(3000..10000)),
+        }
+    });
     every(1.0, 4.0, 2.0, end, &mut |rng| {
         Fault::Provider(match rng.random_range(0..3) {
             0 => CreateScript::ServerError,
@@ -85,6 +97,8 @@ pub struct Injector {
     pub cluster: SoakCluster,
     pub fleet: Arc<Mutex<Fleet>>,
     pub fake: FakeReplicate,
+    /// What the reactors reach PostgreSQL through.
+    pub proxy: SilentProxy,
     /// The soak database, as superuser (for pg_terminate_backend).
     pub admin_url: String,
     pub counts: FaultCounts,
@@ -129,6 +143,12 @@ impl Injector {
                         .await;
                     self.counts.terminate += 1;
                 }
+            }
+            Fault::Silence { down } => {
+                self.proxy.partition();
+                tokio::time::sleep(down).await;
+                self.proxy.heal();
+                self.counts.silence += 1;
             }
             Fault::Provider(step) => {
                 self.fake.script(&[step]);
