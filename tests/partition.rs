@@ -7,7 +7,7 @@
 //! says not ready while work cannot move.
 mod common;
 
-use common::fake_replicate::{webhook_flags, CreateScript, FakeReplicate};
+use common::fake_replicate::{webhook_flags, FakeReplicate};
 use common::silent_proxy::SilentProxy;
 use common::{
     count, eventually, favorites_of, image_server, start_reactor_with, submit_job,
@@ -273,31 +273,47 @@ async fn a_silent_partition_in_wal_mode_never_freezes_the_reactor() {
     reactor.stop().await;
 }
 
+/// A is cut off in the middle of its fenced writes (each holds its lease's
+/// state row locked), so its sessions sit idle in their transactions on the
+/// server, forever as far as A's network goes. B still takes every row over
+/// and finishes it, once, soon after A's leases expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_one_of_two_reactors_is_partitioned_the_other_finishes_its_leased_work_within_the_lease(
 ) {
     let db = common::migrated_db().await;
     let (storage_a, storage_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (fake, images) = (FakeReplicate::start().await, image_server().await);
+    provider_finishes_predictions(&fake, &images);
     let proxy = SilentProxy::in_front_of(&db.url).await;
-    let a = start_through(&db, &proxy, &fake, storage_a.path()).await;
     let client = db.client().await;
-    // A alone takes the jobs; the provider answers each create slowly, so A
-    // holds their leases (attempts in flight) when it is cut off.
-    fake.script(&vec![CreateScript::Slow(Duration::from_millis(1500)); 6]);
     let work = write_work(&db, &client, "held by a", 6).await;
+    // A client holds the jobs (FOR SHARE): A claims them, opens its fenced
+    // transactions (locking the state rows) and waits on this lock.
+    let mut blocker = db.client().await;
+    let blocking = blocker.transaction().await.unwrap();
+    blocking
+        .batch_execute("select 1 from generation_jobs for share")
+        .await
+        .unwrap();
+    let a = start_through(&db, &proxy, &fake, storage_a.path()).await;
     let held = "select count(*) from reactor.handler_state where handler = 'generation' and lease_owner is not null";
-    eventually("A holds leases", AFTER_HEAL, || async {
-        count(&client, held).await > 0
+    eventually("A holds every lease", AFTER_HEAL, || async {
+        count(&client, held).await == work.len() as i64
+    })
+    .await;
+    let waiting = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and application_name = 'reactor'";
+    eventually("A's fenced writes wait on the lock", AFTER_HEAL, || async {
+        count(&client, waiting).await > 0
     })
     .await;
 
     proxy.partition();
     let cut = Instant::now();
+    // A's writes go through on the server; A never hears of it.
+    blocking.rollback().await.unwrap();
     let b = start_reactor(&db, &fake, storage_b.path()).await;
-    provider_finishes_predictions(&fake, &images);
-    // Lease 4 s: B takes every row over once A's leases expire, well before
-    // A's partition ends (it never does here).
+    // Lease 4 s: B takes every row over once A's leases expire and the server
+    // has ended A's idle transactions.
     let within = Duration::from_secs(4) + Duration::from_secs(16);
     eventually("B finished A's leased work", within, || async {
         all_done(&client, &work).await
