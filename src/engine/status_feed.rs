@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_PENDING: usize = 100_000;
 /// Rows checked per query.
 const BATCH: usize = 5_000;
+/// How long one batch's check may wait on the database (past it the
+/// connection is closed: a silent network would hold it forever).
+const CHECK_DEADLINE: Duration = Duration::from_secs(30);
 /// How long hints are collected before a batch is checked.
 const WINDOW: Duration = Duration::from_millis(10);
 /// Rows whose last sent status is remembered (then forgotten all at once:
@@ -180,7 +183,11 @@ impl StatusFeed {
                 if batch.is_empty() {
                     break;
                 }
-                if let Err(e) = self.check(&pool, batch).await {
+                let checked = crate::store::db::within(&pool, CHECK_DEADLINE, async |client| {
+                    self.check(client, batch).await
+                })
+                .await;
+                if let Err(e) = checked {
                     // The hints are lost; the next change of those rows brings them back.
                     tracing::warn!(error = %e, "checking job_status hints failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -199,11 +206,10 @@ impl StatusFeed {
 
     async fn check(
         &self,
-        pool: &deadpool_postgres::Pool,
+        client: &deadpool_postgres::Client,
         batch: Vec<(RowKey, bool)>,
-    ) -> Result<(), String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        let sources = self.sources(&client, &batch).await;
+    ) -> Result<(), crate::store::db::DbError> {
+        let sources = self.sources(client, &batch).await;
         let mut by_source: HashMap<usize, Vec<(String, bool)>> = HashMap::new();
         for ((table, id), inserted) in batch {
             for (i, source) in sources.iter().enumerate() {
@@ -217,8 +223,7 @@ impl StatusFeed {
             let keys: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
             let rows = client
                 .query_typed(&source.select(), &[param(&keys)])
-                .await
-                .map_err(|e| crate::store::db::describe(&e))?;
+                .await?;
             let inserted: HashMap<&str, bool> =
                 ids.iter().map(|(id, ins)| (id.as_str(), *ins)).collect();
             for row in rows {

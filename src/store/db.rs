@@ -23,9 +23,9 @@ pub enum DbError {
     /// No connection could be taken from the pool.
     #[error("database pool: {0}")]
     Checkout(String),
-    /// The database did not answer within the deadline; the connection was
-    /// closed (a silent network may hold it forever).
-    #[error("the database did not answer within {0:?}; connection discarded")]
+    /// The database did not answer within the deadline (a silent network
+    /// may hold a connection forever).
+    #[error("the database did not answer within {0:?}")]
     Deadline(Duration),
     /// A statement failed, or the connection did. Shown on one line: the
     /// server's message, SQLSTATE, detail and hint (tokio-postgres' own
