@@ -48,6 +48,17 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_LEASE", default_value = "60s", value_parser = interval)]
     pub lease: Duration,
 
+    /// How long the reactor waits for the database to answer one statement (or
+    /// to hand out a pooled connection); past it the connection is closed and
+    /// the work tried again on a new one.
+    #[arg(long, env = "REACTOR_STATEMENT_TIMEOUT", default_value = "30s", value_parser = interval)]
+    pub statement_timeout: Duration,
+
+    /// A handler with work waiting that has made no progress for this long is
+    /// stalled: /readyz says not ready and /metrics shows it.
+    #[arg(long, env = "REACTOR_STALL_AFTER", default_value = "2m", value_parser = interval)]
+    pub stall_after: Duration,
+
     /// Rows worked on at once (downloads, provider calls) across all handlers.
     #[arg(long, env = "REACTOR_CONCURRENCY", default_value = "16", value_parser = positive)]
     pub concurrency: usize,

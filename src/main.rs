@@ -305,6 +305,15 @@ async fn status(
             j.created_at.format("%Y-%m-%d %H:%M:%S")
         );
     }
+    let lapsed = ops::lapsed_leases(&client).await?;
+    if lapsed.is_empty() {
+        println!("lapsed leases: none");
+    } else {
+        println!("lapsed leases (a reactor stopped renewing them; not taken over yet):");
+        for (handler, n) in &lapsed {
+            println!("  {handler:<12} {n:>8}");
+        }
+    }
     let dead = ops::dead_rows(&client, 100).await?;
     println!("dead rows: {}", dead.len());
     for d in &dead {

@@ -54,12 +54,14 @@ impl Shared {
             }
             let (chunk, tail) = rest.split_at(permits.len());
             rest = tail;
-            let client = self.pool.get().await?;
-            let claims = slot
-                .statements
-                .claim(&**client, chunk, self.instance, self.cfg.lease)
+            let claims = self
+                .within(async |client| {
+                    Ok(slot
+                        .statements
+                        .claim(&***client, chunk, self.instance, self.cfg.lease)
+                        .await?)
+                })
                 .await?;
-            drop(client);
             for (claim, permit) in claims.into_iter().zip(permits) {
                 let lease = Lease {
                     handler: slot.handler.spec.name.clone(),
@@ -90,7 +92,22 @@ impl Shared {
             async move {
                 let _permit = permit;
                 let started = std::time::Instant::now();
-                let outcome = work.run(&shared.pool, &lease).await;
+                let outcome = tokio::select! {
+                    outcome = work.run(&shared.pool, &lease) => outcome,
+                    _ = live.lapsed(shared.cfg.lease) => {
+                        // The heartbeat could not renew the lease for a whole
+                        // lease period: the database is unreachable (or answers
+                        // too slowly), and another reactor may take the row over.
+                        // Whatever this attempt still waits on is dropped; if
+                        // a connection of it ever wakes up, its fenced write
+                        // finds the lease gone.
+                        metrics::counter!("reactor_attempts_abandoned_total", "handler" => lease.handler.clone()).increment(1);
+                        tracing::warn!(lease = ?shared.cfg.lease, "attempt given up: its lease went unrenewed for a whole lease period; the row is worked again once the lease has expired");
+                        drop(live);
+                        shared.wake_later(&shared.slots[index], &lease.row_id, shared.cfg.lease);
+                        return;
+                    }
+                };
                 if matches!(outcome, Ok(Outcome::Finished)) {
                     shared.slots[index].handled(1, started);
                 }
@@ -117,14 +134,18 @@ impl Shared {
         let slot = &self.slots[index];
         let e = match outcome {
             Ok(Outcome::Finished) => {
-                let client = self.pool.get().await?;
-                handler_state::release(&**client, lease).await?;
+                self.within(async |client| Ok(handler_state::release(&***client, lease).await?))
+                    .await?;
                 tracing::debug!("done");
                 return Ok(());
             }
             Ok(Outcome::CheckAgainIn(delay)) => {
-                let client = self.pool.get().await?;
-                if handler_state::postpone(&**client, lease, delay).await? {
+                let postponed = self
+                    .within(async |client| {
+                        Ok(handler_state::postpone(&***client, lease, delay).await?)
+                    })
+                    .await?;
+                if postponed {
                     self.wake_later(slot, &lease.row_id, delay);
                 }
                 return Ok(());
@@ -137,17 +158,15 @@ impl Shared {
             return Ok(());
         };
         let error = e.to_string();
-        let client = self.pool.get().await?;
-        let failure = handler_state::record_leased_failure(
-            &**client,
-            lease,
-            &error,
-            &policy,
-            kind,
-            e.not_before().unwrap_or_default(),
-        )
-        .await?;
-        drop(client);
+        let not_before = e.not_before().unwrap_or_default();
+        let failure = self
+            .within(async |client| {
+                Ok(handler_state::record_leased_failure(
+                    &***client, lease, &error, &policy, kind, not_before,
+                )
+                .await?)
+            })
+            .await?;
         match failure {
             Some(failure) => {
                 self.after_failure(slot, &lease.row_id, &error, &failure);

@@ -11,6 +11,9 @@ pub(crate) enum ServiceError {
     /// A statement failed; shown with the server's detail and hint.
     #[error("{}", crate::store::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
+    /// A statement missed its deadline, or no connection could be made.
+    #[error(transparent)]
+    Store(#[from] crate::store::db::DbError),
     /// A handler's own sweep failed.
     #[error(transparent)]
     Sweep(#[from] HandlerError),

@@ -38,6 +38,7 @@ use listener::Listener;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,11 +69,70 @@ pub struct Readiness {
     pub listening: AtomicBool,
     /// Every handler finished a replay since start.
     pub replayed: AtomicBool,
+    /// Each handler's worker, by handler name.
+    workers: Vec<(String, Arc<Progress>)>,
+    /// How long a worker with work waiting may go without progress.
+    stall_after: Duration,
 }
 
 impl Readiness {
+    /// Listening, replayed, and no worker stalled.
     pub fn ready(&self) -> bool {
-        self.listening.load(Ordering::SeqCst) && self.replayed.load(Ordering::SeqCst)
+        self.listening.load(Ordering::SeqCst)
+            && self.replayed.load(Ordering::SeqCst)
+            && self.stalled().is_empty()
+    }
+
+    /// The handlers whose worker has had work waiting and made no progress
+    /// for longer than REACTOR_STALL_AFTER (e.g. every statement waits on a
+    /// database the network no longer reaches). Also sets the
+    /// `reactor_worker_stalled` gauges.
+    pub fn stalled(&self) -> Vec<String> {
+        let mut stalled = Vec::new();
+        for (name, progress) in &self.workers {
+            let is = progress.stalled_for(self.stall_after);
+            metrics::gauge!("reactor_worker_stalled", "handler" => name.clone()).set(if is {
+                1.0
+            } else {
+                0.0
+            });
+            if is {
+                stalled.push(name.clone());
+            }
+        }
+        stalled
+    }
+}
+
+/// Whether one handler's worker moves: since when it has had work waiting
+/// without finishing a pass (None while it waits for work).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    behind_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.behind_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Work arrived (the clock starts unless it runs already).
+    fn waiting(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    /// A pass finished: the clock starts again.
+    fn advanced(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// Nothing left to do.
+    fn idle(&self) {
+        *self.lock() = None;
+    }
+
+    fn stalled_for(&self, limit: Duration) -> bool {
+        self.lock().is_some_and(|since| since.elapsed() > limit)
     }
 }
 
@@ -149,7 +209,11 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
         // Leased work, SQL batches, the heartbeat and spare connections.
-        let pool = crate::store::db::pool(&cfg.database_url, cfg.concurrency + handlers.len() + 2)?;
+        let pool = crate::store::db::pool(
+            &cfg.database_url,
+            cfg.concurrency + handlers.len() + 2,
+            cfg.statement_timeout,
+        )?;
         let slots = handlers
             .into_iter()
             .enumerate()
@@ -164,9 +228,18 @@ impl Engine {
                     handler,
                     inbox: Inbox::new(),
                     scans: AtomicU64::new(0),
+                    progress: Arc::default(),
                 }
             })
-            .collect();
+            .collect::<Vec<RunningHandler>>();
+        let readiness = Readiness {
+            workers: slots
+                .iter()
+                .map(|s| (s.handler.spec.name.clone(), s.progress.clone()))
+                .collect(),
+            stall_after: cfg.stall_after,
+            ..Readiness::default()
+        };
         let statuses = tokio::sync::broadcast::channel(STATUS_BUFFER).0;
         Ok(Engine {
             shared: Arc::new(Shared {
@@ -182,7 +255,7 @@ impl Engine {
                 slots,
                 tracker: TaskTracker::new(),
                 services: Services::default(),
-                readiness: Arc::new(Readiness::default()),
+                readiness: Arc::new(readiness),
                 shutdown,
             }),
         })
@@ -293,15 +366,16 @@ impl Engine {
         }
         // The heartbeat renewed the leases of in-flight work until now.
         shared.services.stop().await;
-        match shared.pool.get().await {
-            Ok(client) => {
-                match crate::store::handler_state::release_all(&**client, shared.instance).await {
-                    Ok(_) => tracing::info!("leases released"),
-                    Err(e) => {
-                        tracing::warn!(error = %crate::store::db::describe(&e), "releasing leases failed; they expire on their own")
-                    }
-                }
-            }
+        let released = crate::store::db::within(
+            &shared.pool,
+            cfg.statement_timeout,
+            async |client| -> Result<u64, crate::store::db::DbError> {
+                Ok(crate::store::handler_state::release_all(&***client, shared.instance).await?)
+            },
+        )
+        .await;
+        match released {
+            Ok(_) => tracing::info!("leases released"),
             Err(e) => {
                 tracing::warn!(error = %e, "releasing leases failed; they expire on their own")
             }

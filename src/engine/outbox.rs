@@ -16,9 +16,12 @@ impl Shared {
         loop {
             ticker.tick().await;
             let drained = async {
-                let client = self.pool.get().await?;
                 loop {
-                    let payloads = crate::store::outbox::take(&**client, BATCH).await?;
+                    let payloads = self
+                        .within(async |client| {
+                            Ok(crate::store::outbox::take(&***client, BATCH).await?)
+                        })
+                        .await?;
                     for payload in &payloads {
                         match crate::engine::notification::parse(payload) {
                             Ok(crate::engine::notification::Message::Change(change)) => {

@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_PENDING: usize = 100_000;
 /// Rows checked per query.
 const BATCH: usize = 5_000;
+/// How long one batch's check may wait on the database (past it the
+/// connection is closed: a silent network would hold it forever).
+const CHECK_DEADLINE: Duration = Duration::from_secs(30);
 /// How long hints are collected before a batch is checked.
 const WINDOW: Duration = Duration::from_millis(10);
 /// Rows whose last sent status is remembered (then forgotten all at once:
@@ -203,7 +206,11 @@ impl StatusFeed {
                 if batch.is_empty() {
                     break;
                 }
-                if let Err(e) = self.check(&pool, batch).await {
+                let checked = crate::store::db::within(&pool, CHECK_DEADLINE, async |client| {
+                    self.check(client, batch).await
+                })
+                .await;
+                if let Err(e) = checked {
                     // The hints are lost; the next change of those rows brings them back.
                     tracing::warn!(error = %e, "checking job_status hints failed");
                     self.hints_lost();
@@ -223,11 +230,10 @@ impl StatusFeed {
 
     async fn check(
         &self,
-        pool: &deadpool_postgres::Pool,
+        client: &deadpool_postgres::Client,
         batch: Vec<(RowKey, bool)>,
-    ) -> Result<(), String> {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        let sources = self.sources(&client, &batch).await;
+    ) -> Result<(), crate::store::db::DbError> {
+        let sources = self.sources(client, &batch).await;
         let mut by_source: HashMap<usize, Vec<(String, bool)>> = HashMap::new();
         for ((table, id), inserted) in batch {
             for (i, source) in sources.iter().enumerate() {

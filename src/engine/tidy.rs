@@ -23,16 +23,20 @@ impl Shared {
 
     async fn tidy_slot(&self, slot: &RunningHandler) -> Result<(), ServiceError> {
         if let Action::Leased(work) = &slot.handler.action {
-            for id in work.sweep(&self.pool).await? {
+            let swept = tokio::time::timeout(self.cfg.statement_timeout, work.sweep(&self.pool))
+                .await
+                .map_err(|_| crate::store::db::DbError::Deadline(self.cfg.statement_timeout))??;
+            for id in swept {
                 slot.inbox.push(id);
             }
         }
         // Bounded batches, so a large backlog of stale rows (e.g. left by an
         // older version) never becomes one long statement.
         const BATCH: i64 = 1000;
-        let client = self.pool.get().await?;
         loop {
-            let forgotten = slot.statements.forget(&**client, BATCH).await?;
+            let forgotten = self
+                .within(async |client| Ok(slot.statements.forget(&***client, BATCH).await?))
+                .await?;
             if forgotten > 0 {
                 tracing::debug!(handler = %slot.handler.spec.name, rows = forgotten, "dropped state of rows that need nothing more");
             }

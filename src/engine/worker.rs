@@ -20,6 +20,8 @@ pub(super) struct RunningHandler {
     pub(super) statements: Statements,
     pub(super) inbox: Inbox,
     pub(super) scans: AtomicU64,
+    /// Whether the worker moves (what readiness calls stalled).
+    pub(super) progress: Arc<super::Progress>,
 }
 
 impl RunningHandler {
@@ -46,7 +48,10 @@ impl RunningHandler {
 
 /// Whether a database error is about the rows (worth retrying row by row and
 /// counting against them) rather than about the connection or the server.
-fn is_row_fault(e: &tokio_postgres::Error) -> bool {
+fn is_row_fault(e: &ServiceError) -> bool {
+    let ServiceError::Db(e) = e else {
+        return false;
+    };
     match e.as_db_error() {
         None => false,
         Some(db) => {
@@ -71,6 +76,7 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
                 _ = slot.inbox.wake.notified() => {}
             }
+            slot.progress.waiting();
             loop {
                 if self.shutdown.is_cancelled() {
                     return;
@@ -87,6 +93,7 @@ impl Shared {
                 } else {
                     let (ids, arrived) = slot.inbox.take(self.cfg.batch_size);
                     if ids.is_empty() {
+                        slot.progress.idle();
                         break;
                     }
                     if let Some(arrived) = arrived {
@@ -96,7 +103,10 @@ impl Shared {
                     self.work(slot, ids).await
                 };
                 match result {
-                    Ok(()) => delays = backoff.build(),
+                    Ok(()) => {
+                        slot.progress.advanced();
+                        delays = backoff.build();
+                    }
                     Err(e) => {
                         // The database is unreachable or overloaded: nothing is
                         // lost (the rows stay pending); back off and rescan.
@@ -151,15 +161,18 @@ impl Shared {
         let mut after: Option<String> = None;
         let mut found = 0usize;
         loop {
-            let client = self.pool.get().await?;
             let started = std::time::Instant::now();
             let page: Vec<String> = match &slot.handler.action {
                 Action::Sql { .. } => {
-                    match slot
-                        .statements
-                        .effect_page(&**client, limit, after.as_deref())
-                        .await
-                    {
+                    let effect = self
+                        .within(async |client| {
+                            Ok(slot
+                                .statements
+                                .effect_page(&***client, limit, after.as_deref())
+                                .await?)
+                        })
+                        .await;
+                    match effect {
                         Ok(ids) => {
                             if !ids.is_empty() {
                                 tracing::debug!(handler = %slot.handler.spec.name, rows = ids.len(), "handled a page");
@@ -168,18 +181,16 @@ impl Shared {
                             ids
                         }
                         Err(e) if is_row_fault(&e) => {
-                            tracing::warn!(handler = %slot.handler.spec.name, error = %crate::store::db::describe(&e), "a page failed; retrying its rows one by one");
-                            let ids = self.pending_page(&client, slot, limit, &after).await?;
-                            drop(client);
+                            tracing::warn!(handler = %slot.handler.spec.name, error = %e, "a page failed; retrying its rows one by one");
+                            let ids = self.pending_page(slot, limit, &after).await?;
                             self.sql_one_by_one(slot, &ids).await?;
                             ids
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     }
                 }
                 Action::Leased(work) => {
-                    let ids = self.pending_page(&client, slot, limit, &after).await?;
-                    drop(client);
+                    let ids = self.pending_page(slot, limit, &after).await?;
                     self.leased(slot, work, &ids).await?;
                     ids
                 }
@@ -194,15 +205,26 @@ impl Shared {
 
     async fn pending_page(
         &self,
-        client: &tokio_postgres::Client,
         slot: &RunningHandler,
         limit: i64,
         after: &Option<String>,
     ) -> Result<Vec<String>, ServiceError> {
-        slot.statements
-            .pending_page(client, limit, after.as_deref())
-            .await
-            .map_err(ServiceError::from)
+        self.within(async |client| {
+            Ok(slot
+                .statements
+                .pending_page(&***client, limit, after.as_deref())
+                .await?)
+        })
+        .await
+    }
+
+    /// Runs `statements` on a pooled connection within REACTOR_STATEMENT_TIMEOUT
+    /// (see [`crate::store::db::within`]).
+    pub(super) async fn within<T>(
+        &self,
+        statements: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        crate::store::db::within(&self.pool, self.cfg.statement_timeout, statements).await
     }
 
     /// SQL action over notified ids: one statement for the batch; if the batch
@@ -213,19 +235,18 @@ impl Shared {
         slot: &RunningHandler,
         ids: &[String],
     ) -> Result<(), ServiceError> {
-        let client = self.pool.get().await?;
         let started = std::time::Instant::now();
-        match slot.statements.effect_by_ids(&**client, ids).await {
+        let effect = self
+            .within(async |client| Ok(slot.statements.effect_by_ids(&***client, ids).await?))
+            .await;
+        match effect {
             Ok(handled) => {
                 slot.handled(handled, started);
                 tracing::debug!(handler = %slot.handler.spec.name, notified = ids.len(), handled, "handled notified rows");
                 Ok(())
             }
-            Err(e) if is_row_fault(&e) => {
-                drop(client);
-                self.sql_one_by_one(slot, ids).await
-            }
-            Err(e) => Err(e.into()),
+            Err(e) if is_row_fault(&e) => self.sql_one_by_one(slot, ids).await,
+            Err(e) => Err(e),
         }
     }
 
@@ -235,31 +256,38 @@ impl Shared {
         ids: &[String],
     ) -> Result<(), ServiceError> {
         let name = &slot.handler.spec.name;
-        let client = self.pool.get().await?;
         for id in ids {
             let span = tracing::info_span!("work", handler = %name, id = %id);
             let _enter = span.enter();
             let started = std::time::Instant::now();
-            match slot
-                .statements
-                .effect_by_ids(&**client, std::slice::from_ref(id))
-                .await
-            {
+            let effect = self
+                .within(async |client| {
+                    Ok(slot
+                        .statements
+                        .effect_by_ids(&***client, std::slice::from_ref(id))
+                        .await?)
+                })
+                .await;
+            match effect {
                 Ok(handled) => slot.handled(handled, started),
                 Err(e) if is_row_fault(&e) => {
-                    let error = crate::store::db::describe(&e);
-                    let failure = handler_state::record_failure(
-                        &**client,
-                        name,
-                        id,
-                        &error,
-                        &self.cfg.retry_policy(),
-                        handler_state::FailureKind::Counted,
-                    )
-                    .await?;
+                    let error = e.to_string();
+                    let failure = self
+                        .within(async |client| {
+                            Ok(handler_state::record_failure(
+                                &***client,
+                                name,
+                                id,
+                                &error,
+                                &self.cfg.retry_policy(),
+                                handler_state::FailureKind::Counted,
+                            )
+                            .await?)
+                        })
+                        .await?;
                     self.after_failure(slot, id, &error, &failure);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         Ok(())

@@ -53,7 +53,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+            get(|State(s): State<HttpState>| async move {
+                // Brings the reactor_worker_stalled gauges up to date.
+                s.readiness.stalled();
+                s.metrics.render()
+            }),
         )
         .route("/webhooks/replicate", post(replicate_webhook))
         .route("/v1/events", get(events))
@@ -307,28 +311,35 @@ async fn admin_retry(
     }
 }
 
-/// 200 once the listener hears itself and the first replay is done, and while
-/// the database answers; 503 otherwise.
+/// 200 once the listener hears itself and the first replay is done, while
+/// the database answers and no handler with work waiting is stalled; 503
+/// otherwise.
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    let stalled = state.readiness.stalled();
+    if !stalled.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: no progress on waiting work (REACTOR_STALL_AFTER) in {}",
+                stalled.join(", ")
+            ),
+        );
+    }
     if !state.readiness.ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: listener connecting or first replay running".into(),
         );
     }
-    let db = async {
-        let client = state.pool.get().await?;
+    let deadline = std::time::Duration::from_secs(2);
+    let db = crate::store::db::within(&state.pool, deadline, async |client| {
         client.simple_query("select 1").await.map_err(DbError::from)
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(2), db).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
-        Ok(Err(e)) => (
+    });
+    match db.await {
+        Ok(_) => (StatusCode::OK, "ready".into()),
+        Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("database unreachable: {e}"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database did not answer within 2s".into(),
         ),
     }
 }

@@ -79,6 +79,23 @@ pub struct DeadRow {
     pub dead_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Rows whose lease has expired without being released, renewed or taken
+/// over, per handler: the reactor holding them stopped renewing (it was cut
+/// off from the database, or is stalled) and no reactor has picked them up yet.
+pub async fn lapsed_leases(
+    db: &impl GenericClient,
+) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let rows = db
+        .query_typed(
+            "select handler, count(*) from reactor.handler_state
+             where lease_owner is not null and lease_expires_at < now() and dead_at is null
+             group by handler order by handler",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 pub async fn dead_rows(
     db: &impl GenericClient,
     limit: i64,

@@ -9,7 +9,13 @@ use crate::job::error::HandlerError;
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
+
+/// How long a fenced transaction may wait idle between its statements (they
+/// follow one another without waiting on anything else).
+const FENCED_TX_IDLE: &str = "5s";
 
 /// A claim on one row for one handler.
 #[derive(Debug, Clone)]
@@ -53,13 +59,26 @@ impl Lease {
 
     /// Locks this lease's state row in `tx`; fails with
     /// [`HandlerError::LeaseLost`] unless this reactor still holds it.
+    ///
+    /// The transaction may sit idle for at most [`FENCED_TX_IDLE`] (set in the
+    /// same round trip): if the network between us and the server goes
+    /// silent, the server ends the session and frees the state row, so the
+    /// reactor that takes the expired lease over is not held back by a lock
+    /// nobody will release.
     async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
         let held = tx
             .query_opt(
-                "select 1 from reactor.handler_state
+                "select set_config('idle_in_transaction_session_timeout', $5, true)
+                 from reactor.handler_state
                  where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4
                  for update",
-                &[&self.handler, &self.row_id, &self.owner, &self.token],
+                &[
+                    &self.handler,
+                    &self.row_id,
+                    &self.owner,
+                    &self.token,
+                    &FENCED_TX_IDLE,
+                ],
             )
             .await?;
         match held {
@@ -129,9 +148,20 @@ impl FencedTx<'_> {
 /// [`LiveLease`] guard its task owns exists: when the task ends in any way
 /// (return, error, panic, abort) the guard is dropped and the lease is left to
 /// expire or is released, never kept alive for work that is gone.
+///
+/// Each lease also keeps when it was last known to be renewed (claimed, or
+/// renewed by a heartbeat that got its answer): an attempt whose lease went a
+/// whole lease period without renewal may already be someone else's, and is
+/// given up ([`LiveLease::lapsed`]).
 #[derive(Debug, Default)]
 pub struct LiveLeases {
-    held: Mutex<HashMap<(String, String), i64>>,
+    held: Mutex<HashMap<(String, String), Held>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    token: i64,
+    renewed: Instant,
 }
 
 /// Keeps one lease in [`LiveLeases`] while it exists.
@@ -146,7 +176,11 @@ impl LiveLeases {
     /// Registers `lease` as worked by a live task, until the guard is dropped.
     pub fn hold(self: &Arc<Self>, lease: &Lease) -> LiveLease {
         let key = (lease.handler.clone(), lease.row_id.clone());
-        self.lock().insert(key.clone(), lease.token);
+        let held = Held {
+            token: lease.token,
+            renewed: Instant::now(),
+        };
+        self.lock().insert(key.clone(), held);
         LiveLease {
             registry: self.clone(),
             key,
@@ -160,16 +194,44 @@ impl LiveLeases {
         let mut handlers = Vec::with_capacity(held.len());
         let mut row_ids = Vec::with_capacity(held.len());
         let mut tokens = Vec::with_capacity(held.len());
-        for ((handler, row_id), token) in held.iter() {
+        for ((handler, row_id), h) in held.iter() {
             handlers.push(handler.clone());
             row_ids.push(row_id.clone());
-            tokens.push(*token);
+            tokens.push(h.token);
         }
         (handlers, row_ids, tokens)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), i64>> {
+    /// Every lease held now was renewed by a statement sent at `sent` (the
+    /// server counts the lease from a moment after that).
+    pub(crate) fn renewed(&self, sent: Instant) {
+        for h in self.lock().values_mut() {
+            h.renewed = h.renewed.max(sent);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LiveLease {
+    /// Resolves once this lease has gone `lease` without a renewal this
+    /// process knows of (or was replaced by a newer claim of the same row):
+    /// another reactor may hold the row by then, and work still waiting on the
+    /// database waits on a connection that may never answer.
+    pub async fn lapsed(&self, lease: Duration) {
+        loop {
+            let renewed = match self.registry.lock().get(&self.key) {
+                Some(h) if h.token == self.token => h.renewed,
+                _ => return,
+            };
+            let expiry = renewed + lease;
+            if Instant::now() >= expiry {
+                return;
+            }
+            tokio::time::sleep_until(expiry).await;
+        }
     }
 }
 
@@ -177,7 +239,7 @@ impl Drop for LiveLease {
     fn drop(&mut self) {
         let mut held = self.registry.lock();
         // A newer claim of the same row in this process replaced the entry: keep it.
-        if held.get(&self.key) == Some(&self.token) {
+        if held.get(&self.key).map(|h| h.token) == Some(self.token) {
             held.remove(&self.key);
         }
     }
@@ -213,6 +275,26 @@ mod live_lease_tests {
         drop(again);
         drop(other);
         assert!(live.held().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_lapses_a_lease_period_after_its_last_renewal() {
+        let live = Arc::new(LiveLeases::default());
+        let guard = live.hold(&lease("d", 1));
+        let period = Duration::from_millis(300);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let renewed = Instant::now();
+        live.renewed(renewed);
+        guard.lapsed(period).await;
+        assert!(renewed.elapsed() >= period, "lapsed before a lease period");
+        // A newer claim of the same row: the old attempt's lease is gone at once.
+        let _newer = live.hold(&lease("d", 2));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            guard.lapsed(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a replaced lease has lapsed");
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
             "require_auth" => require_auth = RequireAuth::parse(value)?,
             // libpq's name; tokio-postgres calls it keepalives_retries.
             "keepalives_count" => push_param(&mut rest, "keepalives_retries", value),
+            // libpq reads milliseconds, tokio-postgres seconds (rounded up,
+            // so a set value never becomes "unset").
+            "tcp_user_timeout" => match value.trim().parse::<u64>() {
+                Ok(ms) => push_param(&mut rest, key, &ms.div_ceil(1000).to_string()),
+                Err(_) => push_param(&mut rest, key, value),
+            },
             other => push_param(&mut rest, other, value),
         }
     }
@@ -77,6 +83,7 @@ pub fn parse(s: &str) -> Result<ConnInfo, ConnInfoError> {
     }
     let tls = Settings::from_url_and_env(sslmode, sslrootcert)?;
     config.ssl_mode(tls.mode.negotiation());
+    let config = crate::store::db::with_network_deadlines(config);
     Ok(ConnInfo {
         config,
         tls,

@@ -4,7 +4,8 @@
 //! [`crate::store::tls`] with its (or PGSSLMODE's) `sslmode`.
 use crate::store::conninfo::{self, ConnInfoError};
 use crate::store::tls::{MakeTls, TlsStream};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Socket};
 
@@ -24,6 +25,10 @@ pub enum DbError {
     /// No connection could be taken from the pool.
     #[error("database pool: {0}")]
     Checkout(String),
+    /// The database did not answer within the deadline (a silent network
+    /// may hold a connection forever).
+    #[error("the database did not answer within {0:?}")]
+    Deadline(Duration),
     /// A statement failed, or the connection did. Shown on one line: the
     /// server's message, SQLSTATE, detail and hint (tokio-postgres' own
     /// Display says only "db error").
@@ -141,7 +146,78 @@ fn settings(url: &str) -> Result<(tokio_postgres::Config, MakeTls), DbError> {
     Ok((info.config, connector))
 }
 
+/// Keepalive idle time when the connection string sets none (tokio-postgres'
+/// own default, two hours, is what it reports when unset).
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(15);
+const TOKIO_POSTGRES_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Also bounds the whole log-in, not only the socket's connect.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds every wait on the network that the connection string leaves open:
+/// TCP keepalives (probes after 15 s idle, every 5 s, 3 of them), a 30 s
+/// `tcp_user_timeout` (unacknowledged data fails the socket) and a 10 s
+/// `connect_timeout`. A NAT or firewall that forgets a flow closes nothing;
+/// without these a connection waits on it for hours. Values the string sets
+/// (`keepalives=0` included) are kept.
+pub fn with_network_deadlines(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    if config.get_keepalives() {
+        if config.get_keepalives_idle() == TOKIO_POSTGRES_KEEPALIVES_IDLE {
+            config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(DEFAULT_KEEPALIVES_COUNT);
+        }
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    config
+}
+
+/// Sets `config`'s keepalives and `tcp_user_timeout` on a socket made
+/// outside tokio-postgres (the replication connection), as tokio-postgres
+/// does on its own sockets.
+pub fn set_network_deadlines(
+    socket: &tokio::net::TcpStream,
+    config: &tokio_postgres::Config,
+) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(config.get_tcp_user_timeout().copied())?;
+    if config.get_keepalives() {
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+        if let Some(interval) = config.get_keepalives_interval() {
+            keepalive = keepalive.with_interval(interval);
+        }
+        #[cfg(not(target_os = "windows"))]
+        if let Some(retries) = config.get_keepalives_retries() {
+            keepalive = keepalive.with_retries(retries);
+        }
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    Ok(())
+}
+
+/// How long connecting and logging in may take in all (see [`with_network_deadlines`]).
+pub fn connect_deadline(config: &tokio_postgres::Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
 /// One connection and its I/O half, not yet driven (for LISTEN connections).
+/// Connecting and logging in together take at most the `connect_timeout`: a
+/// server reached through a silent network may accept the socket and never answer.
 pub async fn connect_raw(
     url: &str,
     application_name: Option<&str>,
@@ -150,10 +226,13 @@ pub async fn connect_raw(
     if let Some(name) = application_name {
         config.application_name(name);
     }
-    config
-        .connect(connector)
-        .await
-        .map_err(|e| DbError::Connect(describe(&e)))
+    let deadline = connect_deadline(&config);
+    match tokio::time::timeout(deadline, config.connect(connector)).await {
+        Ok(connected) => connected.map_err(|e| DbError::Connect(describe(&e))),
+        Err(_) => Err(DbError::Connect(format!(
+            "no answer within {deadline:?} (connect_timeout)"
+        ))),
+    }
 }
 
 /// One connection, with its I/O driven by a background task.
@@ -168,11 +247,15 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
 }
 
 /// A pool of up to `size` connections; a connection is checked on reuse.
-pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
+/// Waiting for a free connection, and making one, take at most
+/// `statement_deadline` and the `connect_timeout`; a connection that misses
+/// a deadline is closed, never reused (see [`within`]).
+pub fn pool(url: &str, size: usize, statement_deadline: Duration) -> Result<Pool, DbError> {
     let (mut config, connector) = settings(url)?;
     if config.get_application_name().is_none() {
         config.application_name("reactor");
     }
+    let connect = connect_deadline(&config);
     let manager = Manager::from_config(
         config,
         connector,
@@ -182,8 +265,50 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     );
     Pool::builder(manager)
         .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(statement_deadline),
+            create: Some(connect),
+            recycle: Some(connect),
+        })
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Runs `statements` on a connection from `pool`, all within `deadline`.
+///
+/// A connection that misses the deadline is closed instead of going back to
+/// the pool: on a silent network (a NAT or firewall that forgot the flow) it
+/// would never answer, nor fail. The pool's idle connections went through the
+/// same network, so they are closed too and the next checkouts connect anew.
+pub async fn within<T, E>(
+    pool: &Pool,
+    deadline: Duration,
+    statements: impl AsyncFnOnce(&Object) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    let client = pool.get().await.map_err(DbError::from)?;
+    match tokio::time::timeout(deadline, statements(&client)).await {
+        Ok(done) => done,
+        Err(_) => {
+            discard(pool, client);
+            Err(DbError::Deadline(deadline).into())
+        }
+    }
+}
+
+/// Closes `client` (it is not given back to `pool`) and every idle
+/// connection of `pool`, counting them in `reactor_db_connections_discarded_total`.
+pub fn discard(pool: &Pool, client: Object) {
+    drop(Object::take(client));
+    let idle = pool.retain(|_, _| false).removed.len() as u64;
+    metrics::counter!("reactor_db_connections_discarded_total").increment(1 + idle);
+    tracing::warn!(
+        idle_closed = idle,
+        "a database connection missed its deadline: closed with the pool's idle ones"
+    );
 }
 
 /// Quotes a string as an SQL literal.
@@ -260,4 +385,38 @@ pub async fn act_as_user(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_deadlines_have_defaults_and_the_connection_string_wins() {
+        let c = parse_url("postgres://u@h/db").unwrap();
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+        assert_eq!(
+            c.get_keepalives_interval(),
+            Some(DEFAULT_KEEPALIVES_INTERVAL)
+        );
+        assert_eq!(c.get_keepalives_retries(), Some(DEFAULT_KEEPALIVES_COUNT));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&DEFAULT_TCP_USER_TIMEOUT));
+        assert_eq!(c.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+        // libpq's names and units: keepalives_count, tcp_user_timeout in milliseconds.
+        for s in [
+            "postgres://u@h/db?keepalives_idle=7&keepalives_interval=2&keepalives_count=9&tcp_user_timeout=2500&connect_timeout=4",
+            "host=h user=u dbname=db keepalives_idle=7 keepalives_interval=2 keepalives_count=9 tcp_user_timeout=2500 connect_timeout=4",
+        ] {
+            let c = parse_url(s).unwrap();
+            assert_eq!(c.get_keepalives_idle(), Duration::from_secs(7), "{s}");
+            assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
+            assert_eq!(c.get_keepalives_retries(), Some(9));
+            assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(3)));
+            assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(4)));
+        }
+        assert!(!parse_url("postgres://u@h/db?keepalives=0")
+            .unwrap()
+            .get_keepalives());
+    }
 }

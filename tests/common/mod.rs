@@ -21,6 +21,7 @@ pub mod pki;
 pub mod reactor_process;
 pub mod realtime;
 pub mod rows;
+pub mod silent_proxy;
 
 // A test binary uses only some of these; the rest is not a mistake.
 #[allow(unused_imports)]

@@ -2,12 +2,16 @@
 //! schedule; how the system interleaves with it still varies from run to run):
 //! `kill -9` of a reactor (restarted after a moment), a PostgreSQL crash
 //! (`pg_ctl -m immediate stop`, back after 0.5-4 s), `pg_terminate_backend` of
-//! the reactors' connections, the provider stand-in answering a create
-//! slowly, with a 5xx, or after the reactor gave up waiting (it was created),
-//! the provider answering 503 to everything for seconds, and the storage
-//! folder unwritable for seconds (a regular file at its path).
+//! the reactors' connections, a silent network partition (the proxy between
+//! the reactors and PostgreSQL forwards nothing and closes nothing on its
+//! flows, which stay silent for good after the heal), the provider stand-in
+//! answering a create slowly, with a 5xx, or after the reactor gave up
+//! waiting (it was created), the provider answering 503 to everything for
+//! seconds, and the storage folder unwritable for seconds (a regular file at
+//! its path).
 use crate::cluster::SoakCluster;
 use crate::common::fake_replicate::{CreateScript, FakeReplicate};
+use crate::common::silent_proxy::SilentProxy;
 use crate::reactors::Fleet;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -22,6 +26,8 @@ pub enum Fault {
     PgStop { down: Duration },
     /// Terminate every backend of the reactors.
     Terminate,
+    /// The reactors' network to PostgreSQL goes silent for `down`.
+    Silence { down: Duration },
     /// The next create call meets this.
     Provider(CreateScript),
     /// Every provider endpoint answers 503 for `down`.
@@ -35,6 +41,7 @@ pub struct FaultCounts {
     pub kill: u64,
     pub pg_stop: u64,
     pub terminate: u64,
+    pub silence: u64,
     pub provider: u64,
     pub provider_outage: u64,
     pub storage_outage: u64,
@@ -82,6 +89,11 @@ pub fn schedule(seed: u64, length: Duration, provider_timeout: Duration) -> Vec<
             down: Duration::from_millis(rng.random_range(3000..15000)),
         }
     });
+    every(30.0, 50.0, 12.0, closing_outage - 20.0, &mut |rng| {
+        Fault::Silence {
+            down: Duration::from_millis(rng.random_range(3000..10000)),
+        }
+    });
     every(1.0, 4.0, 2.0, end, &mut |rng| {
         Fault::Provider(match rng.random_range(0..3) {
             0 => CreateScript::ServerError,
@@ -106,6 +118,8 @@ pub struct Injector {
     pub fake: FakeReplicate,
     /// The reactors' storage folder.
     pub storage: PathBuf,
+    /// What the reactors reach PostgreSQL through.
+    pub proxy: SilentProxy,
     /// The soak database, as superuser (for pg_terminate_backend).
     pub admin_url: String,
     pub counts: FaultCounts,
@@ -150,6 +164,12 @@ impl Injector {
                         .await;
                     self.counts.terminate += 1;
                 }
+            }
+            Fault::Silence { down } => {
+                self.proxy.partition();
+                tokio::time::sleep(down).await;
+                self.proxy.heal();
+                self.counts.silence += 1;
             }
             Fault::Provider(step) => {
                 self.fake.script(&[step]);

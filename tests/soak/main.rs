@@ -87,6 +87,9 @@ fn reactor_flags(
             "250ms",
             "--retry-backoff-max",
             "5s",
+            // A silent partition costs a statement this long, not hours.
+            "--statement-timeout",
+            "3s",
         ]
         .map(String::from),
     );
@@ -129,9 +132,16 @@ async fn soak() {
 
     let fake = FakeReplicate::start().await;
     let images = Arc::new(common::image_server().await);
+    // The reactors reach PostgreSQL through a proxy that can go silent; the
+    // workload, the checks and the faults' admin connect directly.
+    let proxy = common::silent_proxy::SilentProxy::in_front_of(&db.url).await;
+    let proxied = common::TestDb {
+        url: proxy.url(&db.url),
+        name: db.name.clone(),
+    };
     let fleet = Arc::new(Mutex::new(reactors::Fleet::start(
         config.reactors,
-        reactor_flags(&db, &storage, &fake),
+        reactor_flags(&proxied, &storage, &fake),
         &logs,
     )));
     let stop = CancellationToken::new();
@@ -152,6 +162,7 @@ async fn soak() {
         fleet: fleet.clone(),
         fake: fake.clone(),
         storage: storage.clone(),
+        proxy,
         admin_url: db.url.clone(),
         counts: Default::default(),
     };
@@ -192,7 +203,7 @@ async fn soak() {
         "soak: seed={} minutes={:.1} reactors={} jobs={} succeeded={} failed={} canceled={} profiles={} \
          creates={} dead={} refused_409={} refused_402={} cancels={} client_interrupted={} \
          webhooks_ok={} webhooks_refused={} webhooks_given_up={} \
-         faults=kill:{},pg_stop:{},terminate:{},provider:{},provider_outage:{},storage_outage:{} lost={lost} doubled={doubled} leftover_state={leftover} exited={}",
+         faults=kill:{},pg_stop:{},terminate:{},silence:{},provider:{},provider_outage:{},storage_outage:{} lost={lost} doubled={doubled} leftover_state={leftover} exited={}",
         config.seed,
         config.seconds as f64 / 60.0,
         config.reactors,
@@ -213,6 +224,7 @@ async fn soak() {
         c.kill,
         c.pg_stop,
         c.terminate,
+        c.silence,
         c.provider,
         c.provider_outage,
         c.storage_outage,

@@ -498,7 +498,10 @@ impl WalSource {
         deaf: &mut bool,
     ) -> Result<End, (WalError, Phase)> {
         // Not in wal mode: watch the switch on this one connection.
-        while !wal_mode(client).await.map_err(|e| (e, Phase::Idle))? {
+        while !bounded(wal_mode(client))
+            .await
+            .map_err(|e| (e, Phase::Idle))?
+        {
             if std::mem::take(deaf) {
                 // Hints flow through the triggers again: replay what was missed.
                 (self.sink)(Event::Connected);
@@ -610,7 +613,7 @@ impl WalSource {
                 second_looks.drain(..second_looks.len() - MAX_SECOND_LOOKS);
             }
             broadcaster.add(&hints);
-            broadcaster.flush_due(client).await?;
+            bounded(broadcaster.flush_due(client)).await?;
             if reply || (received > confirmed && last_confirmed.elapsed() >= FEEDBACK) {
                 replication.confirm(received).await?;
                 confirmed = received;
@@ -618,14 +621,7 @@ impl WalSource {
             }
             if checked.elapsed() >= MODE_CHECK {
                 checked = Instant::now();
-                let answer = tokio::time::timeout(MODE_CHECK_TIMEOUT, wal_mode(client))
-                    .await
-                    .map_err(|_| {
-                        WalError::Db(format!(
-                            "the server did not answer within {MODE_CHECK_TIMEOUT:?}"
-                        ))
-                    })?;
-                if !answer? {
+                if !bounded(wal_mode(client)).await? {
                     tracing::info!("notify mode is no longer wal: dropping the slot");
                     // Rows decoded by nobody since the last batch: replay.
                     (self.sink)(Event::Connected);
@@ -645,4 +641,19 @@ impl WalSource {
             }
         }
     }
+}
+
+/// `statement` on the control connection, given up after
+/// [`MODE_CHECK_TIMEOUT`]: a silent network loses no TCP connection, so a
+/// server that does not answer is taken for gone, and the reactor reconnects.
+async fn bounded<T>(
+    statement: impl std::future::Future<Output = Result<T, WalError>>,
+) -> Result<T, WalError> {
+    tokio::time::timeout(MODE_CHECK_TIMEOUT, statement)
+        .await
+        .map_err(|_| {
+            WalError::Db(format!(
+                "the server did not answer within {MODE_CHECK_TIMEOUT:?}"
+            ))
+        })?
 }

@@ -284,6 +284,7 @@ impl Replication {
         };
         let mut tcp = socket.map_err(|e| protocol(&format!("{name}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        crate::store::db::set_network_deadlines(&tcp, config).map_err(io_error)?;
         if config.get_ssl_mode() == SslMode::Disable {
             return Ok(Opened::plain(Box::new(tcp)));
         }
