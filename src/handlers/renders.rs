@@ -59,7 +59,7 @@ pub fn handler(
     storage: Storage,
     max_bytes: usize,
     timeout: Duration,
-    thumbnail_size: u32,
+    thumbnails: thumbnails::Settings,
 ) -> anyhow::Result<Handler> {
     let http = reqwest::Client::builder()
         .timeout(timeout)
@@ -71,7 +71,7 @@ pub fn handler(
             storage,
             http,
             max_bytes,
-            thumbnail_size,
+            thumbnails,
         })),
     })
 }
@@ -80,8 +80,8 @@ struct Renders {
     storage: Storage,
     http: reqwest::Client,
     max_bytes: usize,
-    /// Longest side of thumbnails, in pixels.
-    thumbnail_size: u32,
+    /// How thumbnails are made (size, quality).
+    thumbnails: thumbnails::Settings,
 }
 
 struct Image {
@@ -172,13 +172,13 @@ impl Renders {
     /// Each image with its WebP thumbnail (decoding and encoding run on a
     /// blocking thread). An image that does not decode fails the attempt.
     async fn with_thumbnails(&self, images: Vec<Image>) -> Result<Vec<Variant>, HandlerError> {
-        let size = self.thumbnail_size;
+        let settings = self.thumbnails;
         tokio::task::spawn_blocking(move || {
             images
                 .into_iter()
                 .enumerate()
                 .map(|(idx, image)| {
-                    let thumbnail = thumbnails::make(&image.bytes, image.ext, size)
+                    let thumbnail = thumbnails::make(&image.bytes, image.ext, settings)
                         .map_err(|e| HandlerError::retryable(format!("output image {idx}: {e}")))?;
                     Ok(Variant {
                         image,
