@@ -26,6 +26,13 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn thumbnail_quality(s: &str) -> Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(q @ 1..=100) => Ok(q),
+        _ => Err("REACTOR_THUMBNAIL_QUALITY must be a whole number from 1 to 100".into()),
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunConfig {
     /// Postgres connection string (direct connection or session-mode pooler).
@@ -123,6 +130,10 @@ pub struct RunConfig {
     /// Longest side, in pixels, of the WebP thumbnail stored beside each render variant.
     #[arg(long, env = "REACTOR_THUMBNAIL_SIZE", default_value = "512", value_parser = positive)]
     pub thumbnail_size: usize,
+
+    /// WebP quality of thumbnails: 1 (smallest) to 100 (best).
+    #[arg(long, env = "REACTOR_THUMBNAIL_QUALITY", default_value = "80", value_parser = thumbnail_quality)]
+    pub thumbnail_quality: u8,
 
     /// Timeout of each output image download.
     #[arg(long, env = "REACTOR_DOWNLOAD_TIMEOUT", default_value = "30s", value_parser = duration)]

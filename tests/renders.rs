@@ -137,12 +137,33 @@ async fn every_variant_gets_a_decodable_webp_thumbnail_of_the_configured_size() 
             image::ImageFormat::WebP,
             "{thumb}"
         );
+        // Lossy WebP: a VP8 chunk (after a VP8X header when there is alpha), no VP8L.
+        let chunk = |fourcc: &[u8]| bytes.windows(4).any(|w| w == fourcc);
+        assert!(chunk(b"VP8 ") && !chunk(b"VP8L"), "{thumb} is lossy WebP");
         let decoded = image::load_from_memory(&bytes).unwrap();
         // The longest side is the setting, the aspect ratio the original's.
         assert_eq!(
             (decoded.width(), decoded.height()),
             (48, 48 * height / width),
             "{thumb}"
+        );
+    }
+}
+
+#[test]
+fn a_thumbnail_quality_out_of_range_is_refused_at_start_naming_the_setting() {
+    for bad in ["0", "101", "eighty"] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+            .arg("run")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("REACTOR_THUMBNAIL_QUALITY", bad)
+            .output()
+            .expect("reactor");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{bad}: a usage error: {err}");
+        assert!(
+            err.contains("REACTOR_THUMBNAIL_QUALITY") && err.contains("1 to 100"),
+            "{bad}: {err}"
         );
     }
 }

@@ -85,7 +85,10 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
             storage.clone(),
             cfg.max_image_bytes,
             cfg.download_timeout,
-            u32::try_from(cfg.thumbnail_size).unwrap_or(u32::MAX),
+            thumbnails::Settings {
+                longest_side: u32::try_from(cfg.thumbnail_size).unwrap_or(u32::MAX),
+                quality: cfg.thumbnail_quality,
+            },
             downloads_from,
             cfg.render_retry_for,
         )

@@ -64,7 +64,7 @@ pub fn handler(
     storage: Storage,
     max_bytes: usize,
     timeout: Duration,
-    thumbnail_size: u32,
+    thumbnails: thumbnails::Settings,
     allowed: AllowedHosts,
     retry_for: Duration,
 ) -> anyhow::Result<Handler> {
@@ -74,7 +74,7 @@ pub fn handler(
             storage,
             http: PublicFetch::new(timeout, allowed)?,
             max_bytes,
-            thumbnail_size,
+            thumbnails,
             retry_for,
         })),
     })
@@ -85,8 +85,8 @@ struct Renders {
     /// Output URLs come from the provider: public addresses only.
     http: PublicFetch,
     max_bytes: usize,
-    /// Longest side of thumbnails, in pixels.
-    thumbnail_size: u32,
+    /// How thumbnails are made (size, quality).
+    thumbnails: thumbnails::Settings,
     retry_for: Duration,
 }
 
@@ -187,13 +187,13 @@ impl Renders {
     /// Each image with its WebP thumbnail (decoding and encoding run on a
     /// blocking thread). An image that does not decode fails the attempt.
     async fn with_thumbnails(&self, images: Vec<Image>) -> Result<Vec<Variant>, HandlerError> {
-        let size = self.thumbnail_size;
+        let settings = self.thumbnails;
         tokio::task::spawn_blocking(move || {
             images
                 .into_iter()
                 .enumerate()
                 .map(|(idx, image)| {
-                    let thumbnail = thumbnails::make(&image.bytes, image.ext, size)
+                    let thumbnail = thumbnails::make(&image.bytes, image.ext, settings)
                         .map_err(|e| HandlerError::permanent(format!("output image {idx}: {e}")))?;
                     Ok(Variant {
                         image,
