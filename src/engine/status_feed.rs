@@ -244,7 +244,7 @@ impl StatusFeed {
         }
         for (i, ids) in by_source {
             let source = &sources[i];
-            if let Err(e) = self.check_source(&client, source, &ids).await {
+            if let Err(e) = self.check_source(client, source, &ids).await {
                 // Its hints are lost (the next change of those rows brings
                 // them back); the other tables' are not.
                 tracing::warn!(table = %source.table, error = %e, "checking job_status hints failed; the table is looked up again");
