@@ -108,12 +108,14 @@ impl Backlog {
                 t.elapsed().as_secs_f64()
             }
             Backlog::Usage => {
-                // As the service: a finished job (an import) is not rate-ruled,
-                // and with no output there is nothing to render.
+                // As the service: a finished job (an import) is not rate-ruled.
+                // Rendered and not debited: what the usage handler drains (a
+                // job is debited with its render; this is the backlog of jobs
+                // rendered before that).
                 let t = Instant::now();
                 c.execute(
-                    "insert into public.generation_jobs (owner_id, mode, prompt, status, completed_at)
-                     select gen_random_uuid(), 'imagine', 'bench', 'succeeded', now()
+                    "insert into public.generation_jobs (owner_id, mode, prompt, status, completed_at, rendered_at)
+                     select gen_random_uuid(), 'imagine', 'bench', 'succeeded', now(), now()
                      from generate_series(1, $1::bigint)",
                     &[&n],
                 )
