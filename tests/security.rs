@@ -1765,12 +1765,13 @@ async fn a_provider_output_that_redirects_to_a_private_address_is_never_fetched(
         serde_json::json!([format!("{cdn}/out.jpg")]),
         serde_json::json!(null),
     );
-    common::wait_status(&client, id, "succeeded").await;
     let dead = format!(
         "select count(*) from reactor.handler_state where handler = 'renders'
          and row_id = '{id}' and dead_at is not null and last_error like '%not a public address%'"
     );
     common::wait_for_count(&client, "the render refused", &dead, 1).await;
+    // A render that can never be made fails its job, uncharged.
+    common::wait_status(&client, id, "failed").await;
     assert_eq!(
         internal_hits.load(SeqCst),
         0,
