@@ -16,6 +16,34 @@ fn stored(storage: &Path, path: &str) -> PathBuf {
     storage.join("public").join(path)
 }
 
+/// What every test here starts from: a migrated database, a picture server,
+/// a storage folder, a reactor storing there, and a user with a profile.
+struct Rendering {
+    db: common::TestDb,
+    images: common::ImageServer,
+    storage: tempfile::TempDir,
+    reactor: common::InProcess,
+    client: tokio_postgres::Client,
+    user: Uuid,
+}
+
+async fn rendering(flags: &[&str]) -> Rendering {
+    let db = common::migrated_db().await;
+    let images = common::image_server().await;
+    let storage = tempfile::tempdir().unwrap();
+    let reactor = common::start_reactor(&db, storage.path(), flags).await;
+    let client = db.client().await;
+    let user = common::user_with_profile(&client).await;
+    Rendering {
+        db,
+        images,
+        storage,
+        reactor,
+        client,
+        user,
+    }
+}
+
 async fn render_of(client: &tokio_postgres::Client, job: Uuid) -> Uuid {
     eventually("the job's render", WAIT, || async {
         count_with(
@@ -62,12 +90,14 @@ async fn wait_queue_empty(client: &tokio_postgres::Client) {
 
 #[tokio::test]
 async fn render_objects_are_not_at_a_path_derivable_from_the_job_id() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &[]).await;
-    let mut client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db: _db,
+        images,
+        storage,
+        reactor,
+        mut client,
+        user,
+    } = rendering(&[]).await;
     let job = common::succeeded_job(&client, user, &[images.url("/ok/a.jpg")]).await;
     let render = render_of(&client, job).await;
     reactor.stop().await;
@@ -101,12 +131,14 @@ async fn render_objects_are_not_at_a_path_derivable_from_the_job_id() {
 
 #[tokio::test]
 async fn every_variant_gets_a_decodable_webp_thumbnail_of_the_configured_size() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &["--thumbnail-size", "48"]).await;
-    let client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db: _db,
+        images,
+        storage,
+        reactor,
+        client,
+        user,
+    } = rendering(&["--thumbnail-size", "48"]).await;
     let job = common::succeeded_job(
         &client,
         user,
@@ -170,12 +202,14 @@ fn a_thumbnail_quality_out_of_range_is_refused_at_start_naming_the_setting() {
 
 #[tokio::test]
 async fn a_picture_that_does_not_decode_fails_the_attempt_and_stores_nothing() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &[]).await;
-    let client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db: _db,
+        images,
+        storage,
+        reactor,
+        client,
+        user,
+    } = rendering(&[]).await;
     let job = common::succeeded_job(
         &client,
         user,
@@ -215,12 +249,14 @@ async fn a_picture_that_does_not_decode_fails_the_attempt_and_stores_nothing() {
 
 #[tokio::test]
 async fn deleting_a_render_removes_its_pictures_and_leaves_other_renders_alone() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &[]).await;
-    let mut client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db: _db,
+        images,
+        storage,
+        reactor,
+        mut client,
+        user,
+    } = rendering(&[]).await;
     let output = [images.url("/ok/a.jpg"), images.url("/png/b.png")];
     let deleted = render_of(&client, common::succeeded_job(&client, user, &output).await).await;
     let kept = render_of(&client, common::succeeded_job(&client, user, &output).await).await;
@@ -257,12 +293,14 @@ async fn deleting_a_render_removes_its_pictures_and_leaves_other_renders_alone()
 
 #[tokio::test]
 async fn a_reactor_killed_mid_delete_leaves_the_rest_to_the_next_attempt() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &[]).await;
-    let mut client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db,
+        images,
+        storage,
+        reactor,
+        mut client,
+        user,
+    } = rendering(&[]).await;
     let output = [images.url("/ok/a.jpg"), images.url("/ok/b.jpg")];
     let render = render_of(&client, common::succeeded_job(&client, user, &output).await).await;
     let paths = object_paths(&client, render).await;
@@ -312,12 +350,14 @@ async fn a_reactor_killed_mid_delete_leaves_the_rest_to_the_next_attempt() {
 
 #[tokio::test]
 async fn a_render_in_the_community_showcase_keeps_its_pictures_until_the_item_goes() {
-    let db = common::migrated_db().await;
-    let images = common::image_server().await;
-    let storage = tempfile::tempdir().unwrap();
-    let reactor = common::start_reactor(&db, storage.path(), &[]).await;
-    let mut client = db.client().await;
-    let user = common::user_with_profile(&client).await;
+    let Rendering {
+        db: _db,
+        images,
+        storage,
+        reactor,
+        mut client,
+        user,
+    } = rendering(&[]).await;
     let output = [images.url("/ok/a.jpg")];
     let shown = render_of(&client, common::succeeded_job(&client, user, &output).await).await;
     let plain = render_of(&client, common::succeeded_job(&client, user, &output).await).await;

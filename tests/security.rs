@@ -91,6 +91,18 @@ fn assert_denied<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>, w
     }
 }
 
+/// Runs `sql` as user `who` and asserts it was denied (42501).
+async fn denied_as(client: &mut Client, who: Uuid, sql: &str, what: &str) {
+    assert_denied(common::as_user(client, who, sql).await, what);
+}
+
+/// Runs `sql` as user `who`; the number of rows it touched.
+async fn affected_as(client: &mut Client, who: Uuid, sql: &str) -> u64 {
+    common::as_user(client, who, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", reactor::store::db::describe(&e)))
+}
+
 async fn insert_id(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Uuid {
     client
         .query_one(sql, params)
@@ -204,44 +216,47 @@ fn s(id: Uuid) -> String {
 // The matrix: two users x every table x select / insert / update / delete.
 // ---------------------------------------------------------------------------
 
+/// Asserts that users A and B each see exactly their own row through `sql`
+/// (whose first column is the id, as text).
+async fn each_sees_only_its_own(w: &mut World, sql: &str, own: impl Fn(&Owned) -> Uuid) {
+    let users = [(w.a.user, own(&w.a)), (w.b.user, own(&w.b))];
+    for (user, row) in users {
+        assert_eq!(
+            texts_as(&mut w.su, Who::User(user), sql).await,
+            vec![s(row)],
+            "{sql} as {user}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn profiles_each_user_reads_and_edits_only_its_own_profile_and_none_can_delete() {
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
     // select
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(a), "select id::text from profiles").await,
-        vec![s(a)]
-    );
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(b), "select id::text from profiles").await,
-        vec![s(b)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from profiles", |o| o.user).await;
 
     // insert: only one's own profile
     let c = common::auth_user(&w.su).await;
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!("insert into profiles (id) values ('{c}')"),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!("insert into profiles (id) values ('{c}')"),
         "B creates a profile for another user",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(&w.su, "select count(*) from profiles where id = $1", &[&c]).await,
         0
     );
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             c,
             &format!("insert into profiles (id) values ('{c}')")
         )
-        .await
-        .unwrap(),
+        .await,
         1,
         "a user creates its own profile"
     );
@@ -253,13 +268,12 @@ async fn profiles_each_user_reads_and_edits_only_its_own_profile_and_none_can_de
             .unwrap()
             .get(0);
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!("update profiles set updated_at = now() where id = '{a}'")
         )
-        .await
-        .unwrap(),
+        .await,
         0
     );
     let after: chrono::DateTime<chrono::Utc> =
@@ -269,41 +283,33 @@ async fn profiles_each_user_reads_and_edits_only_its_own_profile_and_none_can_de
             .get(0);
     assert_eq!(before, after, "B's update must not touch A's profile");
     assert_eq!(
-        common::as_user(&mut w.su, a, "update profiles set updated_at = now()")
-            .await
-            .unwrap(),
+        affected_as(&mut w.su, a, "update profiles set updated_at = now()").await,
         1
     );
     // a user cannot move its profile onto another user's id
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!("update profiles set id = '{c}' where id = '{a}'"),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        a,
+        &format!("update profiles set id = '{c}' where id = '{a}'"),
         "A renames its profile to another user's id",
-    );
+    )
+    .await;
 
     // delete: not granted to clients (the profile goes with the auth user)
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!("delete from profiles where id = '{a}'"),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        a,
+        &format!("delete from profiles where id = '{a}'"),
         "A deletes its own profile",
-    );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!("delete from profiles where id = '{a}'"),
-        )
-        .await,
+    )
+    .await;
+    denied_as(
+        &mut w.su,
+        b,
+        &format!("delete from profiles where id = '{a}'"),
         "B deletes A's profile",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(
             &w.su,
@@ -321,34 +327,17 @@ async fn generation_jobs_each_user_reads_only_its_own_and_cannot_write_anothers_
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(a),
-            "select id::text from generation_jobs"
-        )
-        .await,
-        vec![s(w.a.job)]
-    );
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(b),
-            "select id::text from generation_jobs"
-        )
-        .await,
-        vec![s(w.b.job)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from generation_jobs", |o| o.job).await;
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!("insert into generation_jobs (owner_id, mode, prompt) values ('{a}', 'imagine', 'x')"),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "insert into generation_jobs (owner_id, mode, prompt) values ('{a}', 'imagine', 'x')"
+        ),
         "B submits a job as A",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(
             &w.su,
@@ -360,24 +349,20 @@ async fn generation_jobs_each_user_reads_only_its_own_and_cannot_write_anothers_
     );
 
     for (who, job) in [(a, w.a.job), (b, w.a.job), (b, w.b.job)] {
-        assert_denied(
-            common::as_user(
-                &mut w.su,
-                who,
-                &format!("update generation_jobs set style = 'boho' where id = '{job}'"),
-            )
-            .await,
+        denied_as(
+            &mut w.su,
+            who,
+            &format!("update generation_jobs set style = 'boho' where id = '{job}'"),
             "a client updates a job",
-        );
-        assert_denied(
-            common::as_user(
-                &mut w.su,
-                who,
-                &format!("delete from generation_jobs where id = '{job}'"),
-            )
-            .await,
+        )
+        .await;
+        denied_as(
+            &mut w.su,
+            who,
+            &format!("delete from generation_jobs where id = '{job}'"),
             "a client deletes a job",
-        );
+        )
+        .await;
     }
     assert_eq!(
         count_with(
@@ -395,60 +380,46 @@ async fn renders_each_user_reads_and_deletes_only_its_own_and_cannot_insert_or_u
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(a), "select id::text from renders").await,
-        vec![s(w.a.render)]
-    );
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(b), "select id::text from renders").await,
-        vec![s(w.b.render)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from renders", |o| o.render).await;
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
-                "insert into renders (job_id, owner_id, mode) values ('{}', '{a}', 'imagine')",
-                w.b.job
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "insert into renders (job_id, owner_id, mode) values ('{}', '{a}', 'imagine')",
+            w.b.job
+        ),
         "B inserts a render for A",
-    );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
-                "update renders set style = 'boho' where id = '{}'",
-                w.a.render
-            ),
-        )
-        .await,
+    )
+    .await;
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "update renders set style = 'boho' where id = '{}'",
+            w.a.render
+        ),
         "B updates A's render",
-    );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!(
-                "update renders set style = 'boho' where id = '{}'",
-                w.a.render
-            ),
-        )
-        .await,
+    )
+    .await;
+    denied_as(
+        &mut w.su,
+        a,
+        &format!(
+            "update renders set style = 'boho' where id = '{}'",
+            w.a.render
+        ),
         "A updates its own render",
-    );
+    )
+    .await;
 
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!("delete from renders where id = '{}'", w.a.render)
         )
-        .await
-        .unwrap(),
+        .await,
         0,
         "B's delete of A's render matches nothing"
     );
@@ -462,13 +433,12 @@ async fn renders_each_user_reads_and_deletes_only_its_own_and_cannot_insert_or_u
         1
     );
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!("delete from renders where id = '{}'", w.a.render)
         )
-        .await
-        .unwrap(),
+        .await,
         1,
         "A deletes its own render"
     );
@@ -498,70 +468,43 @@ async fn render_variants_each_user_reads_and_deletes_only_its_own_and_cannot_ins
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(a),
-            "select id::text from render_variants"
-        )
-        .await,
-        vec![s(w.a.variant)]
-    );
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(b),
-            "select id::text from render_variants"
-        )
-        .await,
-        vec![s(w.b.variant)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from render_variants", |o| {
+        o.variant
+    })
+    .await;
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
+    denied_as(&mut w.su, b, &format!(
                 "insert into render_variants (render_id, owner_id, idx, image_path) values ('{}', '{a}', 1, 'x.jpg')",
                 w.a.render
-            ),
-        )
-        .await,
-        "B inserts a variant for A",
-    );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!(
-                "update render_variants set image_path = 'evil.jpg' where id = '{}'",
-                w.a.variant
-            ),
-        )
-        .await,
+            ), "B inserts a variant for A").await;
+    denied_as(
+        &mut w.su,
+        a,
+        &format!(
+            "update render_variants set image_path = 'evil.jpg' where id = '{}'",
+            w.a.variant
+        ),
         "A updates its own variant",
-    );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
-                "update render_variants set image_path = 'evil.jpg' where id = '{}'",
-                w.a.variant
-            ),
-        )
-        .await,
+    )
+    .await;
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "update render_variants set image_path = 'evil.jpg' where id = '{}'",
+            w.a.variant
+        ),
         "B updates A's variant",
-    );
+    )
+    .await;
 
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!("delete from render_variants where id = '{}'", w.a.variant)
         )
-        .await
-        .unwrap(),
+        .await,
         0
     );
     assert_eq!(
@@ -574,13 +517,12 @@ async fn render_variants_each_user_reads_and_deletes_only_its_own_and_cannot_ins
         1
     );
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!("delete from render_variants where id = '{}'", w.a.variant)
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
     assert_eq!(
@@ -595,37 +537,27 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(a), "select id::text from collections").await,
-        vec![s(w.a.collection)]
-    );
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(b), "select id::text from collections").await,
-        vec![s(w.b.collection)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from collections", |o| o.collection).await;
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!("insert into collections (owner_id, name) values ('{a}', 'spam')"),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!("insert into collections (owner_id, name) values ('{a}', 'spam')"),
         "B creates a collection owned by A",
-    );
+    )
+    .await;
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!("insert into collections (owner_id, name) values ('{a}', 'Baths')")
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
 
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!(
@@ -633,24 +565,21 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
                 w.a.collection
             )
         )
-        .await
-        .unwrap(),
+        .await,
         0
     );
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!(
-                "update collections set owner_id = '{b}' where id = '{}'",
-                w.a.collection
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        a,
+        &format!(
+            "update collections set owner_id = '{b}' where id = '{}'",
+            w.a.collection
+        ),
         "A gives its collection to B",
-    );
+    )
+    .await;
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!(
@@ -658,19 +587,17 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
                 w.a.collection
             )
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
 
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!("delete from collections where id = '{}'", w.a.collection)
         )
-        .await
-        .unwrap(),
+        .await,
         0
     );
     let names = common::texts(
@@ -681,9 +608,7 @@ async fn collections_each_user_reads_creates_edits_and_deletes_only_its_own() {
     .await;
     assert_eq!(names, vec!["Baths".to_string(), "Kitchens 2".to_string()]);
     assert_eq!(
-        common::as_user(&mut w.su, a, "delete from collections where name = 'Baths'")
-            .await
-            .unwrap(),
+        affected_as(&mut w.su, a, "delete from collections where name = 'Baths'").await,
         1
     );
     assert_eq!(
@@ -702,37 +627,23 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(a),
-            "select render_id::text from collection_items"
-        )
-        .await,
-        vec![s(w.a.render)]
-    );
-    assert_eq!(
-        texts_as(
-            &mut w.su,
-            Who::User(b),
-            "select render_id::text from collection_items"
-        )
-        .await,
-        vec![s(w.b.render)]
-    );
+    each_sees_only_its_own(
+        &mut w,
+        "select render_id::text from collection_items",
+        |o| o.render,
+    )
+    .await;
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
-                "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
-                w.a.collection, w.b.render
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
+            w.a.collection, w.b.render
+        ),
         "B adds to A's collection",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(
             &w.su,
@@ -743,21 +654,19 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
         1
     );
 
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!(
-                "update collection_items set added_at = now() where collection_id = '{}'",
-                w.a.collection
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        a,
+        &format!(
+            "update collection_items set added_at = now() where collection_id = '{}'",
+            w.a.collection
+        ),
         "A updates an item (items are added and removed, never edited)",
-    );
+    )
+    .await;
 
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             b,
             &format!(
@@ -765,8 +674,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
                 w.a.collection
             )
         )
-        .await
-        .unwrap(),
+        .await,
         0
     );
     assert_eq!(
@@ -779,7 +687,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
         1
     );
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!(
@@ -787,13 +695,12 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
                 w.a.collection
             )
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
     // and A can add its own render back
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!(
@@ -801,8 +708,7 @@ async fn collection_items_each_user_reads_adds_and_removes_only_in_its_own_colle
                 w.a.collection, w.a.render
             )
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
     assert_eq!(
@@ -816,44 +722,25 @@ async fn usage_ledger_each_user_reads_only_its_own_entries_and_cannot_write_any(
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
 
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(a), "select id::text from usage_ledger").await,
-        vec![s(w.a.debit)]
-    );
-    assert_eq!(
-        texts_as(&mut w.su, Who::User(b), "select id::text from usage_ledger").await,
-        vec![s(w.b.debit)]
-    );
+    each_sees_only_its_own(&mut w, "select id::text from usage_ledger", |o| o.debit).await;
 
     for (who, row) in [(a, w.a.debit), (b, w.a.debit)] {
-        assert_denied(
-            common::as_user(
-                &mut w.su,
-                who,
-                &format!("update usage_ledger set amount = 0 where id = '{row}'"),
-            )
-            .await,
-            "a client edits a ledger entry",
-        );
-        assert_denied(
-            common::as_user(
-                &mut w.su,
-                who,
-                &format!("delete from usage_ledger where id = '{row}'"),
-            )
-            .await,
-            "a client deletes a ledger entry",
-        );
-    }
-    assert_denied(
-        common::as_user(
+        denied_as(
             &mut w.su,
-            b,
-            &format!("insert into usage_ledger (owner_id, kind, amount) values ('{a}', 'generation_debit', 100)"),
+            who,
+            &format!("update usage_ledger set amount = 0 where id = '{row}'"),
+            "a client edits a ledger entry",
         )
-        .await,
-        "B debits A",
-    );
+        .await;
+        denied_as(
+            &mut w.su,
+            who,
+            &format!("delete from usage_ledger where id = '{row}'"),
+            "a client deletes a ledger entry",
+        )
+        .await;
+    }
+    denied_as(&mut w.su, b, &format!("insert into usage_ledger (owner_id, kind, amount) values ('{a}', 'generation_debit', 100)"), "B debits A").await;
     assert_eq!(
         count_with(
             &w.su,
@@ -896,14 +783,8 @@ async fn community_tables_are_readable_by_everyone_and_writable_by_no_client() {
         format!("delete from community_items where id = '{ci}'"),
     ];
     for sql in &writes {
-        assert_denied(
-            common::as_user(&mut w.su, a, sql).await,
-            &format!("A: {sql}"),
-        );
-        assert_denied(
-            common::as_user(&mut w.su, b, sql).await,
-            &format!("B: {sql}"),
-        );
+        denied_as(&mut w.su, a, sql, &format!("A: {sql}")).await;
+        denied_as(&mut w.su, b, sql, &format!("B: {sql}")).await;
         assert_denied(as_anon(&mut w.su, sql).await, &format!("anon: {sql}"));
     }
     assert_eq!(
@@ -955,10 +836,7 @@ async fn plans_are_readable_by_anon_and_authenticated_and_writable_by_neither() 
         "delete from plans where price_id = 'free'",
     ];
     for sql in writes {
-        assert_denied(
-            common::as_user(&mut w.su, a, sql).await,
-            &format!("authenticated: {sql}"),
-        );
+        denied_as(&mut w.su, a, sql, &format!("authenticated: {sql}")).await;
         assert_denied(as_anon(&mut w.su, sql).await, &format!("anon: {sql}"));
     }
     assert_eq!(
@@ -1333,15 +1211,9 @@ async fn a_client_cannot_back_date_its_job() {
     let db = common::migrated_db().await;
     let mut su = db.client().await;
     let a = common::user_with_profile(&su).await;
-    common::as_user(
-        &mut su,
-        a,
-        &format!(
+    affected_as(&mut su, a, &format!(
             "insert into generation_jobs (owner_id, mode, prompt, created_at) values ('{a}', 'imagine', 'x', now() - interval '1 day')"
-        ),
-    )
-    .await
-    .unwrap();
+        )).await;
     assert_eq!(
         count_with(
             &su,
@@ -1358,15 +1230,14 @@ async fn a_client_can_neither_update_nor_delete_its_own_job() {
     let db = common::migrated_db().await;
     let mut su = db.client().await;
     let a = common::user_with_profile(&su).await;
-    common::as_user(
+    affected_as(
         &mut su,
         a,
         &format!(
             "insert into generation_jobs (owner_id, mode, prompt) values ('{a}', 'imagine', 'x')"
         ),
     )
-    .await
-    .unwrap();
+    .await;
     for sql in [
         "update generation_jobs set status = 'succeeded'",
         "update generation_jobs set prediction_id = 'pred-1'",
@@ -1374,7 +1245,7 @@ async fn a_client_can_neither_update_nor_delete_its_own_job() {
         "update generation_jobs set status = 'canceled'",
         "delete from generation_jobs",
     ] {
-        assert_denied(common::as_user(&mut su, a, sql).await, sql);
+        denied_as(&mut su, a, sql, sql).await;
     }
     let row = su
         .query_one(
@@ -1397,7 +1268,7 @@ async fn a_client_cannot_write_to_the_usage_ledger_even_for_itself() {
         format!("insert into usage_ledger (owner_id, kind, amount) values ('{a}', 'generation_debit', -100)"),
         format!("insert into usage_ledger (owner_id, kind, amount) values ('{a}', 'credit_adjustment', 100)"),
     ] {
-        assert_denied(common::as_user(&mut su, a, &sql).await, &sql);
+        denied_as(&mut su, a, &sql, &sql).await;
     }
     assert_eq!(
         count_with(&su, "select count(*) from usage_ledger", &[]).await,
@@ -1416,17 +1287,13 @@ async fn a_client_cannot_insert_renders_or_render_variants_even_for_itself() {
         &[&a],
     )
     .await;
-    assert_denied(
-        common::as_user(
-            &mut su,
-            a,
-            &format!(
-                "insert into renders (job_id, owner_id, mode) values ('{job}', '{a}', 'imagine')"
-            ),
-        )
-        .await,
+    denied_as(
+        &mut su,
+        a,
+        &format!("insert into renders (job_id, owner_id, mode) values ('{job}', '{a}', 'imagine')"),
         "A inserts its own render",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(&su, "select count(*) from renders", &[]).await,
         0
@@ -1438,17 +1305,9 @@ async fn a_client_cannot_insert_renders_or_render_variants_even_for_itself() {
         &[&job, &a],
     )
     .await;
-    assert_denied(
-        common::as_user(
-            &mut su,
-            a,
-            &format!(
+    denied_as(&mut su, a, &format!(
                 "insert into render_variants (render_id, owner_id, idx, image_path) values ('{render}', '{a}', 0, 'x.jpg')"
-            ),
-        )
-        .await,
-        "A inserts its own variant",
-    );
+            ), "A inserts its own variant").await;
     assert_eq!(
         count_with(&su, "select count(*) from render_variants", &[]).await,
         0
@@ -1460,18 +1319,16 @@ async fn a_collection_item_may_only_point_at_a_render_of_the_same_owner() {
     let mut w = world().await;
     let (a, b) = (w.a.user, w.b.user);
     // A's own collection, B's render: refused.
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            a,
-            &format!(
-                "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
-                w.a.collection, w.b.render
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        a,
+        &format!(
+            "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
+            w.a.collection, w.b.render
+        ),
         "A files B's render",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(
             &w.su,
@@ -1490,7 +1347,7 @@ async fn a_collection_item_may_only_point_at_a_render_of_the_same_owner() {
     )
     .await;
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut w.su,
             a,
             &format!(
@@ -1498,23 +1355,20 @@ async fn a_collection_item_may_only_point_at_a_render_of_the_same_owner() {
                 w.a.render
             )
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
     // B: A's render into B's collection, refused too.
-    assert_denied(
-        common::as_user(
-            &mut w.su,
-            b,
-            &format!(
-                "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
-                w.b.collection, w.a.render
-            ),
-        )
-        .await,
+    denied_as(
+        &mut w.su,
+        b,
+        &format!(
+            "insert into collection_items (collection_id, render_id) values ('{}', '{}')",
+            w.b.collection, w.a.render
+        ),
         "B files A's render",
-    );
+    )
+    .await;
     assert_eq!(
         count_with(&w.su, "select count(*) from collection_items", &[]).await,
         3
@@ -1570,10 +1424,13 @@ async fn a_client_cannot_change_or_clear_its_profiles_price_id() {
     .unwrap();
     let a = common::user_with_profile(&su).await;
     // Unset -> set: refused.
-    assert_denied(
-        common::as_user(&mut su, a, "update profiles set price_id = 'price_pro'").await,
+    denied_as(
+        &mut su,
+        a,
+        "update profiles set price_id = 'price_pro'",
         "client sets price_id",
-    );
+    )
+    .await;
     assert_eq!(price_id(&su, a).await, None);
 
     // Billing sets it; the client can neither change nor clear it.
@@ -1587,14 +1444,12 @@ async fn a_client_cannot_change_or_clear_its_profiles_price_id() {
         "update profiles set price_id = 'price_pro'",
         "update profiles set price_id = null",
     ] {
-        assert_denied(common::as_user(&mut su, a, sql).await, sql);
+        denied_as(&mut su, a, sql, sql).await;
     }
     assert_eq!(price_id(&su, a).await, Some("price_basic".to_string()));
     // An edit that leaves price_id alone is still fine.
     assert_eq!(
-        common::as_user(&mut su, a, "update profiles set updated_at = now()")
-            .await
-            .unwrap(),
+        affected_as(&mut su, a, "update profiles set updated_at = now()").await,
         1
     );
     assert_eq!(price_id(&su, a).await, Some("price_basic".to_string()));
@@ -1642,44 +1497,38 @@ async fn a_client_cannot_unflag_delete_or_forge_a_default_favorites_collection()
     )
     .await;
 
-    assert_denied(
-        common::as_user(
-            &mut su,
-            a,
-            &format!("update collections set is_default_favorites = false where id = '{fav}'"),
-        )
-        .await,
+    denied_as(
+        &mut su,
+        a,
+        &format!("update collections set is_default_favorites = false where id = '{fav}'"),
         "client unflags its favorites",
-    );
-    assert_denied(
-        common::as_user(
-            &mut su,
-            a,
-            &format!("update collections set is_default_favorites = true where id = '{other}'"),
-        )
-        .await,
+    )
+    .await;
+    denied_as(
+        &mut su,
+        a,
+        &format!("update collections set is_default_favorites = true where id = '{other}'"),
         "client flags another collection as favorites",
-    );
+    )
+    .await;
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut su,
             a,
             &format!("delete from collections where id = '{fav}'")
         )
-        .await
-        .unwrap(),
+        .await,
         0,
         "the favorites collection cannot be deleted by its owner"
     );
     // Renaming it is a normal edit.
     assert_eq!(
-        common::as_user(
+        affected_as(
             &mut su,
             a,
             &format!("update collections set name = 'Loved' where id = '{fav}'")
         )
-        .await
-        .unwrap(),
+        .await,
         1
     );
     let rows: Vec<(Uuid, bool)> = su
