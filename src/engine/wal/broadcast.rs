@@ -26,6 +26,8 @@ use uuid::Uuid;
 
 /// How long payloads wait to be sent together.
 pub(super) const WINDOW: Duration = Duration::from_millis(10);
+/// Payloads kept for another try while sending fails (per kind).
+const MAX_QUEUED: usize = 10_000;
 /// How long the lease lasts unless renewed: a sender that dies without
 /// releasing it (kill -9, a lost network) is replaced after this.
 const LEASE: Duration = Duration::from_secs(6);
@@ -119,11 +121,30 @@ impl Broadcaster {
                     self.renewed = None;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed")
+                    tracing::warn!(error = %e, "wal hints: sending job_status/Realtime failed; trying again");
+                    self.requeue(status, to_realtime);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Puts payloads that could not be sent back in front of what came
+    /// since, to be sent at the next flush; past [`MAX_QUEUED`] the oldest
+    /// are dropped (and counted): an outage must not grow memory for ever.
+    fn requeue(&mut self, mut status: Vec<String>, mut to_realtime: Vec<String>) {
+        status.append(&mut self.status);
+        to_realtime.append(&mut self.to_realtime);
+        for queue in [&mut status, &mut to_realtime] {
+            let excess = queue.len().saturating_sub(MAX_QUEUED);
+            if excess > 0 {
+                queue.drain(..excess);
+                metrics::counter!("reactor_wal_status_dropped_total").increment(excess as u64);
+            }
+        }
+        self.status = status;
+        self.to_realtime = to_realtime;
+        self.since.get_or_insert_with(Instant::now);
     }
 
     /// Takes or renews the lease; whether this reactor holds it now.
