@@ -1,7 +1,7 @@
 //! reactor: turns a Supabase/Postgres database into an event-driven system.
 //!
 //! Notifications are hints; correctness comes from idempotent handlers plus
-//! pending-state scans (see README.md, "Guarantees").
+//! pending-state scans (see docs/src/guarantees.md).
 //!
 //! The layers, from the inside out:
 //! - [`job`]: what a handler is (a pending query plus an action), leases and retries;

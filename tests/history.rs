@@ -652,14 +652,14 @@ async fn the_in_flight_rule_reads_only_the_owners_jobs_in_flight() {
     );
 }
 
-/// The README's advice for big tables: add the columns and build the partial
+/// The manual's advice for big tables (docs/src/schema.md): add the columns and build the partial
 /// indexes concurrently before `reactor migrate`, which then skips them.
 #[tokio::test]
-async fn the_readmes_concurrent_index_statements_run_before_the_migration_and_it_skips_them() {
-    let readme = include_str!("../README.md");
+async fn the_manuals_concurrent_index_statements_run_before_the_migration_and_it_skips_them() {
+    let readme = include_str!("../docs/src/schema.md");
     let start = readme
         .find("-- Instant: a nullable column without a default rewrites nothing.")
-        .expect("the README's statements");
+        .expect("the manual's statements (docs/src/schema.md)");
     let block = &readme[start..start + readme[start..].find("```").expect("end of block")];
     let statements: Vec<String> = block
         .split(';')
@@ -700,6 +700,6 @@ async fn the_readmes_concurrent_index_statements_run_before_the_migration_and_it
             .any(|n| n == "sql/180_pending_markers.sql"),
         "{report:?}"
     );
-    // The migration made no second copy: the README names its indexes.
+    // The migration made no second copy: the manual names its indexes.
     assert_eq!(count(&client, partial_indexes).await, partial_before + 6);
 }

@@ -467,7 +467,7 @@ async fn a_row_failing_forever_ends_dead_with_its_error_and_is_not_retried() {
         0
     );
 
-    // Retrying a dead row (the README's recipe) brings it back.
+    // Retrying a dead row (the manual's recipe, docs/src/operations.md) brings it back.
     client
         .batch_execute("drop trigger inject_failure on collections")
         .await

@@ -13,7 +13,7 @@
 //! url = "https://worker.example.com/shadow"
 //! ```
 //!
-//! Every key is listed in README.md, "Config reference (`REACTOR_CONFIG`)".
+//! Every key is listed in docs/src/own-tables.md, "Config reference (`REACTOR_CONFIG`)".
 //! Unknown keys are refused by name (a typo must not silently turn a column
 //! off), and every value is checked with a message naming the table and the key.
 use crate::config::RunConfig;

@@ -392,7 +392,7 @@ impl Replication {
                         asked = true;
                         login.allow(AuthMethod::Password)?;
                         if !login.encrypted {
-                            // libpq sends it too; the README says how to refuse.
+                            // libpq sends it too; the manual says how to refuse.
                             tracing::warn!(
                                 "the server asks for a cleartext password on a connection without TLS; \
                                  sslmode=verify-full or require_auth=scram-sha-256 refuses that"
