@@ -84,6 +84,19 @@ struct RawTable {
     max_attempts: Option<i64>,
     job_type_column: Option<String>,
     http: RawHttp,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[table.limits]`: shared by every reactor (README, "Limits and fairness").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_in_flight: Option<i64>,
+    rate: Option<String>,
+    burst: Option<i64>,
+    per_key: Option<String>,
+    max_in_flight_per_key: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +148,7 @@ pub struct TableConfig {
     pub max_attempts: i32,
     pub job_type_column: Option<String>,
     pub http: HttpConfig,
+    pub limits: crate::job::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +324,51 @@ impl Checker<'_> {
         }
     }
 
+    /// `[table.limits]`, each value checked with a message naming its key.
+    fn limits(&self, raw: RawLimits) -> Result<crate::job::limits::Limits, ConfigError> {
+        use crate::job::limits::{check_burst, check_cap, parse_rate, Limits, Rate};
+        let cap = |key: &str, n: Option<i64>| {
+            n.map(|n| check_cap(n).map_err(|e| self.invalid(key, e)))
+                .transpose()
+        };
+        let per_second = raw
+            .rate
+            .as_deref()
+            .map(|r| parse_rate(r).map_err(|e| self.invalid("limits.rate", e)))
+            .transpose()?;
+        let burst = raw
+            .burst
+            .map(|b| check_burst(b).map_err(|e| self.invalid("limits.burst", e)))
+            .transpose()?;
+        if burst.is_some() && per_second.is_none() {
+            return Err(self.invalid(
+                "limits.burst",
+                "needs limits.rate, the rate it bursts above",
+            ));
+        }
+        let per_key = raw
+            .per_key
+            .as_deref()
+            .map(|c| self.identifier("limits.per_key", c))
+            .transpose()?;
+        let max_in_flight_per_key = cap("limits.max_in_flight_per_key", raw.max_in_flight_per_key)?;
+        if max_in_flight_per_key.is_some() && per_key.is_none() {
+            return Err(self.invalid(
+                "limits.max_in_flight_per_key",
+                "needs limits.per_key, the column whose value is the key",
+            ));
+        }
+        Ok(Limits {
+            max_in_flight: cap("limits.max_in_flight", raw.max_in_flight)?,
+            rate: per_second.map(|per_second| Rate {
+                per_second,
+                burst: burst.unwrap_or(1.0),
+            }),
+            per_key,
+            max_in_flight_per_key,
+        })
+    }
+
     fn table(
         &self,
         raw: RawTable,
@@ -459,7 +518,10 @@ impl Checker<'_> {
             }
         };
 
+        let limits = self.limits(raw.limits)?;
+
         Ok(TableConfig {
+            limits,
             name: raw.name.clone(),
             schema,
             table,
