@@ -90,6 +90,9 @@ impl Shared {
                         .await?)
                 })
                 .await?;
+            // Waiting for a limit is not a stall: the database answers and the
+            // rows move at the pace the limits allow.
+            slot.progress.advanced();
             if batch.granted > batch.claims.len() {
                 // Another reactor claimed some granted rows first: their tokens go back.
                 let unused = (batch.granted - batch.claims.len()) as i32;

@@ -132,6 +132,28 @@ pub async fn snapshot(db: &impl GenericClient) -> Result<Vec<LimitState>, tokio_
         .collect())
 }
 
+/// One line for `reactor status`: in flight, rate, tokens, per-key cap, pause.
+pub fn describe(l: &LimitState) -> String {
+    let mut line = format!("{:<24} {} in flight", l.handler, l.in_flight);
+    if let Some(max) = l.max_in_flight {
+        line.push_str(&format!(" (max {max})"));
+    }
+    if let (Some(rate), Some(tokens)) = (l.rate_per_s, l.tokens) {
+        line.push_str(&format!(
+            "  rate {:.2}/min, burst {}, {tokens:.1} token(s) now",
+            rate * 60.0,
+            l.burst
+        ));
+    }
+    if let Some(per_key) = l.max_in_flight_per_key {
+        line.push_str(&format!("  max {per_key} per key"));
+    }
+    if let Some(paused) = l.paused_for_s {
+        line.push_str(&format!("  paused by the provider for {paused:.1} s more"));
+    }
+    line
+}
+
 /// Sets the `reactor_limit_*` gauges from a snapshot.
 pub fn record_gauges(states: &[LimitState]) {
     for s in states {
