@@ -571,6 +571,38 @@ mod tests {
     "#;
 
     #[test]
+    fn limits_are_read_and_every_bad_value_is_named() {
+        use crate::job::limits::{Limits, Rate};
+        assert_eq!(parse_ok(MINIMAL)[0].limits, Limits::default());
+        let with = |limits: &str| format!("{MINIMAL}\n        [table.limits]\n{limits}");
+        let t = &parse_ok(&with(
+            "max_in_flight = 4\nrate = \"600/min\"\nburst = 10\nper_key = \"user_id\"\nmax_in_flight_per_key = 2",
+        ))[0];
+        assert_eq!(
+            t.limits,
+            Limits {
+                max_in_flight: Some(4),
+                rate: Some(Rate {
+                    per_second: 10.0,
+                    burst: 10.0
+                }),
+                per_key: Some("user_id".into()),
+                max_in_flight_per_key: Some(2),
+            }
+        );
+        let e = parse_err(&with("rate = \"fast\""));
+        assert!(e.contains("`limits.rate` \"fast\" is not a rate"), "{e}");
+        let e = parse_err(&with("max_in_flight = 0"));
+        assert!(e.contains("`limits.max_in_flight` is 0"), "{e}");
+        let e = parse_err(&with("burst = 5"));
+        assert!(e.contains("`limits.burst` needs limits.rate"), "{e}");
+        let e = parse_err(&with("max_in_flight_per_key = 2"));
+        assert!(e.contains("needs limits.per_key"), "{e}");
+        let e = parse_err(&with("rate_limit = \"1/s\""));
+        assert!(e.contains("rate_limit"), "{e}");
+    }
+
+    #[test]
     fn a_minimal_table_gets_the_documented_defaults() {
         let t = &parse_ok(MINIMAL)[0];
         assert_eq!(
