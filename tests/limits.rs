@@ -45,6 +45,8 @@ struct Behaviour {
     delay: Duration,
     /// Answer the first call with 429 and this Retry-After (seconds).
     first_429: Option<u64>,
+    /// Answer every call with 503 and this Retry-After (seconds).
+    always_503: Option<u64>,
     /// Hold the first call of rows whose payload says `hang` for a minute
     /// (until the reactor that sent it is killed).
     hang_first: bool,
@@ -149,6 +151,14 @@ async fn worker(behaviour: Behaviour) -> Worker {
                 )
                     .into_response();
             }
+        }
+        if let Some(after) = b.always_503 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", after.to_string())],
+                "down",
+            )
+                .into_response();
         }
         if b.hang_first && earlier == 0 && String::from_utf8_lossy(&body).contains("hang") {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -485,6 +495,39 @@ async fn one_row_of_b_is_handled_within_two_batches_behind_thousands_of_a() {
         a_left > 1000,
         "B did not wait for A's backlog: {a_left} left"
     );
+}
+
+/// Push-back counts no attempt, but the outage budget still ends: a worker
+/// answering 503 `Retry-After: 1` forever fails the row once the table's
+/// `http.retry_for` (2 s) has passed since its first refusal.
+#[tokio::test]
+async fn push_back_without_end_still_fails_the_row_after_its_retry_for() {
+    let w = worker(Behaviour {
+        always_503: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let s = setup(&w.url, "").await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("[table.limits]", "retry_for = \"2s\"\n\n[table.limits]"),
+    )
+    .unwrap();
+    let _reactor = s.spawn(&[]);
+    s.insert(1, Uuid::new_v4(), "").await;
+    eventually("the row failed", LONG, || async {
+        common::count(
+            &s.client,
+            "select count(*) from public.lim_jobs where status = 'failed' and error like '%503%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let calls = w.calls();
+    assert!(calls.len() >= 2, "retried through the pauses: {calls:?}");
+    assert_eq!(calls[1].attempt, "1", "a pause counts no attempt");
 }
 
 /// A bad limit is refused at start with a message naming the setting.

@@ -235,35 +235,29 @@ impl Shared {
             }
             Err(e) => e,
         };
-        if let HandlerError::Transient {
-            not_before: Some(delay),
-            ..
-        } = &e
-        {
-            // The provider pushed back with a Retry-After: every reactor
-            // pauses this handler until then, and the row waits without an
-            // attempt counted.
-            let (handler, delay) = (&lease.handler, *delay);
-            let postponed = self
-                .within(async |client| {
-                    limits::pause(&***client, handler, delay).await?;
-                    Ok(handler_state::postpone(&***client, lease, delay).await?)
-                })
-                .await?;
-            metrics::counter!("reactor_limit_pushbacks_total", "handler" => handler.clone())
-                .increment(1);
-            tracing::warn!(handler = %handler, pause = ?delay, error = %e, "pushed back by the provider: paused on every reactor");
-            if postponed {
-                self.wake_later(slot, &lease.row_id, delay);
-            }
-            return Ok(());
-        }
         let policy = self.cfg.retry_policy();
         let Some(kind) = FailureKind::of(&e, policy.transient_for) else {
             tracing::warn!("lease lost: another reactor took this row over; result discarded");
             return Ok(());
         };
         let error = e.to_string();
+        if let (FailureKind::Transient(_), Some(delay)) = (kind, e.not_before()) {
+            // The provider pushed back with a Retry-After: every reactor
+            // pauses this handler until then, and the row waits without an
+            // attempt counted (while its outage budget lasts).
+            let pushed_back = self
+                .within(async |client| {
+                    Ok(handler_state::push_back(&***client, lease, &error, delay, kind).await?)
+                })
+                .await?;
+            metrics::counter!("reactor_limit_pushbacks_total", "handler" => lease.handler.clone())
+                .increment(1);
+            tracing::warn!(pause = ?delay, %error, "pushed back by the provider: the handler is paused on every reactor");
+            if pushed_back {
+                self.wake_later(slot, &lease.row_id, delay);
+                return Ok(());
+            }
+        }
         let not_before = e.not_before().unwrap_or_default();
         let failure = self
             .within(async |client| {

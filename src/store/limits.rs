@@ -1,10 +1,9 @@
 //! Statements on `reactor.limits` (sql/300_limits.sql): a handler's limits
-//! written at start, provider push-back, token refunds, and what `/metrics`,
+//! written at start, token refunds, and what `/metrics`,
 //! the dashboard and `reactor status` show. The grant itself runs inside the
 //! claim statement ([`crate::store::pending::Statements::claim`]).
 use crate::job::limits::Limits;
 use crate::store::db::param;
-use std::time::Duration;
 use tokio_postgres::GenericClient;
 
 /// Writes `handler`'s limits (every reactor does at start; the last one
@@ -46,24 +45,6 @@ pub async fn register(
             param(&burst),
             param(&limits.max_in_flight_per_key),
         ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Pauses `handler`'s claims on every reactor for `delay` (a provider's
-/// Retry-After); a later pause already set is kept.
-pub async fn pause(
-    db: &impl GenericClient,
-    handler: &str,
-    delay: Duration,
-) -> Result<(), tokio_postgres::Error> {
-    db.execute_typed(
-        "insert into reactor.limits as l (handler, paused_until)
-         values ($1, now() + make_interval(secs => $2))
-         on conflict (handler) do update set
-           paused_until = greatest(l.paused_until, excluded.paused_until), updated_at = now()",
-        &[param(&handler), param(&delay.as_secs_f64())],
     )
     .await?;
     Ok(())
