@@ -26,6 +26,10 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn generation_rate(s: &str) -> Result<f64, String> {
+    crate::job::limits::parse_rate(s).map_err(|e| format!("REACTOR_GENERATION_RATE: {e}"))
+}
+
 fn thumbnail_quality(s: &str) -> Result<u8, String> {
     match s.parse::<u8>() {
         Ok(q @ 1..=100) => Ok(q),
@@ -69,6 +73,20 @@ pub struct RunConfig {
     /// Rows worked on at once (downloads, provider calls) across all handlers.
     #[arg(long, env = "REACTOR_CONCURRENCY", default_value = "16", value_parser = positive)]
     pub concurrency: usize,
+
+    /// At most this many generation attempts (provider calls) in flight across
+    /// every reactor together (README, "Limits and fairness").
+    #[arg(long, env = "REACTOR_GENERATION_MAX_IN_FLIGHT", value_parser = positive)]
+    pub generation_max_in_flight: Option<usize>,
+
+    /// At most this many generation attempts started per period across every
+    /// reactor, e.g. `600/min` (README, "Limits and fairness").
+    #[arg(long, env = "REACTOR_GENERATION_RATE", value_parser = generation_rate)]
+    pub generation_rate: Option<f64>,
+
+    /// Attempts REACTOR_GENERATION_RATE lets start at once after a quiet spell.
+    #[arg(long, env = "REACTOR_GENERATION_BURST", default_value = "1", value_parser = positive)]
+    pub generation_burst: usize,
 
     /// Failed attempts after which a row is marked dead, unless the failure is
     /// an outage still inside its time budget (those go on; see REACTOR_RETRY_FOR).
@@ -241,6 +259,21 @@ struct Flags {
 }
 
 impl RunConfig {
+    /// The generation handler's limits (REACTOR_GENERATION_*).
+    pub fn generation_limits(&self) -> crate::job::limits::Limits {
+        let cap = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        crate::job::limits::Limits {
+            max_in_flight: self.generation_max_in_flight.map(cap),
+            rate: self
+                .generation_rate
+                .map(|per_second| crate::job::limits::Rate {
+                    per_second,
+                    burst: self.generation_burst as f64,
+                }),
+            ..Default::default()
+        }
+    }
+
     /// How failed attempts are retried.
     pub fn retry_policy(&self) -> crate::store::handler_state::RetryPolicy {
         crate::store::handler_state::RetryPolicy {

@@ -314,6 +314,15 @@ async fn status(
             println!("  {handler:<12} {n:>8}");
         }
     }
+    let limits = reactor::store::limits::snapshot(&client).await?;
+    if limits.is_empty() {
+        println!("limits: none");
+    } else {
+        println!("limits (shared by every reactor):");
+        for l in &limits {
+            println!("  {}", reactor::store::limits::describe(l));
+        }
+    }
     let dead = ops::dead_rows(&client, 100).await?;
     println!("dead rows: {}", dead.len());
     for d in &dead {

@@ -4,15 +4,40 @@
 use super::error::ServiceError;
 use super::worker::RunningHandler;
 use super::Shared;
-use crate::job::handler::{HandlerError, LeasedWork, Outcome};
+use crate::job::handler::{Action, HandlerError, LeasedWork, Outcome};
 use crate::job::lease::Lease;
 use crate::store::handler_state::{self, FailureKind};
+use crate::store::limits;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
+/// The shortest wait for a limit: a slot or token freed by another reactor
+/// is only seen by asking again.
+const MIN_LIMIT_WAIT: Duration = Duration::from_millis(20);
+
 impl Shared {
+    /// Writes every leased handler's limits to `reactor.limits` (at start).
+    pub(super) async fn register_limits(&self) -> Result<(), crate::store::db::DbError> {
+        for slot in &self.slots {
+            if let Action::Leased(_) = slot.handler.action {
+                let (name, wanted) = (&slot.handler.spec.name, &slot.handler.limits);
+                crate::store::db::within(&self.pool, self.cfg.statement_timeout, async |client| {
+                    Ok::<_, crate::store::db::DbError>(
+                        limits::register(&***client, name, wanted).await?,
+                    )
+                })
+                .await?;
+                if wanted.any() {
+                    tracing::info!(handler = %name, limits = ?wanted, "limits shared by every reactor");
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn after_failure(
         self: &Arc<Self>,
         slot: &RunningHandler,
@@ -32,17 +57,21 @@ impl Shared {
     }
 
     /// Claims the pending rows among `ids` (as many as there are free worker
-    /// permits at a time) and runs each under its lease.
+    /// permits at a time, and as the handler's shared limits allow) and runs
+    /// each under its lease. While a limit holds rows back, the worker waits
+    /// for it here (the time is counted in `reactor_limit_wait_seconds`).
     pub(super) async fn leased(
         self: &Arc<Self>,
         slot: &RunningHandler,
         work: &Arc<dyn LeasedWork>,
         ids: &[String],
-    ) -> Result<(), ServiceError> {
-        let mut rest = ids;
+    ) -> Result<usize, ServiceError> {
+        let name = &slot.handler.spec.name;
+        let mut rest: Vec<String> = ids.to_vec();
+        let mut started_rows = 0;
         while !rest.is_empty() {
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.shutdown.cancelled() => return Ok(started_rows),
                 p = self.permits.clone().acquire_owned() => p?,
             };
             let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
@@ -52,19 +81,29 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            let (chunk, tail) = rest.split_at(permits.len());
-            rest = tail;
-            let claims = self
+            let n = permits.len();
+            let batch = self
                 .within(async |client| {
                     Ok(slot
                         .statements
-                        .claim(&***client, chunk, self.instance, self.cfg.lease)
+                        .claim(&***client, &rest[..n], self.instance, self.cfg.lease)
                         .await?)
                 })
                 .await?;
-            for (claim, permit) in claims.into_iter().zip(permits) {
+            // Waiting for a limit is not a stall: the database answers and the
+            // rows move at the pace the limits allow.
+            slot.progress.advanced();
+            if batch.granted > batch.claims.len() {
+                // Another reactor claimed some granted rows first: their tokens go back.
+                let unused = (batch.granted - batch.claims.len()) as i32;
+                self.within(async |client| Ok(limits::refund(&***client, name, unused).await?))
+                    .await?;
+            }
+            let claimed: HashSet<String> = batch.claims.iter().map(|c| c.row_id.clone()).collect();
+            started_rows += claimed.len();
+            for (claim, permit) in batch.claims.into_iter().zip(permits) {
                 let lease = Lease {
-                    handler: slot.handler.spec.name.clone(),
+                    handler: name.clone(),
                     row_id: claim.row_id,
                     owner: self.instance,
                     token: claim.token,
@@ -72,8 +111,52 @@ impl Shared {
                 };
                 self.spawn_leased(slot.index, work.clone(), lease, permit);
             }
+            match batch.limited {
+                // Rows not claimed were done, leased or waiting elsewhere.
+                None => {
+                    rest.drain(..n);
+                }
+                // The rows held back stay first in line; wait for the limit.
+                Some(limited) => {
+                    rest.retain(|id| !claimed.contains(id));
+                    tracing::debug!(handler = %name, limit = %limited.reason, wait = ?limited.wait, waiting = rest.len(), "held back by a limit");
+                    let started = std::time::Instant::now();
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(started_rows),
+                        _ = tokio::time::sleep(limited.wait.max(MIN_LIMIT_WAIT)) => {}
+                    }
+                    // Its _sum is the time spent waiting because of each limit.
+                    metrics::histogram!("reactor_limit_wait_seconds", "handler" => name.clone(), "limit" => limited.reason)
+                        .record(started.elapsed().as_secs_f64());
+                }
+            }
         }
-        Ok(())
+        Ok(started_rows)
+    }
+
+    /// A leased handler with a per-key column: whatever woke it, it works
+    /// fair pages (keys taking turns) until no workable row is left, so the
+    /// order rows are claimed in is the fair order, not the order of their
+    /// notifications. Returns how many pending rows the pages held.
+    pub(super) async fn fair_pages(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        work: &Arc<dyn LeasedWork>,
+    ) -> Result<usize, ServiceError> {
+        let limit = self.cfg.batch_size as i64;
+        let mut found = 0;
+        while !self.shutdown.is_cancelled() {
+            let ids = self
+                .within(async |client| Ok(slot.statements.fair_page(&***client, limit).await?))
+                .await?;
+            found += ids.len();
+            // Nothing workable, or nothing of it claimable now (leased elsewhere
+            // in between): the next wake-up or sweep looks again.
+            if ids.is_empty() || self.leased(slot, work, &ids).await? == 0 {
+                break;
+            }
+        }
+        Ok(found)
     }
 
     fn spawn_leased(
@@ -158,6 +241,23 @@ impl Shared {
             return Ok(());
         };
         let error = e.to_string();
+        if let (FailureKind::Transient(_), Some(delay)) = (kind, e.not_before()) {
+            // The provider pushed back with a Retry-After: every reactor
+            // pauses this handler until then, and the row waits without an
+            // attempt counted (while its outage budget lasts).
+            let pushed_back = self
+                .within(async |client| {
+                    Ok(handler_state::push_back(&***client, lease, &error, delay, kind).await?)
+                })
+                .await?;
+            metrics::counter!("reactor_limit_pushbacks_total", "handler" => lease.handler.clone())
+                .increment(1);
+            tracing::warn!(pause = ?delay, %error, "pushed back by the provider: the handler is paused on every reactor");
+            if pushed_back {
+                self.wake_later(slot, &lease.row_id, delay);
+                return Ok(());
+            }
+        }
         let not_before = e.not_before().unwrap_or_default();
         let failure = self
             .within(async |client| {

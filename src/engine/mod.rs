@@ -222,9 +222,13 @@ impl Engine {
                     Action::Sql { effect, mark } => (Some(effect.as_str()), mark.as_deref()),
                     Action::Leased(_) => (None, None),
                 };
+                let mut statements = Statements::build(&handler.spec, effect, mark);
+                if let Some(column) = &handler.limits.per_key {
+                    statements = statements.with_per_key(&handler.spec, column);
+                }
                 RunningHandler {
                     index,
-                    statements: Statements::build(&handler.spec, effect, mark),
+                    statements,
                     handler,
                     inbox: Inbox::new(),
                     scans: AtomicU64::new(0),
@@ -293,6 +297,7 @@ impl Engine {
             return Err(EngineError::TransactionPooler);
         }
         shared.wait_for_schema().await?;
+        shared.register_limits().await?;
         tracing::info!(instance = %shared.instance, handlers = shared.slots.len(), listen = cfg.listen, "reactor running");
 
         for i in 0..shared.slots.len() {

@@ -18,6 +18,13 @@ impl Shared {
                     tracing::warn!(handler = %slot.handler.spec.name, error = %e, "tidying handler state failed; will try again");
                 }
             }
+            let limits = self
+                .within(async |client| Ok(crate::store::limits::snapshot(&***client).await?))
+                .await;
+            match limits {
+                Ok(states) => crate::store::limits::record_gauges(&states),
+                Err(e) => tracing::warn!(error = %e, "reading the limits failed; will try again"),
+            }
         }
     }
 

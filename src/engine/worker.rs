@@ -141,7 +141,10 @@ impl Shared {
     ) -> Result<(), ServiceError> {
         match &slot.handler.action {
             Action::Sql { .. } => self.sql_ids(slot, &ids).await,
-            Action::Leased(work) => self.leased(slot, work, &ids).await,
+            Action::Leased(work) if slot.statements.fair_page.is_some() => {
+                self.fair_pages(slot, work).await.map(|_| ())
+            }
+            Action::Leased(work) => self.leased(slot, work, &ids).await.map(|_| ()),
         }
     }
 
@@ -157,6 +160,10 @@ impl Shared {
 
     /// The pages of one scan; returns how many pending rows the pages held.
     async fn scan_pages(self: &Arc<Self>, slot: &RunningHandler) -> Result<usize, ServiceError> {
+        if let (Action::Leased(work), Some(_)) = (&slot.handler.action, &slot.statements.fair_page)
+        {
+            return self.fair_pages(slot, work).await;
+        }
         let limit = self.cfg.batch_size as i64;
         let mut after: Option<String> = None;
         let mut found = 0usize;

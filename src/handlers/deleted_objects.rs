@@ -35,6 +35,7 @@ pub fn handler(storage: Storage) -> Handler {
     Handler {
         spec: spec(),
         action: Action::Leased(Arc::new(DeletedObjects { storage })),
+        limits: Default::default(),
     }
 }
 

@@ -31,5 +31,6 @@ pub fn handler() -> Handler {
             ),
             mark: Some("favorites_at = now()".into()),
         },
+        limits: Default::default(),
     }
 }

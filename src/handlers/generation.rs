@@ -108,10 +108,15 @@ pub fn spec() -> Spec {
     }
 }
 
-pub fn handler(provider: Arc<dyn Provider>, settings: Settings) -> Handler {
+pub fn handler(
+    provider: Arc<dyn Provider>,
+    settings: Settings,
+    limits: crate::job::limits::Limits,
+) -> Handler {
     Handler {
         spec: spec(),
         action: Action::Leased(Arc::new(Generation { provider, settings })),
+        limits,
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn builtin(cfg: &RunConfig) -> Result<Vec<Handler>, SetupError> {
         input_signer: crate::providers::storage::InputSigner::for_storage_url(&cfg.storage_url),
     };
     Ok(vec![
-        generation::handler(provider, settings),
+        generation::handler(provider, settings, cfg.generation_limits()),
         renders::handler(
             storage.clone(),
             cfg.max_image_bytes,

@@ -77,6 +77,7 @@ pub fn handler(
             thumbnails,
             retry_for,
         })),
+        limits: Default::default(),
     })
 }
 

@@ -84,6 +84,19 @@ struct RawTable {
     max_attempts: Option<i64>,
     job_type_column: Option<String>,
     http: RawHttp,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[table.limits]`: shared by every reactor (README, "Limits and fairness").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_in_flight: Option<i64>,
+    rate: Option<String>,
+    burst: Option<i64>,
+    per_key: Option<String>,
+    max_in_flight_per_key: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +148,7 @@ pub struct TableConfig {
     pub max_attempts: i32,
     pub job_type_column: Option<String>,
     pub http: HttpConfig,
+    pub limits: crate::job::limits::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +324,51 @@ impl Checker<'_> {
         }
     }
 
+    /// `[table.limits]`, each value checked with a message naming its key.
+    fn limits(&self, raw: RawLimits) -> Result<crate::job::limits::Limits, ConfigError> {
+        use crate::job::limits::{check_burst, check_cap, parse_rate, Limits, Rate};
+        let cap = |key: &str, n: Option<i64>| {
+            n.map(|n| check_cap(n).map_err(|e| self.invalid(key, e)))
+                .transpose()
+        };
+        let per_second = raw
+            .rate
+            .as_deref()
+            .map(|r| parse_rate(r).map_err(|e| self.invalid("limits.rate", e)))
+            .transpose()?;
+        let burst = raw
+            .burst
+            .map(|b| check_burst(b).map_err(|e| self.invalid("limits.burst", e)))
+            .transpose()?;
+        if burst.is_some() && per_second.is_none() {
+            return Err(self.invalid(
+                "limits.burst",
+                "needs limits.rate, the rate it bursts above",
+            ));
+        }
+        let per_key = raw
+            .per_key
+            .as_deref()
+            .map(|c| self.identifier("limits.per_key", c))
+            .transpose()?;
+        let max_in_flight_per_key = cap("limits.max_in_flight_per_key", raw.max_in_flight_per_key)?;
+        if max_in_flight_per_key.is_some() && per_key.is_none() {
+            return Err(self.invalid(
+                "limits.max_in_flight_per_key",
+                "needs limits.per_key, the column whose value is the key",
+            ));
+        }
+        Ok(Limits {
+            max_in_flight: cap("limits.max_in_flight", raw.max_in_flight)?,
+            rate: per_second.map(|per_second| Rate {
+                per_second,
+                burst: burst.unwrap_or(1.0),
+            }),
+            per_key,
+            max_in_flight_per_key,
+        })
+    }
+
     fn table(
         &self,
         raw: RawTable,
@@ -459,7 +518,10 @@ impl Checker<'_> {
             }
         };
 
+        let limits = self.limits(raw.limits)?;
+
         Ok(TableConfig {
+            limits,
             name: raw.name.clone(),
             schema,
             table,
@@ -507,6 +569,38 @@ mod tests {
         [table.http]
         url = "http://127.0.0.1:1/x"
     "#;
+
+    #[test]
+    fn limits_are_read_and_every_bad_value_is_named() {
+        use crate::job::limits::{Limits, Rate};
+        assert_eq!(parse_ok(MINIMAL)[0].limits, Limits::default());
+        let with = |limits: &str| format!("{MINIMAL}\n        [table.limits]\n{limits}");
+        let t = &parse_ok(&with(
+            "max_in_flight = 4\nrate = \"600/min\"\nburst = 10\nper_key = \"user_id\"\nmax_in_flight_per_key = 2",
+        ))[0];
+        assert_eq!(
+            t.limits,
+            Limits {
+                max_in_flight: Some(4),
+                rate: Some(Rate {
+                    per_second: 10.0,
+                    burst: 10.0
+                }),
+                per_key: Some("user_id".into()),
+                max_in_flight_per_key: Some(2),
+            }
+        );
+        let e = parse_err(&with("rate = \"fast\""));
+        assert!(e.contains("`limits.rate` \"fast\" is not a rate"), "{e}");
+        let e = parse_err(&with("max_in_flight = 0"));
+        assert!(e.contains("`limits.max_in_flight` is 0"), "{e}");
+        let e = parse_err(&with("burst = 5"));
+        assert!(e.contains("`limits.burst` needs limits.rate"), "{e}");
+        let e = parse_err(&with("max_in_flight_per_key = 2"));
+        assert!(e.contains("needs limits.per_key"), "{e}");
+        let e = parse_err(&with("rate_limit = \"1/s\""));
+        assert!(e.contains("rate_limit"), "{e}");
+    }
 
     #[test]
     fn a_minimal_table_gets_the_documented_defaults() {

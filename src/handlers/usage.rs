@@ -81,5 +81,6 @@ pub fn handler() -> Handler {
                 .into(),
             mark: Some("debited_at = now()".into()),
         },
+        limits: Default::default(),
     }
 }

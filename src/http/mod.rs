@@ -252,6 +252,7 @@ async fn admin_summary(
             "throughput": crate::http::ops::throughput(db, 10).await?,
             "recent_failures": crate::http::ops::recent_failures(db, 10).await?,
             "dead": crate::http::ops::dead_rows(db, 50).await?,
+            "limits": crate::store::limits::snapshot(db).await?,
         }))
     };
     match summary.await {

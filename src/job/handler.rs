@@ -94,6 +94,8 @@ pub enum Action {
 pub struct Handler {
     pub spec: Spec,
     pub action: Action,
+    /// Shared limits of its leased attempts (none by default).
+    pub limits: crate::job::limits::Limits,
 }
 
 /// How an attempt that did not fail ended.

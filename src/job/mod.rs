@@ -3,4 +3,5 @@
 pub(crate) mod error;
 pub mod handler;
 pub(crate) mod lease;
+pub mod limits;
 pub(crate) mod status;

@@ -208,6 +208,53 @@ pub async fn record_leased_failure(
     Ok(row.as_ref().map(failure))
 }
 
+/// A provider's push-back (a 429/503 with Retry-After) on a leased attempt,
+/// in one statement: the handler is paused on every reactor for `delay`
+/// (`reactor.limits.paused_until`), and the row is given back without an
+/// attempt counted, due again after `delay` — while the failure's time
+/// budget (`kind`, from the row's first failure) lasts. Returns false when
+/// the row was not given back (the lease was lost, or the budget is spent:
+/// record the failure as usual then).
+pub async fn push_back(
+    db: &impl GenericClient,
+    lease: &Lease,
+    error: &str,
+    delay: Duration,
+    kind: FailureKind,
+) -> Result<bool, tokio_postgres::Error> {
+    let (_, until, budget_s) = kind.params();
+    let n = db
+        .execute_typed(
+            "with paused as (
+               insert into reactor.limits as l (handler, paused_until)
+               values ($1, now() + make_interval(secs => $5))
+               on conflict (handler) do update set
+                 paused_until = greatest(l.paused_until, excluded.paused_until), updated_at = now()
+             )
+             update reactor.handler_state set
+               next_attempt_at = now() + make_interval(secs => $5),
+               first_failed_at = coalesce(first_failed_at, now()),
+               last_error = $6,
+               lease_owner = null, lease_expires_at = null, updated_at = now()
+             where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4
+               and ($7::timestamptz is null or now() < $7)
+               and ($8::float8 is null
+                    or now() < coalesce(first_failed_at, now()) + make_interval(secs => $8))",
+            &[
+                param(&lease.handler),
+                param(&lease.row_id),
+                param(&lease.owner),
+                param(&lease.token),
+                param(&delay.as_secs_f64()),
+                param(&error),
+                param(&until),
+                param(&budget_s),
+            ],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
 /// Gives the row back without counting a failure; it is due again after `delay`.
 /// Returns false when the lease was lost.
 pub async fn postpone(

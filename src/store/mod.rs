@@ -4,6 +4,7 @@
 pub(crate) mod conninfo;
 pub mod db;
 pub(crate) mod handler_state;
+pub mod limits;
 pub mod migrate;
 pub mod notify_mode;
 pub(crate) mod outbox;

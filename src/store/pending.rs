@@ -24,7 +24,8 @@ pub struct Statements {
     pub pending_first: String,
     /// Pending rows after a key, no lock: `$1` limit, `$2` after-key.
     pub pending_after: String,
-    /// Claims the pending rows among `$1` (text[]): `$2` owner, `$3` lease seconds.
+    /// Claims the pending rows among `$1` (text[]) that the handler's limits
+    /// allow: `$2` owner, `$3` lease seconds (see [`claim_sql`]).
     pub claim: String,
     /// For SQL actions: locks pending rows among `$1` and runs the effect.
     pub effect_by_ids: Option<String>,
@@ -36,6 +37,9 @@ pub struct Statements {
     /// whose row no longer needs the handler (done elsewhere, e.g. by a
     /// webhook, or deleted). Costs O(state rows of the handler), never O(table).
     pub forget: String,
+    /// Leased actions with a per-key column: up to `$1` workable rows taking
+    /// turns between keys (see [`Statements::with_per_key`]).
+    pub fair_page: Option<String>,
 }
 
 impl Statements {
@@ -67,24 +71,7 @@ impl Statements {
                  order by t.{key} limit $1"
             )
         };
-        let claim = format!(
-            "with cand as (
-               select t.{key}::text as row_id from {table} t
-               where t.{key} = any($1::text[]::{kt}[]) and ({pending})
-             )
-             insert into reactor.handler_state as s
-               (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at)
-             select {handler}, row_id, $2, 1, now() + make_interval(secs => $3), now() from cand
-             on conflict (handler, row_id) do update set
-               lease_owner = excluded.lease_owner,
-               lease_token = s.lease_token + 1,
-               lease_expires_at = excluded.lease_expires_at,
-               updated_at = now()
-             where s.dead_at is null
-               and (s.next_attempt_at is null or s.next_attempt_at <= now())
-               and (s.lease_expires_at is null or s.lease_expires_at <= now())
-             returning row_id, lease_token, attempts"
-        );
+        let claim = claim_sql(spec, None);
         // By key lookups of the picked rows: a join with `picked` lets the
         // planner hash the whole table on every page (measured: a seq scan
         // of 50k profiles, 38 of a page's 57 ms).
@@ -141,7 +128,76 @@ impl Statements {
             effect_first: effect("true", &order_limit),
             effect_after: effect(&after, &order_limit),
             forget,
+            fair_page: None,
         }
+    }
+
+    /// The statements of a leased handler whose rows carry a key (an owner, a
+    /// customer) in `column`: claims keep that key on the lease (for
+    /// `max_in_flight_per_key`), and pages take turns between keys.
+    ///
+    /// A fair page walks the distinct keys of pending rows (a loose index
+    /// scan: one index probe per key, at most `$1` keys), takes each key's
+    /// first `ceil($1 / keys)` workable rows, and interleaves them: the first
+    /// row of every key, then the second… So a key with one pending row waits
+    /// at most one page behind a key with thousands. Each probe is served by
+    /// an index on (`column`, key) restricted to pending rows (README,
+    /// "Limits and fairness"); the page costs O(`$1`) index probes.
+    pub fn with_per_key(mut self, spec: &Spec, column: &str) -> Self {
+        let Spec {
+            name,
+            table,
+            key,
+            pending,
+            ..
+        } = spec;
+        let handler = quote_literal(name);
+        let col = crate::store::db::quote_ident(column);
+        // A scalar subquery: probed per candidate row (see `Statements`).
+        let workable = format!(
+            "(select not exists (select 1 from reactor.handler_state s
+               where s.handler = {handler} and s.row_id = t.{key}::text
+                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))"
+        );
+        let rows_of = |which: &str| {
+            format!(
+                "select t.{key}::text as id, row_number() over (order by t.{key}) as turn
+                 from {table} t where ({pending}) and {which} and {workable}
+                 order by t.{key} limit (select per from share)"
+            )
+        };
+        self.claim = claim_sql(spec, Some(column));
+        self.fair_page = Some(format!(
+            "with recursive keys(v) as (
+               (select t.{col} from {table} t where ({pending}) and t.{col} is not null
+                order by t.{col} limit 1)
+               union all
+               select (select t.{col} from {table} t where ({pending}) and t.{col} > k.v
+                       order by t.{col} limit 1)
+               from keys k where k.v is not null
+             ),
+             owners as (select v from keys where v is not null limit $1),
+             share as (select greatest(1, ceil($1::float8 / greatest(1, (select count(*) from owners) + 1)))::int as per)
+             select r.id from (
+               select o.v::text as v, x.id, x.turn from owners o cross join lateral ({by_key}) x
+               union all
+               select null, x.id, x.turn from ({no_key}) x
+             ) r
+             order by r.turn, r.v nulls last limit $1",
+            by_key = rows_of(&format!("t.{col} = o.v")),
+            no_key = rows_of(&format!("t.{col} is null")),
+        ));
+        self
+    }
+
+    /// A fair page (see [`Statements::with_per_key`]): up to `limit` keys.
+    pub async fn fair_page(
+        &self,
+        db: &impl GenericClient,
+        limit: i64,
+    ) -> Result<Vec<String>, Error> {
+        let sql = self.fair_page.as_deref().expect("a per-key handler");
+        Ok(keys(&db.query_typed(sql, &[param(&limit)]).await?))
     }
 
     /// The pending-page statement for a page that starts after `after` (or at the start).
@@ -194,34 +250,123 @@ impl Statements {
         Ok(db.query_typed(sql, &[param(&ids)]).await?.len())
     }
 
-    /// Leased actions: claims the pending rows among `ids` for `owner`, for `lease`.
+    /// Leased actions: claims the pending rows among `ids` for `owner`, for
+    /// `lease`, as far as the handler's limits allow.
     pub async fn claim(
         &self,
         db: &impl GenericClient,
         ids: &[String],
         owner: Uuid,
         lease: Duration,
-    ) -> Result<Vec<Claim>, Error> {
+    ) -> Result<ClaimBatch, Error> {
         let rows = db
             .query_typed(
                 &self.claim,
                 &[param(&ids), param(&owner), param(&lease.as_secs_f64())],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Claim {
-                row_id: row.get(0),
-                token: row.get(1),
-                attempts: row.get(2),
-            })
-            .collect())
+        let mut batch = ClaimBatch::default();
+        for row in &rows {
+            match row.get::<_, Option<String>>(0) {
+                Some(row_id) => batch.claims.push(Claim {
+                    row_id,
+                    token: row.get(1),
+                    attempts: row.get(2),
+                }),
+                None => {
+                    batch.granted = row.get::<_, i32>(3) as usize;
+                    let reason: Option<String> = row.get(5);
+                    batch.limited = reason.map(|reason| Limited {
+                        reason,
+                        wait: Duration::from_secs_f64(row.get::<_, f64>(4).clamp(0.0, 3600.0)),
+                    });
+                }
+            }
+        }
+        Ok(batch)
     }
 
     /// Drops up to `limit` state rows that need nothing more (see [`Statements::forget`]).
     pub async fn forget(&self, db: &impl GenericClient, limit: i64) -> Result<u64, Error> {
         db.execute_typed(&self.forget, &[param(&limit)]).await
     }
+}
+
+/// What one claim got: the claimed rows, how many the limits granted, and
+/// whether a limit held some back.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub claims: Vec<Claim>,
+    /// Rows the limits granted (tokens taken); more than `claims` when
+    /// another reactor claimed some in between.
+    pub granted: usize,
+    pub limited: Option<Limited>,
+}
+
+/// A limit that held rows back: which (`paused`, `max_in_flight`,
+/// `max_in_flight_per_key`, `rate`) and how long until it may grant again.
+#[derive(Debug, Clone)]
+pub struct Limited {
+    pub reason: String,
+    pub wait: Duration,
+}
+
+/// The claim statement of a leased handler: the candidates among `$1` that
+/// are pending and claimable (not leased, waiting or dead), in the order of
+/// `$1`; `reactor.limit_grant` picks those the handler's limits allow (one
+/// primary-key probe when it has none); they are leased to `$2` for `$3`
+/// seconds. `per_key` (a column of the row) is kept on the lease, for
+/// `max_in_flight_per_key`. The last row returned (row_id null) is the
+/// grant: how many were granted, the wait and the limit that held rows back.
+pub fn claim_sql(spec: &Spec, per_key: Option<&str>) -> String {
+    let Spec {
+        name,
+        table,
+        key,
+        key_type,
+        pending,
+        ..
+    } = spec;
+    let kt = key_type.sql();
+    let handler = quote_literal(name);
+    let limit_key = per_key
+        .map(|c| format!("t.{}::text", crate::store::db::quote_ident(c)))
+        .unwrap_or_else(|| "null::text".into());
+    format!(
+        "with cand as materialized (
+           select t.{key}::text as row_id, {limit_key} as limit_key,
+                  row_number() over (order by ids.o)::int as n
+           from (select distinct on (u.id) u.id, u.o
+                 from unnest($1::text[]) with ordinality as u(id, o) order by u.id, u.o) ids
+           join {table} t on t.{key} = ids.id::{kt}
+           where ({pending})
+             and (select not exists (select 1 from reactor.handler_state s
+               where s.handler = {handler} and s.row_id = t.{key}::text
+                 and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))
+         ),
+         g as materialized (
+           select * from reactor.limit_grant({handler}, array(select limit_key from cand order by n))
+         ),
+         claimed as (
+           insert into reactor.handler_state as s
+             (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at, limit_key)
+           select {handler}, c.row_id, $2, 1, now() + make_interval(secs => $3), now(), c.limit_key
+           from cand c, g where c.n = any(g.take)
+           on conflict (handler, row_id) do update set
+             lease_owner = excluded.lease_owner,
+             lease_token = s.lease_token + 1,
+             lease_expires_at = excluded.lease_expires_at,
+             limit_key = excluded.limit_key,
+             updated_at = now()
+           where s.dead_at is null
+             and (s.next_attempt_at is null or s.next_attempt_at <= now())
+             and (s.lease_expires_at is null or s.lease_expires_at <= now())
+           returning row_id, lease_token, attempts
+         )
+         select row_id, lease_token, attempts, null::int, null::float8, null::text from claimed
+         union all
+         select null, null, null, cardinality(g.take), g.wait_s, g.reason from g"
+    )
 }
 
 /// A row claimed by [`Statements::claim`].

@@ -82,6 +82,7 @@ impl OwnTables {
             .map(|t| Handler {
                 spec: t.spec.clone(),
                 action: Action::Leased(t.clone()),
+                limits: t.cfg.limits.clone(),
             })
             .collect()
     }

@@ -1,0 +1,589 @@
+//! Limits and fairness (issue 24): a shared rate, a cap on attempts in flight,
+//! provider push-back and fair turns between keys, enforced through the
+//! database across several `reactor run` processes, against a real PostgreSQL
+//! and a loopback worker that records every call it receives.
+mod common;
+
+use common::{eventually, ChildReactor, TestDb};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(90);
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The test table's rows carry an owner; the one key of fair turns.
+const TABLE: &str = "create table public.lim_jobs (
+    id uuid primary key default gen_random_uuid(),
+    owner_id uuid,
+    status text not null default 'pending',
+    payload text not null default '',
+    error text
+  );
+  create index lim_jobs_pending on public.lim_jobs (id) where status in ('pending', 'processing');
+  create index lim_jobs_pending_by_owner on public.lim_jobs (owner_id, id)
+    where status in ('pending', 'processing');
+  select reactor.watch_table('public.lim_jobs', 'status', 'owner_id');";
+
+// ---------------------------------------------------------------------------
+// The loopback worker
+
+/// One call the worker received.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    attempt: String,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+/// How the worker answers.
+#[derive(Clone, Default)]
+struct Behaviour {
+    /// How long each call takes.
+    delay: Duration,
+    /// Answer the first call with 429 and this Retry-After (seconds).
+    first_429: Option<u64>,
+    /// Answer every call with 503 and this Retry-After (seconds).
+    always_503: Option<u64>,
+    /// Hold the first call of rows whose payload says `hang` for a minute
+    /// (until the reactor that sent it is killed).
+    hang_first: bool,
+}
+
+#[derive(Clone)]
+struct Worker {
+    url: String,
+    calls: Arc<Mutex<Vec<Call>>>,
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    /// When the 429 was answered.
+    pushed_back_at: Arc<Mutex<Option<chrono::DateTime<chrono::Utc>>>>,
+    /// Per owner (the row's owner_id): calls at once now, and the most seen.
+    per_owner: Arc<Mutex<HashMap<String, (usize, usize)>>>,
+}
+
+impl Worker {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn most_at_once(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+    fn most_at_once_of(&self, owner: Uuid) -> usize {
+        let per_owner = self.per_owner.lock().unwrap();
+        per_owner
+            .get(&owner.to_string())
+            .map_or(0, |(_, most)| *most)
+    }
+}
+
+/// Counts a call in flight (in all and for its owner) until dropped, also
+/// when the reactor hangs up.
+struct InFlight(Worker, String);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+        if let Some((now, _)) = self.0.per_owner.lock().unwrap().get_mut(&self.1) {
+            *now -= 1;
+        }
+    }
+}
+
+async fn worker(behaviour: Behaviour) -> Worker {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let w = Worker {
+        url: format!("http://{}/work", listener.local_addr().unwrap()),
+        calls: Default::default(),
+        now: Default::default(),
+        most: Default::default(),
+        pushed_back_at: Default::default(),
+        per_owner: Default::default(),
+    };
+    let refused = Arc::new(AtomicBool::new(false));
+    type St = (Worker, Behaviour, Arc<AtomicBool>);
+    async fn handle(
+        State((w, b, refused)): State<St>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let header = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let row: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let owner = row["owner_id"].as_str().unwrap_or("").to_string();
+        let now = w.now.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut per_owner = w.per_owner.lock().unwrap();
+            let (now, most) = per_owner.entry(owner.clone()).or_default();
+            *now += 1;
+            *most = (*most).max(*now);
+        }
+        let _in_flight = InFlight(w.clone(), owner);
+        w.most.fetch_max(now, Ordering::SeqCst);
+        let call = Call {
+            id: header("x-reactor-id"),
+            attempt: header("x-reactor-attempt"),
+            started: chrono::Utc::now(),
+        };
+        let earlier = {
+            let mut calls = w.calls.lock().unwrap();
+            let earlier = calls.iter().filter(|c| c.id == call.id).count();
+            calls.push(call);
+            earlier
+        };
+        if let Some(after) = b.first_429 {
+            if !refused.swap(true, Ordering::SeqCst) {
+                *w.pushed_back_at.lock().unwrap() = Some(chrono::Utc::now());
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", after.to_string())],
+                    "slow down",
+                )
+                    .into_response();
+            }
+        }
+        if let Some(after) = b.always_503 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", after.to_string())],
+                "down",
+            )
+                .into_response();
+        }
+        if b.hang_first && earlier == 0 && String::from_utf8_lossy(&body).contains("hang") {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        tokio::time::sleep(b.delay).await;
+        axum::Json(serde_json::json!({})).into_response()
+    }
+    let app = axum::Router::new()
+        .route("/work", axum::routing::post(handle))
+        .with_state((w.clone(), behaviour, refused));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    w
+}
+
+// ---------------------------------------------------------------------------
+// A database with the table, a config, reactors
+
+struct Setup {
+    db: TestDb,
+    client: Client,
+    storage: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+/// A migrated database with the test table, and a config posting its rows
+/// to `url` with `limits` (TOML lines of `[table.limits]`).
+async fn setup(url: &str, limits: &str) -> Setup {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    client.batch_execute(TABLE).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let config = storage.path().join("reactor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[[table]]
+name = "public.lim_jobs"
+succeeded = "done"
+failed = "failed"
+error_column = "error"
+
+[table.http]
+url = "{url}"
+
+[table.limits]
+{limits}
+"#
+        ),
+    )
+    .unwrap();
+    Setup {
+        db,
+        client,
+        storage,
+        config,
+    }
+}
+
+impl Setup {
+    fn spawn(&self, extra: &[&str]) -> ChildReactor {
+        let mut flags = vec![
+            "--config",
+            self.config.to_str().unwrap(),
+            "--http-secret",
+            SECRET,
+        ];
+        flags.extend_from_slice(extra);
+        ChildReactor::spawn(&self.db, self.storage.path(), &flags)
+    }
+
+    /// Inserts `n` pending rows of `owner` (one statement).
+    async fn insert(&self, n: i64, owner: Uuid, payload: &str) {
+        self.client
+            .execute(
+                "insert into public.lim_jobs (owner_id, payload)
+                 select $1, $3 from generate_series(1, $2::int8)",
+                &[&owner, &n, &payload],
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn done(&self) -> i64 {
+        common::count(
+            &self.client,
+            "select count(*) from public.lim_jobs where status = 'done'",
+        )
+        .await
+    }
+
+    async fn wait_done(&self, n: i64) {
+        eventually(&format!("{n} rows done"), LONG, || async {
+            self.done().await >= n
+        })
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The behaviours
+
+/// 3 reactors with `rate = "600/min"` (10 calls a second) and `burst = 5`:
+/// over a 15 s window from the first call the worker receives 150 ± 10% calls
+/// (the burst included), although each reactor alone could make hundreds a
+/// second; and never more than rate + burst in any one second.
+#[tokio::test]
+async fn three_reactors_together_stay_within_a_shared_rate() {
+    let w = worker(Behaviour::default()).await;
+    let s = setup(&w.url, "rate = \"600/min\"\nburst = 5").await;
+    s.insert(400, Uuid::new_v4(), "").await;
+    let _reactors: Vec<ChildReactor> = (0..3).map(|_| s.spawn(&[])).collect();
+    eventually("the first call", LONG, || async { !w.calls().is_empty() }).await;
+    let first = w.calls()[0].started;
+    let window = chrono::Duration::seconds(15);
+    eventually("the window to pass", LONG, || async {
+        w.calls().last().is_some_and(|c| c.started > first + window)
+    })
+    .await;
+    let in_window = w
+        .calls()
+        .iter()
+        .filter(|c| c.started < first + window)
+        .count();
+    assert!(
+        (135..=165).contains(&in_window),
+        "{in_window} calls in 15 s at 10/s (expected 150 ± 10%)"
+    );
+    // Never more than rate + burst (and the token that comes in during the
+    // stretch) in any second-long stretch either.
+    let calls = w.calls();
+    for (i, c) in calls.iter().enumerate() {
+        let next_second = calls[i..]
+            .iter()
+            .take_while(|d| d.started < c.started + chrono::Duration::seconds(1))
+            .count();
+        assert!(
+            next_second <= 10 + 5 + 1,
+            "{next_second} calls within 1 s of call {i}"
+        );
+    }
+}
+
+/// `max_in_flight = 4` with 3 reactors of 16 workers each and a slow worker:
+/// it never sees more than 4 calls at once, and every row gets done.
+#[tokio::test]
+async fn three_reactors_together_never_have_more_than_max_in_flight_calls() {
+    let w = worker(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let s = setup(&w.url, "max_in_flight = 4").await;
+    s.insert(40, Uuid::new_v4(), "").await;
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut reactors: Vec<ChildReactor> = (0..2).map(|_| s.spawn(&[])).collect();
+    reactors.push(s.spawn(&["--http-addr", &addr]));
+    eventually("the slots in use", LONG, || async { w.most_at_once() == 4 }).await;
+    // Visible in `reactor status` while the rows are worked.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+        .args(["status", "--database-url", &s.db.url])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("http:public.lim_jobs") && status.contains("(max 4)"),
+        "{status}"
+    );
+    s.wait_done(40).await;
+    // And in /metrics: the cap, and the time spent waiting for a slot.
+    let metrics_url = format!("http://{addr}/metrics");
+    eventually("the limit gauges", LONG, || async {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        text.contains(r#"reactor_limit_max_in_flight{handler="http:public.lim_jobs"} 4"#)
+            && text.contains(r#"reactor_limit_wait_seconds_count{handler="http:public.lim_jobs",limit="max_in_flight"}"#)
+    })
+    .await;
+    assert!(
+        w.most_at_once() <= 4,
+        "the worker saw {} calls at once",
+        w.most_at_once()
+    );
+    assert_eq!(w.most_at_once(), 4, "the cap is used, not undershot");
+    let metrics = common::count(
+        &s.client,
+        "select count(*) from reactor.limits where handler = 'http:public.lim_jobs' and max_in_flight = 4",
+    )
+    .await;
+    assert_eq!(
+        metrics, 1,
+        "the limit is recorded for every reactor to read"
+    );
+}
+
+/// `max_in_flight_per_key = 2` on `per_key = "owner_id"`: two reactors never
+/// have more than 2 calls of one owner at once, while both owners are worked
+/// side by side (4 at once in all).
+#[tokio::test]
+async fn two_reactors_never_have_more_than_max_in_flight_per_key_calls_of_one_owner() {
+    let w = worker(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let s = setup(&w.url, "per_key = \"owner_id\"\nmax_in_flight_per_key = 2").await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    s.insert(12, a, "").await;
+    s.insert(12, b, "").await;
+    let _reactors: Vec<ChildReactor> = (0..2).map(|_| s.spawn(&[])).collect();
+    s.wait_done(24).await;
+    assert_eq!(w.most_at_once_of(a), 2, "owner A: the cap, never more");
+    assert_eq!(w.most_at_once_of(b), 2, "owner B: the cap, never more");
+    assert!(w.most_at_once() <= 4, "{} at once", w.most_at_once());
+}
+
+/// A reactor killed with `kill -9` while it holds both slots of
+/// `max_in_flight = 2`: its slots come free with its leases (3 s in tests),
+/// so another reactor works every row, never more than 2 at once.
+#[tokio::test]
+async fn a_killed_reactors_slots_are_released_with_its_leases() {
+    let w = worker(Behaviour {
+        delay: Duration::from_millis(50),
+        hang_first: true,
+        ..Default::default()
+    })
+    .await;
+    let s = setup(&w.url, "max_in_flight = 2").await;
+    s.insert(2, Uuid::new_v4(), "hang").await;
+    let mut first = s.spawn(&[]);
+    eventually("both slots taken", LONG, || async { w.calls().len() == 2 }).await;
+    first.kill9();
+    s.insert(10, Uuid::new_v4(), "").await;
+    let _second = s.spawn(&[]);
+    s.wait_done(12).await;
+    assert!(w.most_at_once() <= 2, "{} calls at once", w.most_at_once());
+    let leaked = common::count(
+        &s.client,
+        "select count(*) from reactor.handler_state where lease_owner is not null",
+    )
+    .await;
+    assert_eq!(leaked, 0, "no lease (slot) is left behind");
+}
+
+/// A worker answering 429 with `Retry-After: 5` pauses the handler on every
+/// reactor: rows submitted during the pause are first called once it is
+/// over, and the refused row is called again as attempt 1 (not counted).
+#[tokio::test]
+async fn a_retry_after_pauses_every_reactor_without_counting_an_attempt() {
+    let w = worker(Behaviour {
+        first_429: Some(5),
+        ..Default::default()
+    })
+    .await;
+    // No limit configured: push-back holds for every leased handler.
+    let s = setup(&w.url, "").await;
+    let reactors: Vec<ChildReactor> = (0..3).map(|_| s.spawn(&[])).collect();
+    s.insert(1, Uuid::new_v4(), "").await;
+    let paused_sql = "select paused_until from reactor.limits
+                      where handler = 'http:public.lim_jobs' and paused_until is not null";
+    eventually("the pause recorded", LONG, || async {
+        s.client.query_opt(paused_sql, &[]).await.unwrap().is_some()
+    })
+    .await;
+    let paused_until: chrono::DateTime<chrono::Utc> =
+        s.client.query_one(paused_sql, &[]).await.unwrap().get(0);
+    let refused_at = w.pushed_back_at.lock().unwrap().expect("a 429 answered");
+    assert!(paused_until >= refused_at + chrono::Duration::milliseconds(4900));
+    s.insert(30, Uuid::new_v4(), "").await;
+    s.wait_done(31).await;
+    let calls = w.calls();
+    let after_refusal: Vec<&Call> = calls.iter().skip(1).collect();
+    assert_eq!(after_refusal.len(), 31, "each row called once more");
+    for c in &after_refusal {
+        assert!(
+            c.started >= paused_until,
+            "a call at {} during the pause (until {paused_until})",
+            c.started
+        );
+    }
+    let refused = &calls[0];
+    let again: Vec<&&Call> = after_refusal
+        .iter()
+        .filter(|c| c.id == refused.id)
+        .collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, "1", "the refused call counted no attempt");
+    drop(reactors);
+}
+
+/// Owner A has 5,000 pending rows; owner B submits one while A's are being
+/// worked. With `per_key = "owner_id"` B's row is called within 2 batches
+/// (REACTOR_BATCH_SIZE = 50) of calls after its insert, not after A's rows.
+#[tokio::test]
+async fn one_row_of_b_is_handled_within_two_batches_behind_thousands_of_a() {
+    let w = worker(Behaviour::default()).await;
+    let s = setup(&w.url, r#"per_key = "owner_id""#).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    s.insert(5000, a, "").await;
+    let _reactor = s.spawn(&["--batch-size", "50"]);
+    eventually("A's rows being worked", LONG, || async {
+        w.calls().len() >= 100
+    })
+    .await;
+    let b_id: Uuid = s
+        .client
+        .query_one(
+            "insert into public.lim_jobs (owner_id) values ($1) returning id",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let before = w.calls().len();
+    eventually("B's row called", LONG, || async {
+        w.calls().iter().any(|c| c.id == b_id.to_string())
+    })
+    .await;
+    let position = w
+        .calls()
+        .iter()
+        .position(|c| c.id == b_id.to_string())
+        .unwrap();
+    let a_left = common::count(
+        &s.client,
+        "select count(*) from public.lim_jobs where status = 'pending'",
+    )
+    .await;
+    assert!(
+        position - before <= 2 * 50,
+        "B's row was call {} after its insert (A's rows still pending: {a_left})",
+        position - before
+    );
+    assert!(
+        a_left > 1000,
+        "B did not wait for A's backlog: {a_left} left"
+    );
+}
+
+/// Push-back counts no attempt, but the outage budget still ends: a worker
+/// answering 503 `Retry-After: 1` forever fails the row once the table's
+/// `http.retry_for` (2 s) has passed since its first refusal.
+#[tokio::test]
+async fn push_back_without_end_still_fails_the_row_after_its_retry_for() {
+    let w = worker(Behaviour {
+        always_503: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let s = setup(&w.url, "").await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("[table.limits]", "retry_for = \"2s\"\n\n[table.limits]"),
+    )
+    .unwrap();
+    let _reactor = s.spawn(&[]);
+    s.insert(1, Uuid::new_v4(), "").await;
+    eventually("the row failed", LONG, || async {
+        common::count(
+            &s.client,
+            "select count(*) from public.lim_jobs where status = 'failed' and error like '%503%'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let calls = w.calls();
+    assert!(calls.len() >= 2, "retried through the pauses: {calls:?}");
+    assert_eq!(calls[1].attempt, "1", "a pause counts no attempt");
+}
+
+/// A bad limit is refused at start with a message naming the setting.
+#[tokio::test]
+async fn a_bad_limit_is_refused_at_start_naming_the_setting() {
+    let s = setup("http://127.0.0.1:9/work", r#"rate = "fast""#).await;
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut flags = common::reactor_flags(&s.db, s.storage.path());
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+            .arg("run")
+            .args(flags)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &[
+            "--config",
+            s.config.to_str().unwrap(),
+            "--http-secret",
+            SECRET,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("limits.rate") && stderr.contains("\"fast\" is not a rate"),
+        "{stderr}"
+    );
+    let out = run(&[], &[("REACTOR_GENERATION_RATE", "fast")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("REACTOR_GENERATION_RATE"), "{stderr}");
+
+    std::fs::write(
+        &s.config,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(r#"rate = "fast""#, "max_in_flight_per_key = 2"),
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "--config",
+            s.config.to_str().unwrap(),
+            "--http-secret",
+            SECRET,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("limits.max_in_flight_per_key") && stderr.contains("per_key"),
+        "{stderr}"
+    );
+}
