@@ -5,15 +5,15 @@
 -- pg_notify calls are skipped, and with them the commit-time NOTIFY lock.
 --
 -- The quiet lookup is one primary-key probe of a tiny unlogged table, inlined
--- (no function call per row), and only reads: writers never wait on each
+-- (no function call per row) in the same query as the mode lookup, and only reads: writers never wait on each
 -- other for it. It compares with now() (the transaction's start): a writer
 -- whose transaction began inside the lease skips its hint even if it commits
 -- after the lease ended. The reactor covers that race by polling on for a
 -- grace after the lease (REACTOR_QUIET_GRACE) and scanning once more; a
 -- transaction longer than that is found by the periodic sweep.
 --
--- notify_watched_row now reads the row through to_jsonb only when a payload is
--- needed (not at all while quiet in notify mode).
+-- notify_watched_row now reads its arguments and the row (through to_jsonb)
+-- only when a payload is needed: not at all while quiet in notify mode.
 
 create or replace function reactor.notify_generation_job() returns trigger
 language plpgsql security definer set search_path = pg_catalog, public as $$
@@ -25,12 +25,18 @@ declare
     || ',"old_status":'
     || case when tg_op = 'UPDATE' then to_json(old.status)::text else 'null' end
     || '}';
+  outbox boolean;
+  quiet boolean;
 begin
-  if coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
-              (select s.notify_mode from reactor.settings s limit 1)) = 'outbox' then
+  -- The mode and the quiet lease in one query (one executor run per row).
+  select coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
+                  (select s.notify_mode from reactor.settings s limit 1)) = 'outbox',
+         exists (select 1 from reactor.quiet_tables q
+                 where q.table_name = 'generation_jobs' and q.quiet_until > now())
+    into outbox, quiet;
+  if outbox then
     insert into reactor.outbox (payload) values (payload);
-  elsif not exists (select 1 from reactor.quiet_tables q
-                    where q.table_name = 'generation_jobs' and q.quiet_until > now()) then
+  elsif not quiet then
     perform pg_notify('reactor', payload);
     perform pg_notify('job_status', payload);
   end if;
@@ -47,12 +53,17 @@ language plpgsql security definer set search_path = pg_catalog, public as $$
 declare
   payload text := '{"table":"profiles","op":"INSERT","id":"' || new.id::text
     || '","owner_id":"' || new.id::text || '","status":null,"old_status":null}';
+  outbox boolean;
+  quiet boolean;
 begin
-  if coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
-              (select s.notify_mode from reactor.settings s limit 1)) = 'outbox' then
+  select coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
+                  (select s.notify_mode from reactor.settings s limit 1)) = 'outbox',
+         exists (select 1 from reactor.quiet_tables q
+                 where q.table_name = 'profiles' and q.quiet_until > now())
+    into outbox, quiet;
+  if outbox then
     insert into reactor.outbox (payload, to_status) values (payload, false);
-  elsif not exists (select 1 from reactor.quiet_tables q
-                    where q.table_name = 'profiles' and q.quiet_until > now()) then
+  elsif not quiet then
     perform pg_notify('reactor', payload);
   end if;
   return null;
@@ -62,19 +73,26 @@ $$;
 create or replace function reactor.notify_watched_row() returns trigger
 language plpgsql security definer set search_path = pg_catalog, public as $$
 declare
-  key_col text := tg_argv[0];
-  status_col text := tg_argv[1];
-  owner_col text := nullif(coalesce(tg_argv[2], ''), '');
-  outbox boolean := coalesce(coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
-                                      (select s.notify_mode from reactor.settings s limit 1)) = 'outbox',
-                             false);
+  key_col text;
+  status_col text;
+  owner_col text;
+  outbox boolean;
+  quiet boolean;
   row_json jsonb;
   payload text;
 begin
-  if not outbox and exists (select 1 from reactor.quiet_tables q
-                            where q.table_name = tg_table_name and q.quiet_until > now()) then
+  select coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
+                  (select s.notify_mode from reactor.settings s limit 1)) = 'outbox',
+         exists (select 1 from reactor.quiet_tables q
+                 where q.table_name = tg_table_name and q.quiet_until > now())
+    into outbox, quiet;
+  outbox := coalesce(outbox, false);
+  if not outbox and quiet then
     return null;
   end if;
+  key_col := tg_argv[0];
+  status_col := tg_argv[1];
+  owner_col := nullif(coalesce(tg_argv[2], ''), '');
   row_json := to_jsonb(new);
   payload := '{"table":' || to_json(tg_table_name::text)::text
     || ',"op":"' || tg_op
