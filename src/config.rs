@@ -137,6 +137,27 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_LISTEN_CHECK_TIMEOUT", default_value = "5s", value_parser = interval)]
     pub listen_check_timeout: Duration,
 
+    /// Notify mode: hints per second on one table (heard over a 100 ms window)
+    /// above which the reactor makes that table's writers quiet (no NOTIFY)
+    /// and pages its pending rows instead. 0: never.
+    #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "100")]
+    pub quiet_above: u64,
+
+    /// While a table is quiet, how often its handlers' pending rows are paged.
+    #[arg(long, env = "REACTOR_QUIET_POLL", default_value = "10ms", value_parser = interval)]
+    pub quiet_poll: Duration,
+
+    /// How long one take of a table's quiet lasts; renewed (every third of it)
+    /// while the table stays busy. Writers notify again at most this long
+    /// after the reactor holding it dies.
+    #[arg(long, env = "REACTOR_QUIET_LEASE", default_value = "3s", value_parser = interval)]
+    pub quiet_lease: Duration,
+
+    /// After a quiet lease ends, how long the table is still polled before one
+    /// last scan (covers writers whose transaction began inside the lease).
+    #[arg(long, env = "REACTOR_QUIET_GRACE", default_value = "1s", value_parser = duration)]
+    pub quiet_grace: Duration,
+
     /// Where render images are stored: file:///abs/path, a plain path, or s3://bucket.
     #[arg(long, env = "REACTOR_STORAGE_URL", default_value = "./storage")]
     pub storage_url: String,

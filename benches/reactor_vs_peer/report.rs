@@ -245,6 +245,38 @@ impl Report<'_> {
             }
         }
 
+        for mode in ["fast", "durable"] {
+            for c in &self.p.write_clients {
+                let (Some(hints), Some(off)) = (
+                    self.get(&format!("write.{mode}.c{c}.hints")),
+                    self.get(&format!("write.{mode}.c{c}.hints_off")),
+                ) else {
+                    continue;
+                };
+                let ratio = hints / off;
+                // Issue 22's targets are for durable writers.
+                let (target, met) = match (mode, *c) {
+                    ("durable", 32) => (
+                        "≥ 0.95 at 32 durable writers",
+                        Self::verdict(Some(ratio >= 0.95)),
+                    ),
+                    ("durable", 1) => (
+                        "≥ 0.90 at 1 durable writer",
+                        Self::verdict(Some(ratio >= 0.90)),
+                    ),
+                    _ => ("—", ""),
+                };
+                let how = if mode == "fast" {
+                    "fsync off (the throwaway cluster)"
+                } else {
+                    "fsync + synchronous_commit on"
+                };
+                s.push_str(&format!(
+                    "| 4b. hint cost alone (issue 22): own watched table, no route, reactor listening (quiet under load), {c} client(s), {how} | {hints:.0} tps | — | — | same table, hint triggers disabled: {off:.0} tps | — | — | {ratio:.2} | {target} | {met} |\n"
+                ));
+            }
+        }
+
         for (pre, rows) in [("fav", fav), ("usage", usage)] {
             let k = |c: &str| format!("{pre}.insert.{c}");
             if self.get(&k("floor")).is_none() {

@@ -1,5 +1,9 @@
 //! Workload 4: the write overhead of the notify triggers (pgbench inserts
-//! with them, without them, and in outbox mode).
+//! with them, without them, and in outbox mode), and issue 22's hint cost
+//! alone: an own watched table with no route, against the same table with
+//! its hint triggers disabled, in the same database with the reactor running
+//! and listening (it only hears `job_status`, and quiets the table under
+//! load: sql/260_quiet_hints.sql).
 use crate::cluster::{Ctx, Template};
 use crate::contenders::Contender;
 use crate::measure::{find_pgbench, median, pgbench};
@@ -16,6 +20,32 @@ pub(crate) const WRITE_SCRIPT: &str =
     "insert into public.generation_jobs (owner_id, mode, prompt, status, error) \
 values (gen_random_uuid(), 'imagine', 'bench', 'failed', 'bench');\n";
 
+/// Two tables of one shape in the `with` database: one watched, one watched
+/// with its hint triggers disabled (so the only difference is the hints).
+const HINT_TABLES: &str = "
+create table public.bench_hints (id bigserial primary key, status text not null default 'new');
+create table public.bench_hints_off (id bigserial primary key, status text not null default 'new');
+select reactor.watch_table('public.bench_hints');
+select reactor.watch_table('public.bench_hints_off');
+alter table public.bench_hints_off disable trigger reactor_watch_insert;
+alter table public.bench_hints_off disable trigger reactor_watch_status;";
+
+/// The variants measured: (name, database, script).
+fn variants<'a>(
+    with: &'a crate::cluster::Db,
+    without: &'a crate::cluster::Db,
+    outbox: &'a crate::cluster::Db,
+    scripts: &'a [std::path::PathBuf; 3],
+) -> [(&'static str, &'a crate::cluster::Db, &'a std::path::Path); 5] {
+    [
+        ("without", without, &scripts[0]),
+        ("with", with, &scripts[0]),
+        ("outbox", outbox, &scripts[0]),
+        ("hints_off", with, &scripts[2]),
+        ("hints", with, &scripts[1]),
+    ]
+}
+
 pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let Some(pgbench_bin) = find_pgbench() else {
         println!("\n== write overhead: skipped (pgbench not found)");
@@ -23,6 +53,14 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     };
     let script = ctx.p.work_dir.join("insert_job.sql");
     std::fs::write(&script, WRITE_SCRIPT)?;
+    let mut scripts = [script.clone(), script.clone(), script];
+    for (i, table) in [(1, "bench_hints"), (2, "bench_hints_off")] {
+        scripts[i] = ctx.p.work_dir.join(format!("insert_{table}.sql"));
+        std::fs::write(
+            &scripts[i],
+            format!("insert into public.{table} default values;\n"),
+        )?;
+    }
     let mut modes = vec!["fast"];
     if ctx.p.write_durable {
         if ctx.p.database_url.is_some() {
@@ -42,6 +80,7 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let with = ctx
             .fresh_db(&format!("write_{mode}_with"), Template::Reactor)
             .await?;
+        with.client.batch_execute(HINT_TABLES).await?;
         let without = ctx
             .fresh_db(&format!("write_{mode}_without"), Template::Plain)
             .await?;
@@ -61,12 +100,23 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let mut tps: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
         for _ in 0..ctx.p.write_repeats {
             for &c in &ctx.p.write_clients {
-                for (variant, db) in [("without", &without), ("with", &with), ("outbox", &outbox)] {
+                for (variant, db, script) in variants(&with, &without, &outbox, &scripts) {
                     db.client
                         .batch_execute("truncate public.generation_jobs cascade")
                         .await?;
+                    if variant.starts_with("hints") {
+                        db.client
+                            .batch_execute("truncate public.bench_hints, public.bench_hints_off")
+                            .await?;
+                    }
                     db.client.batch_execute("checkpoint").await?;
-                    let t = pgbench(&pgbench_bin, &script, &db.url, c, ctx.p.write_secs).await?;
+                    if variant.starts_with("hints") {
+                        // Sustained load, as the targets mean it: the reactor
+                        // takes the quiet lease within its first 100 ms (plus
+                        // the listener's lag), which a short run would count.
+                        pgbench(&pgbench_bin, script, &db.url, c, 1).await?;
+                    }
+                    let t = pgbench(&pgbench_bin, script, &db.url, c, ctx.p.write_secs).await?;
                     println!("  {mode} c={c} {variant}: {t:.0} tps");
                     tps.entry((c, variant)).or_default().push(t);
                 }

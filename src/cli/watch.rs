@@ -31,6 +31,15 @@ pub fn line(change: &Change, at: chrono::DateTime<chrono::Utc>) -> String {
     )
 }
 
+/// `07:41:02  image_jobs quiet for 3s: under load its writers send no per-row events`
+pub fn quiet_line(table: &str, for_ms: u64, at: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}  {table} quiet for {:?}: under load its writers send no per-row events",
+        at.format("%H:%M:%S"),
+        std::time::Duration::from_millis(for_ms)
+    )
+}
+
 /// Prints changes until the connection ends (or the process is stopped).
 pub async fn run(
     url: &str,
@@ -60,8 +69,18 @@ pub async fn run(
     client.batch_execute("LISTEN job_status").await?;
     let owner = owner.map(|o| o.to_string());
     while let Some(payload) = rx.recv().await {
-        let Ok(Message::Change(change)) = notification::parse(&payload) else {
-            continue;
+        let change = match notification::parse(&payload) {
+            Ok(Message::Change(change)) => change,
+            Ok(Message::Quiet { table, for_ms }) => {
+                if json {
+                    writeln!(out, "{payload}")?;
+                } else {
+                    writeln!(out, "{}", quiet_line(&table, for_ms, chrono::Utc::now()))?;
+                }
+                out.flush()?;
+                continue;
+            }
+            _ => continue,
         };
         if owner.is_some() && change.owner_id != owner {
             continue;
@@ -96,6 +115,10 @@ mod tests {
         assert_eq!(
             line(&change, at),
             "07:41:02  job 1a2b3c4d  owner 5e6f7a8b  processing → succeeded"
+        );
+        assert_eq!(
+            quiet_line("image_jobs", 3000, at),
+            "07:41:02  image_jobs quiet for 3s: under load its writers send no per-row events"
         );
     }
 }

@@ -96,7 +96,9 @@ impl Shared {
                     }
                 }
             }
+            Event::Quiet { table, for_ms } => self.heard_quiet(&table, for_ms),
             Event::Change(change) => {
+                self.quiet.heard(&change.table);
                 for slot in &self.slots {
                     let spec = &slot.handler.spec;
                     if !spec.wants(&change.table, change.status.as_deref()) {

@@ -41,6 +41,11 @@ pub enum Event {
         handler: String,
         id: String,
     },
+    /// A reactor announced that `table`'s writers send no hints for `for_ms`.
+    Quiet {
+        table: String,
+        for_ms: u64,
+    },
     /// The connection was lost or went deaf; reconnecting.
     Disconnected,
 }
@@ -187,6 +192,7 @@ impl Listener {
                 match notification::parse(n.payload()) {
                     Ok(Message::Change(change)) => sink(Event::Change(change)),
                     Ok(Message::Retry { handler, id }) => sink(Event::Retry { handler, id }),
+                    Ok(Message::Quiet { table, for_ms }) => sink(Event::Quiet { table, for_ms }),
                     Ok(Message::Ping(ping)) => {
                         if !ping.is_empty() && *expected.borrow() == ping {
                             heard_tx.send_replace(ping);

@@ -11,7 +11,8 @@
 //! The services, one per file, share one start/stop lifecycle ([`Engine::run`]):
 //! `worker` (one per handler: scans and notified ids), `claims` (leased
 //! attempts and how they record_outcome), `heartbeat` (renews live leases), `tidy`
-//! (the sweeper), `outbox` (outbox drain), `listener` and `status_feed`, after
+//! (the sweeper), `outbox` (outbox drain), `quiet` (quiet hints under load),
+//! `listener` and `status_feed`, after
 //! `schema` (waits for the database). Every task is spawned on one of two
 //! trackers: work (stopped first, with a grace period) and services (stopped
 //! once the work is done, so leases are renewed until then).
@@ -22,6 +23,7 @@ mod inbox;
 pub(crate) mod listener;
 pub mod notification;
 mod outbox;
+mod quiet;
 mod schema;
 pub(crate) mod status_feed;
 mod tidy;
@@ -149,6 +151,8 @@ struct Shared {
     permits: Arc<Semaphore>,
     /// Leases of attempts running in this process: what the heartbeat renews.
     live: Arc<lease::LiveLeases>,
+    /// Hint rates and quiet tables (notify mode under load).
+    quiet: quiet::Quiet,
     /// Workers, leased attempts and retry timers: what shutdown waits for.
     tracker: TaskTracker,
     /// Heartbeat, tidy, status feed, outbox drain and listener.
@@ -256,6 +260,7 @@ impl Engine {
                 cfg,
                 pool,
                 instance: Uuid::new_v4(),
+                quiet: quiet::Quiet::default(),
                 slots,
                 tracker: TaskTracker::new(),
                 services: Services::default(),
@@ -332,6 +337,7 @@ impl Engine {
                 sink: l.sink.clone(),
             };
             services.spawn_to_end(wal.run(shared.shutdown.clone()));
+            services.spawn(shared.clone().quiet());
             Some(services.spawn(l.run(shared.shutdown.clone())))
         } else {
             shared.readiness.listening.store(true, Ordering::SeqCst);
@@ -383,6 +389,11 @@ impl Engine {
             Ok(_) => tracing::info!("leases released"),
             Err(e) => {
                 tracing::warn!(error = %e, "releasing leases failed; they expire on their own")
+            }
+        }
+        if cfg.listen {
+            if let Err(e) = shared.release_quiet().await {
+                tracing::warn!(error = %e, "releasing quiet tables failed; their writers hint again when the quiet lease ends");
             }
         }
         Ok(())

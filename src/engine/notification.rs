@@ -26,6 +26,13 @@ pub enum Message {
         handler: String,
         id: String,
     },
+    /// A reactor is paging `table` and its writers send no hints for the
+    /// next `for_ms` milliseconds: `{"reactor_quiet":"<table>","for_ms":5000}`
+    /// (src/engine/quiet.rs).
+    Quiet {
+        table: String,
+        for_ms: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,6 +52,11 @@ pub fn parse(payload: &str) -> Result<Message, PayloadError> {
         reactor_retry: String,
         id: String,
     }
+    #[derive(Deserialize)]
+    struct Quiet {
+        reactor_quiet: String,
+        for_ms: u64,
+    }
     if let Ok(ping) = serde_json::from_str::<Ping>(payload) {
         return Ok(Message::Ping(ping.reactor_ping));
     }
@@ -52,6 +64,12 @@ pub fn parse(payload: &str) -> Result<Message, PayloadError> {
         return Ok(Message::Retry {
             handler: retry.reactor_retry,
             id: retry.id,
+        });
+    }
+    if let Ok(quiet) = serde_json::from_str::<Quiet>(payload) {
+        return Ok(Message::Quiet {
+            table: quiet.reactor_quiet,
+            for_ms: quiet.for_ms,
         });
     }
     let change: Change =
@@ -104,5 +122,17 @@ mod tests {
             parse(r#"{"reactor_ping":"abc-1"}"#),
             Ok(Message::Ping("abc-1".into()))
         );
+    }
+
+    #[test]
+    fn recognises_a_quiet_announcement() {
+        assert_eq!(
+            parse(r#"{"reactor_quiet":"image_jobs","for_ms":5000}"#),
+            Ok(Message::Quiet {
+                table: "image_jobs".into(),
+                for_ms: 5000
+            })
+        );
+        assert!(parse(r#"{"reactor_quiet":"image_jobs","for_ms":-1}"#).is_err());
     }
 }

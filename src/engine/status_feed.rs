@@ -185,6 +185,12 @@ impl StatusFeed {
         self.dropped.subscribe()
     }
 
+    /// Tells every event stream to resync: a table went quiet or its quiet
+    /// ended (src/engine/quiet.rs), so per-row events of it are missing.
+    pub(crate) fn resync(&self) {
+        self.hints_lost();
+    }
+
     fn hints_lost(&self) {
         self.dropped.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -1,0 +1,300 @@
+//! Quiet hints under load (notify mode).
+//!
+//! A transaction that NOTIFYs takes a database-wide lock at commit and holds
+//! it through its WAL flush, so under load notifying writers are serialized.
+//! When the reactor hears more than REACTOR_QUIET_ABOVE hints a second for a
+//! table, it takes that table's quiet lease (reactor.quiet_tables,
+//! sql/260_quiet_hints.sql): the table's writers then skip NOTIFY
+//! (triggers/260_quiet_hints.sql) and the reactor pages the table's pending
+//! rows every REACTOR_QUIET_POLL instead. It renews the lease (every half
+//! lease) while the table stays busy, judged from the server's own counters
+//! of the table's inserts and updates (pg_stat_all_tables: the writers send
+//! nothing any more); once it is not, the lease runs out and writers notify
+//! again. Nobody clears it early: a quiet table costs polling, not rows.
+//!
+//! Every take is announced on channels `reactor` and `job_status`
+//! (`{"reactor_quiet":"<table>","for_ms":…}`). Every reactor that hears it
+//! (the holder too) pages the table until the lease ends plus
+//! REACTOR_QUIET_GRACE, then scans it once more: a writer whose transaction
+//! began inside the lease skipped its hint even if it commits after the
+//! lease, and that last scan finds its row; a transaction longer than the
+//! grace is found by the periodic sweep (REACTOR_SWEEP_INTERVAL). Hints are
+//! only hints: correctness still comes from the pending scans.
+//!
+//! Event streams (the status feed) hear no per-row events of a quiet table,
+//! so every announcement and every end of a quiet tells them to resync.
+//!
+//! Fail-safe: the lease is the server's clock (`now()`), so a holder that dies
+//! or is cut off silences writers at most REACTOR_QUIET_LEASE; the table is
+//! unlogged, so a server crash empties it. Several reactors may run: one holds
+//! a table's lease at a time, the others page it on its announcements.
+use super::Shared;
+use crate::store::db::param;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long hints are counted before a table's rate is judged.
+const WINDOW: Duration = Duration::from_millis(100);
+/// The longest quiet an announcement is believed for (anyone may NOTIFY).
+const MAX_ANNOUNCED: Duration = Duration::from_secs(60);
+/// Tables considered for a quiet per window, busiest first (anyone may
+/// NOTIFY hints naming any number of tables).
+const MAX_TAKES_PER_WINDOW: usize = 4;
+
+/// Takes or renews `$1`'s quiet for `$2` ms as holder `$3`, only in notify
+/// mode, only for a table with trusted hint triggers (a hint may be forged)
+/// and only when it is free, expired or already ours; announces it and
+/// returns the table's write count. No row: not taken.
+const TAKE: &str = "
+with taken as (
+  insert into reactor.quiet_tables as q (table_name, holder, quiet_until)
+  select $1, $3, now() + $2::float8 * interval '1 millisecond'
+  where coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
+                 (select s.notify_mode from reactor.settings s limit 1), 'notify') = 'notify'
+    and exists (select 1 from reactor.hint_triggers h where h.table_name = $1 and h.enabled)
+  on conflict (table_name) do update
+    set holder = excluded.holder, quiet_until = excluded.quiet_until
+    where q.holder = excluded.holder or q.quiet_until < now()
+  returning 1
+)
+select (select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
+        from pg_stat_all_tables where relname = $1),
+       pg_notify('reactor', $4), pg_notify('job_status', $4)
+from taken";
+
+/// The table's inserts and updates so far, as the server counts them.
+const WRITES: &str = "select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
+                      from pg_stat_all_tables where relname = $1";
+
+/// What every part of the engine shares about quiet tables.
+#[derive(Default)]
+pub(super) struct Quiet {
+    /// Hints heard per table in the current window.
+    heard: Mutex<HashMap<String, u64>>,
+    /// Tables paged instead of hinted, until when (then one last scan).
+    polling: Mutex<HashMap<String, Instant>>,
+}
+
+impl Quiet {
+    /// A hint for `table` arrived.
+    pub(super) fn heard(&self, table: &str) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        match heard.get_mut(table) {
+            Some(n) => *n += 1,
+            None => {
+                heard.insert(table.to_string(), 1);
+            }
+        }
+    }
+
+    /// Pages `table` until `until` (or longer, if asked already).
+    fn poll_until(&self, table: &str, until: Instant) {
+        let mut polling = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = polling.entry(table.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// The tables to page now, and those whose time just ran out.
+    fn due(&self, now: Instant) -> (Vec<String>, Vec<String>) {
+        let mut polling = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        let ended: Vec<String> = polling
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &ended {
+            polling.remove(t);
+        }
+        (polling.keys().cloned().collect(), ended)
+    }
+}
+
+/// A table whose quiet this reactor holds.
+struct Held {
+    /// When it was last taken, and the table's write count then.
+    taken: Instant,
+    writes: i64,
+}
+
+impl Shared {
+    /// An announcement was heard (or made): page `table` for `for_ms` plus
+    /// the grace, and tell event streams to resync.
+    pub(super) fn heard_quiet(&self, table: &str, for_ms: u64) {
+        let quiet_for = Duration::from_millis(for_ms).min(MAX_ANNOUNCED);
+        self.quiet
+            .poll_until(table, Instant::now() + quiet_for + self.cfg.quiet_grace);
+        self.status_feed.resync();
+    }
+
+    /// Asks every handler of `table` for a scan (coalesced with one running).
+    fn scan_table(&self, table: &str) {
+        for slot in &self.slots {
+            if slot.handler.spec.notify_table == table {
+                slot.inbox.request_scan();
+            }
+        }
+    }
+
+    /// Pages quiet tables, and takes and renews quiet leases, until stopped.
+    pub(super) async fn quiet(self: Arc<Self>) {
+        let mut held: HashMap<String, Held> = HashMap::new();
+        // Tables another holder (or another mode) refused us, until when.
+        let mut refused: HashMap<String, Instant> = HashMap::new();
+        let mut ticker = tokio::time::interval(self.cfg.quiet_poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut window = Instant::now();
+        loop {
+            ticker.tick().await;
+            let now = Instant::now();
+            let (paged, ended) = self.quiet.due(now);
+            for table in &paged {
+                self.scan_table(table);
+            }
+            for table in &ended {
+                tracing::debug!(%table, "quiet ended: writers hint again; one last scan");
+                self.scan_table(table);
+                self.status_feed.resync();
+            }
+            if now.duration_since(window) < WINDOW {
+                continue;
+            }
+            let elapsed = now.duration_since(window).as_secs_f64();
+            window = now;
+            let heard =
+                std::mem::take(&mut *self.quiet.heard.lock().unwrap_or_else(|e| e.into_inner()));
+            refused.retain(|_, until| *until > now);
+            let above = self.cfg.quiet_above as f64;
+            if self.cfg.quiet_above > 0 {
+                let mut busy: Vec<(String, u64)> = heard
+                    .into_iter()
+                    .filter(|(t, n)| {
+                        *n as f64 / elapsed >= above
+                            && !held.contains_key(t)
+                            && !refused.contains_key(t)
+                    })
+                    .collect();
+                busy.sort_by_key(|b| std::cmp::Reverse(b.1));
+                for (table, _) in busy.into_iter().take(MAX_TAKES_PER_WINDOW) {
+                    self.take_or_renew(&table, &mut held, &mut refused).await;
+                }
+            }
+            let renew_after = self.cfg.quiet_lease / 2;
+            let due: Vec<String> = held
+                .iter()
+                .filter(|(_, h)| h.taken.elapsed() >= renew_after)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for table in due {
+                let Some(h) = held.get(&table) else { continue };
+                let writes = self
+                    .within(async |client| {
+                        Ok(client
+                            .query_typed_one(WRITES, &[param(&table.as_str())])
+                            .await?
+                            .get::<_, i64>(0))
+                    })
+                    .await;
+                let rate = match writes {
+                    Ok(w) => (w - h.writes) as f64 / h.taken.elapsed().as_secs_f64(),
+                    Err(e) => {
+                        tracing::warn!(%table, error = %e, "reading a quiet table's writes failed; its quiet runs out");
+                        0.0
+                    }
+                };
+                // Half the rate that made it quiet keeps it quiet (no flapping).
+                if rate >= above / 2.0 {
+                    self.take_or_renew(&table, &mut held, &mut refused).await;
+                } else {
+                    tracing::info!(%table, writes_per_second = rate, "table no longer busy: its quiet runs out and writers hint again");
+                    held.remove(&table);
+                }
+            }
+        }
+    }
+
+    /// Takes (or renews) `table`'s quiet; on refusal, leaves it to its holder
+    /// for a third of a lease.
+    async fn take_or_renew(
+        &self,
+        table: &str,
+        held: &mut HashMap<String, Held>,
+        refused: &mut HashMap<String, Instant>,
+    ) {
+        let for_ms = i64::try_from(self.cfg.quiet_lease.as_millis()).unwrap_or(i64::MAX);
+        let announcement =
+            serde_json::json!({ "reactor_quiet": table, "for_ms": for_ms }).to_string();
+        let taken = self
+            .within(async |client| {
+                Ok(client
+                    .query_typed(
+                        TAKE,
+                        &[
+                            param(&table),
+                            param(&for_ms),
+                            param(&self.instance),
+                            param(&announcement.as_str()),
+                        ],
+                    )
+                    .await?
+                    .first()
+                    .map(|r| r.get::<_, i64>(0)))
+            })
+            .await;
+        match taken {
+            Ok(Some(writes)) => {
+                if !held.contains_key(table) {
+                    tracing::info!(%table, lease = ?self.cfg.quiet_lease, "table busy: its writers go quiet, its pending rows are paged");
+                }
+                held.insert(
+                    table.to_string(),
+                    Held {
+                        taken: Instant::now(),
+                        writes,
+                    },
+                );
+                // Our own announcement may not come back (listener reconnecting).
+                self.heard_quiet(table, for_ms as u64);
+            }
+            Ok(None) => {
+                held.remove(table);
+                refused.insert(table.to_string(), Instant::now() + self.cfg.quiet_lease / 3);
+            }
+            Err(e) => {
+                tracing::warn!(%table, error = %e, "taking a table's quiet failed; its writers keep hinting");
+                held.remove(table);
+                refused.insert(table.to_string(), Instant::now() + self.cfg.quiet_lease / 3);
+            }
+        }
+    }
+
+    /// Gives up this reactor's quiet leases (at shutdown): writers hint again at once.
+    pub(super) async fn release_quiet(&self) -> Result<u64, super::error::ServiceError> {
+        self.within(async |client| {
+            Ok(client
+                .execute_typed(
+                    "delete from reactor.quiet_tables where holder = $1",
+                    &[param(&self.instance)],
+                )
+                .await?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_is_paged_until_its_latest_deadline_then_ends_once() {
+        let quiet = Quiet::default();
+        let now = Instant::now();
+        quiet.poll_until("t", now + Duration::from_secs(2));
+        quiet.poll_until("t", now + Duration::from_secs(1));
+        assert_eq!(quiet.due(now), (vec!["t".to_string()], vec![]));
+        let later = now + Duration::from_secs(2);
+        assert_eq!(quiet.due(later), (vec![], vec!["t".to_string()]));
+        assert_eq!(quiet.due(later), (vec![], vec![]));
+    }
+}
