@@ -22,6 +22,7 @@ mod inbox;
 pub(crate) mod listener;
 pub mod notification;
 mod outbox;
+mod poll_mode;
 mod schema;
 pub(crate) mod status_feed;
 mod tidy;
@@ -155,6 +156,8 @@ struct Shared {
     services: Services,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
+    /// The database is in poll mode (kept up to date by `poll_mode`).
+    polling: AtomicBool,
 }
 
 /// The engine's background services, tracked in one place and stopped
@@ -257,6 +260,7 @@ impl Engine {
                 services: Services::default(),
                 readiness: Arc::new(readiness),
                 shutdown,
+                polling: AtomicBool::new(false),
             }),
         })
     }
@@ -302,6 +306,7 @@ impl Engine {
         let services = &shared.services;
         services.spawn(shared.clone().heartbeat());
         services.spawn(shared.clone().tidy());
+        services.spawn(shared.clone().watch_poll_mode());
         services.spawn(
             shared
                 .status_feed
@@ -333,25 +338,32 @@ impl Engine {
             None
         };
 
-        // Start-up replay, then periodic sweeps (and polls when not listening).
+        // Start-up replay, then a sweep every REACTOR_SWEEP_INTERVAL, or a
+        // poll every REACTOR_POLL_INTERVAL while no hint reaches the engine
+        // (not listening, the listener deaf, or the database in poll mode).
         shared.scan_all();
-        let period = if cfg.listen {
-            cfg.sweep_interval
-        } else {
-            cfg.poll_interval.min(cfg.sweep_interval)
-        };
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let every = cfg.poll_interval.min(cfg.sweep_interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deaf = false;
+        let mut last_scan = Instant::now();
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                _ = ticker.tick() => shared.scan_all(),
+                _ = ticker.tick() => {
+                    // A sweep due within half a tick runs now rather than a tick late.
+                    if deaf || shared.polls() || last_scan.elapsed() + every / 2 >= cfg.sweep_interval {
+                        last_scan = Instant::now();
+                        shared.scan_all();
+                    }
+                }
                 ended = async { listener.as_mut().expect("guarded").await }, if listener.is_some() => {
                     listener = None;
-                    let Ok(Some(Err(deaf))) = ended else { break };
+                    let Ok(Some(Err(deaf_error))) = ended else { break };
                     // A pooler eats notifications: keep doing the work by polling.
-                    tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
+                    tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf_error}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
                     shared.readiness.listening.store(true, Ordering::SeqCst);
-                    ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
+                    deaf = true;
                 }
             }
         }
