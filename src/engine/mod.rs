@@ -221,13 +221,21 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(index, handler)| {
-                let (effect, mark) = match &handler.action {
-                    Action::Sql { effect, mark } => (Some(effect.as_str()), mark.as_deref()),
-                    Action::Leased(_) => (None, None),
+                let (effect, mark, dead) = match &handler.action {
+                    Action::Sql { effect, mark, dead } => {
+                        (Some(effect.as_str()), mark.as_deref(), dead.as_deref())
+                    }
+                    Action::Leased(_) => (None, None, None),
+                };
+                let statements = Statements::build(&handler.spec, effect, mark);
+                let statements = match dead {
+                    Some(column) => statements.with_dead_marker(&handler.spec, column),
+                    None => statements,
                 };
                 RunningHandler {
                     index,
-                    statements: Statements::build(&handler.spec, effect, mark),
+                    statements,
+                    dead_backlog_marked: AtomicBool::new(false),
                     handler,
                     inbox: Inbox::new(),
                     scans: AtomicU64::new(0),
