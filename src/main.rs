@@ -37,11 +37,11 @@ enum Command {
         #[arg(long, env = "REACTOR_ALLOW_FOREIGN_POLICIES")]
         allow_foreign_policies: bool,
     },
-    /// Show or switch how hints reach the reactor: NOTIFY, the outbox table, or the WAL (no trigger).
+    /// Show or switch how hints reach the reactor: NOTIFY, the outbox table, the WAL or none (poll); no trigger fires in wal and poll.
     NotifyMode {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
-        /// notify, outbox or wal; omit to show the current mode.
+        /// notify, outbox, wal or poll; omit to show the current mode.
         mode: Option<reactor::store::notify_mode::Mode>,
     },
     /// The whole pipeline offline: throwaway Postgres, local provider, one job per mode.
@@ -181,6 +181,11 @@ async fn main() -> anyhow::Result<()> {
                     "hint triggers disabled; running reactors now read publication reactor through a temporary replication slot each (their role needs REPLICATION)"
                 );
             }
+            if settings.effective == "poll" {
+                println!(
+                    "hint triggers disabled; running reactors now find new rows by paging the pending indexes every REACTOR_POLL_INTERVAL"
+                );
+            }
             if settings.effective == "outbox" {
                 println!(
                     "hints now go to reactor.outbox: run the reactor with REACTOR_OUTBOX_POLL (e.g. 200ms) to act on them at once"
@@ -274,6 +279,10 @@ async fn status(
     // The config is checked before anything connects.
     let specs = ops::specs(config)?;
     let client = reactor::store::db::connect(database_url).await?;
+    let mode = reactor::store::notify_mode::show(&client)
+        .await
+        .map_err(reactor::store::db::DbError::from)?;
+    println!("{mode}");
     println!(
         "backlog per handler (pending, counted up to {}):",
         ops::BACKLOG_CAP

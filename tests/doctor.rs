@@ -331,6 +331,39 @@ async fn wal_mode_without_wal_level_logical_fails() {
 }
 
 #[tokio::test]
+async fn poll_mode_wants_every_hint_trigger_off_and_names_the_interval() {
+    let (db, outcome) = healthy_db_then("update reactor.settings set notify_mode = 'poll'").await;
+    assert_eq!(outcome.status("notify mode"), "ok");
+    assert!(
+        outcome.message("notify mode").contains("poll")
+            && outcome
+                .message("notify mode")
+                .contains("REACTOR_POLL_INTERVAL"),
+        "{}",
+        outcome.message("notify mode")
+    );
+    assert_eq!(outcome.status("hint triggers"), "ok");
+    assert!(outcome
+        .message("hint triggers")
+        .contains("disabled, as poll mode wants"));
+
+    // One trigger turned back on behind the switch's back: writers pay again.
+    db.client()
+        .await
+        .batch_execute("alter table public.profiles enable trigger reactor_notify_insert")
+        .await
+        .unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let replicate = FakeReplicate::start().await;
+    let outcome = doctor(&healthy_flags(&db.url, storage.path(), &replicate)).await;
+    assert_failed_with_exit_1(&outcome, "hint triggers");
+    assert!(outcome
+        .message("hint triggers")
+        .starts_with("poll mode, but 1 of"));
+    assert!(outcome.fix("hint triggers").contains("apply_notify_mode"));
+}
+
+#[tokio::test]
 async fn behind_pgbouncer_in_transaction_mode_with_listen_on_fails() {
     let db = common::migrated_db().await;
     let bouncer = PgBouncer::start(&db, "transaction").await;

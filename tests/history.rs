@@ -399,8 +399,8 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
             vec!["idx_jobs_in_flight_owner", "idx_jobs_followed_owner"],
         ),
         ("renders", vec!["idx_jobs_pending_renders"]),
-        ("usage", vec!["idx_jobs_pending_usage"]),
-        ("favorites", vec!["idx_profiles_pending_favorites"]),
+        ("usage", vec!["idx_jobs_usage_workable"]),
+        ("favorites", vec!["idx_profiles_favorites_workable"]),
         ("deleted_objects", vec!["idx_deleted_objects_pending"]),
     ];
     let handlers = [
@@ -418,7 +418,7 @@ async fn every_builtin_pending_page_is_served_by_its_partial_index() {
             .find(|(name, _)| *name == spec.name)
             .expect("every built-in handler is checked");
         let sql_action = handlers.iter().find_map(|h| match &h.action {
-            reactor::job::handler::Action::Sql { effect, mark } if h.spec.name == spec.name => {
+            reactor::job::handler::Action::Sql { effect, mark, .. } if h.spec.name == spec.name => {
                 Some((effect.clone(), mark.clone()))
             }
             _ => None,
@@ -482,7 +482,7 @@ async fn a_backlog_page_marks_its_rows_by_key_not_by_scanning_the_table() {
         reactor::handlers::usage::handler(),
         reactor::handlers::favorites::handler(),
     ] {
-        let reactor::job::handler::Action::Sql { effect, mark } = &handler.action else {
+        let reactor::job::handler::Action::Sql { effect, mark, .. } = &handler.action else {
             unreachable!("usage and favorites are SQL actions")
         };
         let statements = Statements::build(&handler.spec, Some(effect), mark.as_deref());
@@ -671,7 +671,7 @@ async fn the_manuals_concurrent_index_statements_run_before_the_migration_and_it
         })
         .filter(|s| !s.trim().is_empty())
         .collect();
-    assert_eq!(statements.len(), 10, "{statements:#?}");
+    assert_eq!(statements.len(), 12, "{statements:#?}");
 
     let db = common::empty_db().await;
     let mut client = db.client().await;

@@ -1076,3 +1076,75 @@ async fn an_outsiders_temporary_look_alike_table_does_not_break_the_mode_switch(
     assert_eq!(ours_enabled().await, 3, "the reactor's triggers are on");
     assert_eq!(impostors().await, untouched);
 }
+
+#[tokio::test]
+async fn switching_notify_poll_wal_and_back_under_load_loses_no_row() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,reactor=info,wal=info")
+        .with_test_writer()
+        .try_init();
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    let storage = tempfile::tempdir().unwrap();
+    // Sweeps an hour apart: every row must come from a hint, a poll or the
+    // scan each switch starts, never from the safety net.
+    let reactor = common::start_reactor(
+        &db,
+        storage.path(),
+        &["--sweep-interval", "1h", "--poll-interval", "200ms"],
+    )
+    .await;
+    reactor.wait_ready().await;
+
+    let writer_client = db.client().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writing = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut users = Vec::new();
+        while !writing.is_cancelled() {
+            users.push(common::user_with_profile(&writer_client).await);
+        }
+        users
+    });
+    // Long enough in a mode for the reactor to act on it (a slot in wal
+    // mode, polls in poll mode), and switches that come and go between two
+    // of its reads of the switch.
+    for (mode, stay) in [
+        (Mode::Poll, 2500),
+        (Mode::Wal, 6000),
+        (Mode::Poll, 300),
+        (Mode::Notify, 2500),
+        (Mode::Wal, 300),
+        (Mode::Notify, 1000),
+    ] {
+        assert_eq!(
+            notify_mode::set(&client, mode).await.unwrap().effective,
+            mode.as_str()
+        );
+        tracing::info!("test: switched to {}", mode.as_str());
+        tokio::time::sleep(Duration::from_millis(stay)).await;
+    }
+    stop.cancel();
+    let users = writer.await.unwrap();
+    assert!(users.len() > 20, "writes under every mode: {}", users.len());
+    eventually(
+        "every profile written across the switches is handled",
+        LONG,
+        || async { count_favorites(&client, &users).await == users.len() as i64 },
+    )
+    .await;
+    reactor.stop().await;
+}
+
+/// How many of `owners` have their "My Favorites" collection.
+async fn count_favorites(client: &Client, owners: &[Uuid]) -> i64 {
+    client
+        .query_one(
+            "select count(*) from collections where is_default_favorites and owner_id = any($1)",
+            &[&owners],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 /// The schema before issue 12, from the schema now.
 const BEFORE_ISSUE_12: &str = "
-drop index public.idx_jobs_pending_usage, public.idx_jobs_pending_renders,
+drop index public.idx_jobs_usage_workable, public.idx_jobs_pending_renders,
   public.idx_jobs_in_flight_owner,
-  public.idx_profiles_pending_favorites;
+  public.idx_profiles_favorites_workable;
 create index idx_jobs_status on public.generation_jobs (status, id);";
 
 /// What every run starts from: a table with a history (20,000 handled jobs of

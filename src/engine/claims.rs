@@ -102,6 +102,11 @@ impl Shared {
             let claimed: HashSet<String> = batch.claims.iter().map(|c| c.row_id.clone()).collect();
             started_rows += claimed.len();
             for (claim, permit) in batch.claims.into_iter().zip(permits) {
+                self.announce(
+                    &slot.handler.spec.notify_table,
+                    &claim.row_id,
+                    claim.attempts == 0,
+                );
                 let lease = Lease {
                     handler: name.clone(),
                     row_id: claim.row_id,
@@ -194,7 +199,9 @@ impl Shared {
                 if matches!(outcome, Ok(Outcome::Finished)) {
                     shared.slots[index].handled(1, started);
                 }
-                if let Err(e) = shared.record_outcome(index, &work, &lease, outcome).await {
+                let recorded = shared.record_outcome(index, &work, &lease, outcome).await;
+                shared.announce(&shared.slots[index].handler.spec.notify_table, &lease.row_id, false);
+                if let Err(e) = recorded {
                     // The database is away: stop renewing so the lease expires,
                     // and look at the row again once it has.
                     drop(live);

@@ -23,6 +23,7 @@ mod inbox;
 pub(crate) mod listener;
 pub mod notification;
 mod outbox;
+mod poll_mode;
 mod quiet;
 mod schema;
 pub(crate) mod status_feed;
@@ -159,6 +160,8 @@ struct Shared {
     services: Services,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
+    /// The database is in poll mode (kept up to date by `poll_mode`).
+    polling: AtomicBool,
 }
 
 /// The engine's background services, tracked in one place and stopped
@@ -222,17 +225,23 @@ impl Engine {
             .into_iter()
             .enumerate()
             .map(|(index, handler)| {
-                let (effect, mark) = match &handler.action {
-                    Action::Sql { effect, mark } => (Some(effect.as_str()), mark.as_deref()),
-                    Action::Leased(_) => (None, None),
+                let (effect, mark, dead) = match &handler.action {
+                    Action::Sql { effect, mark, dead } => {
+                        (Some(effect.as_str()), mark.as_deref(), dead.as_deref())
+                    }
+                    Action::Leased(_) => (None, None, None),
                 };
                 let mut statements = Statements::build(&handler.spec, effect, mark);
+                if let Some(column) = dead {
+                    statements = statements.with_dead_marker(&handler.spec, column);
+                }
                 if let Some(column) = &handler.limits.per_key {
                     statements = statements.with_per_key(&handler.spec, column);
                 }
                 RunningHandler {
                     index,
                     statements,
+                    dead_backlog_marked: AtomicBool::new(false),
                     handler,
                     inbox: Inbox::new(),
                     scans: AtomicU64::new(0),
@@ -266,6 +275,7 @@ impl Engine {
                 services: Services::default(),
                 readiness: Arc::new(readiness),
                 shutdown,
+                polling: AtomicBool::new(false),
             }),
         })
     }
@@ -312,6 +322,7 @@ impl Engine {
         let services = &shared.services;
         services.spawn(shared.clone().heartbeat());
         services.spawn(shared.clone().tidy());
+        services.spawn(shared.clone().watch_poll_mode());
         services.spawn(
             shared
                 .status_feed
@@ -344,25 +355,32 @@ impl Engine {
             None
         };
 
-        // Start-up replay, then periodic sweeps (and polls when not listening).
+        // Start-up replay, then a sweep every REACTOR_SWEEP_INTERVAL, or a
+        // poll every REACTOR_POLL_INTERVAL while no hint reaches the engine
+        // (not listening, the listener deaf, or the database in poll mode).
         shared.scan_all();
-        let period = if cfg.listen {
-            cfg.sweep_interval
-        } else {
-            cfg.poll_interval.min(cfg.sweep_interval)
-        };
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let every = cfg.poll_interval.min(cfg.sweep_interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deaf = false;
+        let mut last_scan = Instant::now();
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
-                _ = ticker.tick() => shared.scan_all(),
+                _ = ticker.tick() => {
+                    // A sweep due within half a tick runs now rather than a tick late.
+                    if deaf || shared.polls() || last_scan.elapsed() + every / 2 >= cfg.sweep_interval {
+                        last_scan = Instant::now();
+                        shared.scan_all();
+                    }
+                }
                 ended = async { listener.as_mut().expect("guarded").await }, if listener.is_some() => {
                     listener = None;
-                    let Ok(Some(Err(deaf))) = ended else { break };
+                    let Ok(Some(Err(deaf_error))) = ended else { break };
                     // A pooler eats notifications: keep doing the work by polling.
-                    tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
+                    tracing::error!(poll_interval = ?cfg.poll_interval, "{deaf_error}. Working on in poll-only mode (polling every REACTOR_POLL_INTERVAL) until restarted");
                     shared.readiness.listening.store(true, Ordering::SeqCst);
-                    ticker = tokio::time::interval(cfg.poll_interval.min(cfg.sweep_interval));
+                    deaf = true;
                 }
             }
         }

@@ -3,6 +3,7 @@ use super::error::ServiceError;
 use super::worker::RunningHandler;
 use super::Shared;
 use crate::job::handler::Action;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl Shared {
@@ -40,6 +41,25 @@ impl Shared {
         // Bounded batches, so a large backlog of stale rows (e.g. left by an
         // older version) never becomes one long statement.
         const BATCH: i64 = 1000;
+        if !slot.dead_backlog_marked.load(Ordering::SeqCst) {
+            loop {
+                let marked = self
+                    .within(async |client| {
+                        Ok(slot.statements.mark_dead_backlog(&***client, BATCH).await?)
+                    })
+                    .await?;
+                if marked > 0 {
+                    tracing::info!(handler = %slot.handler.spec.name, rows = marked, "took rows recorded dead out of the pending index");
+                }
+                if self.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if (marked as i64) < BATCH {
+                    slot.dead_backlog_marked.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
         loop {
             let forgotten = self
                 .within(async |client| Ok(slot.statements.forget(&***client, BATCH).await?))

@@ -9,7 +9,7 @@ use crate::job::handler::{Action, Handler};
 use crate::store::handler_state;
 use crate::store::pending::Statements;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub(super) struct RunningHandler {
     pub(super) statements: Statements,
     pub(super) inbox: Inbox,
     pub(super) scans: AtomicU64,
+    /// Rows recorded dead before their dead marker existed are all marked
+    /// (done once per process, by the first tidy pass).
+    pub(super) dead_backlog_marked: AtomicBool,
     /// Whether the worker moves (what readiness calls stalled).
     pub(super) progress: Arc<super::Progress>,
 }
@@ -292,6 +295,13 @@ impl Shared {
                             .await?)
                         })
                         .await?;
+                    if failure.dead {
+                        // Out of the pending index: scans no longer walk it.
+                        self.within(async |client| {
+                            Ok(slot.statements.mark_dead(&***client, id).await?)
+                        })
+                        .await?;
+                    }
                     self.after_failure(slot, id, &error, &failure);
                 }
                 Err(e) => return Err(e),

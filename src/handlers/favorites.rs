@@ -1,7 +1,8 @@
 //! A new profile gets its owner's default "My Favorites" collection.
 //!
-//! Pending: a profile whose `favorites_at` marker is null (served by the
-//! partial index `idx_profiles_pending_favorites`). Effect: one set-based
+//! Pending: a profile whose `favorites_at` marker is null and that the
+//! handler has not given up on (`favorites_dead_at` null; served by the
+//! partial index `idx_profiles_favorites_workable`). Effect: one set-based
 //! insert; `uniq_owner_default_fav` makes it exactly one per owner even with
 //! several reactors (a concurrent or earlier duplicate is `DO NOTHING`), and
 //! the same statement sets `favorites_at`, so the marker always means "the
@@ -20,7 +21,7 @@ pub fn handler() -> Handler {
             notify_table: "profiles".into(),
             key: "id".into(),
             key_type: KeyType::Uuid,
-            pending: "t.favorites_at is null".into(),
+            pending: "t.favorites_at is null and t.favorites_dead_at is null".into(),
             statuses: None,
         },
         action: Action::Sql {
@@ -30,6 +31,7 @@ pub fn handler() -> Handler {
                  on conflict (owner_id) where is_default_favorites do nothing"
             ),
             mark: Some("favorites_at = now()".into()),
+            dead: Some("favorites_dead_at".into()),
         },
         limits: Default::default(),
     }

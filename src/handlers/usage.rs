@@ -7,7 +7,7 @@
 //!
 //! This handler is the backlog: a succeeded, rendered job whose `debited_at`
 //! marker is null (jobs rendered before debits moved into the render's
-//! transaction; served by the partial index `idx_jobs_pending_usage`, whose
+//! transaction; served by the partial index `idx_jobs_usage_workable`, whose
 //! predicate the condition implies). Effect: one set-based insert of
 //! `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}` (the owner is
 //! looked up per row by key: a join would hash the whole table every page);
@@ -68,7 +68,8 @@ pub fn handler() -> Handler {
             key: "id".into(),
             key_type: KeyType::Uuid,
             pending:
-                "t.status = 'succeeded' and t.debited_at is null and t.rendered_at is not null"
+                "t.status = 'succeeded' and t.debited_at is null and t.rendered_at is not null \
+                 and t.debit_dead_at is null"
                     .into(),
             statuses: Some(vec![JobStatus::Succeeded.to_string()]),
         },
@@ -80,6 +81,7 @@ pub fn handler() -> Handler {
                      on conflict (job_id) where kind = 'generation_debit' do nothing"
                 .into(),
             mark: Some("debited_at = now()".into()),
+            dead: Some("debit_dead_at".into()),
         },
         limits: Default::default(),
     }

@@ -87,6 +87,12 @@ pub enum Action {
         /// even when it already existed (ON CONFLICT DO NOTHING), so marking
         /// it is always true.
         mark: Option<String>,
+        /// A nullable timestamp column of the source row that says the
+        /// handler gave up on it (e.g. `debit_dead_at`): set when the row is
+        /// recorded dead, cleared by `reactor.retry()`. The pending condition
+        /// requires it null, so dead rows leave the pending index and a scan
+        /// never walks them (sql/270_dead_markers.sql).
+        dead: Option<String>,
     },
     Leased(Arc<dyn LeasedWork>),
 }

@@ -1,5 +1,5 @@
 //! `reactor notify-mode`: whether the triggers send NOTIFY or append to
-//! reactor.outbox, switched with a row of reactor.settings (something the
+//! reactor.outbox, or no trigger fires (wal, poll), switched with a row of reactor.settings (something the
 //! database owner may do without superuser, unlike `alter database … set`).
 use tokio_postgres::Client;
 
@@ -12,6 +12,9 @@ pub enum Mode {
     Outbox,
     /// No hint trigger fires: reactors decode the WAL (sql/190_wal_mode.sql).
     Wal,
+    /// No hint trigger fires and nothing is decoded: reactors page the
+    /// pending indexes every REACTOR_POLL_INTERVAL (triggers/270_poll_mode.sql).
+    Poll,
 }
 
 impl Mode {
@@ -20,6 +23,7 @@ impl Mode {
             Mode::Notify => "notify",
             Mode::Outbox => "outbox",
             Mode::Wal => "wal",
+            Mode::Poll => "poll",
         }
     }
 }
@@ -39,12 +43,13 @@ impl std::fmt::Display for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "notify mode: {}", self.effective)?;
         match &self.database_setting {
-            Some(setting) => write!(
+            // In wal and poll mode the table wins (the triggers are off).
+            Some(setting) if *setting == self.effective && *setting != self.table => write!(
                 f,
                 " (from the database setting reactor.notify_mode = '{setting}', which overrides reactor.settings = '{}')",
                 self.table
             ),
-            None => write!(f, " (reactor.settings)"),
+            _ => write!(f, " (reactor.settings)"),
         }
     }
 }

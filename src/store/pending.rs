@@ -40,6 +40,11 @@ pub struct Statements {
     /// Leased actions with a per-key column: up to `$1` workable rows taking
     /// turns between keys (see [`Statements::with_per_key`]).
     pub fair_page: Option<String>,
+    /// For SQL actions with a dead marker (see
+    /// [`crate::job::handler::Action::Sql`]): sets it on row `$1`.
+    pub mark_dead: Option<String>,
+    /// … and on up to `$1` rows recorded dead before the marker existed.
+    pub mark_dead_backlog: Option<String>,
 }
 
 impl Statements {
@@ -129,6 +134,58 @@ impl Statements {
             effect_after: effect(&after, &order_limit),
             forget,
             fair_page: None,
+            mark_dead: None,
+            mark_dead_backlog: None,
+        }
+    }
+
+    /// With the statements that set dead marker `column` (a nullable
+    /// timestamp of the source row that the pending condition requires null).
+    pub fn with_dead_marker(mut self, spec: &Spec, column: &str) -> Self {
+        let Spec {
+            name,
+            table,
+            key,
+            key_type,
+            ..
+        } = spec;
+        let kt = key_type.sql();
+        let handler = quote_literal(name);
+        self.mark_dead = Some(format!(
+            "update {table} t set {column} = now()
+             where t.{key} = $1::text::{kt} and t.{column} is null"
+        ));
+        self.mark_dead_backlog = Some(format!(
+            "with todo as (
+               select t.{key} as id from reactor.handler_state s
+               join {table} t on t.{key} = s.row_id::{kt}
+               where s.handler = {handler} and s.dead_at is not null and t.{column} is null
+               limit $1
+             )
+             update {table} t set {column} = now() from todo
+             where t.{key} = todo.id and t.{column} is null"
+        ));
+        self
+    }
+
+    /// Sets the dead marker of row `id` (no-op without one); true if it was set.
+    pub async fn mark_dead(&self, db: &impl GenericClient, id: &str) -> Result<bool, Error> {
+        match &self.mark_dead {
+            Some(sql) => Ok(db.execute_typed(sql, &[param(&id)]).await? > 0),
+            None => Ok(false),
+        }
+    }
+
+    /// Sets the dead marker of up to `limit` rows recorded dead without it;
+    /// returns how many.
+    pub async fn mark_dead_backlog(
+        &self,
+        db: &impl GenericClient,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        match &self.mark_dead_backlog {
+            Some(sql) => db.execute_typed(sql, &[param(&limit)]).await,
+            None => Ok(0),
         }
     }
 

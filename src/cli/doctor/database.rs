@@ -67,7 +67,7 @@ pub(super) async fn checks(cfg: &RunConfig) -> Vec<Check> {
     };
     out.push(mode_check(cfg, &mode));
     let wal = mode.effective == "wal";
-    out.extend(within("hint triggers", hint_triggers(&client, wal)).await);
+    out.extend(within("hint triggers", hint_triggers(&client, &mode.effective)).await);
     out.extend(
         within_for(
             "listen",
@@ -443,10 +443,22 @@ fn mode_check(cfg: &RunConfig, mode: &crate::store::notify_mode::Settings) -> Ch
             "set REACTOR_OUTBOX_POLL (e.g. 200ms)",
         );
     }
+    if mode.effective == "poll" {
+        return Check::ok(
+            "notify mode",
+            format!(
+                "{mode}: no hint on the write path; rows are found by polling every {} (REACTOR_POLL_INTERVAL)",
+                humantime::format_duration(cfg.poll_interval)
+            ),
+        );
+    }
     Check::ok("notify mode", mode.to_string())
 }
 
-async fn hint_triggers(client: &Client, wal: bool) -> Vec<Check> {
+/// Whether the hint triggers are as mode `mode` wants them: off in wal and
+/// poll mode, on in the others.
+async fn hint_triggers(client: &Client, mode: &str) -> Vec<Check> {
+    let off = matches!(mode, "wal" | "poll");
     let names: Vec<&str> = HINT_TRIGGERS.to_vec();
     let found = client
         .query_typed(
@@ -469,13 +481,13 @@ async fn hint_triggers(client: &Client, wal: bool) -> Vec<Check> {
             "no hint trigger found",
             "run `reactor migrate`",
         )
-    } else if wal && disabled < all {
+    } else if off && disabled < all {
         Check::failed(
             "hint triggers",
-            format!("wal mode, but {} of {all} hint triggers are enabled: every write still pays for a NOTIFY", all - disabled),
+            format!("{mode} mode, but {} of {all} hint triggers are enabled: every write still pays for a NOTIFY", all - disabled),
             realign,
         )
-    } else if !wal && disabled > 0 {
+    } else if !off && disabled > 0 {
         Check::failed(
             "hint triggers",
             format!(
@@ -483,10 +495,10 @@ async fn hint_triggers(client: &Client, wal: bool) -> Vec<Check> {
             ),
             realign,
         )
-    } else if wal {
+    } else if off {
         Check::ok(
             "hint triggers",
-            format!("all {all} disabled, as wal mode wants"),
+            format!("all {all} disabled, as {mode} mode wants"),
         )
     } else {
         Check::ok("hint triggers", format!("all {all} enabled"))
