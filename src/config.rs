@@ -137,9 +137,9 @@ pub struct RunConfig {
     #[arg(long, env = "REACTOR_LISTEN_CHECK_TIMEOUT", default_value = "5s", value_parser = interval)]
     pub listen_check_timeout: Duration,
 
-    /// Notify mode: hints per second on one table (heard over a 100 ms window)
-    /// above which the reactor makes that table's writers quiet (no NOTIFY)
-    /// and pages its pending rows instead. 0: never.
+    /// Notify mode: hints per second on one table (in every 100 ms window of a
+    /// whole second) above which the reactor makes that table's writers quiet
+    /// (no NOTIFY) and pages its pending rows instead. 0: never.
     #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "100")]
     pub quiet_above: u64,
 

@@ -3,7 +3,7 @@
 //! A transaction that NOTIFYs takes a database-wide lock at commit and holds
 //! it through its WAL flush, so under load notifying writers are serialized.
 //! When the reactor hears more than REACTOR_QUIET_ABOVE hints a second for a
-//! table, it takes that table's quiet lease (reactor.quiet_tables,
+//! table for a whole second (a burst does not count), it takes that table's quiet lease (reactor.quiet_tables,
 //! sql/260_quiet_hints.sql): the table's writers then skip NOTIFY
 //! (triggers/260_quiet_hints.sql) and the reactor pages the table's pending
 //! rows every REACTOR_QUIET_POLL instead. It renews the lease (every half
@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 
 /// How long hints are counted before a table's rate is judged.
 const WINDOW: Duration = Duration::from_millis(100);
+/// How many windows in a row a table must be above REACTOR_QUIET_ABOVE
+/// before it goes quiet: sustained load (a second of it), not a burst. A
+/// multi-row statement is one commit, one NOTIFY lock, and its viewers
+/// should see its rows, not a resync.
+const SUSTAINED_WINDOWS: u32 = 10;
 /// The longest quiet an announcement is believed for (anyone may NOTIFY).
 const MAX_ANNOUNCED: Duration = Duration::from_secs(60);
 /// Tables considered for a quiet per window, busiest first (anyone may
@@ -144,6 +149,8 @@ impl Shared {
         let mut ticker = tokio::time::interval(self.cfg.quiet_poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut window = Instant::now();
+        // Windows in a row each table was above the threshold.
+        let mut streaks: HashMap<String, u32> = HashMap::new();
         loop {
             ticker.tick().await;
             let now = Instant::now();
@@ -166,10 +173,17 @@ impl Shared {
             refused.retain(|_, until| *until > now);
             let above = self.cfg.quiet_above as f64;
             if self.cfg.quiet_above > 0 {
-                let mut busy: Vec<(String, u64)> = heard
+                let above_now: HashMap<String, u64> = heard
                     .into_iter()
-                    .filter(|(t, n)| {
-                        *n as f64 / elapsed >= above
+                    .filter(|(_, n)| *n as f64 / elapsed >= above)
+                    .collect();
+                streaks.retain(|t, _| above_now.contains_key(t));
+                let mut busy: Vec<(String, u64)> = above_now
+                    .into_iter()
+                    .filter(|(t, _)| {
+                        let streak = streaks.entry(t.clone()).or_insert(0);
+                        *streak += 1;
+                        *streak >= SUSTAINED_WINDOWS
                             && !held.contains_key(t)
                             && !refused.contains_key(t)
                     })
