@@ -329,3 +329,51 @@ async fn when_one_of_two_reactors_is_partitioned_the_other_finishes_its_leased_w
     b.stop().await;
     a.shutdown.cancel();
 }
+
+/// A flow that goes silent under a running attempt (the soak found this): the
+/// render's download takes a second; meanwhile every open flow goes silent for
+/// good and new ones go through at once. The attempt's next statement takes a
+/// pooled connection that will never answer, while the heartbeat, on fresh
+/// connections, keeps the lease alive, so without a deadline on the attempt's
+/// own statements the render would never come. With it, the statement gives
+/// up after REACTOR_STATEMENT_TIMEOUT and the next attempt renders the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_connection_goes_silent_is_retried_not_held_for_ever() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let images = image_server().await;
+    let proxy = SilentProxy::in_front_of(&db.url).await;
+    let proxied = TestDb {
+        url: proxy.url(&db.url),
+        name: db.name.clone(),
+    };
+    let flags = [
+        "--statement-timeout",
+        "2s",
+        "--lease",
+        "30s",
+        "--retry-backoff",
+        "100ms",
+    ];
+    let reactor = common::start_reactor(&proxied, storage.path(), &flags).await;
+    reactor.wait_ready().await;
+    let client = db.client().await;
+    let owner = user_with_profile(&client).await;
+    let job = common::succeeded_job(&client, owner, &[images.url("/delay/1500/a.jpg")]).await;
+    eventually("the render's download started", AFTER_HEAL, || async {
+        images.hits("/delay/1500/a.jpg") > 0
+    })
+    .await;
+    proxy.partition();
+    proxy.heal();
+    eventually("the job is rendered", AFTER_HEAL, || async {
+        count(
+            &client,
+            &format!("select count(*) from renders where job_id = '{job}'"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    reactor.stop().await;
+}

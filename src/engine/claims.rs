@@ -113,6 +113,7 @@ impl Shared {
                     owner: self.instance,
                     token: claim.token,
                     attempts: claim.attempts,
+                    deadline: self.cfg.statement_timeout,
                 };
                 self.spawn_leased(slot.index, work.clone(), lease, permit);
             }
@@ -278,7 +279,20 @@ impl Shared {
             Some(failure) => {
                 self.after_failure(slot, &lease.row_id, &error, &failure);
                 if failure.dead {
-                    if let Err(e) = work.gave_up(&self.pool, &lease.row_id, &error).await {
+                    // Bounded like every statement of an attempt: a silent
+                    // connection must not keep this task (and its lease) alive.
+                    let gave_up = tokio::time::timeout(
+                        self.cfg.statement_timeout,
+                        work.gave_up(&self.pool, &lease.row_id, &error),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HandlerError::transient(format!(
+                            "the database did not answer within {:?}",
+                            self.cfg.statement_timeout
+                        )))
+                    });
+                    if let Err(e) = gave_up {
                         tracing::warn!(error = %e, "recording the dead row on its table failed");
                     }
                 }

@@ -73,17 +73,19 @@ impl LeasedWork for DeletedObjects {
         // Whether a live variant still names the path (a render made again
         // for the same job, say): then the object stays and only the queue
         // row goes. Probed through the variants of one render.
-        let row = pool
-            .get()
-            .await?
-            .query_typed_opt(
-                "select d.render_id, d.path,
-                        exists (select 1 from public.render_variants v
-                                where v.render_id = d.render_id
-                                  and (v.image_path = d.path or v.thumb_path = d.path)) as in_use
-                 from reactor.deleted_objects d where d.id = $1 and not d.held",
-                &[param(&id)],
-            )
+        let row = lease
+            .on_db(pool, async |client| {
+                Ok(client
+                    .query_typed_opt(
+                        "select d.render_id, d.path,
+                                exists (select 1 from public.render_variants v
+                                        where v.render_id = d.render_id
+                                          and (v.image_path = d.path or v.thumb_path = d.path)) as in_use
+                         from reactor.deleted_objects d where d.id = $1 and not d.held",
+                        &[param(&id)],
+                    )
+                    .await?)
+            })
             .await?;
         let Some(row) = row else {
             return Ok(Outcome::Finished);
@@ -101,11 +103,14 @@ impl LeasedWork for DeletedObjects {
                 .await
                 .map_err(HandlerError::retryable)?;
         }
-        let mut client = pool.get().await?;
-        let tx = lease.begin(&mut client).await?;
-        tx.execute("delete from reactor.deleted_objects where id = $1", &[&id])
+        lease
+            .on_db(pool, async |client| {
+                let tx = lease.begin(client).await?;
+                tx.execute("delete from reactor.deleted_objects where id = $1", &[&id])
+                    .await?;
+                tx.finish().await
+            })
             .await?;
-        tx.finish().await?;
         tracing::info!(render_id = %render_id, path = %path, "deleted render object removed from storage");
         Ok(Outcome::Finished)
     }

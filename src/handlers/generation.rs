@@ -229,18 +229,21 @@ impl Generation {
     async fn load(
         &self,
         pool: &deadpool_postgres::Pool,
+        lease: &Lease,
         id: Uuid,
     ) -> Result<Option<Job>, HandlerError> {
-        let row = pool
-            .get()
-            .await?
-            .query_typed_opt(
-                "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
-                        prediction_id, submit_started_at, cancel_requested_at is not null, created_at,
-                        owner_id, followed_until
-                 from public.generation_jobs where id = $1",
-                &[param(&id)],
-            )
+        let row = lease
+            .on_db(pool, async |client| {
+                Ok(client
+                    .query_typed_opt(
+                        "select mode, room_type, style, prompt, input1_path, input2_path, status, error,
+                                prediction_id, submit_started_at, cancel_requested_at is not null, created_at,
+                                owner_id, followed_until
+                         from public.generation_jobs where id = $1",
+                        &[param(&id)],
+                    )
+                    .await?)
+            })
             .await?;
         let Some(row) = row else { return Ok(None) };
         let owner_id: Uuid = row.get(12);
@@ -383,10 +386,14 @@ impl Generation {
         job: &Job,
         p: Prediction,
     ) -> Result<Outcome, HandlerError> {
-        let mut client = pool.get().await?;
-        let tx = lease.begin(&mut client).await?;
-        let changed = apply_prediction(&**tx, job.input.id, &p).await?;
-        tx.commit().await?;
+        let changed = lease
+            .on_db(pool, async |client| {
+                let tx = lease.begin(client).await?;
+                let changed = apply_prediction(&**tx, job.input.id, &p).await?;
+                tx.commit().await?;
+                Ok(changed)
+            })
+            .await?;
         if p.status.is_terminal() {
             if changed {
                 tracing::info!(prediction = %p.id, status = ?p.status, "prediction finished");
@@ -608,7 +615,7 @@ impl LeasedWork for Generation {
         lease: &Lease,
     ) -> Result<Outcome, HandlerError> {
         let id = lease.row_uuid()?;
-        let Some(job) = self.load(pool, id).await? else {
+        let Some(job) = self.load(pool, lease, id).await? else {
             return Ok(Outcome::Finished);
         };
         // An outage (of the provider, the database) while the job is in

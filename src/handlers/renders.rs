@@ -314,16 +314,18 @@ impl LeasedWork for Renders {
         lease: &Lease,
     ) -> Result<Outcome, HandlerError> {
         let job_id = lease.row_uuid()?;
-        let job = pool
-            .get()
-            .await?
-            .query_typed_opt(
-                "select owner_id, mode, room_type, style, output, completed_at,
-                        (select key from reactor.render_path_key) as path_key
-                 from public.generation_jobs
-                 where id = $1 and status = 'succeeded' and output is not null",
-                &[param(&job_id)],
-            )
+        let job = lease
+            .on_db(pool, async |client| {
+                Ok(client
+                    .query_typed_opt(
+                        "select owner_id, mode, room_type, style, output, completed_at,
+                                (select key from reactor.render_path_key) as path_key
+                         from public.generation_jobs
+                         where id = $1 and status = 'succeeded' and output is not null",
+                        &[param(&job_id)],
+                    )
+                    .await?)
+            })
             .await?;
         let mut render_id = Uuid::nil();
         let mut variants = Vec::new();
@@ -347,47 +349,51 @@ impl LeasedWork for Renders {
             }
         }
 
-        let mut client = pool.get().await?;
-        let tx = lease.begin(&mut client).await?;
-        let mut created = false;
-        if let Some(job) = job {
-            let owner: Uuid = job.get("owner_id");
-            let inserted = tx
-                .execute(
-                    "insert into public.renders (id, job_id, owner_id, mode, room_type, style, cover_variant)
-                     values ($1, $2, $3, $4, $5, $6, 0)
-                     on conflict (job_id) do nothing",
-                    &[
-                        &render_id,
-                        &job_id,
-                        &owner,
-                        &job.get::<_, String>("mode"),
-                        &job.get::<_, Option<String>>("room_type"),
-                        &job.get::<_, Option<String>>("style"),
-                    ],
-                )
-                .await?;
-            if inserted == 1 {
-                for (idx, (path, thumb_path)) in variants.iter().enumerate() {
+        let created = lease
+            .on_db(pool, async |client| {
+                let tx = lease.begin(client).await?;
+                let mut created = false;
+                if let Some(job) = job {
+                    let owner: Uuid = job.get("owner_id");
+                    let inserted = tx
+                        .execute(
+                            "insert into public.renders (id, job_id, owner_id, mode, room_type, style, cover_variant)
+                             values ($1, $2, $3, $4, $5, $6, 0)
+                             on conflict (job_id) do nothing",
+                            &[
+                                &render_id,
+                                &job_id,
+                                &owner,
+                                &job.get::<_, String>("mode"),
+                                &job.get::<_, Option<String>>("room_type"),
+                                &job.get::<_, Option<String>>("style"),
+                            ],
+                        )
+                        .await?;
+                    if inserted == 1 {
+                        for (idx, (path, thumb_path)) in variants.iter().enumerate() {
+                            tx.execute(
+                                "insert into public.render_variants (render_id, owner_id, idx, image_path, thumb_path)
+                                 values ($1, $2, $3, $4, $5)",
+                                &[&render_id, &owner, &(idx as i32), path, thumb_path],
+                            )
+                            .await?;
+                        }
+                    }
                     tx.execute(
-                        "insert into public.render_variants (render_id, owner_id, idx, image_path, thumb_path)
-                         values ($1, $2, $3, $4, $5)",
-                        &[&render_id, &owner, &(idx as i32), path, thumb_path],
+                        "update public.generation_jobs set rendered_at = now() where id = $1 and rendered_at is null",
+                        &[&job_id],
                     )
                     .await?;
+                    // Delivered: debited in the same transaction (see usage.rs).
+                    tx.execute(crate::handlers::usage::DEBIT_DELIVERED, &[&job_id])
+                        .await?;
+                    created = inserted == 1;
                 }
-            }
-            tx.execute(
-                "update public.generation_jobs set rendered_at = now() where id = $1 and rendered_at is null",
-                &[&job_id],
-            )
+                tx.finish().await?;
+                Ok(created)
+            })
             .await?;
-            // Delivered: debited in the same transaction (see usage.rs).
-            tx.execute(crate::handlers::usage::DEBIT_DELIVERED, &[&job_id])
-                .await?;
-            created = inserted == 1;
-        }
-        tx.finish().await?;
         // Only once committed: a rolled-back render was never created.
         if created {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");

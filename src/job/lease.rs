@@ -26,6 +26,9 @@ pub struct Lease {
     pub token: i64,
     /// Failed attempts before this one.
     pub attempts: i32,
+    /// How long one database round of the attempt may take
+    /// (REACTOR_STATEMENT_TIMEOUT): see [`Lease::on_db`].
+    pub deadline: Duration,
 }
 
 impl Lease {
@@ -87,6 +90,22 @@ impl Lease {
         }
     }
 
+    /// Runs `statements` on a connection of `pool`, all within the lease's
+    /// [`deadline`](Lease::deadline). Every database round of an attempt goes
+    /// through here: on a silent network (a flow a NAT forgot, a pooler that
+    /// took the query and never answers) a statement neither answers nor
+    /// fails, while the heartbeat, on fresh connections, keeps the lease
+    /// alive, so without a deadline the attempt would hang for good. A
+    /// connection that misses it is closed (with the pool's idle ones) and
+    /// the attempt fails as an outage, to be tried again.
+    pub async fn on_db<T>(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        statements: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, HandlerError>,
+    ) -> Result<T, HandlerError> {
+        crate::store::db::within_mut(pool, self.deadline, statements).await
+    }
+
     /// One statement in its own fenced transaction (see [`Lease::begin`]);
     /// returns the number of rows it changed.
     pub async fn execute_fenced(
@@ -95,11 +114,13 @@ impl Lease {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, HandlerError> {
-        let mut client = pool.get().await?;
-        let tx = self.begin(&mut client).await?;
-        let n = tx.execute(sql, params).await?;
-        tx.commit().await?;
-        Ok(n)
+        self.on_db(pool, async |client| {
+            let tx = self.begin(client).await?;
+            let n = tx.execute(sql, params).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
     }
 }
 
@@ -256,6 +277,7 @@ mod live_lease_tests {
             owner: Uuid::nil(),
             token,
             attempts: 0,
+            deadline: Duration::from_secs(30),
         }
     }
 

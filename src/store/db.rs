@@ -299,6 +299,26 @@ where
     }
 }
 
+/// [`within`] for statements that need the connection mutably (a
+/// transaction).
+pub async fn within_mut<T, E>(
+    pool: &Pool,
+    deadline: Duration,
+    statements: impl AsyncFnOnce(&mut Object) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    match tokio::time::timeout(deadline, statements(&mut client)).await {
+        Ok(done) => done,
+        Err(_) => {
+            discard(pool, client);
+            Err(DbError::Deadline(deadline).into())
+        }
+    }
+}
+
 /// Closes `client` (it is not given back to `pool`) and every idle
 /// connection of `pool`, counting them in `reactor_db_connections_discarded_total`.
 pub fn discard(pool: &Pool, client: Object) {

@@ -169,12 +169,15 @@ impl TableHandler {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
     ) -> Result<Option<(String, Option<String>)>, HandlerError> {
-        let mut client = pool.get().await?;
-        let tx = lease.begin(&mut client).await?;
-        tx.execute(&self.sql.claim, &[&lease.row_id]).await?;
-        let row = tx.query_opt(&self.sql.load, &[&lease.row_id]).await?;
-        tx.commit().await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        lease
+            .on_db(pool, async |client| {
+                let tx = lease.begin(client).await?;
+                tx.execute(&self.sql.claim, &[&lease.row_id]).await?;
+                let row = tx.query_opt(&self.sql.load, &[&lease.row_id]).await?;
+                tx.commit().await?;
+                Ok(row.map(|r| (r.get(0), r.get(1))))
+            })
+            .await
     }
 
     async fn succeed(
@@ -196,15 +199,19 @@ impl TableHandler {
         if self.cfg.url_column.is_some() {
             params.push(&answer.url);
         }
-        let mut client = pool.get().await?;
-        let tx = lease.begin(&mut client).await?;
-        let n = tx.execute(&self.sql.succeed, &params).await?;
+        let n = lease
+            .on_db(pool, async |client| {
+                let tx = lease.begin(client).await?;
+                let n = tx.execute(&self.sql.succeed, &params).await?;
+                tx.finish().await?;
+                Ok(n)
+            })
+            .await?;
         if n == 1 {
             tracing::info!(status = %self.cfg.status.succeeded, "answer written back");
         } else {
             tracing::info!("the row was no longer pending; answer not written");
         }
-        tx.finish().await?;
         Ok(Outcome::Finished)
     }
 
@@ -260,7 +267,15 @@ impl LeasedWork for TableHandler {
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
     ) -> Result<Outcome, HandlerError> {
-        if let Err(e) = self.verify(pool).await {
+        let verified = tokio::time::timeout(lease.deadline, self.verify(pool))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the database did not answer within {:?}",
+                    lease.deadline
+                ))
+            });
+        if let Err(e) = verified {
             // The periodic check logs it; the row waits, no attempt counted.
             tracing::debug!(error = %e, "row not worked");
             return Ok(Outcome::CheckAgainIn(self.recheck));
