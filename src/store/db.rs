@@ -289,14 +289,7 @@ pub async fn within<T, E>(
 where
     E: From<DbError>,
 {
-    let client = pool.get().await.map_err(DbError::from)?;
-    match tokio::time::timeout(deadline, statements(&client)).await {
-        Ok(done) => done,
-        Err(_) => {
-            discard(pool, client);
-            Err(DbError::Deadline(deadline).into())
-        }
-    }
+    within_mut(pool, deadline, async |client| statements(client).await).await
 }
 
 /// [`within`] for statements that need the connection mutably (a
