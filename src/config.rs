@@ -139,8 +139,10 @@ pub struct RunConfig {
 
     /// Notify mode: hints per second on one table (in every 100 ms window of a
     /// whole second) above which the reactor makes that table's writers quiet
-    /// (no NOTIFY) and pages its pending rows instead. 0: never.
-    #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "100")]
+    /// (no NOTIFY) and pages its pending rows instead. 0 (the default): never;
+    /// opt in where writer throughput matters more than per-row job_status
+    /// events (viewers of a quiet table get resync instead).
+    #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "0")]
     pub quiet_above: u64,
 
     /// While a table is quiet, how often its handlers' pending rows are paged.
