@@ -64,6 +64,38 @@ fn is_row_fault(e: &ServiceError) -> bool {
     }
 }
 
+/// The largest page of an SQL handler's scan, in rows.
+const SQL_PAGE_MAX: i64 = 5000;
+
+/// The size of an SQL handler's scan pages: REACTOR_BATCH_SIZE at first,
+/// doubling while pages come back full (a backlog), up to [`SQL_PAGE_MAX`]
+/// (or the batch size, if larger). A page is one statement and one commit
+/// whatever its size, and that fixed cost dominated a drain in pages of 500
+/// (measured on 2 cores, 50k favorites: pages of 500 took 1.8× the one
+/// statement of the floor, of 2,000 1.25×, of 5,000 1.05×). A page holds its
+/// rows' locks for its length (about 100 ms at 5,000 rows); sweeps with
+/// nothing pending never grow.
+struct SqlPage {
+    rows: i64,
+    max: i64,
+}
+
+impl SqlPage {
+    fn new(batch: i64) -> Self {
+        SqlPage {
+            rows: batch,
+            max: batch.max(SQL_PAGE_MAX),
+        }
+    }
+
+    /// A page of `got` rows was handled.
+    fn after(&mut self, got: usize) {
+        if got as i64 >= self.rows {
+            self.rows = (self.rows * 2).min(self.max);
+        }
+    }
+}
+
 impl Shared {
     pub(super) async fn worker(self: Arc<Self>, i: usize) {
         let slot = &self.slots[i];
@@ -168,6 +200,7 @@ impl Shared {
             return self.fair_pages(slot, work).await;
         }
         let limit = self.cfg.batch_size as i64;
+        let mut sql_page = SqlPage::new(limit);
         let mut after: Option<String> = None;
         let mut found = 0usize;
         loop {
@@ -178,7 +211,7 @@ impl Shared {
                         .within(async |client| {
                             Ok(slot
                                 .statements
-                                .effect_page(&***client, limit, after.as_deref())
+                                .effect_page(&***client, sql_page.rows, after.as_deref())
                                 .await?)
                         })
                         .await;
@@ -188,6 +221,7 @@ impl Shared {
                                 tracing::debug!(handler = %slot.handler.spec.name, rows = ids.len(), "handled a page");
                                 slot.handled(ids.len(), started);
                             }
+                            sql_page.after(ids.len());
                             ids
                         }
                         Err(e) if is_row_fault(&e) => {
@@ -308,5 +342,27 @@ impl Shared {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_pages_grow_while_full_up_to_the_cap() {
+        let mut page = SqlPage::new(500);
+        page.after(499);
+        assert_eq!(page.rows, 500, "a page that was not full keeps its size");
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            page.after(page.rows as usize);
+            sizes.push(page.rows);
+        }
+        assert_eq!(sizes, [1000, 2000, 4000, 5000, 5000, 5000]);
+        // A batch size above the cap is never made smaller.
+        let mut big = SqlPage::new(8000);
+        big.after(8000);
+        assert_eq!(big.rows, 8000);
     }
 }

@@ -9,8 +9,8 @@
 //! marker is null (jobs rendered before debits moved into the render's
 //! transaction; served by the partial index `idx_jobs_usage_workable`, whose
 //! predicate the condition implies). Effect: one set-based insert of
-//! `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}` (the owner is
-//! looked up per row by key: a join would hash the whole table every page);
+//! `{kind: generation_debit, amount: 1, meta: {jobId}, job_id}`, the owner read
+//! from the picked row itself (no lookup, no join);
 //! `uniq_usage_debit_job` makes it at most one per job, and the same statement
 //! sets `debited_at`, so the marker always means "the debit exists" (also for
 //! jobs debited before the marker existed: their insert does nothing). Failed
@@ -75,8 +75,8 @@ pub fn handler() -> Handler {
         },
         action: Action::Sql {
             effect: "insert into public.usage_ledger (owner_id, kind, amount, meta, job_id)
-                     select (select j.owner_id from public.generation_jobs j where j.id = p.id),
-                            'generation_debit', 1, jsonb_build_object('jobId', p.id), p.id
+                     select (p.src).owner_id, 'generation_debit', 1,
+                            jsonb_build_object('jobId', p.id), p.id
                      from picked p
                      on conflict (job_id) where kind = 'generation_debit' do nothing"
                 .into(),

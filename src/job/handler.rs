@@ -77,7 +77,9 @@ impl Spec {
 }
 
 pub enum Action {
-    /// One statement over CTE `picked(id)`: the locked, pending rows.
+    /// One statement over CTE `picked(id, src)`: the locked, pending rows,
+    /// by key (`id`) and whole (`src`, the source row as a record, so an
+    /// effect reads its columns as `(p.src).owner_id` without a lookup).
     Sql {
         effect: String,
         /// The assignment that sets the source row's marker (e.g.

@@ -92,7 +92,7 @@ impl Statements {
             sql_effect.map(|effect| {
                 format!(
                     "with picked as (
-                       select t.{key} as id from {table} t
+                       select t.{key} as id, t as src from {table} t
                        where {filter} and {workable}
                        {order_limit}
                        for no key update of t skip locked
