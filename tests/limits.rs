@@ -1,5 +1,5 @@
 //! Limits and fairness (issue 24): a shared rate, a cap on attempts in flight,
-//! provider push-back and fair turns between keys, enforced through the
+//! provider push-back, fair turns between keys and limits per route, enforced through the
 //! database across several `reactor run` processes, against a real PostgreSQL
 //! and a loopback worker that records every call it receives.
 mod common;
@@ -18,6 +18,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TABLE: &str = "create table public.lim_jobs (
     id uuid primary key default gen_random_uuid(),
     owner_id uuid,
+    job_type text,
     status text not null default 'pending',
     payload text not null default '',
     error text
@@ -35,6 +36,8 @@ const TABLE: &str = "create table public.lim_jobs (
 struct Call {
     id: String,
     attempt: String,
+    /// The row's job type (its route).
+    job_type: String,
     started: chrono::DateTime<chrono::Utc>,
 }
 
@@ -133,6 +136,7 @@ async fn worker(behaviour: Behaviour) -> Worker {
         let call = Call {
             id: header("x-reactor-id"),
             attempt: header("x-reactor-attempt"),
+            job_type: row["job_type"].as_str().unwrap_or("").to_string(),
             started: chrono::Utc::now(),
         };
         let earlier = {
@@ -181,11 +185,35 @@ struct Setup {
     client: Client,
     storage: tempfile::TempDir,
     config: std::path::PathBuf,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One test of this file at a time: each measures rates and concurrency of
+/// several reactors on a 2-core machine, and 13 tests at once (some 40 debug
+/// reactors) delay grants and calls by more than a burst's worth, in both
+/// directions, which is the machine's load, not the limits.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A migrated database with the test table, and a config posting its rows
 /// to `url` with `limits` (TOML lines of `[table.limits]`).
 async fn setup(url: &str, limits: &str) -> Setup {
+    setup_with("", &format!("url = \"{url}\""), limits).await
+}
+
+/// Rows routed by job type: `a` and `b` both go to `url`; `limits` (TOML)
+/// follows `[table.limits]`, so route limits are `[table.limits.routes.a]`.
+async fn setup_routes(url: &str, limits: &str) -> Setup {
+    setup_with(
+        "job_type_column = \"job_type\"",
+        &format!("routes = {{ a = \"{url}\", b = \"{url}\" }}"),
+        limits,
+    )
+    .await
+}
+
+/// `table`: TOML lines of `[[table]]`, `http`: of `[table.http]`.
+async fn setup_with(table: &str, http: &str, limits: &str) -> Setup {
+    let turn = ONE_AT_A_TIME.lock().await;
     let db = common::migrated_db().await;
     let client = db.client().await;
     client.batch_execute(TABLE).await.unwrap();
@@ -199,9 +227,10 @@ name = "public.lim_jobs"
 succeeded = "done"
 failed = "failed"
 error_column = "error"
+{table}
 
 [table.http]
-url = "{url}"
+{http}
 
 [table.limits]
 {limits}
@@ -214,31 +243,72 @@ url = "{url}"
         client,
         storage,
         config,
+        _turn: turn,
     }
 }
 
 impl Setup {
-    fn spawn(&self, extra: &[&str]) -> ChildReactor {
-        let mut flags = vec![
+    /// The flags that give a reactor this setup's config.
+    fn config_flags(&self) -> [&str; 4] {
+        [
             "--config",
             self.config.to_str().unwrap(),
             "--http-secret",
             SECRET,
-        ];
+        ]
+    }
+
+    fn spawn(&self, extra: &[&str]) -> ChildReactor {
+        let mut flags = self.config_flags().to_vec();
         flags.extend_from_slice(extra);
         ChildReactor::spawn(&self.db, self.storage.path(), &flags)
     }
 
+    /// Runs `reactor run` with `extra` flags and `env` until it exits (a bad
+    /// setting stops it at start).
+    fn run_to_exit(&self, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut flags = common::reactor_flags(&self.db, self.storage.path());
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+            .arg("run")
+            .args(flags)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
     /// Inserts `n` pending rows of `owner` (one statement).
     async fn insert(&self, n: i64, owner: Uuid, payload: &str) {
+        self.insert_with(n, owner, "payload", payload).await;
+    }
+
+    /// Inserts `n` pending rows of job type `job_type` (one statement), all
+    /// of `owner`: the worker counts calls at once per owner.
+    async fn insert_typed(&self, n: i64, owner: Uuid, job_type: &str) {
+        self.insert_with(n, owner, "job_type", job_type).await;
+    }
+
+    /// Inserts `n` pending rows of `owner` with text column `column` = `value`.
+    async fn insert_with(&self, n: i64, owner: Uuid, column: &str, value: &str) {
         self.client
             .execute(
-                "insert into public.lim_jobs (owner_id, payload)
-                 select $1, $3 from generate_series(1, $2::int8)",
-                &[&owner, &n, &payload],
+                &format!(
+                    "insert into public.lim_jobs (owner_id, {column})
+                     select $1, $3 from generate_series(1, $2::int8)"
+                ),
+                &[&owner, &n, &value],
             )
             .await
             .unwrap();
+    }
+
+    async fn done_of(&self, job_type: &str) -> i64 {
+        common::count_with(
+            &self.client,
+            "select count(*) from public.lim_jobs where status = 'done' and job_type = $1",
+            &[&job_type],
+        )
+        .await
     }
 
     async fn done(&self) -> i64 {
@@ -247,6 +317,13 @@ impl Setup {
             "select count(*) from public.lim_jobs where status = 'done'",
         )
         .await
+    }
+
+    async fn wait_done_of(&self, job_type: &str, n: i64) {
+        eventually(&format!("{n} rows of {job_type} done"), LONG, || async {
+            self.done_of(job_type).await >= n
+        })
+        .await;
     }
 
     async fn wait_done(&self, n: i64) {
@@ -534,32 +611,14 @@ async fn push_back_without_end_still_fails_the_row_after_its_retry_for() {
 #[tokio::test]
 async fn a_bad_limit_is_refused_at_start_naming_the_setting() {
     let s = setup("http://127.0.0.1:9/work", r#"rate = "fast""#).await;
-    let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut flags = common::reactor_flags(&s.db, s.storage.path());
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
-            .arg("run")
-            .args(flags)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    };
-    let out = run(
-        &[
-            "--config",
-            s.config.to_str().unwrap(),
-            "--http-secret",
-            SECRET,
-        ],
-        &[],
-    );
+    let out = s.run_to_exit(&s.config_flags(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains("limits.rate") && stderr.contains("\"fast\" is not a rate"),
         "{stderr}"
     );
-    let out = run(&[], &[("REACTOR_GENERATION_RATE", "fast")]);
+    let out = s.run_to_exit(&[], &[("REACTOR_GENERATION_RATE", "fast")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("REACTOR_GENERATION_RATE"), "{stderr}");
@@ -571,19 +630,403 @@ async fn a_bad_limit_is_refused_at_start_naming_the_setting() {
             .replace(r#"rate = "fast""#, "max_in_flight_per_key = 2"),
     )
     .unwrap();
-    let out = run(
-        &[
-            "--config",
-            s.config.to_str().unwrap(),
-            "--http-secret",
-            SECRET,
-        ],
-        &[],
-    );
+    let out = s.run_to_exit(&s.config_flags(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains("limits.max_in_flight_per_key") && stderr.contains("per_key"),
         "{stderr}"
     );
+}
+
+/// Route `a` limited to `rate = "600/min"` (10 calls a second), `burst = 3`,
+/// route `b` not: with 3 reactors, the worker receives 103 ± 10% calls of `a`
+/// over the 10 s from the first (never more than rate + burst in a second),
+/// while every `b` row is done within the first 5 s (at full speed, as far as
+/// this machine goes): `b` does not queue behind the held-back `a`, which
+/// takes 15 s. Held rows count no attempt.
+#[tokio::test]
+async fn a_rate_limited_route_keeps_its_rate_and_does_not_hold_up_another() {
+    let w = worker(Behaviour::default()).await;
+    let s = setup_routes(
+        &w.url,
+        "[table.limits.routes.a]\nrate = \"600/min\"\nburst = 3",
+    )
+    .await;
+    s.insert_typed(150, Uuid::new_v4(), "a").await;
+    s.insert_typed(150, Uuid::new_v4(), "b").await;
+    let _reactors: Vec<ChildReactor> = (0..3).map(|_| s.spawn(&[])).collect();
+    let calls_of = |job_type: &str| -> Vec<Call> {
+        w.calls()
+            .into_iter()
+            .filter(|c| c.job_type == job_type)
+            .collect()
+    };
+    eventually("the first call of a", LONG, || async {
+        !calls_of("a").is_empty()
+    })
+    .await;
+    let first = calls_of("a")[0].started;
+    s.wait_done_of("b", 150).await;
+    let a_done_with_b = s.done_of("a").await;
+    let window = chrono::Duration::seconds(10);
+    eventually("the window to pass (or every a row done)", LONG, || async {
+        calls_of("a")
+            .last()
+            .is_some_and(|c| c.started > first + window)
+            || s.done_of("a").await == 150
+    })
+    .await;
+    let last_b = calls_of("b").last().unwrap().started;
+    assert!(
+        last_b < first + chrono::Duration::seconds(5),
+        "the last b call came {} ms after the first a call: b waited behind a",
+        (last_b - first).num_milliseconds()
+    );
+    assert!(
+        a_done_with_b < 80,
+        "{a_done_with_b} of 150 a rows were done when b's 150 were: a is not held to its rate"
+    );
+    let a = calls_of("a");
+    let in_window = a.iter().filter(|c| c.started < first + window).count();
+    let mut per_second = [0; 10];
+    for c in a.iter().filter(|c| c.started < first + window) {
+        per_second[(c.started - first).num_seconds() as usize] += 1;
+    }
+    assert!(
+        (93..=113).contains(&in_window),
+        "{in_window} calls of a in 10 s at 10/s with a burst of 3 (expected 103 ± 10%); \
+         per second from the first: {per_second:?}; the last b call {} ms after the first a call",
+        (last_b - first).num_milliseconds()
+    );
+    for (i, c) in a.iter().enumerate() {
+        let next_second = a[i..]
+            .iter()
+            .take_while(|d| d.started < c.started + chrono::Duration::seconds(1))
+            .count();
+        assert!(
+            next_second <= 10 + 3 + 1,
+            "{next_second} calls of a within 1 s of its call {i}"
+        );
+    }
+    s.wait_done_of("a", 150).await;
+    let calls = w.calls();
+    assert_eq!(calls.len(), 300, "each row called once");
+    assert!(
+        calls.iter().all(|c| c.attempt == "1"),
+        "being held back by a route counts no attempt"
+    );
+}
+
+/// One reactor busy with a page of slow `b` calls (every worker permit
+/// taken) still offers route `a`'s set-aside rows at their turns: each joins
+/// the claim that the next free permit starts, first in line, instead of
+/// waiting for the page to end. The page holds every `a` row first (smaller
+/// keys), so all are offered, and set aside, before the `b` rows take 6 s
+/// (24 calls of 1 s, 4 at once); `a` (2/s, a burst of 1) gets a call each
+/// time permits free meanwhile (at least one every 2 s is asserted; none
+/// when set-aside rows wait for the page to end).
+#[tokio::test]
+async fn set_aside_rows_keep_their_turns_while_a_page_of_other_rows_is_worked() {
+    let fast = worker(Behaviour::default()).await;
+    let slow = worker(Behaviour {
+        delay: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let s = setup_with(
+        "job_type_column = \"job_type\"",
+        &format!("routes = {{ a = \"{}\", b = \"{}\" }}", fast.url, slow.url),
+        "[table.limits.routes.a]\nrate = \"120/min\"",
+    )
+    .await;
+    s.client
+        .execute(
+            "insert into public.lim_jobs (id, job_type)
+             select format('%s-0000-4000-8000-%s', prefix, lpad(g::text, 12, '0'))::uuid, job_type
+             from (values ('00000000', 'a', 20), ('ffffffff', 'b', 24)) v(prefix, job_type, n),
+                  generate_series(1, n) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let _reactor = s.spawn(&["--concurrency", "4"]);
+    s.wait_done_of("b", 24).await;
+    let b = slow.calls();
+    let (first_b, last_b) = (b[0].started, b.last().unwrap().started);
+    assert!(
+        last_b - first_b >= chrono::Duration::seconds(4),
+        "the b page took {} ms: too short to see a's turns",
+        (last_b - first_b).num_milliseconds()
+    );
+    let during = fast
+        .calls()
+        .iter()
+        .filter(|c| c.started > first_b + chrono::Duration::seconds(1) && c.started < last_b)
+        .count();
+    // The 4 permits free together once a second (the b calls end
+    // together), and each time the first in line is a row of a with its token.
+    let seconds = (last_b - first_b).num_seconds() - 1;
+    assert!(
+        during as i64 * 2 >= seconds,
+        "{during} calls of a in the {seconds} s while b's page was worked \
+         (one a second as permits free): a's set-aside rows waited for the page to end"
+    );
+    s.wait_done_of("a", 20).await;
+}
+
+/// Two reactors offer the same row of a rate-limited route at once: one
+/// claims it while the other's claim waits for the route's bucket. Both take a
+/// token of the route; the second gets no row, says which route its token was
+/// of, and the refund gives that token back to the route, so a race does not
+/// leave the route below its rate.
+#[tokio::test]
+async fn a_token_taken_for_a_row_another_reactor_claimed_goes_back_to_its_route() {
+    use reactor::job::handler::{KeyType, Spec};
+    use reactor::store::pending::{claim_sql, LimitColumns, Statements};
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    client.batch_execute(TABLE).await.unwrap();
+    let handler = "http:public.lim_jobs";
+    let bucket = format!("{handler}[a]");
+    // 1 token a minute, 2 kept: what refills during the test is < 0.1.
+    client
+        .execute(
+            "insert into reactor.limits (handler, rate_per_s, burst, tokens, of_handler, route)
+             values ($1, 1.0 / 60, 2, 2, $2, 'a')",
+            &[&bucket, &handler],
+        )
+        .await
+        .unwrap();
+    let id: Uuid = client
+        .query_one(
+            "insert into public.lim_jobs (job_type) values ('a') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let spec = Spec {
+        name: handler.into(),
+        table: "public.lim_jobs".into(),
+        notify_table: "lim_jobs".into(),
+        key: "id".into(),
+        key_type: KeyType::Uuid,
+        pending: "t.status in ('pending', 'processing')".into(),
+        statuses: None,
+    };
+    let mut statements = Statements::build(&spec, None, None);
+    statements.claim = claim_sql(
+        &spec,
+        LimitColumns {
+            per_key: None,
+            route: Some("job_type"),
+        },
+    );
+    let statements = Arc::new(statements);
+    let ids = vec![id.to_string()];
+    let lease = Duration::from_secs(30);
+
+    let first = db.client().await;
+    first.batch_execute("begin").await.unwrap();
+    let won = statements
+        .claim(&first, &ids, Uuid::new_v4(), lease)
+        .await
+        .unwrap();
+    assert_eq!((won.claims.len(), won.granted), (1, 1));
+    let second = {
+        let (statements, ids) = (statements.clone(), ids.clone());
+        let client = db.client().await;
+        tokio::spawn(async move {
+            let batch = statements
+                .claim(&client, &ids, Uuid::new_v4(), lease)
+                .await
+                .unwrap();
+            (client, batch)
+        })
+    };
+    common::wait_until_one_waits_on_a_lock(
+        &client,
+        "the second claim to wait for the route's bucket",
+        LONG,
+    )
+    .await;
+    first.batch_execute("commit").await.unwrap();
+    let (second, lost) = second.await.unwrap();
+    assert!(lost.claims.is_empty(), "the row was claimed twice");
+    assert_eq!(lost.granted, 1, "the second claim took a token too");
+    assert_eq!(lost.lost_routes, vec!["a".to_string()]);
+    let tokens = async || -> f64 {
+        client
+            .query_one(
+                "select tokens from reactor.limits where handler = $1",
+                &[&bucket],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert!(tokens().await < 0.1, "both claims took a token");
+    reactor::store::limits::refund(&second, handler, 1, &lost.lost_routes)
+        .await
+        .unwrap();
+    let after = tokens().await;
+    assert!(
+        (1.0..1.1).contains(&after),
+        "{after} tokens in the route's bucket after the refund (expected the one lost back)"
+    );
+}
+
+/// Route `a` with `max_in_flight = 2` and a slow worker, 3 reactors: never
+/// more than 2 calls of `a` at once (and 2 are used), while route `b` is
+/// worked many at once and done long before `a`. The route's bucket shows in
+/// `reactor status` and `/metrics`.
+#[tokio::test]
+async fn a_capped_route_never_exceeds_its_cap_and_does_not_hold_up_another() {
+    a_capped_route_and_another("").await;
+}
+
+/// The same with fair turns between owners (`per_key`): claims work fair
+/// pages, and a page of rows set aside moves on to the next.
+#[tokio::test]
+async fn with_fair_turns_a_capped_route_does_not_hold_up_another() {
+    a_capped_route_and_another("per_key = \"owner_id\"").await;
+}
+
+/// `table_limits`: TOML lines of `[table.limits]` besides route `a`'s cap.
+async fn a_capped_route_and_another(table_limits: &str) {
+    let w = worker(Behaviour {
+        delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let limits = format!("{table_limits}\n[table.limits.routes.a]\nmax_in_flight = 2");
+    let s = setup_routes(&w.url, &limits).await;
+    let (owner_a, owner_b) = (Uuid::new_v4(), Uuid::new_v4());
+    s.insert_typed(30, owner_a, "a").await;
+    s.insert_typed(100, owner_b, "b").await;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut reactors: Vec<ChildReactor> = (0..2).map(|_| s.spawn(&[])).collect();
+    reactors.push(s.spawn(&["--http-addr", &addr]));
+    s.wait_done_of("b", 100).await;
+    let a_done_with_b = s.done_of("a").await;
+    assert!(
+        w.most_at_once_of(owner_a) <= 2,
+        "route a: {} calls at once",
+        w.most_at_once_of(owner_a)
+    );
+    // 2 at once of 200 ms calls: a's 30 rows take 3 s, b's 100 far less.
+    assert!(
+        a_done_with_b <= 15,
+        "{a_done_with_b} of 30 a rows were done when b's 100 were: b waited behind a"
+    );
+    assert!(
+        w.most_at_once_of(owner_b) > 2,
+        "b is not capped: {} at once",
+        w.most_at_once_of(owner_b)
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_reactor"))
+        .args(["status", "--database-url", &s.db.url])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("http:public.lim_jobs[a]") && status.contains("(max 2)"),
+        "{status}"
+    );
+    s.wait_done_of("a", 30).await;
+    assert_eq!(
+        w.most_at_once_of(owner_a),
+        2,
+        "route a: the cap, never more"
+    );
+    let metrics_url = format!("http://{addr}/metrics");
+    eventually("the route's gauges", LONG, || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(r#"reactor_limit_max_in_flight{handler="http:public.lim_jobs[a]"} 2"#)
+    })
+    .await;
+    assert_eq!(w.calls().len(), 130, "each row called once");
+}
+
+/// A bad route limit stops `reactor run` with a message naming
+/// `limits.routes.<type>.<key>`, or the route that does not exist.
+#[tokio::test]
+async fn a_bad_route_limit_is_refused_at_start_naming_the_setting() {
+    let s = setup_routes(
+        "http://127.0.0.1:9/work",
+        "[table.limits.routes.a]\nrate = \"fast\"",
+    )
+    .await;
+    let run = || s.run_to_exit(&s.config_flags(), &[]);
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`limits.routes.a.rate` \"fast\" is not a rate"),
+        "{stderr}"
+    );
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        config
+            .replace("routes.a]", "routes.c]")
+            .replace(r#"rate = "fast""#, "max_in_flight = 1"),
+    )
+    .unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("`limits.routes.c` names no route of http.routes"),
+        "{stderr}"
+    );
+}
+
+/// Route limits are written at start, and a route no longer limited loses
+/// its row when a reactor starts with the new config (the last started wins).
+#[tokio::test]
+async fn a_route_no_longer_limited_loses_its_bucket_at_start() {
+    let s = setup_routes(
+        "http://127.0.0.1:9/work",
+        "[table.limits.routes.a]\nmax_in_flight = 2\n[table.limits.routes.b]\nrate = \"60/min\"",
+    )
+    .await;
+    let buckets = || async {
+        let rows = s
+            .client
+            .query(
+                "select handler from reactor.limits where of_handler = 'http:public.lim_jobs' order by 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    let mut first = s.spawn(&[]);
+    eventually("both routes' buckets", LONG, || async {
+        buckets().await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        buckets().await,
+        ["http:public.lim_jobs[a]", "http:public.lim_jobs[b]"]
+    );
+    first.kill9();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        config.replace("[table.limits.routes.b]\nrate = \"60/min\"", ""),
+    )
+    .unwrap();
+    let _second = s.spawn(&[]);
+    eventually("route b's bucket gone", LONG, || async {
+        buckets().await == ["http:public.lim_jobs[a]"]
+    })
+    .await;
 }

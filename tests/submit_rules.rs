@@ -196,17 +196,13 @@ async fn uncommitted_submission(conn: &mut Client, user: Uuid) -> tokio_postgres
     tx
 }
 
-/// Waits until some backend of this database is blocked on a lock.
+/// Waits until the second submission is blocked on the first one's lock.
 async fn wait_until_a_submission_is_blocked(observer: &Client) {
-    common::eventually("the second submission waits on the first", Duration::from_secs(10), || async {
-        count_with(
-            observer,
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-            == 1
-    })
+    common::wait_until_one_waits_on_a_lock(
+        observer,
+        "the second submission waits on the first",
+        Duration::from_secs(10),
+    )
     .await;
 }
 

@@ -18,8 +18,18 @@ use tracing::Instrument as _;
 /// is only seen by asking again.
 const MIN_LIMIT_WAIT: Duration = Duration::from_millis(20);
 
+/// What [`Shared::leased`] did with its rows.
+#[derive(Debug, Default)]
+pub(super) struct Worked {
+    /// Rows claimed and started.
+    pub started: usize,
+    /// Rows their route's limit set aside until their turn.
+    pub set_aside: Vec<String>,
+}
+
 impl Shared {
-    /// Writes every leased handler's limits to `reactor.limits` (at start).
+    /// Writes every leased handler's limits, its routes' included, to
+    /// `reactor.limits` (at start).
     pub(super) async fn register_limits(&self) -> Result<(), crate::store::db::DbError> {
         for slot in &self.slots {
             if let Action::Leased(_) = slot.handler.action {
@@ -30,7 +40,7 @@ impl Shared {
                     )
                 })
                 .await?;
-                if wanted.any() {
+                if wanted.any() || wanted.route_column().is_some() {
                     tracing::info!(handler = %name, limits = ?wanted, "limits shared by every reactor");
                 }
             }
@@ -58,22 +68,33 @@ impl Shared {
 
     /// Claims the pending rows among `ids` (as many as there are free worker
     /// permits at a time, and as the handler's shared limits allow) and runs
-    /// each under its lease. While a limit holds rows back, the worker waits
-    /// for it here (the time is counted in `reactor_limit_wait_seconds`).
+    /// each under its lease. While a limit of the handler holds rows back, the
+    /// worker waits for it here (the time is counted in
+    /// `reactor_limit_wait_seconds`). Rows held back by their route's limit
+    /// are set aside until their turn instead (see [`Shared::set_aside`]), so
+    /// the other routes' rows go on at once.
     pub(super) async fn leased(
         self: &Arc<Self>,
         slot: &RunningHandler,
         work: &Arc<dyn LeasedWork>,
         ids: &[String],
-    ) -> Result<usize, ServiceError> {
+    ) -> Result<Worked, ServiceError> {
         let name = &slot.handler.spec.name;
         let mut rest: Vec<String> = ids.to_vec();
-        let mut started_rows = 0;
+        let mut worked = Worked::default();
         while !rest.is_empty() {
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(started_rows),
+                _ = self.shutdown.cancelled() => return Ok(worked),
                 p = self.permits.clone().acquire_owned() => p?,
             };
+            // Rows this reactor set aside whose wait ended meanwhile join this
+            // claim, first in line: a page of other rows does not make a
+            // route's rows miss their turns.
+            let due = slot.inbox.take_due(self.cfg.batch_size);
+            if !due.is_empty() {
+                rest.retain(|id| !due.contains(id));
+                rest.splice(0..0, due);
+            }
             let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
             while permits.len() < rest.len() {
                 match self.permits.clone().try_acquire_owned() {
@@ -94,13 +115,18 @@ impl Shared {
             // rows move at the pace the limits allow.
             slot.progress.advanced();
             if batch.granted > batch.claims.len() {
-                // Another reactor claimed some granted rows first: their tokens go back.
+                // Another reactor claimed some granted rows first: their tokens go
+                // back to the handler's bucket and to their routes'.
                 let unused = (batch.granted - batch.claims.len()) as i32;
-                self.within(async |client| Ok(limits::refund(&***client, name, unused).await?))
-                    .await?;
+                self.within(async |client| {
+                    Ok(limits::refund(&***client, name, unused, &batch.lost_routes).await?)
+                })
+                .await?;
             }
             let claimed: HashSet<String> = batch.claims.iter().map(|c| c.row_id.clone()).collect();
-            started_rows += claimed.len();
+            worked.started += claimed.len();
+            let held = self.set_aside(slot, &batch.held);
+            worked.set_aside.extend(held.iter().cloned());
             for (claim, permit) in batch.claims.into_iter().zip(permits) {
                 self.announce(
                     &slot.handler.spec.notify_table,
@@ -124,11 +150,11 @@ impl Shared {
                 }
                 // The rows held back stay first in line; wait for the limit.
                 Some(limited) => {
-                    rest.retain(|id| !claimed.contains(id));
+                    rest.retain(|id| !claimed.contains(id) && !held.contains(id));
                     tracing::debug!(handler = %name, limit = %limited.reason, wait = ?limited.wait, waiting = rest.len(), "held back by a limit");
                     let started = std::time::Instant::now();
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return Ok(started_rows),
+                        _ = self.shutdown.cancelled() => return Ok(worked),
                         _ = tokio::time::sleep(limited.wait.max(MIN_LIMIT_WAIT)) => {}
                     }
                     // Its _sum is the time spent waiting because of each limit.
@@ -137,7 +163,26 @@ impl Shared {
                 }
             }
         }
-        Ok(started_rows)
+        Ok(worked)
+    }
+
+    /// Rows held back by their route's limit wait in the database until their
+    /// turn (no attempt counted; pages and other reactors pass over them):
+    /// each is offered again when its wait is over. The wait is counted in
+    /// `reactor_limit_wait_seconds`, under the route's bucket
+    /// (`<handler>[<route>]`). Returns the held rows' ids.
+    fn set_aside(
+        self: &Arc<Self>,
+        slot: &RunningHandler,
+        held: &[crate::store::pending::Held],
+    ) -> HashSet<String> {
+        for h in held {
+            tracing::debug!(limit = %h.limit, reason = %h.reason, id = %h.row_id, wait = ?h.wait, "set aside by a route's limit");
+            metrics::histogram!("reactor_limit_wait_seconds", "handler" => h.limit.clone(), "limit" => h.reason.clone())
+                .record(h.wait.as_secs_f64());
+            self.wake_later(slot, &h.row_id, h.wait);
+        }
+        held.iter().map(|h| h.row_id.clone()).collect()
     }
 
     /// A leased handler with a per-key column: whatever woke it, it works
@@ -151,14 +196,29 @@ impl Shared {
     ) -> Result<usize, ServiceError> {
         let limit = self.cfg.batch_size as i64;
         let mut found = 0;
+        let mut set_aside: HashSet<String> = HashSet::new();
         while !self.shutdown.is_cancelled() {
             let ids = self
                 .within(async |client| Ok(slot.statements.fair_page(&***client, limit).await?))
                 .await?;
             found += ids.len();
-            // Nothing workable, or nothing of it claimable now (leased elsewhere
-            // in between): the next wake-up or sweep looks again.
-            if ids.is_empty() || self.leased(slot, work, &ids).await? == 0 {
+            if ids.is_empty() {
+                break;
+            }
+            let worked = self.leased(slot, work, &ids).await?;
+            // A page that only set rows aside still moves on: the next one
+            // passes over them (the rows of other routes behind them). Rows
+            // set aside before come back to the pages after their turn; set
+            // aside again, they are no reason for another page (a route at its
+            // cap would page on without end).
+            let fresh = worked
+                .set_aside
+                .into_iter()
+                .filter(|id| set_aside.insert(id.clone()))
+                .count();
+            // Nothing claimable now (leased elsewhere in between, or held back):
+            // the next wake-up or sweep looks again.
+            if worked.started == 0 && fresh == 0 {
                 break;
             }
         }
@@ -302,14 +362,15 @@ impl Shared {
         Ok(())
     }
 
-    /// Puts `id` back into the slot's inbox after `delay` (sweeps are the safety net).
+    /// Puts `id` back into the slot's inbox after `delay`, as a row due (sweeps
+    /// are the safety net).
     pub(super) fn wake_later(self: &Arc<Self>, slot: &RunningHandler, id: &str, delay: Duration) {
         let shared = self.clone();
         let (index, id) = (slot.index, id.to_string());
         self.tracker.spawn(async move {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => shared.slots[index].inbox.push(id),
+                _ = tokio::time::sleep(delay + Duration::from_millis(20)) => shared.slots[index].inbox.push_due(id),
             }
         });
     }

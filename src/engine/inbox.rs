@@ -1,5 +1,6 @@
 //! Per-handler inboxes: where hints (notifications, outbox entries, retry
-//! requests) land until the handler's worker takes them.
+//! requests) land until the handler's worker takes them, and rows whose wait
+//! is over (a retry's backoff, a route's turn) until a claim takes them.
 use super::listener::Event;
 use super::Shared;
 use std::collections::VecDeque;
@@ -12,6 +13,9 @@ const INBOX_CAPACITY: usize = 10_000;
 
 pub(super) struct Inbox {
     ids: Mutex<VecDeque<String>>,
+    /// Rows this reactor set aside whose wait is over: they join the claim
+    /// the worker is busy with, if any (see [`Inbox::take_due`]).
+    due: Mutex<Vec<String>>,
     /// When the oldest id still queued arrived (for notify-to-start latency).
     oldest: Mutex<Option<std::time::Instant>>,
     pub(super) scan: AtomicBool,
@@ -22,6 +26,7 @@ impl Inbox {
     pub(super) fn new() -> Self {
         Inbox {
             ids: Mutex::new(VecDeque::new()),
+            due: Mutex::new(Vec::new()),
             oldest: Mutex::new(None),
             scan: AtomicBool::new(false),
             wake: Notify::new(),
@@ -44,18 +49,35 @@ impl Inbox {
         self.wake.notify_one();
     }
 
+    /// A row this reactor set aside whose wait is over.
+    pub(super) fn push_due(&self, id: String) {
+        self.due.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        self.wake.notify_one();
+    }
+
+    /// Up to `max` rows whose wait is over, oldest first.
+    pub(super) fn take_due(&self, max: usize) -> Vec<String> {
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        let n = due.len().min(max);
+        due.drain(..n).collect()
+    }
+
     pub(super) fn request_scan(&self) {
         self.scan.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
-    /// Up to `max` queued ids, and when the oldest of them arrived.
+    /// Up to `max` ids (rows due first, then hints), and when the oldest
+    /// hint among them arrived.
     pub(super) fn take(&self, max: usize) -> (Vec<String>, Option<std::time::Instant>) {
+        let mut batch = self.take_due(max);
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        let n = ids.len().min(max);
-        let mut batch: Vec<String> = ids.drain(..n).collect();
+        let n = ids.len().min(max - batch.len());
+        batch.extend(ids.drain(..n));
         let mut oldest = self.oldest.lock().unwrap_or_else(|e| e.into_inner());
-        let arrived = if ids.is_empty() {
+        let arrived = if n == 0 {
+            None
+        } else if ids.is_empty() {
             oldest.take()
         } else {
             *oldest
@@ -68,6 +90,7 @@ impl Inbox {
 
     pub(super) fn clear(&self) {
         self.ids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.due.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

@@ -34,7 +34,7 @@ mod worker;
 use crate::config::RunConfig;
 use crate::job::handler::{Action, Handler};
 use crate::job::lease;
-use crate::store::pending::Statements;
+use crate::store::pending::{LimitColumns, Statements};
 use deadpool_postgres::Pool;
 use inbox::Inbox;
 use listener::Listener;
@@ -238,6 +238,11 @@ impl Engine {
                 if let Some(column) = &handler.limits.per_key {
                     statements = statements.with_per_key(&handler.spec, column);
                 }
+                let columns = LimitColumns {
+                    per_key: handler.limits.per_key.as_deref(),
+                    route: handler.limits.route_column(),
+                };
+                statements = statements.with_limit_columns(&handler.spec, columns);
                 RunningHandler {
                     index,
                     statements,

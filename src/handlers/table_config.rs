@@ -97,6 +97,17 @@ struct RawLimits {
     burst: Option<i64>,
     per_key: Option<String>,
     max_in_flight_per_key: Option<i64>,
+    /// `[table.limits.routes.<job type>]`: limits of one route.
+    #[serde(default)]
+    routes: BTreeMap<String, RawRouteLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteLimit {
+    max_in_flight: Option<i64>,
+    rate: Option<String>,
+    burst: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,48 +336,98 @@ impl Checker<'_> {
     }
 
     /// `[table.limits]`, each value checked with a message naming its key.
-    fn limits(&self, raw: RawLimits) -> Result<crate::job::limits::Limits, ConfigError> {
-        use crate::job::limits::{check_burst, check_cap, parse_rate, Limits, Rate};
-        let cap = |key: &str, n: Option<i64>| {
-            n.map(|n| check_cap(n).map_err(|e| self.invalid(key, e)))
-                .transpose()
-        };
-        let per_second = raw
-            .rate
-            .as_deref()
-            .map(|r| parse_rate(r).map_err(|e| self.invalid("limits.rate", e)))
-            .transpose()?;
-        let burst = raw
-            .burst
-            .map(|b| check_burst(b).map_err(|e| self.invalid("limits.burst", e)))
-            .transpose()?;
-        if burst.is_some() && per_second.is_none() {
-            return Err(self.invalid(
-                "limits.burst",
-                "needs limits.rate, the rate it bursts above",
-            ));
-        }
+    /// `target`: where rows go (route limits need a route of `http.routes`).
+    fn limits(
+        &self,
+        raw: RawLimits,
+        job_type_column: Option<&str>,
+        target: &Target,
+    ) -> Result<crate::job::limits::Limits, ConfigError> {
+        use crate::job::limits::{Limits, RouteLimit, RouteLimits};
         let per_key = raw
             .per_key
             .as_deref()
             .map(|c| self.identifier("limits.per_key", c))
             .transpose()?;
-        let max_in_flight_per_key = cap("limits.max_in_flight_per_key", raw.max_in_flight_per_key)?;
+        let max_in_flight_per_key =
+            self.cap("limits.max_in_flight_per_key", raw.max_in_flight_per_key)?;
         if max_in_flight_per_key.is_some() && per_key.is_none() {
             return Err(self.invalid(
                 "limits.max_in_flight_per_key",
                 "needs limits.per_key, the column whose value is the key",
             ));
         }
+        let routes = match (raw.routes.is_empty(), job_type_column, target) {
+            (true, _, _) => None,
+            (false, Some(column), Target::Routes(urls)) => {
+                let mut of = BTreeMap::new();
+                for (route, limit) in raw.routes {
+                    let prefix = format!("limits.routes.{route}");
+                    if !urls.contains_key(&route) {
+                        let known = urls.keys().cloned().collect::<Vec<_>>().join(", ");
+                        return Err(self.invalid(
+                            &prefix,
+                            format!("names no route of http.routes (its routes: {known})"),
+                        ));
+                    }
+                    let limit = RouteLimit {
+                        max_in_flight: self
+                            .cap(&format!("{prefix}.max_in_flight"), limit.max_in_flight)?,
+                        rate: self.rate(&prefix, limit.rate.as_deref(), limit.burst)?,
+                    };
+                    of.insert(route, limit);
+                }
+                Some(RouteLimits {
+                    column: column.to_string(),
+                    of,
+                })
+            }
+            (false, _, _) => {
+                return Err(self.invalid(
+                    "limits.routes",
+                    "needs job_type_column and http.routes: it limits each route on its own",
+                ))
+            }
+        };
         Ok(Limits {
-            max_in_flight: cap("limits.max_in_flight", raw.max_in_flight)?,
-            rate: per_second.map(|per_second| Rate {
-                per_second,
-                burst: burst.unwrap_or(1.0),
-            }),
+            max_in_flight: self.cap("limits.max_in_flight", raw.max_in_flight)?,
+            rate: self.rate("limits", raw.rate.as_deref(), raw.burst)?,
             per_key,
             max_in_flight_per_key,
+            routes,
         })
+    }
+
+    /// A cap (`<key>`): a whole number at least 1.
+    fn cap(&self, key: &str, n: Option<i64>) -> Result<Option<i32>, ConfigError> {
+        n.map(|n| crate::job::limits::check_cap(n).map_err(|e| self.invalid(key, e)))
+            .transpose()
+    }
+
+    /// `<prefix>.rate` with `<prefix>.burst` (default 1; not without a rate).
+    fn rate(
+        &self,
+        prefix: &str,
+        rate: Option<&str>,
+        burst: Option<i64>,
+    ) -> Result<Option<crate::job::limits::Rate>, ConfigError> {
+        use crate::job::limits::{check_burst, parse_rate, Rate};
+        let per_second = rate
+            .map(|r| parse_rate(r).map_err(|e| self.invalid(&format!("{prefix}.rate"), e)))
+            .transpose()?;
+        let burst = burst
+            .map(|b| check_burst(b).map_err(|e| self.invalid(&format!("{prefix}.burst"), e)))
+            .transpose()?;
+        if burst.is_some() && per_second.is_none() {
+            return Err(self.invalid(
+                &format!("{prefix}.burst"),
+                format!("needs {prefix}.rate, the rate it bursts above"),
+            ));
+        }
+        Ok(per_second.map(|per_second| Rate {
+            per_second,
+            burst: burst.unwrap_or(1.0),
+        }))
     }
 
     fn table(
@@ -518,7 +579,7 @@ impl Checker<'_> {
             }
         };
 
-        let limits = self.limits(raw.limits)?;
+        let limits = self.limits(raw.limits, job_type_column.as_deref(), &target)?;
 
         Ok(TableConfig {
             limits,
@@ -588,6 +649,7 @@ mod tests {
                 }),
                 per_key: Some("user_id".into()),
                 max_in_flight_per_key: Some(2),
+                routes: None,
             }
         );
         let e = parse_err(&with("rate = \"fast\""));
@@ -600,6 +662,70 @@ mod tests {
         assert!(e.contains("needs limits.per_key"), "{e}");
         let e = parse_err(&with("rate_limit = \"1/s\""));
         assert!(e.contains("rate_limit"), "{e}");
+    }
+
+    /// MINIMAL routed by job type, with `routes` (a TOML line) in place of its URL.
+    fn routed(routes: &str) -> String {
+        MINIMAL
+            .replace(
+                "error_column = \"error_message\"",
+                "error_column = \"e\"\njob_type_column = \"job_type\"",
+            )
+            .replace("url = \"http://127.0.0.1:1/x\"", routes)
+    }
+
+    #[test]
+    fn route_limits_are_read_and_every_bad_value_is_named() {
+        use crate::job::limits::{Rate, RouteLimit};
+        let routed = routed(r#"routes = { resize = "http://h/a", b = "https://h/b" }"#);
+        let with =
+            |limits: &str| format!("{routed}\n        [table.limits.routes.resize]\n{limits}");
+        let t = &parse_ok(&with("max_in_flight = 2\nrate = \"120/min\"\nburst = 5"))[0];
+        let routes = t.limits.routes.as_ref().expect("route limits");
+        assert_eq!(routes.column, "job_type");
+        assert_eq!(
+            routes.of["resize"],
+            RouteLimit {
+                max_in_flight: Some(2),
+                rate: Some(Rate {
+                    per_second: 2.0,
+                    burst: 5.0
+                }),
+            }
+        );
+        assert_eq!(t.limits.route_column(), Some("job_type"));
+        assert!(!t.limits.any(), "the table itself is not limited");
+        let e = parse_err(&with("rate = \"fast\""));
+        assert!(
+            e.contains("`limits.routes.resize.rate` \"fast\" is not a rate"),
+            "{e}"
+        );
+        let e = parse_err(&with("max_in_flight = 0"));
+        assert!(
+            e.contains("`limits.routes.resize.max_in_flight` is 0"),
+            "{e}"
+        );
+        let e = parse_err(&with("burst = 5"));
+        assert!(
+            e.contains("`limits.routes.resize.burst` needs limits.routes.resize.rate"),
+            "{e}"
+        );
+        let e = parse_err(&with("rate_limit = \"1/s\""));
+        assert!(e.contains("rate_limit"), "{e}");
+        let e = parse_err(&with("max_in_flight = 1").replace("routes.resize]", "routes.crop]"));
+        assert!(
+            e.contains(
+                "`limits.routes.crop` names no route of http.routes (its routes: b, resize)"
+            ),
+            "{e}"
+        );
+        let e = parse_err(&format!(
+            "{MINIMAL}\n        [table.limits.routes.resize]\nmax_in_flight = 1"
+        ));
+        assert!(
+            e.contains("`limits.routes` needs job_type_column and http.routes"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -687,15 +813,7 @@ mod tests {
 
     #[test]
     fn routes_need_a_job_type_column_and_pick_the_url_by_type() {
-        let routed = MINIMAL
-            .replace(
-                "error_column = \"error_message\"",
-                "error_column = \"e\"\njob_type_column = \"job_type\"",
-            )
-            .replace(
-                "url = \"http://127.0.0.1:1/x\"",
-                "routes = { a = \"http://h/a\", b = \"https://h/b\" }",
-            );
+        let routed = routed(r#"routes = { a = "http://h/a", b = "https://h/b" }"#);
         let t = &parse_ok(&routed)[0];
         assert_eq!(t.url_for(Some("a")), Some("http://h/a"));
         assert_eq!(t.url_for(Some("c")), None);

@@ -1,6 +1,7 @@
 //! Limits of one handler, shared by every reactor through `reactor.limits`
 //! (see `sql/300_limits.sql` and README, "Limits and fairness"): a cap on
-//! attempts in flight, a rate with a burst, and a cap per key. Settings only;
+//! attempts in flight, a rate with a burst, a cap per key, and a cap and a
+//! rate per route (`sql/310_route_limits.sql`). Settings only;
 //! the statements that enforce them are in [`crate::store::limits`] and the
 //! claim statement ([`crate::store::pending`]).
 
@@ -17,6 +18,32 @@ pub struct Limits {
     /// caps each.
     pub per_key: Option<String>,
     pub max_in_flight_per_key: Option<i32>,
+    /// Limits of each route (an own table's job type), in addition to these:
+    /// see [`RouteLimits`].
+    pub routes: Option<RouteLimits>,
+}
+
+/// Limits per route: `column` holds a row's route (its job type), and each
+/// route in `of` has its own cap and rate, shared by every reactor. A route
+/// held back by its limits does not hold up the others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteLimits {
+    pub column: String,
+    pub of: std::collections::BTreeMap<String, RouteLimit>,
+}
+
+/// What one route is allowed, across all reactors together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteLimit {
+    pub max_in_flight: Option<i32>,
+    pub rate: Option<Rate>,
+}
+
+impl RouteLimit {
+    /// Whether any limit is set (the route gets a `reactor.limits` row).
+    pub fn any(&self) -> bool {
+        self.max_in_flight.is_some() || self.rate.is_some()
+    }
 }
 
 /// A token bucket: `per_second` tokens flow in, at most `burst` are kept.
@@ -27,10 +54,25 @@ pub struct Rate {
 }
 
 impl Limits {
-    /// Whether any limit is set (the handler gets a `reactor.limits` row).
+    /// Whether any limit of the handler itself is set (it gets a
+    /// `reactor.limits` row); route limits are not counted.
     pub fn any(&self) -> bool {
         self.max_in_flight.is_some() || self.rate.is_some() || self.max_in_flight_per_key.is_some()
     }
+
+    /// The column holding a row's route, when some route is limited.
+    pub fn route_column(&self) -> Option<&str> {
+        self.routes
+            .as_ref()
+            .filter(|r| r.of.values().any(RouteLimit::any))
+            .map(|r| r.column.as_str())
+    }
+}
+
+/// The `reactor.limits` row of `handler`'s `route`: its name in the snapshot,
+/// `/metrics` (`handler` label), the dashboard and `reactor status`.
+pub fn route_bucket(handler: &str, route: &str) -> String {
+    format!("{handler}[{route}]")
 }
 
 /// Parses a rate such as `600/min`, `10/s`, `5000/h` or `1/500ms`: a whole

@@ -76,7 +76,7 @@ impl Statements {
                  order by t.{key} limit $1"
             )
         };
-        let claim = claim_sql(spec, None);
+        let claim = claim_sql(spec, LimitColumns::default());
         // By key lookups of the picked rows: a join with `picked` lets the
         // planner hash the whole table on every page (measured: a seq scan
         // of 50k profiles, 38 of a page's 57 ms).
@@ -189,9 +189,16 @@ impl Statements {
         }
     }
 
+    /// With the claim statement of a leased handler whose limits read columns
+    /// of the row (see [`LimitColumns`]).
+    pub fn with_limit_columns(mut self, spec: &Spec, columns: LimitColumns) -> Self {
+        self.claim = claim_sql(spec, columns);
+        self
+    }
+
     /// The statements of a leased handler whose rows carry a key (an owner, a
-    /// customer) in `column`: claims keep that key on the lease (for
-    /// `max_in_flight_per_key`), and pages take turns between keys.
+    /// customer) in `column`: pages take turns between keys (and claims keep
+    /// the key on the lease, see [`Statements::with_limit_columns`]).
     ///
     /// A fair page walks the distinct keys of pending rows (a loose index
     /// scan: one index probe per key, at most `$1` keys), takes each key's
@@ -223,7 +230,6 @@ impl Statements {
                  order by t.{key} limit (select per from share)"
             )
         };
-        self.claim = claim_sql(spec, Some(column));
         self.fair_page = Some(format!(
             "with recursive keys(v) as (
                (select t.{col} from {table} t where ({pending}) and t.{col} is not null
@@ -323,19 +329,32 @@ impl Statements {
             )
             .await?;
         let mut batch = ClaimBatch::default();
+        let wait = |row: &tokio_postgres::Row| {
+            Duration::from_secs_f64(row.get::<_, f64>(4).clamp(0.0, 3600.0))
+        };
         for row in &rows {
-            match row.get::<_, Option<String>>(0) {
-                Some(row_id) => batch.claims.push(Claim {
+            match (
+                row.get::<_, Option<String>>(0),
+                row.get::<_, Option<i64>>(1),
+            ) {
+                (Some(row_id), Some(token)) => batch.claims.push(Claim {
                     row_id,
-                    token: row.get(1),
+                    token,
                     attempts: row.get(2),
                 }),
-                None => {
+                (Some(row_id), None) => batch.held.push(Held {
+                    row_id,
+                    limit: row.get(6),
+                    reason: row.get(5),
+                    wait: wait(row),
+                }),
+                (None, _) => {
                     batch.granted = row.get::<_, i32>(3) as usize;
+                    batch.lost_routes = row.get(7);
                     let reason: Option<String> = row.get(5);
                     batch.limited = reason.map(|reason| Limited {
                         reason,
-                        wait: Duration::from_secs_f64(row.get::<_, f64>(4).clamp(0.0, 3600.0)),
+                        wait: wait(row),
                     });
                 }
             }
@@ -357,7 +376,32 @@ pub struct ClaimBatch {
     /// Rows the limits granted (tokens taken); more than `claims` when
     /// another reactor claimed some in between.
     pub granted: usize,
+    /// The route of each granted row with a route that another reactor
+    /// claimed first (a route with a rate took a token for it).
+    pub lost_routes: Vec<String>,
     pub limited: Option<Limited>,
+    /// Rows held back by their route's limits: set aside until their turn
+    /// (`next_attempt_at`), so they no longer stand in the other routes' way.
+    pub held: Vec<Held>,
+}
+
+/// A row its route's limit held back, and by which: `limit` is the route's
+/// bucket (`<handler>[<route>]`), `reason` and `wait` as in [`Limited`].
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub row_id: String,
+    pub limit: String,
+    pub reason: String,
+    pub wait: Duration,
+}
+
+/// Columns of the row that a leased handler's limits read, kept on the lease:
+/// `per_key` (for `max_in_flight_per_key`) and `route` (the job type, for the
+/// limits of each route).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitColumns<'a> {
+    pub per_key: Option<&'a str>,
+    pub route: Option<&'a str>,
 }
 
 /// A limit that held rows back: which (`paused`, `max_in_flight`,
@@ -370,12 +414,18 @@ pub struct Limited {
 
 /// The claim statement of a leased handler: the candidates among `$1` that
 /// are pending and claimable (not leased, waiting or dead), in the order of
-/// `$1`; `reactor.limit_grant` picks those the handler's limits allow (one
-/// primary-key probe when it has none); they are leased to `$2` for `$3`
-/// seconds. `per_key` (a column of the row) is kept on the lease, for
-/// `max_in_flight_per_key`. The last row returned (row_id null) is the
-/// grant: how many were granted, the wait and the limit that held rows back.
-pub fn claim_sql(spec: &Spec, per_key: Option<&str>) -> String {
+/// `$1`; `reactor.limit_grant` picks those the handler's limits and their
+/// routes' allow (one primary-key probe when there are none); they are leased
+/// to `$2` for `$3` seconds. The `columns` the limits read are kept on the
+/// lease. Candidates held back by their route wait in `handler_state` until
+/// their turn (`next_attempt_at`, no attempt counted), so pages and other
+/// reactors pass over them. Rows returned: each claimed row (row_id, token,
+/// attempts); each held row (row_id, no token, its wait, the limit and the
+/// route's bucket); last (row_id null) the grant: how many were granted, the
+/// wait and the limit of the handler's own that held rows back, and the
+/// routes of granted rows another reactor claimed first (their tokens go
+/// back).
+pub fn claim_sql(spec: &Spec, columns: LimitColumns) -> String {
     let Spec {
         name,
         table,
@@ -386,12 +436,18 @@ pub fn claim_sql(spec: &Spec, per_key: Option<&str>) -> String {
     } = spec;
     let kt = key_type.sql();
     let handler = quote_literal(name);
-    let limit_key = per_key
-        .map(|c| format!("t.{}::text", crate::store::db::quote_ident(c)))
-        .unwrap_or_else(|| "null::text".into());
+    let column = |c: Option<&str>| {
+        c.map(|c| format!("t.{}::text", crate::store::db::quote_ident(c)))
+            .unwrap_or_else(|| "null::text".into())
+    };
+    let (limit_key, limit_route) = (column(columns.per_key), column(columns.route));
+    let routes = match columns.route {
+        Some(_) => "array(select limit_route from cand order by n)",
+        None => "null::text[]",
+    };
     format!(
         "with cand as materialized (
-           select t.{key}::text as row_id, {limit_key} as limit_key,
+           select t.{key}::text as row_id, {limit_key} as limit_key, {limit_route} as limit_route,
                   row_number() over (order by ids.o)::int as n
            from (select distinct on (u.id) u.id, u.o
                  from unnest($1::text[]) with ordinality as u(id, o) order by u.id, u.o) ids
@@ -402,27 +458,56 @@ pub fn claim_sql(spec: &Spec, per_key: Option<&str>) -> String {
                  and (s.dead_at is not null or s.next_attempt_at > now() or s.lease_expires_at > now())))
          ),
          g as materialized (
-           select * from reactor.limit_grant({handler}, array(select limit_key from cand order by n))
+           select * from reactor.limit_grant({handler},
+             array(select limit_key from cand order by n), {routes})
          ),
          claimed as (
            insert into reactor.handler_state as s
-             (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at, limit_key)
-           select {handler}, c.row_id, $2, 1, now() + make_interval(secs => $3), now(), c.limit_key
+             (handler, row_id, lease_owner, lease_token, lease_expires_at, updated_at,
+              limit_key, limit_route)
+           select {handler}, c.row_id, $2, 1, now() + make_interval(secs => $3), now(),
+                  c.limit_key, c.limit_route
            from cand c, g where c.n = any(g.take)
            on conflict (handler, row_id) do update set
              lease_owner = excluded.lease_owner,
              lease_token = s.lease_token + 1,
              lease_expires_at = excluded.lease_expires_at,
              limit_key = excluded.limit_key,
+             limit_route = excluded.limit_route,
              updated_at = now()
            where s.dead_at is null
              and (s.next_attempt_at is null or s.next_attempt_at <= now())
              and (s.lease_expires_at is null or s.lease_expires_at <= now())
            returning row_id, lease_token, attempts
+         ),
+         holds as (
+           select c.row_id, h.bucket, h.reason, h.wait_s
+           from g cross join lateral
+             unnest(g.held, g.held_by, g.held_reason, g.held_wait) as h(n, bucket, reason, wait_s)
+           join cand c on c.n = h.n
+         ),
+         held as (
+           insert into reactor.handler_state as s (handler, row_id, next_attempt_at, updated_at)
+           select {handler}, h.row_id, now() + make_interval(secs => h.wait_s), now() from holds h
+           on conflict (handler, row_id) do update set
+             next_attempt_at = excluded.next_attempt_at,
+             updated_at = now()
+           where s.dead_at is null
+             and (s.lease_expires_at is null or s.lease_expires_at <= now())
+           returning row_id
          )
-         select row_id, lease_token, attempts, null::int, null::float8, null::text from claimed
+         select row_id, lease_token, attempts, null::int, null::float8, null::text, null::text,
+                null::text[]
+         from claimed
          union all
-         select null, null, null, cardinality(g.take), g.wait_s, g.reason from g"
+         select h.row_id, null, null, null, h.wait_s, h.reason, h.bucket, null
+         from holds h join held using (row_id)
+         union all
+         select null, null, null, cardinality(g.take), g.wait_s, g.reason, null,
+                array(select c.limit_route from cand c
+                      where c.n = any(g.take) and c.limit_route is not null
+                        and c.row_id not in (select row_id from claimed))
+         from g"
     )
 }
 

@@ -90,6 +90,25 @@ pub async fn count_with(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync
         .get(0)
 }
 
+/// Waits (up to `timeout`) until exactly one backend of `observer`'s database
+/// waits on a lock: `what` is who should be waiting.
+pub async fn wait_until_one_waits_on_a_lock(
+    observer: &Client,
+    what: &str,
+    timeout: std::time::Duration,
+) {
+    super::eventually(what, timeout, || async {
+        count(
+            observer,
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .await
+            == 1
+    })
+    .await;
+}
+
 /// The SQLSTATE of a database error.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
