@@ -139,17 +139,18 @@ pub struct RunConfig {
 
     /// Notify mode: hints per second on one table (in every 100 ms window of a
     /// whole second) above which the reactor makes that table's writers quiet
-    /// (no NOTIFY) and pages its pending rows instead. 0 (the default): never;
-    /// opt in where writer throughput matters more than per-row job_status
-    /// events (viewers of a quiet table get resync instead).
-    #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "0")]
+    /// (no NOTIFY) and pages its pending rows instead: NOTIFY's commit-time
+    /// lock serializes notifying writers, so a busy table's writers would
+    /// otherwise pay for hints the reactor does not need (viewers of a quiet
+    /// table get resync instead of per-row events). 0: never.
+    #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "200")]
     pub quiet_above: u64,
 
     /// While a table is quiet, how often its handlers' pending rows are paged.
-    #[arg(long, env = "REACTOR_QUIET_POLL", default_value = "10ms", value_parser = interval)]
+    #[arg(long, env = "REACTOR_QUIET_POLL", default_value = "100ms", value_parser = interval)]
     pub quiet_poll: Duration,
 
-    /// How long one take of a table's quiet lasts; renewed (every third of it)
+    /// How long one take of a table's quiet lasts; renewed (every half of it)
     /// while the table stays busy. Writers notify again at most this long
     /// after the reactor holding it dies.
     #[arg(long, env = "REACTOR_QUIET_LEASE", default_value = "3s", value_parser = interval)]

@@ -1,6 +1,7 @@
 //! Quiet hints under load (issue 22, item 1): while a reactor pages a busy
-//! table, its writers send no NOTIFY (sql/260_quiet_hints.sql,
-//! triggers/260_quiet_hints.sql, src/engine/quiet.rs), and no row is lost.
+//! table, its writers send no NOTIFY and do not even call the hint trigger
+//! (sql/260_quiet_hints.sql, triggers/260_quiet_hints.sql,
+//! triggers/280_quiet_gate.sql, src/engine/quiet.rs), and no row is lost.
 mod common;
 
 use common::{eventually, read_events, start_reactor, ChildReactor, TestDb, ADMIN, JWT_SECRET};
@@ -99,8 +100,16 @@ const QUIET_NOW: &str = "select exists (select 1 from reactor.quiet_tables
 /// whether the table was quiet for that transaction (its trigger compares
 /// with the same now(), and a quiet lease only grows while it holds).
 async fn insert_profile(client: &mut Client) -> (Uuid, bool) {
-    let id = Uuid::new_v4();
     let tx = client.transaction().await.expect("begin");
+    let (id, quiet) = insert_profile_in(&tx).await;
+    tx.commit().await.expect("commit");
+    (id, quiet)
+}
+
+/// Inserts a user and its profile in `tx`: the id, and whether `profiles`
+/// was quiet for `tx`.
+async fn insert_profile_in(tx: &tokio_postgres::Transaction<'_>) -> (Uuid, bool) {
+    let id = Uuid::new_v4();
     let quiet: bool = tx.query_one(QUIET_NOW, &[]).await.expect("quiet?").get(0);
     tx.execute(
         "insert into auth.users (id, email) values ($1, $2)",
@@ -111,7 +120,6 @@ async fn insert_profile(client: &mut Client) -> (Uuid, bool) {
     tx.execute("insert into profiles (id) values ($1)", &[&id])
         .await
         .expect("insert profile");
-    tx.commit().await.expect("commit");
     (id, quiet)
 }
 
@@ -152,6 +160,29 @@ impl Load {
         }
         Arc::try_unwrap(self.rows).unwrap().into_inner().unwrap()
     }
+}
+
+/// Inserts a profile in a transaction that is rolled back: whether
+/// `profiles` was quiet for it, and how many times its hint trigger function
+/// ran (counted by the server with track_functions; on a new connection,
+/// since a session's counts of earlier transactions may not be flushed yet).
+async fn hint_calls_of_one_insert(db: &TestDb) -> (bool, i64) {
+    let mut client = db.client().await;
+    let tx = client.transaction().await.expect("begin");
+    tx.batch_execute("set local track_functions = 'pl'")
+        .await
+        .expect("track functions");
+    let (_, quiet) = insert_profile_in(&tx).await;
+    let calls: Option<i64> = tx
+        .query_one(
+            "select pg_stat_get_xact_function_calls('reactor.notify_profile'::regproc)",
+            &[],
+        )
+        .await
+        .expect("function calls")
+        .get(0);
+    tx.rollback().await.expect("rollback");
+    (quiet, calls.unwrap_or(0))
 }
 
 async fn unhandled_profiles(client: &Client) -> i64 {
@@ -396,4 +427,152 @@ async fn event_streams_resync_when_a_table_goes_quiet() {
     let seen = read_events(&mut stream, resync).await;
     assert!(seen.iter().all(|(kind, _)| kind == "resync"), "{seen:?}");
     reactor.stop().await;
+}
+
+#[tokio::test]
+async fn a_quiet_table_s_writers_do_not_even_call_its_hint_trigger() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    assert_eq!(hint_calls_of_one_insert(&db).await, (false, 1));
+
+    let reactor = start_reactor(&db, storage.path(), &QUIET).await;
+    reactor.wait_ready().await;
+    let load = Load::start(&db, 4).await;
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let (quiet, calls) = hint_calls_of_one_insert(&db).await;
+        if quiet {
+            // The trigger's WHEN condition (the table's quiet flag) keeps
+            // the function from running at all.
+            assert_eq!(calls, 0, "a quiet insert called the hint trigger");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "profiles never went quiet"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.stop().await;
+
+    // A reactor that stops clears the flag with the lease: the trigger runs again.
+    reactor.stop().await;
+    assert_eq!(hint_calls_of_one_insert(&db).await, (false, 1));
+}
+
+#[tokio::test]
+async fn every_hint_trigger_is_gated_also_on_tables_watched_later_and_in_every_mode() {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    let gates = |gated: bool| {
+        format!(
+            "select count(*) from reactor.hint_triggers h
+             join pg_trigger t on t.tgrelid = h.tbl and t.tgname = h.trigger_name
+             where (pg_get_triggerdef(t.oid) like '%to_timestamp(%pg_sequence_last_value(%')
+                   = {gated}"
+        )
+    };
+    // generation_jobs (2), profiles (1): the gate of triggers/280 they had
+    // was replaced by the cheaper one, with a flag that is set (a null flag
+    // would keep the trigger from running).
+    assert_eq!(common::count(&client, &gates(true)).await, 3);
+    assert_eq!(
+        common::count(
+            &client,
+            "select count(*) from (select distinct table_name from reactor.hint_triggers) h
+             where pg_sequence_last_value(reactor.quiet_gate_flag(h.table_name)) = 0"
+        )
+        .await,
+        2
+    );
+    client
+        .batch_execute(
+            "create table public.later (id bigint primary key, status text not null);
+             grant select, insert, update on public.later to authenticated;
+             select reactor.watch_table('public.later');",
+        )
+        .await
+        .unwrap();
+    assert_eq!(common::count(&client, &gates(true)).await, 5);
+    assert_eq!(common::count(&client, &gates(false)).await, 0);
+
+    // The gate keeps the trigger's own condition: an update that leaves the
+    // status alone still sends nothing; one that changes it does.
+    let function = common::count(
+        &client,
+        "select 'reactor.notify_watched_row'::regproc::oid::int8",
+    )
+    .await;
+    let calls = format!("select coalesce(pg_stat_get_xact_function_calls({function}), 0)");
+    let calls = calls.as_str();
+    let mut writer = db.client().await;
+    let tx = writer.transaction().await.unwrap();
+    tx.batch_execute(
+        "set local track_functions = 'pl'; set local role authenticated;
+         insert into public.later values (1, 'pending');
+         update public.later set status = 'pending';",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tx.query_one(calls, &[]).await.unwrap().get::<_, i64>(0), 1);
+    tx.batch_execute("update public.later set status = 'done'")
+        .await
+        .unwrap();
+    assert_eq!(tx.query_one(calls, &[]).await.unwrap().get::<_, i64>(0), 2);
+    // A flag in the future (as a reactor's take sets it) silences the table,
+    // for a writer of any role (the flag is readable by everyone).
+    client
+        .batch_execute(
+            "select setval(reactor.quiet_gate_flag('later'),
+                           extract(epoch from now() + interval '1 minute')::int8)",
+        )
+        .await
+        .unwrap();
+    tx.batch_execute("update public.later set status = 'again'")
+        .await
+        .unwrap();
+    assert_eq!(tx.query_one(calls, &[]).await.unwrap().get::<_, i64>(0), 2);
+    tx.rollback().await.unwrap();
+
+    // Mode switches keep the gate, and the mode still turns the triggers off and on.
+    let enabled = "select count(*) from reactor.hint_triggers where enabled";
+    for (mode, on) in [
+        ("poll", 0),
+        ("notify", 5),
+        ("outbox", 5),
+        ("poll", 0),
+        ("notify", 5),
+    ] {
+        client
+            .execute("update reactor.settings set notify_mode = $1", &[&mode])
+            .await
+            .unwrap_or_else(|e| panic!("switch to {mode}: {e}"));
+        assert_eq!(common::count(&client, enabled).await, on, "in {mode}");
+        assert_eq!(common::count(&client, &gates(false)).await, 0, "in {mode}");
+    }
+}
+
+/// With no quiet setting at all, 8 writers inserting profiles as fast as
+/// they can (a few hundred hints a second or more, sustained) make the
+/// table quiet (the default REACTOR_QUIET_ABOVE is 200), and every row is
+/// still handled.
+#[tokio::test]
+async fn by_default_a_busy_table_goes_quiet() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    let reactor = start_reactor(&db, storage.path(), &[]).await;
+    reactor.wait_ready().await;
+
+    let load = Load::start(&db, 8).await;
+    eventually("rows written while profiles is quiet", LONG, || async {
+        load.quiet_rows() >= 100
+    })
+    .await;
+    let rows = load.stop().await;
+    assert!(rows.iter().any(|(_, quiet)| !quiet), "quiet from the start");
+    eventually("every profile handled", LONG, || async {
+        unhandled_profiles(&client).await == 0
+    })
+    .await;
 }

@@ -376,7 +376,8 @@ pub(crate) const METHOD: &str = "## How each figure is measured
   databases differ only in the notify triggers (two `pg_notify` per row); a third database runs
   outbox mode (`alter database … set reactor.notify_mode = 'outbox'`, the reactor with
   `--outbox-poll`), where the same triggers append to an unlogged table instead. Each point is the
-  median of several alternating runs. The *fast* rows run on the throwaway cluster's settings
+  median of several alternating runs, each after one unrecorded second of the same load (sustained
+  load: a quiet table goes quiet after a second of it). The *fast* rows run on the throwaway cluster's settings
   (fsync off, asynchronous commit), which hide the cost of NOTIFY's commit-time lock; the
   *durable* rows switch `fsync` and `synchronous_commit` on, where the lock is held across the
   WAL flush, as in production.

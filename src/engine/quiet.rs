@@ -4,8 +4,9 @@
 //! it through its WAL flush, so under load notifying writers are serialized.
 //! When the reactor hears more than REACTOR_QUIET_ABOVE hints a second for a
 //! table for a whole second (a burst does not count), it takes that table's quiet lease (reactor.quiet_tables,
-//! sql/260_quiet_hints.sql): the table's writers then skip NOTIFY
-//! (triggers/260_quiet_hints.sql) and the reactor pages the table's pending
+//! sql/260_quiet_hints.sql) and sets its quiet flag: the table's hint
+//! triggers then do not run at all (their WHEN condition reads the flag,
+//! triggers/290_cheaper_quiet_gate.sql) and the reactor pages the table's pending
 //! rows every REACTOR_QUIET_POLL instead. It renews the lease (every half
 //! lease) while the table stays busy, judged from the server's own counters
 //! of the table's inserts and updates (pg_stat_all_tables: the writers send
@@ -49,8 +50,13 @@ const MAX_TAKES_PER_WINDOW: usize = 4;
 
 /// Takes or renews `$1`'s quiet for `$2` ms as holder `$3`, only in notify
 /// mode, only for a table with trusted hint triggers (a hint may be forged)
-/// and only when it is free, expired or already ours; announces it and
-/// returns the table's write count. No row: not taken.
+/// and only when it is free, expired or already ours; sets the table's quiet
+/// flag (the end of the lease in whole seconds, rounded down, which its
+/// triggers' WHEN condition reads: triggers/290_cheaper_quiet_gate.sql),
+/// announces it and returns the table's write
+/// count. No row: not taken. Never `generation_jobs` while Supabase Realtime
+/// is installed: its trigger also broadcasts each row there, and a quiet
+/// trigger does not run at all.
 const TAKE: &str = "
 with taken as (
   insert into reactor.quiet_tables as q (table_name, holder, quiet_until)
@@ -58,15 +64,25 @@ with taken as (
   where coalesce(nullif(current_setting('reactor.notify_mode', true), ''),
                  (select s.notify_mode from reactor.settings s limit 1), 'notify') = 'notify'
     and exists (select 1 from reactor.hint_triggers h where h.table_name = $1 and h.enabled)
+    and ($1 <> 'generation_jobs'
+         or to_regprocedure('realtime.send(jsonb,text,text,boolean)') is null)
   on conflict (table_name) do update
     set holder = excluded.holder, quiet_until = excluded.quiet_until
     where q.holder = excluded.holder or q.quiet_until < now()
-  returning 1
+  returning quiet_until
 )
 select (select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
         from pg_stat_all_tables where relname = $1),
+       (select setval(f, floor(extract(epoch from taken.quiet_until))::int8)
+        from reactor.quiet_gate_flag($1) f where f is not null),
        pg_notify('reactor', $4), pg_notify('job_status', $4)
 from taken";
+
+/// Gives up holder `$1`'s quiet leases and clears their flags: their writers
+/// hint again at once. Returns how many.
+const RELEASE: &str = "
+with gone as (delete from reactor.quiet_tables where holder = $1 returning table_name)
+select count(*)::int8, count(setval(f, 0)) from gone left join lateral reactor.quiet_gate_flag(gone.table_name) f on true";
 
 /// The table's inserts and updates so far, as the server counts them.
 const WRITES: &str = "select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
@@ -285,12 +301,11 @@ impl Shared {
     /// Gives up this reactor's quiet leases (at shutdown): writers hint again at once.
     pub(super) async fn release_quiet(&self) -> Result<u64, super::error::ServiceError> {
         self.within(async |client| {
-            Ok(client
-                .execute_typed(
-                    "delete from reactor.quiet_tables where holder = $1",
-                    &[param(&self.instance)],
-                )
-                .await?)
+            let released: i64 = client
+                .query_typed_one(RELEASE, &[param(&self.instance)])
+                .await?
+                .get(0);
+            Ok(released as u64)
         })
         .await
     }
