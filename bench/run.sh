@@ -9,6 +9,8 @@
 #
 #   bench/run.sh                 # the full run (about 20-30 minutes on 2 cores)
 #   bench/run.sh --ci            # ~2,000 rows, few samples: proves the harness works
+#   bench/run.sh --durable       # every workload with fsync, synchronous_commit and
+#                                # full_page_writes on (the cluster is otherwise fast, not durable)
 #   bench/run.sh --fav-rows 20000 --samples 200   # any flag of the bench target
 #
 # Every flag (or BENCH_* variable) is listed in benches/reactor_vs_peer/cli.rs

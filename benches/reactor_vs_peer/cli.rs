@@ -40,6 +40,11 @@ struct Flags {
     /// Also measure with fsync and synchronous_commit on [default: 1, CI: 0].
     #[arg(long, env = "BENCH_WRITE_DURABLE", value_parser = clap::builder::BoolishValueParser::new())]
     write_durable: Option<bool>,
+    /// Run every workload durable (fsync, synchronous_commit and
+    /// full_page_writes on, as in production): the write rows are then
+    /// measured durable only.
+    #[arg(long, env = "BENCH_DURABLE", value_parser = clap::builder::BoolishValueParser::new())]
+    durable: bool,
     /// Which workloads run, comma-separated [default: all but `wal`, in the
     /// order of `WORKLOADS` in main.rs].
     #[arg(long, env = "BENCH_WORKLOADS")]
@@ -98,6 +103,8 @@ pub(crate) struct Params {
     pub(crate) write_secs: u64,
     pub(crate) write_repeats: usize,
     pub(crate) write_durable: bool,
+    /// Every workload durable (see [`crate::cluster::Ctx::set_durable`]).
+    pub(crate) durable: bool,
     /// None: every workload.
     workloads: Option<Vec<String>>,
     pub(crate) peer_dir: Option<PathBuf>,
@@ -182,6 +189,7 @@ impl Params {
             write_secs: f.write_secs.unwrap_or(pick(ci, 6, 1)),
             write_repeats: f.write_repeats.unwrap_or(pick(ci, 3, 1)),
             write_durable: f.write_durable.unwrap_or(!ci),
+            durable: f.durable,
             workloads: f.workloads.as_deref().map(list),
             peer_dir: f.peer_dir,
             peer_modes: list(&f.peer),

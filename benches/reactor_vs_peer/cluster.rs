@@ -207,22 +207,19 @@ impl Ctx {
         Ok(())
     }
 
-    /// Switches fsync and synchronous_commit on (as in production), or back
-    /// to the throwaway cluster's settings.
+    /// Switches fsync, synchronous_commit and full_page_writes on (as in
+    /// production), or back to the throwaway cluster's settings; with
+    /// `--durable` the run stays durable throughout.
     pub(crate) async fn set_durable(&self, on: bool) -> Result<()> {
+        let on = on || self.p.durable;
         // One statement per call: ALTER SYSTEM refuses a transaction block.
-        if on {
-            self.admin
-                .batch_execute("alter system set fsync = on")
-                .await?;
-            self.admin
-                .batch_execute("alter system set synchronous_commit = on")
-                .await?;
-        } else {
-            self.admin.batch_execute("alter system reset fsync").await?;
-            self.admin
-                .batch_execute("alter system reset synchronous_commit")
-                .await?;
+        for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+            let sql = if on {
+                format!("alter system set {setting} = on")
+            } else {
+                format!("alter system reset {setting}")
+            };
+            self.admin.batch_execute(&sql).await?;
         }
         self.admin.batch_execute("select pg_reload_conf()").await?;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -141,6 +141,12 @@ async fn run(p: Params) -> Result<()> {
             ctx.p.reactor_bin.display()
         );
     }
+    if ctx.p.durable {
+        if ctx.p.database_url.is_some() {
+            bail!("--durable changes server settings: it needs the throwaway cluster (no BENCH_DATABASE_URL)");
+        }
+        ctx.set_durable(true).await?;
+    }
     machine::describe(&ctx, &mut results).await?;
     println!("machine: {:#?}", results.machine);
     ctx.create_templates(!peers.is_empty()).await?;

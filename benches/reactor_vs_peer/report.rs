@@ -236,7 +236,7 @@ impl Report<'_> {
                 let how = if mode == "fast" {
                     "fsync off (the throwaway cluster)"
                 } else {
-                    "fsync + synchronous_commit on"
+                    "fsync, synchronous_commit and full_page_writes on"
                 };
                 s.push_str(&format!(
                     "| 4. write overhead of the notify triggers, {c} client(s), {how}: inserts/s with triggers (overhead, i.e. tps lost) | {with:.0} tps ({overhead:+.1}%){outbox} | — | — | without triggers: {without:.0} tps | — | — | {:.2} | {target} | {met} |\n",
@@ -269,7 +269,7 @@ impl Report<'_> {
                 let how = if mode == "fast" {
                     "fsync off (the throwaway cluster)"
                 } else {
-                    "fsync + synchronous_commit on"
+                    "fsync, synchronous_commit and full_page_writes on"
                 };
                 s.push_str(&format!(
                     "| 4b. hint cost alone (issue 22): own watched table, no route, reactor listening (quiet under load), {c} client(s), {how} | {hints:.0} tps | — | — | same table, hint triggers disabled: {off:.0} tps | — | — | {ratio:.2} | {target} | {met} |\n"
@@ -379,8 +379,9 @@ pub(crate) const METHOD: &str = "## How each figure is measured
   median of several alternating runs, each after one unrecorded second of the same load (sustained
   load: a quiet table goes quiet after a second of it). The *fast* rows run on the throwaway cluster's settings
   (fsync off, asynchronous commit), which hide the cost of NOTIFY's commit-time lock; the
-  *durable* rows switch `fsync` and `synchronous_commit` on, where the lock is held across the
-  WAL flush, as in production.
+  *durable* rows switch `fsync`, `synchronous_commit` and `full_page_writes` on, where the lock
+  is held across the WAL flush, as in production. With `--durable` (`BENCH_DURABLE=1`) the whole
+  run is durable (the machine table's settings say so) and only durable write rows are measured.
 - **Peak RSS (6).** `VmHWM` from `/proc/<pid>/status` of the reactor process right after the
   drain finished.
 - **Ratios** are reactor ÷ other on the figure shown (time or milliseconds: below 1 means the

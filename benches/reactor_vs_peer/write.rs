@@ -62,8 +62,9 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
             format!("insert into public.{table} default values;\n"),
         )?;
     }
-    let mut modes = vec!["fast"];
-    if ctx.p.write_durable {
+    // With --durable every run is durable: no "fast" rows.
+    let mut modes = if ctx.p.durable { vec![] } else { vec!["fast"] };
+    if ctx.p.write_durable || ctx.p.durable {
         if ctx.p.database_url.is_some() {
             println!("(durable write mode skipped: it changes server settings, and the server is not ours)");
         } else {

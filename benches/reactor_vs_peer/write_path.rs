@@ -87,7 +87,7 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     };
     // Durable as in production (`--write-durable`), unless the server is not
     // ours to change.
-    let durable = ctx.p.write_durable && ctx.p.database_url.is_none();
+    let durable = (ctx.p.write_durable || ctx.p.durable) && ctx.p.database_url.is_none();
     println!(
         "\n== write path ({}): schema now vs before issue 12, clients {:?}, {}s x {} runs",
         if durable {
@@ -188,8 +188,8 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
          | transaction | clients | before issue 12 (tps) | now (tps) | now ÷ before |\n\
          |---|---|---|---|---|\n{rows}\n\
          - Inserts no slower (now ÷ before ≥ 0.95, the run's noise) at every client count: {}\n\n",
-        if p.write_durable && p.database_url.is_none() {
-            "fsync and synchronous_commit on"
+        if (p.write_durable || p.durable) && p.database_url.is_none() {
+            "fsync, synchronous_commit and full_page_writes on"
         } else {
             "the server's settings"
         },
