@@ -199,7 +199,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// process longer than the bucket's burst lasts loses tokens: a bucket holds
 /// at most `burst`, whatever the reactors do. The rate tests' bursts are a
 /// second's worth, so a machine that stalls for under a second does not fail
-/// them; seen in CI: the reactors stalled about 0.7 s in every 2.)
+/// them. CI's failures with a burst of 0.3 s had seconds of 12 and 3 calls by
+/// turns, which reactors stopped for 0.7 s in every 2 reproduce here.)
 struct StallWatch {
     worst: Arc<Mutex<Duration>>,
     stop: Arc<AtomicBool>,
