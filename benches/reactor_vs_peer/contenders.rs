@@ -42,13 +42,37 @@ impl Contender {
 pub(crate) struct Running {
     pub(crate) child: Child,
     pub(crate) log: PathBuf,
+    /// Whether the contender is a reactor (it serves HTTP).
+    serves_http: bool,
+    /// The reactor's HTTP port, once [`Running::ready`] has read it from
+    /// the reactor's log. The reactor binds port 0: a free port picked here
+    /// could be taken (by another reactor's connections) before it binds.
     pub(crate) http_port: Option<u16>,
 }
 
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The port of the last "HTTP server listening" line in a reactor's log.
+fn logged_http_port(log: &std::path::Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("HTTP server listening"))?;
+    // Drop terminal colours (ESC [ … letter) around the field's name.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let addr = plain
+        .split("http_addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
 }
 
 impl Ctx {
@@ -57,7 +81,6 @@ impl Ctx {
         let err = log.try_clone()?;
         match who {
             Contender::Reactor | Contender::ReactorPoll | Contender::ReactorOutbox => {
-                let port = free_port()?;
                 let poll: Vec<String> = if *who == Contender::ReactorPoll {
                     vec![
                         "--listen".into(),
@@ -74,7 +97,7 @@ impl Ctx {
                 let child = Command::new(&self.p.reactor_bin)
                     .arg("run")
                     .args(["--database-url", &db.url, "--provider", "local"])
-                    .args(["--http-addr", &format!("127.0.0.1:{port}")])
+                    .args(["--http-addr", "127.0.0.1:0"])
                     .arg("--storage-url")
                     .arg(&storage)
                     .args(&poll)
@@ -94,7 +117,8 @@ impl Ctx {
                 Ok(Running {
                     child,
                     log: log_path,
-                    http_port: Some(port),
+                    serves_http: true,
+                    http_port: None,
                 })
             }
             Contender::Peer(mode) => {
@@ -109,17 +133,23 @@ impl Ctx {
                     .kill_on_drop(true)
                     .spawn()
                     .context("starting the peer (node)")?;
-                Ok(Running {
-                    child,
-                    log: log_path,
-                    http_port: None,
-                })
+                Ok(Running::without_http(child, log_path))
             }
         }
     }
 }
 
 impl Running {
+    /// A process that serves no HTTP (the peer, pg_recvlogical).
+    pub(crate) fn without_http(child: Child, log: PathBuf) -> Self {
+        Running {
+            child,
+            log,
+            serves_http: false,
+            http_port: None,
+        }
+    }
+
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
@@ -145,21 +175,28 @@ impl Running {
         Ok(())
     }
 
-    /// Waits for the reactor's /readyz (listening and first replay done).
+    /// Waits for the reactor's /readyz (listening and first replay done),
+    /// on the port its log names.
     pub(crate) async fn ready(&mut self) -> Result<()> {
-        let Some(port) = self.http_port else {
+        if !self.serves_http {
             return Ok(());
-        };
+        }
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.check_alive()?;
-            let ok = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
+            if self.http_port.is_none() {
+                self.http_port = logged_http_port(&self.log);
+            }
+            let ok = match self.http_port {
+                Some(port) => http
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false),
+                None => false,
+            };
             if ok {
                 return Ok(());
             }

@@ -252,11 +252,7 @@ pub(super) async fn start_decoding_floor(ctx: &Ctx, db: &Db, label: &str) -> Res
         .kill_on_drop(true)
         .spawn()
         .context("starting pg_recvlogical")?;
-    Ok(Running {
-        child,
-        log: path,
-        http_port: None,
-    })
+    Ok(Running::without_http(child, path))
 }
 
 /// Drops [`FLOOR_SLOT`] once pg_recvlogical's session has let it go (its
