@@ -411,17 +411,20 @@ async fn three_reactors_together_stay_within_a_shared_rate() {
         "{in_window} calls in 15 s at 10/s with a burst of 10 (expected 160 ± 10%); {}",
         stalls.report()
     );
-    // Never more than rate + burst (and the token that comes in during the
-    // stretch) in any second-long stretch either.
-    let calls = w.calls();
+    assert_at_most_rate_plus_burst_a_second(&w.calls(), 10 + 10, "calls");
+}
+
+/// Never more than `rate_plus_burst` calls (and the token that comes in
+/// during the stretch) in any second-long stretch from a call of `calls`.
+fn assert_at_most_rate_plus_burst_a_second(calls: &[Call], rate_plus_burst: usize, what: &str) {
     for (i, c) in calls.iter().enumerate() {
         let next_second = calls[i..]
             .iter()
             .take_while(|d| d.started < c.started + chrono::Duration::seconds(1))
             .count();
         assert!(
-            next_second <= 10 + 10 + 1,
-            "{next_second} calls within 1 s of call {i}"
+            next_second <= rate_plus_burst + 1,
+            "{next_second} {what} within 1 s of call {i}"
         );
     }
 }
@@ -749,16 +752,7 @@ async fn a_rate_limited_route_keeps_its_rate_and_does_not_hold_up_another() {
         (last_b - first).num_milliseconds(),
         stalls.report()
     );
-    for (i, c) in a.iter().enumerate() {
-        let next_second = a[i..]
-            .iter()
-            .take_while(|d| d.started < c.started + chrono::Duration::seconds(1))
-            .count();
-        assert!(
-            next_second <= 10 + 10 + 1,
-            "{next_second} calls of a within 1 s of its call {i}"
-        );
-    }
+    assert_at_most_rate_plus_burst_a_second(&a, 10 + 10, "calls of a");
     s.wait_done_of("a", 150).await;
     let calls = w.calls();
     assert_eq!(calls.len(), 300, "each row called once");
