@@ -563,3 +563,70 @@ async fn a_watched_table_made_again_is_looked_up_again() {
     changing.abort();
     r.stop().await;
 }
+
+/// How many times anyone has read `public.chores` through its primary key
+/// or in full, as the server counts it (a backend reports its counts within
+/// about a second of going idle).
+async fn reads_of_chores(client: &tokio_postgres::Client) -> i64 {
+    common::count(
+        client,
+        "select coalesce(idx_scan, 0) + seq_scan from pg_stat_user_tables
+         where relid = 'public.chores'::regclass",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn with_no_stream_open_hints_cost_the_database_no_lookups() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.chores (id bigint primary key, state text not null, owner uuid);
+             select reactor.watch_table('public.chores', 'state', 'owner');",
+        )
+        .await
+        .unwrap();
+    let r = start_reactor_with_tokens(&db, storage.path()).await;
+    r.wait_ready().await;
+    let owner = user_with_profile(&client).await;
+    // Reads made while starting (if any) are counted first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = reads_of_chores(&client).await;
+
+    // Hinted rows nobody watches: nothing reads them back.
+    for id in 1..=5i64 {
+        client
+            .execute(
+                "insert into public.chores values ($1, 'todo', $2)",
+                &[&id, &owner],
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reads_of_chores(&client).await,
+        before,
+        "the event feed looked up rows with no stream open"
+    );
+
+    // With a stream open, a change is checked against the table (a read the
+    // server counts) before its viewer sees it.
+    let mut owners = stream(&r, &user_token(owner, JWT_SECRET, 600)).await;
+    client
+        .execute("update public.chores set state = 'done' where id = 1", &[])
+        .await
+        .unwrap();
+    read_events(&mut owners, |e| {
+        e.iter()
+            .any(|(_, e)| e["id"] == json!("1") && e["status"] == json!("done"))
+    })
+    .await;
+    eventually("the check's read counted", LONG, || async {
+        reads_of_chores(&client).await > before + 1
+    })
+    .await;
+    r.stop().await;
+}

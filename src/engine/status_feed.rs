@@ -158,8 +158,14 @@ impl StatusFeed {
     }
 
     /// A payload heard on channel job_status: remembered as a row to check.
-    /// Never blocks and never grows without bound.
+    /// Never blocks and never grows without bound. With no event stream open
+    /// it is dropped at once: a stream shows what changes after it opened,
+    /// so checking rows nobody watches would only cost the database a query
+    /// per batch.
     pub fn hint(&self, change: Change) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let inserted = change.op == "INSERT";
         let len = pending.len();
@@ -212,6 +218,8 @@ impl StatusFeed {
                 if batch.is_empty() {
                     break;
                 }
+                metrics::counter!("reactor_status_rows_checked_total")
+                    .increment(batch.len() as u64);
                 let checked = crate::store::db::within(&pool, CHECK_DEADLINE, async |client| {
                     self.check(client, batch).await
                 })
