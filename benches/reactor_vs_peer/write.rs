@@ -21,29 +21,56 @@ pub(crate) const WRITE_SCRIPT: &str =
     "insert into public.generation_jobs (owner_id, mode, prompt, status, error) \
 values (gen_random_uuid(), 'imagine', 'bench', 'failed', 'bench');\n";
 
-/// Two tables of one shape in the `with` database: one watched, one watched
-/// with its hint triggers disabled (so the only difference is the hints).
+/// Three tables of one shape in the `with` database: one watched, one
+/// watched with its hint triggers disabled (so the only difference is the
+/// hints), and one with a single row trigger that never runs (`WHEN
+/// (false)`): the floor of any design that keeps a trigger on the table,
+/// since PostgreSQL prepares a trigger's `WHEN` for every statement, whatever
+/// it says (a quiet table's writers pay that, and the quiet flag's read).
 const HINT_TABLES: &str = "
 create table public.bench_hints (id bigserial primary key, status text not null default 'new');
 create table public.bench_hints_off (id bigserial primary key, status text not null default 'new');
+create table public.bench_inert (id bigserial primary key, status text not null default 'new');
 select reactor.watch_table('public.bench_hints');
 select reactor.watch_table('public.bench_hints_off');
 alter table public.bench_hints_off disable trigger reactor_watch_insert;
-alter table public.bench_hints_off disable trigger reactor_watch_status;";
+alter table public.bench_hints_off disable trigger reactor_watch_status;
+create function public.bench_never() returns trigger language plpgsql as 'begin return null; end';
+create trigger bench_inert after insert on public.bench_inert
+  for each row when (false) execute function public.bench_never();";
 
-/// The variants measured: (name, database, script).
+/// Unrecorded seconds of the same load before each recorded run: sustained
+/// load, as the targets mean it. With quiet hints on, the reactor takes the
+/// quiet lease after a second of it plus its listener's lag (about 1.5 s at
+/// 32 writers); every variant gets the same warm-up.
+const WARM_UP_SECS: u64 = 3;
+
+/// A variant measured: (name, database, script, warmed up).
+type Variant<'a> = (
+    &'static str,
+    &'a crate::cluster::Db,
+    &'a std::path::Path,
+    bool,
+);
+
+/// The variants measured. `hints_cold`
+/// is `hints` without the warm-up, on a table not written for over half a minute
+/// (its quiet has run out): what a burst of load pays while the reactor
+/// decides to quiet the table.
 fn variants<'a>(
     with: &'a crate::cluster::Db,
     without: &'a crate::cluster::Db,
     outbox: &'a crate::cluster::Db,
-    scripts: &'a [std::path::PathBuf; 3],
-) -> [(&'static str, &'a crate::cluster::Db, &'a std::path::Path); 5] {
+    scripts: &'a [std::path::PathBuf; 4],
+) -> [Variant<'a>; 7] {
     [
-        ("without", without, &scripts[0]),
-        ("with", with, &scripts[0]),
-        ("outbox", outbox, &scripts[0]),
-        ("hints_off", with, &scripts[2]),
-        ("hints", with, &scripts[1]),
+        ("without", without, &scripts[0], true),
+        ("with", with, &scripts[0], true),
+        ("outbox", outbox, &scripts[0], true),
+        ("hints_cold", with, &scripts[1], false),
+        ("hints_off", with, &scripts[2], true),
+        ("hints", with, &scripts[1], true),
+        ("inert_trigger", with, &scripts[3], true),
     ]
 }
 
@@ -54,8 +81,12 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     };
     let script = ctx.p.work_dir.join("insert_job.sql");
     std::fs::write(&script, WRITE_SCRIPT)?;
-    let mut scripts = [script.clone(), script.clone(), script];
-    for (i, table) in [(1, "bench_hints"), (2, "bench_hints_off")] {
+    let mut scripts = [script.clone(), script.clone(), script.clone(), script];
+    for (i, table) in [
+        (1, "bench_hints"),
+        (2, "bench_hints_off"),
+        (3, "bench_inert"),
+    ] {
         scripts[i] = ctx.p.work_dir.join(format!("insert_{table}.sql"));
         std::fs::write(
             &scripts[i],
@@ -102,21 +133,21 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let mut tps: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
         for _ in 0..ctx.p.write_repeats {
             for &c in &ctx.p.write_clients {
-                for (variant, db, script) in variants(&with, &without, &outbox, &scripts) {
+                for (variant, db, script, warm) in variants(&with, &without, &outbox, &scripts) {
                     db.client
                         .batch_execute("truncate public.generation_jobs cascade")
                         .await?;
-                    if variant.starts_with("hints") {
+                    if variant.starts_with("hints") || variant == "inert_trigger" {
                         db.client
-                            .batch_execute("truncate public.bench_hints, public.bench_hints_off")
+                            .batch_execute(
+                                "truncate public.bench_hints, public.bench_hints_off, public.bench_inert",
+                            )
                             .await?;
                     }
                     db.client.batch_execute("checkpoint").await?;
-                    // Sustained load, as the targets mean it: with quiet hints
-                    // on, the reactor takes the quiet lease after a second of
-                    // it (plus the listener's lag), which a short run would
-                    // count. Every variant gets the same second.
-                    pgbench(&pgbench_bin, script, &db.url, c, 1).await?;
+                    if warm {
+                        pgbench(&pgbench_bin, script, &db.url, c, WARM_UP_SECS).await?;
+                    }
                     let t = pgbench(&pgbench_bin, script, &db.url, c, ctx.p.write_secs).await?;
                     println!("  {mode} c={c} {variant}: {t:.0} tps");
                     tps.entry((c, variant)).or_default().push(t);
