@@ -142,7 +142,9 @@ pub struct RunConfig {
     /// (no NOTIFY) and pages its pending rows instead: NOTIFY's commit-time
     /// lock serializes notifying writers, so a busy table's writers would
     /// otherwise pay for hints the reactor does not need (viewers of a quiet
-    /// table get resync instead of per-row events). 0: never.
+    /// table get resync instead of per-row events). WAL mode: decoded rows a
+    /// second above which the reactor sending job_status sends one quiet
+    /// announcement instead of each row's payload. 0: never.
     #[arg(long, env = "REACTOR_QUIET_ABOVE", default_value = "200")]
     pub quiet_above: u64,
 

@@ -1148,3 +1148,124 @@ async fn count_favorites(client: &Client, owners: &[Uuid]) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Under sustained load the reactor sending job_status gives a table's
+/// per-row payloads up for a quiet announcement, as writers do in notify
+/// mode (src/engine/wal/busy.rs), and sends them again once the load is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_wal_mode_a_busy_table_s_job_status_payloads_give_way_to_a_quiet_announcement() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = logical_server().await;
+    let db = supabase_db(server).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.image_jobs (
+               id uuid primary key default gen_random_uuid(),
+               user_id uuid,
+               status text not null default 'queued');
+             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
+        )
+        .await
+        .unwrap();
+    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let mut reactor = common::ChildReactor::spawn(
+        &db,
+        storage.path(),
+        &["--quiet-above", "20", "--quiet-lease", "4s"],
+    );
+    eventually("the reactor's slot in use", LONG, || async {
+        reactor_slots(&client)
+            .await
+            .iter()
+            .any(|(_, pid)| pid.is_some())
+    })
+    .await;
+    let (listening, mut statuses) = listen(&db.url, "job_status").await;
+    let is_row = |payload: &str| {
+        serde_json::from_str::<serde_json::Value>(payload)
+            .is_ok_and(|v| v["table"] == "image_jobs" && v.get("op").is_some())
+    };
+
+    // One writer, hundreds of rows a second, until told to stop.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let writer = db.client().await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                writer
+                    .execute("insert into public.image_jobs default values", &[])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // Per-row payloads first, then the announcement.
+    let mut rows_before = 0;
+    let announcement = tokio::time::timeout(LONG, async {
+        loop {
+            let payload = statuses.recv().await.expect("listener open");
+            if is_row(&payload) {
+                rows_before += 1;
+            } else if payload.contains("reactor_quiet") {
+                return payload;
+            }
+        }
+    })
+    .await;
+    stop.store(announcement.is_err(), Ordering::Relaxed);
+    let announcement = announcement.unwrap_or_else(|_| {
+        panic!("no quiet announcement within {LONG:?} of load ({rows_before} per-row payloads)")
+    });
+    assert!(rows_before > 0, "no per-row payload before the quiet");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&announcement).unwrap(),
+        serde_json::json!({"reactor_quiet": "image_jobs", "for_ms": 4000})
+    );
+    // Load goes on: its rows send nothing on job_status, only renewals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    listening
+        .execute("select pg_notify('job_status', 'sentinel')", &[])
+        .await
+        .unwrap();
+    let mut rows_while_quiet = 0;
+    let mut renewals = 0;
+    loop {
+        let payload = next_about(&mut statuses, "", LONG)
+            .await
+            .expect("the sentinel");
+        if payload == "sentinel" {
+            break;
+        }
+        rows_while_quiet += usize::from(is_row(&payload));
+        renewals += usize::from(payload.contains("reactor_quiet"));
+    }
+    assert_eq!(rows_while_quiet, 0, "per-row payloads sent while quiet");
+    assert!(renewals >= 1, "the quiet was not renewed under load");
+
+    // Once the quiet has run out, a row's payload is sent again.
+    let row: Uuid = client
+        .query_one(
+            "insert into public.image_jobs default values returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut attempt = 0;
+    while next_about(&mut statuses, &row.to_string(), Duration::from_secs(2))
+        .await
+        .is_none()
+    {
+        attempt += 1;
+        assert!(attempt < 10, "per-row payloads never resumed");
+        set_status(&client, row, &format!("again {attempt}")).await;
+    }
+    assert!(reactor.terminate().success());
+}

@@ -31,10 +31,10 @@ pub fn line(change: &Change, at: chrono::DateTime<chrono::Utc>) -> String {
     )
 }
 
-/// `07:41:02  image_jobs quiet for 3s: under load its writers send no per-row events`
+/// `07:41:02  image_jobs quiet for 3s: under load no per-row events are sent`
 pub fn quiet_line(table: &str, for_ms: u64, at: chrono::DateTime<chrono::Utc>) -> String {
     format!(
-        "{}  {table} quiet for {:?}: under load its writers send no per-row events",
+        "{}  {table} quiet for {:?}: under load no per-row events are sent",
         at.format("%H:%M:%S"),
         std::time::Duration::from_millis(for_ms)
     )
@@ -118,7 +118,7 @@ mod tests {
         );
         assert_eq!(
             quiet_line("image_jobs", 3000, at),
-            "07:41:02  image_jobs quiet for 3s: under load its writers send no per-row events"
+            "07:41:02  image_jobs quiet for 3s: under load no per-row events are sent"
         );
     }
 }

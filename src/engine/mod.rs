@@ -351,6 +351,8 @@ impl Engine {
                 url: cfg.database_url.clone(),
                 pool: shared.pool.clone(),
                 sink: l.sink.clone(),
+                quiet_above: cfg.quiet_above,
+                quiet_lease: cfg.quiet_lease,
             };
             services.spawn_to_end(wal.run(shared.shutdown.clone()));
             services.spawn(shared.clone().quiet());

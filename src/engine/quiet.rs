@@ -35,13 +35,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long hints are counted before a table's rate is judged.
-const WINDOW: Duration = Duration::from_millis(100);
+/// How long hints are counted before a table's rate is judged (here, and
+/// for the job_status payloads of WAL mode: src/engine/wal/broadcast.rs).
+pub(super) const WINDOW: Duration = Duration::from_millis(100);
 /// How many windows in a row a table must be above REACTOR_QUIET_ABOVE
 /// before it goes quiet: sustained load (a second of it), not a burst. A
 /// multi-row statement is one commit, one NOTIFY lock, and its viewers
 /// should see its rows, not a resync.
-const SUSTAINED_WINDOWS: u32 = 10;
+pub(super) const SUSTAINED_WINDOWS: u32 = 10;
 /// The longest quiet an announcement is believed for (anyone may NOTIFY).
 const MAX_ANNOUNCED: Duration = Duration::from_secs(60);
 /// Tables considered for a quiet per window, busiest first (anyone may
@@ -87,6 +88,12 @@ select count(*)::int8, count(setval(f, 0)) from gone left join lateral reactor.q
 /// The table's inserts and updates so far, as the server counts them.
 const WRITES: &str = "select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
                       from pg_stat_all_tables where relname = $1";
+
+/// The payload that says `table` is quiet for `for_ms`: its writers (or in
+/// WAL mode, the reactor sending job_status) send no per-row payloads.
+pub(super) fn announcement(table: &str, for_ms: i64) -> String {
+    serde_json::json!({ "reactor_quiet": table, "for_ms": for_ms }).to_string()
+}
 
 /// What every part of the engine shares about quiet tables.
 #[derive(Default)]
@@ -252,8 +259,7 @@ impl Shared {
         refused: &mut HashMap<String, Instant>,
     ) {
         let for_ms = i64::try_from(self.cfg.quiet_lease.as_millis()).unwrap_or(i64::MAX);
-        let announcement =
-            serde_json::json!({ "reactor_quiet": table, "for_ms": for_ms }).to_string();
+        let announcement = announcement(table, for_ms);
         let taken = self
             .within(async |client| {
                 Ok(client

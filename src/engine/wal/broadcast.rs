@@ -15,7 +15,9 @@
 //!
 //! Payloads are gathered for up to [`WINDOW`] and sent in one statement, so a
 //! burst of single-row writers costs the database a statement per window,
-//! not one per commit.
+//! not one per commit. Under sustained load a table's per-row job_status
+//! payloads give way to a quiet announcement, as in notify mode ([`Busy`]).
+use super::busy::Busy;
 use super::{db, Hint, WalError, MODE_CHECK};
 use crate::store::db::{describe, param};
 use deadpool_postgres::Pool;
@@ -61,10 +63,12 @@ pub(super) struct Broadcaster {
     status: Vec<String>,
     to_realtime: Vec<String>,
     since: Option<Instant>,
+    busy: Busy,
 }
 
 impl Broadcaster {
-    pub(super) fn new(pool: Pool) -> Self {
+    /// `quiet_above` and `quiet_lease`: REACTOR_QUIET_ABOVE and _LEASE.
+    pub(super) fn new(pool: Pool, quiet_above: u64, quiet_lease: Duration) -> Self {
         Broadcaster {
             pool,
             token: Uuid::new_v4(),
@@ -74,17 +78,39 @@ impl Broadcaster {
             status: Vec::new(),
             to_realtime: Vec::new(),
             since: None,
+            busy: Busy::new(quiet_above, quiet_lease),
         }
     }
 
-    /// Queues what `hints` mean for clients elsewhere.
+    /// Queues what `hints` mean for clients elsewhere (called at least every
+    /// [`super::FEEDBACK`], hints or not: it also ends the busy window).
     pub(super) fn add(&mut self, hints: &[Hint]) {
+        let now = std::time::Instant::now();
+        let rolled = self.busy.roll(now);
+        if self.renewed.is_some() {
+            for table in &rolled.went_quiet {
+                tracing::info!(%table, "table busy: its rows' job_status payloads give way to a quiet announcement");
+            }
+            for table in &rolled.ended {
+                tracing::info!(%table, "table no longer busy: its rows' job_status payloads are sent again");
+            }
+        }
+        for payload in rolled.announcements {
+            self.status.push(payload);
+            self.since.get_or_insert_with(Instant::now);
+        }
         for hint in hints.iter().filter(|h| h.status_feed) {
+            let per_row = self.busy.count(&hint.change.table, now);
+            if !hint.realtime && !per_row {
+                continue;
+            }
             let payload = serde_json::to_string(&hint.change).unwrap_or_default();
             if hint.realtime {
                 self.to_realtime.push(payload.clone());
             }
-            self.status.push(payload);
+            if per_row {
+                self.status.push(payload);
+            }
             self.since.get_or_insert_with(Instant::now);
         }
     }

@@ -23,6 +23,7 @@
 //! for clients elsewhere: `NOTIFY job_status` and, on Supabase, the Realtime
 //! broadcast.
 mod broadcast;
+mod busy;
 pub(crate) mod pgoutput;
 pub(crate) mod replication;
 
@@ -46,7 +47,7 @@ pub const PUBLICATION: &str = "reactor";
 /// Slot names start with this (then a random suffix per connection).
 pub const SLOT_PREFIX: &str = "reactor_wal_";
 /// How often the position read is confirmed to the server while idle.
-const FEEDBACK: Duration = Duration::from_millis(100);
+pub(super) const FEEDBACK: Duration = Duration::from_millis(100);
 /// How often a running slot checks that the database is still in wal mode.
 pub(super) const MODE_CHECK: Duration = Duration::from_secs(2);
 /// How long the mode check may take: past it the server is taken for gone
@@ -403,6 +404,10 @@ pub struct WalSource {
     pub url: String,
     pub pool: Pool,
     pub sink: EventSink,
+    /// REACTOR_QUIET_ABOVE and REACTOR_QUIET_LEASE, for the job_status
+    /// payloads this reactor sends (src/engine/wal/busy.rs).
+    pub quiet_above: u64,
+    pub quiet_lease: Duration,
 }
 
 enum End {
@@ -529,7 +534,8 @@ impl WalSource {
         tracing::info!(%slot, "wal hints: streaming publication {PUBLICATION} from a temporary slot");
         (self.sink)(Event::Connected);
         *deaf = false;
-        let mut broadcaster = Broadcaster::new(self.pool.clone());
+        let mut broadcaster =
+            Broadcaster::new(self.pool.clone(), self.quiet_above, self.quiet_lease);
         let result = self
             .follow(
                 client,
