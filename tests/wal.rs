@@ -734,6 +734,22 @@ async fn in_wal_mode_the_reactor_not_a_trigger_broadcasts_each_job_status_to_rea
     reactor.stop().await;
 }
 
+/// A watched table no handler touches (only the test changes its rows), the
+/// database switched to WAL mode.
+async fn watched_image_jobs_in_wal_mode(client: &Client) {
+    client
+        .batch_execute(
+            "create table public.image_jobs (
+               id uuid primary key default gen_random_uuid(),
+               user_id uuid,
+               status text not null default 'queued');
+             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
+        )
+        .await
+        .unwrap();
+    notify_mode::set(client, Mode::Wal).await.unwrap();
+}
+
 /// The job_status payloads about `row` that arrive on `rx`, as (op, status):
 /// waits (LONG) for `expected.len()` of them, then a quiet moment for any
 /// extra one, and asserts they are exactly `expected`.
@@ -812,18 +828,7 @@ async fn of_several_reactors_in_wal_mode_exactly_one_sends_each_job_status_notif
     let server = logical_server().await;
     let db = supabase_db(server).await;
     let client = db.client().await;
-    // A watched table no handler touches: only the test changes its rows.
-    client
-        .batch_execute(
-            "create table public.image_jobs (
-               id uuid primary key default gen_random_uuid(),
-               user_id uuid,
-               status text not null default 'queued');
-             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
-        )
-        .await
-        .unwrap();
-    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    watched_image_jobs_in_wal_mode(&client).await;
     let storage = tempfile::tempdir().unwrap();
     let slow_sweeps = ["--sweep-interval", "1h"];
     let mut first = common::ChildReactor::spawn(&db, storage.path(), &slow_sweeps);
@@ -964,17 +969,7 @@ async fn an_outsider_holding_the_old_sender_lock_does_not_silence_job_status_in_
     let server = logical_server().await;
     let db = supabase_db(server).await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "create table public.image_jobs (
-               id uuid primary key default gen_random_uuid(),
-               user_id uuid,
-               status text not null default 'queued');
-             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
-        )
-        .await
-        .unwrap();
-    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    watched_image_jobs_in_wal_mode(&client).await;
     let outsider = common::outsider_session(&client, &db.url).await;
     let squatting: bool = outsider
         .query_one("select pg_try_advisory_lock($1)", &[&OLD_SENDER_LOCK])
@@ -1159,22 +1154,12 @@ async fn in_wal_mode_a_busy_table_s_job_status_payloads_give_way_to_a_quiet_anno
     let server = logical_server().await;
     let db = supabase_db(server).await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "create table public.image_jobs (
-               id uuid primary key default gen_random_uuid(),
-               user_id uuid,
-               status text not null default 'queued');
-             select reactor.watch_table('public.image_jobs', 'status', 'user_id');",
-        )
-        .await
-        .unwrap();
-    notify_mode::set(&client, Mode::Wal).await.unwrap();
+    watched_image_jobs_in_wal_mode(&client).await;
     let storage = tempfile::tempdir().unwrap();
     let mut reactor = common::ChildReactor::spawn(
         &db,
         storage.path(),
-        &["--quiet-above", "20", "--quiet-lease", "4s"],
+        &["--quiet-above", "5", "--quiet-lease", "4s"],
     );
     eventually("the reactor's slot in use", LONG, || async {
         reactor_slots(&client)
@@ -1189,7 +1174,10 @@ async fn in_wal_mode_a_busy_table_s_job_status_payloads_give_way_to_a_quiet_anno
             .is_ok_and(|v| v["table"] == "image_jobs" && v.get("op").is_some())
     };
 
-    // One writer, hundreds of rows a second, until told to stop.
+    // One writer, a few hundred rows a second at most (the threshold is 5, a
+    // row in every 100-ms window), until told to stop: busy even on a loaded
+    // machine, and little enough not to slow the other tests' slots, which
+    // decode this cluster's WAL too.
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -1200,6 +1188,7 @@ async fn in_wal_mode_a_busy_table_s_job_status_payloads_give_way_to_a_quiet_anno
                     .execute("insert into public.image_jobs default values", &[])
                     .await
                     .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })
     };

@@ -35,14 +35,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long hints are counted before a table's rate is judged (here, and
-/// for the job_status payloads of WAL mode: src/engine/wal/broadcast.rs).
-pub(super) const WINDOW: Duration = Duration::from_millis(100);
+/// How long hints are counted before a table's rate is judged.
+const WINDOW: Duration = Duration::from_millis(100);
 /// How many windows in a row a table must be above REACTOR_QUIET_ABOVE
 /// before it goes quiet: sustained load (a second of it), not a burst. A
 /// multi-row statement is one commit, one NOTIFY lock, and its viewers
 /// should see its rows, not a resync.
-pub(super) const SUSTAINED_WINDOWS: u32 = 10;
+const SUSTAINED_WINDOWS: u32 = 10;
 /// The longest quiet an announcement is believed for (anyone may NOTIFY).
 const MAX_ANNOUNCED: Duration = Duration::from_secs(60);
 /// Tables considered for a quiet per window, busiest first (anyone may

@@ -7,18 +7,27 @@
 //! writer sends anything; the reactor holding the sender lease sends each
 //! decoded row's payload itself ([`super::broadcast`]), one `NOTIFY` per row,
 //! which under load costs the writers' server about as much as the decoding.
-//! So the same rule applies to what it sends: a table that busy gets the
-//! announcement instead of its rows' payloads, repeated every half
-//! REACTOR_QUIET_LEASE while it stays at half the threshold or more, and its
-//! per-row payloads resume once the announced time ran out.
+//! So the same threshold applies to what it sends: a table above it in two
+//! whole seconds in a row gets the announcement instead of its rows'
+//! payloads, repeated every half REACTOR_QUIET_LEASE while it stays at half
+//! the threshold or more, and its per-row payloads resume once the announced
+//! time ran out. Rates are judged over whole seconds, not notify mode's
+//! 100-ms windows: decoded rows arrive in bursts whenever the walsender gets
+//! the CPU, so on a busy server a steady load leaves 100-ms windows empty.
+//! Two seconds in a row keep a single large statement from counting.
 //!
 //! Only channel job_status is quiet: the reactor's own event streams
 //! (`/v1/events`) are fed from the WAL and keep every row, so do the
 //! Realtime broadcasts (they are per owner's topic, not a shared channel),
 //! and no table needs paging (every reactor decodes every row).
-use crate::engine::quiet::{announcement, SUSTAINED_WINDOWS, WINDOW};
+use crate::engine::quiet::announcement;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// How long rows are counted before a table's rate is judged.
+const WINDOW: Duration = Duration::from_secs(1);
+/// How many windows in a row a table must be above the threshold.
+const SUSTAINED_WINDOWS: u32 = 2;
 
 pub(super) struct Busy {
     /// Rows a second above which a table goes quiet (0: never).
@@ -140,16 +149,16 @@ mod tests {
     }
 
     #[test]
-    fn a_second_of_load_makes_a_table_quiet_a_burst_does_not() {
+    fn two_seconds_of_load_make_a_table_quiet_a_burst_does_not() {
         let start = Instant::now();
         let mut busy = Busy::new(200, Duration::from_secs(3));
         busy.window = start;
-        // One window of 1,000 rows (a multi-row statement): not sustained.
+        // One second of 1,000 rows (a multi-row statement): not sustained.
         let (now, rolled) = feed(&mut busy, "t", 1000, 1, start);
         assert!(rolled[0].0.went_quiet.is_empty());
         let (now, _) = feed(&mut busy, "t", 0, 1, now);
-        // 30 rows a window (300 a second) for a second: quiet.
-        let (now, rolled) = feed(&mut busy, "t", 30, SUSTAINED_WINDOWS, now);
+        // 300 rows a second for two seconds: quiet.
+        let (now, rolled) = feed(&mut busy, "t", 300, SUSTAINED_WINDOWS, now);
         let last = &rolled.last().unwrap().0;
         assert_eq!(last.went_quiet, vec!["t".to_string()]);
         let said: Vec<serde_json::Value> = last
@@ -162,7 +171,7 @@ mod tests {
             vec![serde_json::json!({"reactor_quiet": "t", "for_ms": 3000})]
         );
         assert!(
-            rolled.iter().all(|(_, sent)| *sent == 30),
+            rolled.iter().all(|(_, sent)| *sent == 300),
             "sent until quiet"
         );
         // While quiet, nothing of it is sent; another table still is.
@@ -176,9 +185,9 @@ mod tests {
         let lease = Duration::from_secs(2);
         let mut busy = Busy::new(100, lease);
         busy.window = start;
-        let (now, _) = feed(&mut busy, "t", 20, SUSTAINED_WINDOWS, start);
+        let (now, _) = feed(&mut busy, "t", 150, SUSTAINED_WINDOWS, start);
         // At half the rate it stays quiet: renewed (announced again) each half lease.
-        let (now, rolled) = feed(&mut busy, "t", 5, 30, now);
+        let (now, rolled) = feed(&mut busy, "t", 60, 3, now);
         let renewals = rolled
             .iter()
             .filter(|(r, _)| !r.announcements.is_empty())
@@ -188,12 +197,12 @@ mod tests {
             .iter()
             .all(|(r, sent)| r.ended.is_empty() && *sent == 0));
         // Below half the rate, its quiet runs out and its rows are sent again.
-        let (_, rolled) = feed(&mut busy, "t", 1, 25, now);
+        let (_, rolled) = feed(&mut busy, "t", 1, 5, now);
         let ended_at = rolled
             .iter()
             .position(|(r, _)| r.ended == vec!["t".to_string()])
             .expect("the quiet ends");
-        assert!(ended_at <= 20, "ended after {ended_at} windows");
+        assert!(ended_at <= 2, "ended after {ended_at} windows");
         assert!(rolled[ended_at + 1..].iter().all(|(_, sent)| *sent == 1));
     }
 
@@ -202,7 +211,7 @@ mod tests {
         let start = Instant::now();
         let mut busy = Busy::new(0, Duration::from_secs(3));
         busy.window = start;
-        let (_, rolled) = feed(&mut busy, "t", 10_000, 30, start);
+        let (_, rolled) = feed(&mut busy, "t", 10_000, 5, start);
         assert!(rolled
             .iter()
             .all(|(r, sent)| *r == Rolled::default() && *sent == 10_000));
