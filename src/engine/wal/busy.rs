@@ -108,12 +108,14 @@ impl Busy {
             }
         }
         for (table, until) in self.quiet.iter_mut() {
-            if *until <= now {
-                rolled.ended.push(table.clone());
-            } else if *until - now <= self.lease / 2 && rate(table) >= above / 2.0 {
-                // Half the rate that made it quiet keeps it quiet (no flapping).
+            let left = until.saturating_duration_since(now);
+            if left <= self.lease / 2 && rate(table) >= above / 2.0 {
+                // Half the rate that made it quiet keeps it quiet (no
+                // flapping), also with a lease shorter than a window.
                 *until = now + self.lease;
                 rolled.announcements.push(announcement(table, for_ms));
+            } else if left.is_zero() {
+                rolled.ended.push(table.clone());
             }
         }
         for table in &rolled.ended {
@@ -204,6 +206,18 @@ mod tests {
             .expect("the quiet ends");
         assert!(ended_at <= 2, "ended after {ended_at} windows");
         assert!(rolled[ended_at + 1..].iter().all(|(_, sent)| *sent == 1));
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_window_is_renewed_while_busy() {
+        let start = Instant::now();
+        let mut busy = Busy::new(100, Duration::from_millis(500));
+        busy.window = start;
+        let (_, rolled) = feed(&mut busy, "t", 150, SUSTAINED_WINDOWS + 3, start);
+        assert!(rolled.iter().all(|(r, _)| r.ended.is_empty()), "{rolled:?}");
+        assert!(rolled[SUSTAINED_WINDOWS as usize..]
+            .iter()
+            .all(|(r, _)| !r.announcements.is_empty()));
     }
 
     #[test]
