@@ -1161,23 +1161,17 @@ async fn in_wal_mode_a_busy_table_s_job_status_payloads_give_way_to_a_quiet_anno
         storage.path(),
         &["--quiet-above", "5", "--quiet-lease", "4s"],
     );
-    eventually("the reactor's slot in use", LONG, || async {
-        reactor_slots(&client)
-            .await
-            .iter()
-            .any(|(_, pid)| pid.is_some())
-    })
-    .await;
+    active_slot(&client).await;
     let (listening, mut statuses) = listen(&db.url, "job_status").await;
     let is_row = |payload: &str| {
         serde_json::from_str::<serde_json::Value>(payload)
             .is_ok_and(|v| v["table"] == "image_jobs" && v.get("op").is_some())
     };
 
-    // One writer, a few hundred rows a second at most (the threshold is 5, a
-    // row in every 100-ms window), until told to stop: busy even on a loaded
-    // machine, and little enough not to slow the other tests' slots, which
-    // decode this cluster's WAL too.
+    // One writer, a few hundred rows a second at most (the threshold is 5 a
+    // second), until told to stop: busy even on a loaded machine, and little
+    // enough not to slow the other tests' slots, which decode this cluster's
+    // WAL too.
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();

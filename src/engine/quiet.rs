@@ -88,6 +88,11 @@ select count(*)::int8, count(setval(f, 0)) from gone left join lateral reactor.q
 const WRITES: &str = "select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
                       from pg_stat_all_tables where relname = $1";
 
+/// A quiet's length as announcements carry it (`for_ms`).
+pub(super) fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The payload that says `table` is quiet for `for_ms`: its writers (or in
 /// WAL mode, the reactor sending job_status) send no per-row payloads.
 pub(super) fn announcement(table: &str, for_ms: i64) -> String {
@@ -257,7 +262,7 @@ impl Shared {
         held: &mut HashMap<String, Held>,
         refused: &mut HashMap<String, Instant>,
     ) {
-        let for_ms = i64::try_from(self.cfg.quiet_lease.as_millis()).unwrap_or(i64::MAX);
+        let for_ms = lease_ms(self.cfg.quiet_lease);
         let announcement = announcement(table, for_ms);
         let taken = self
             .within(async |client| {

@@ -20,7 +20,7 @@
 //! (`/v1/events`) are fed from the WAL and keep every row, so do the
 //! Realtime broadcasts (they are per owner's topic, not a shared channel),
 //! and no table needs paging (every reactor decodes every row).
-use crate::engine::quiet::announcement;
+use crate::engine::quiet::{announcement, lease_ms};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,7 @@ impl Busy {
         for table in counts.keys().filter(|t| rate(t) >= above) {
             *self.streaks.entry(table.clone()).or_insert(0) += 1;
         }
-        let for_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        let for_ms = lease_ms(self.lease);
         for (table, streak) in &self.streaks {
             if *streak >= SUSTAINED_WINDOWS && !self.quiet.contains_key(table) {
                 self.quiet.insert(table.clone(), now + self.lease);

@@ -47,7 +47,7 @@ pub const PUBLICATION: &str = "reactor";
 /// Slot names start with this (then a random suffix per connection).
 pub const SLOT_PREFIX: &str = "reactor_wal_";
 /// How often the position read is confirmed to the server while idle.
-pub(super) const FEEDBACK: Duration = Duration::from_millis(100);
+const FEEDBACK: Duration = Duration::from_millis(100);
 /// How often a running slot checks that the database is still in wal mode.
 pub(super) const MODE_CHECK: Duration = Duration::from_secs(2);
 /// How long the mode check may take: past it the server is taken for gone
