@@ -77,6 +77,18 @@ fn logged_http_port(log: &std::path::Path) -> Option<u16> {
 
 impl Ctx {
     pub(crate) async fn start(&self, who: &Contender, db: &Db, label: &str) -> Result<Running> {
+        self.start_with_env(who, db, label, &[]).await
+    }
+
+    /// [`Ctx::start`] with extra environment variables for the reactor (a
+    /// `REACTOR_CONFIG`, say).
+    pub(crate) async fn start_with_env(
+        &self,
+        who: &Contender,
+        db: &Db,
+        label: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Running> {
         let (log, log_path) = self.log_file(&format!("{}_{}", db.name, label))?;
         let err = log.try_clone()?;
         match who {
@@ -103,6 +115,7 @@ impl Ctx {
                     .args(&poll)
                     .args(&self.p.reactor_args)
                     .env("RUST_LOG", &self.p.reactor_log)
+                    .envs(env.iter().copied())
                     .stdin(Stdio::null())
                     .stdout(log)
                     .stderr(err)

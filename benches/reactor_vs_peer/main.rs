@@ -31,6 +31,7 @@ mod measure;
 mod report;
 mod thumbnails;
 mod wal;
+mod work;
 mod write;
 mod write_path;
 
@@ -73,6 +74,12 @@ const WORKLOADS: &[Workload] = &[
         name: "write",
         run: |ctx, res| Box::pin(write::run(ctx, res)),
         section: None,
+        by_default: true,
+    },
+    Workload {
+        name: "work",
+        run: |ctx, res| Box::pin(work::run(ctx, res)),
+        section: Some(work::render),
         by_default: true,
     },
     Workload {

@@ -57,6 +57,21 @@ pub(crate) async fn pgbench(
     clients: usize,
     secs: u64,
 ) -> Result<f64> {
+    pgbench_paced(pgbench, script, url, clients, secs, None).await
+}
+
+/// [`pgbench`] at most `rate` transactions a second in all (`-R`), when given.
+pub(crate) async fn pgbench_paced(
+    pgbench: &Path,
+    script: &Path,
+    url: &str,
+    clients: usize,
+    secs: u64,
+    rate: Option<u32>,
+) -> Result<f64> {
+    let paced: Vec<String> = rate
+        .map(|r| vec!["-R".into(), r.to_string()])
+        .unwrap_or_default();
     let out = Command::new(pgbench)
         .args(["-n", "-M", "prepared"])
         .args([
@@ -65,6 +80,7 @@ pub(crate) async fn pgbench(
             "-j",
             &clients.min(2).to_string(),
         ])
+        .args(&paced)
         .args(["-T", &secs.to_string(), "-f"])
         .arg(script)
         .arg(url)

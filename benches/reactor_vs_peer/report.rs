@@ -289,6 +289,13 @@ impl Report<'_> {
                         inert / off
                     ));
                 }
+                if let Some(poll) = self.get(&format!("write.{mode}.c{c}.hints_poll")) {
+                    let ratio = poll / off;
+                    s.push_str(&format!(
+                        "| 4d. poll mode (`reactor notify-mode poll`, issue 22): the same watched table in a database in poll mode, its reactor paging, {c} client(s), {how} | {poll:.0} tps | — | — | hint triggers disabled, notify mode: {off:.0} tps | — | — | {ratio:.2} | ≥ 0.98 | {} |\n",
+                        Self::verdict(Some(ratio >= 0.98))
+                    ));
+                }
             }
         }
 

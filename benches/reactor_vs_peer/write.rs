@@ -56,13 +56,15 @@ type Variant<'a> = (
 /// The variants measured. `hints_cold`
 /// is `hints` without the warm-up, on a table not written for over half a minute
 /// (its quiet has run out): what a burst of load pays while the reactor
-/// decides to quiet the table.
+/// decides to quiet the table. `hints_poll` is `hints` in poll mode (issue
+/// 22's item 3: the hint triggers disabled, the reactor paging).
 fn variants<'a>(
     with: &'a crate::cluster::Db,
     without: &'a crate::cluster::Db,
     outbox: &'a crate::cluster::Db,
+    poll: &'a crate::cluster::Db,
     scripts: &'a [std::path::PathBuf; 4],
-) -> [Variant<'a>; 7] {
+) -> [Variant<'a>; 8] {
     [
         ("without", without, &scripts[0], true),
         ("with", with, &scripts[0], true),
@@ -71,6 +73,7 @@ fn variants<'a>(
         ("hints_off", with, &scripts[2], true),
         ("hints", with, &scripts[1], true),
         ("inert_trigger", with, &scripts[3], true),
+        ("hints_poll", poll, &scripts[1], true),
     ]
 }
 
@@ -120,6 +123,13 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let outbox = ctx
             .fresh_for(&format!("write_{mode}_outbox"), &Contender::ReactorOutbox)
             .await?;
+        let poll = ctx
+            .fresh_db(&format!("write_{mode}_poll"), Template::Reactor)
+            .await?;
+        poll.client.batch_execute(HINT_TABLES).await?;
+        poll.client
+            .batch_execute("update reactor.settings set notify_mode = 'poll', updated_at = now()")
+            .await?;
         // A listening reactor on each: production has one, and NOTIFY's cost
         // includes signalling it.
         let mut r_with = ctx.start(&Contender::Reactor, &with, "write").await?;
@@ -127,13 +137,17 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let mut r_outbox = ctx
             .start(&Contender::ReactorOutbox, &outbox, "write")
             .await?;
+        let mut r_poll = ctx.start(&Contender::Reactor, &poll, "write").await?;
         r_with.ready().await?;
         r_without.ready().await?;
         r_outbox.ready().await?;
+        r_poll.ready().await?;
         let mut tps: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
         for _ in 0..ctx.p.write_repeats {
             for &c in &ctx.p.write_clients {
-                for (variant, db, script, warm) in variants(&with, &without, &outbox, &scripts) {
+                for (variant, db, script, warm) in
+                    variants(&with, &without, &outbox, &poll, &scripts)
+                {
                     db.client
                         .batch_execute("truncate public.generation_jobs cascade")
                         .await?;
@@ -157,15 +171,18 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         r_with.check_alive()?;
         r_without.check_alive()?;
         r_outbox.check_alive()?;
+        r_poll.check_alive()?;
         r_with.stop().await?;
         r_without.stop().await?;
         r_outbox.stop().await?;
+        r_poll.stop().await?;
         for ((c, variant), v) in tps {
             res.set(format!("write.{mode}.c{c}.{variant}"), median(v));
         }
         ctx.done_with(with).await?;
         ctx.done_with(without).await?;
         ctx.done_with(outbox).await?;
+        ctx.done_with(poll).await?;
         if mode == "durable" {
             ctx.set_durable(false).await?;
         }
