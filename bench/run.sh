@@ -6,6 +6,9 @@
 # Issue 14's "wal" workload is opt-in (--workloads wal, or add it to a list):
 # two durable clusters of its own (wal_level logical and replica), one
 # reactor at a time; its section of the report lists the issue's targets.
+# Issue 22's "work" workload is opt-in too (--workloads work): writers while
+# the reactor works an own table, notify against poll mode (about half an
+# hour at 1, 8 and 32 writers: full-speed writers leave minutes of backlog).
 #
 #   bench/run.sh                 # the full run (about 20-30 minutes on 2 cores)
 #   bench/run.sh --ci            # ~2,000 rows, few samples: proves the harness works

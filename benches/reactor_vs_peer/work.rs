@@ -86,8 +86,8 @@ fn config(port: u16) -> String {
     )
 }
 
-/// What one run measured: the writers' rate, the rows of the run the
-/// reactor had worked when the writers stopped (a second), the latency of
+/// What one run measured: the writers' rate, the rows the reactor finished
+/// while the writers ran (a second), the latency of
 /// its rows (inserted → written back, ms) and how long its backlog took to
 /// drain once the writers stopped.
 struct Run {
@@ -110,18 +110,27 @@ async fn measure(
     rate: Option<u32>,
 ) -> Result<Run> {
     pgbench_paced(pgbench, script, &db.url, clients, WARM_UP_SECS, rate).await?;
-    let first: i64 = db
-        .client
-        .query_one("select coalesce(max(id), 0) from public.bench_work", &[])
-        .await?
-        .get(0);
+    let (first, started): (i64, f64) = {
+        let row = db
+            .client
+            .query_one(
+                "select coalesce(max(id), 0), extract(epoch from clock_timestamp())::float8
+                 from public.bench_work",
+                &[],
+            )
+            .await?;
+        (row.get(0), row.get(1))
+    };
     let tps = pgbench_paced(pgbench, script, &db.url, clients, secs, rate).await?;
     let stopped = Instant::now();
+    // Rows of any run (the warm-up's, an earlier backlog's) the reactor
+    // finished while the writers ran.
     let worked: i64 = db
         .client
         .query_one(
-            "select count(*) from public.bench_work where id > $1 and status = 'done'",
-            &[&first],
+            "select count(*) from public.bench_work
+             where done_at >= to_timestamp($1::float8) and done_at < clock_timestamp()",
+            &[&started],
         )
         .await?
         .get(0);
