@@ -247,10 +247,21 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                 .push(run);
         }
     }
-    println!(
-        "  the worker answered {} POSTs",
-        posts.load(Ordering::Relaxed)
-    );
+    // Every row POSTed once: nothing failed here, so a second POST of a row
+    // would be a double.
+    let mut rows = 0i64;
+    for (_, db, _) in &setups {
+        rows += db
+            .client
+            .query_one("select count(*) from public.bench_work", &[])
+            .await?
+            .get::<_, i64>(0);
+    }
+    let posted = posts.load(Ordering::Relaxed);
+    println!("  the worker answered {posted} POSTs for {rows} rows");
+    if posted != rows as u64 {
+        bail!("the worker answered {posted} POSTs for {rows} rows: every row is POSTed once");
+    }
     for (_, db, reactor) in setups {
         reactor.stop().await?;
         ctx.done_with(db).await?;
