@@ -401,7 +401,9 @@ pub(crate) const METHOD: &str = "## How each figure is measured
   median of several alternating runs, each after three unrecorded seconds of the same load
   (sustained load: a table goes quiet after a second of it, about 1.5 s at 32 writers). Row 4b's
   *from cold* figure is the same run without the warm-up, on a table whose quiet has run out: it
-  includes the onset, at the notifying rate. The *fast* rows run on the throwaway cluster's settings
+  includes the onset, at the notifying rate. Row 4d runs row 4b's inserts on a database switched
+  to poll mode (`reactor notify-mode poll`: the hint triggers disabled, its reactor paging every
+  second). The *fast* rows run on the throwaway cluster's settings
   (fsync off, asynchronous commit), which hide the cost of NOTIFY's commit-time lock; the
   *durable* rows switch `fsync`, `synchronous_commit` and `full_page_writes` on, where the lock
   is held across the WAL flush, as in production. With `--durable` (`BENCH_DURABLE=1`) the whole

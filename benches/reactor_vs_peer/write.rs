@@ -4,7 +4,8 @@
 //! its hint triggers disabled, in the same database with the reactor running
 //! and listening (it only hears `job_status`; under sustained load it quiets
 //! the table, as it does by default: sql/260_quiet_hints.sql;
-//! `BENCH_REACTOR_ARGS="--quiet-above 0"` measures hints that never go quiet).
+//! `BENCH_REACTOR_ARGS="--quiet-above 0"` measures hints that never go quiet),
+//! and the same table in a database in poll mode, its reactor paging (row 4d).
 use crate::cluster::{Ctx, Template};
 use crate::contenders::Contender;
 use crate::measure::{find_pgbench, median, pgbench};
