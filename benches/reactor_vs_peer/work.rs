@@ -8,7 +8,7 @@
 //! counts every row of a run, also those left for the backlog when the
 //! writers stop; a paced run below saturation measures the live latency.
 use crate::cluster::{Ctx, Template};
-use crate::contenders::Contender;
+use crate::contenders::{Contender, Running};
 use crate::measure::{find_pgbench, median, pgbench_paced};
 use crate::report::{Report, Results};
 use anyhow::{bail, Result};
@@ -99,10 +99,12 @@ struct Run {
     drain_s: f64,
 }
 
-/// Runs pgbench (after a warm-up at the same rate), waits until every row
-/// is worked, and reads the latency of the rows this run inserted.
+/// Runs pgbench (after a warm-up at the same rate), waits until `reactor`
+/// has worked every row (failing at once if it exits), and reads the
+/// latency of the rows this run inserted.
 async fn measure(
     db: &crate::cluster::Db,
+    reactor: &mut Running,
     pgbench: &std::path::Path,
     script: &std::path::Path,
     clients: usize,
@@ -143,6 +145,7 @@ async fn measure(
             )
             .await?
             .get(0);
+        reactor.check_alive()?;
         if pending == 0 {
             break;
         }
@@ -224,8 +227,16 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         for &c in &ctx.p.write_clients {
             for (mode, db, reactor) in &mut setups {
                 db.client.batch_execute("checkpoint").await?;
-                let run = measure(db, &pgbench, &script, c, ctx.p.write_secs, full_speed).await?;
-                reactor.check_alive()?;
+                let run = measure(
+                    db,
+                    reactor,
+                    &pgbench,
+                    &script,
+                    c,
+                    ctx.p.write_secs,
+                    full_speed,
+                )
+                .await?;
                 println!(
                     "  {mode} c={c}: {:.0} tps, {:.0} worked/s, latency p50 {:.1} ms, p99 {:.1} ms, backlog {:.2} s",
                     run.tps, run.worked_per_s, run.p50_ms, run.p99_ms, run.drain_s
@@ -236,8 +247,16 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     }
     for (label, rate) in PACED {
         for (mode, db, reactor) in &mut setups {
-            let run = measure(db, &pgbench, &script, 2, ctx.p.write_secs, Some(rate)).await?;
-            reactor.check_alive()?;
+            let run = measure(
+                db,
+                reactor,
+                &pgbench,
+                &script,
+                2,
+                ctx.p.write_secs,
+                Some(rate),
+            )
+            .await?;
             println!(
                 "  {mode} paced at {rate}/s: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 run.p50_ms, run.p99_ms, run.max_ms
@@ -314,12 +333,13 @@ pub(crate) fn render(res: &Results, p: &crate::cli::Params) -> String {
     }
     let mut paced = String::new();
     for (label, rate) in PACED {
+        let key = format!("paced_{label}");
         let cell = |mode: &str| {
             format!(
                 "{:.1} / {:.1} / {:.1} ms",
-                get(mode, &format!("paced_{label}"), "p50_ms").unwrap_or(f64::NAN),
-                get(mode, &format!("paced_{label}"), "p99_ms").unwrap_or(f64::NAN),
-                get(mode, &format!("paced_{label}"), "max_ms").unwrap_or(f64::NAN),
+                get(mode, &key, "p50_ms").unwrap_or(f64::NAN),
+                get(mode, &key, "p99_ms").unwrap_or(f64::NAN),
+                get(mode, &key, "max_ms").unwrap_or(f64::NAN),
             )
         };
         let target = match label {
