@@ -414,6 +414,61 @@ async fn three_reactors_together_stay_within_a_shared_rate() {
     assert_at_most_rate_plus_burst_a_second(&w.calls(), 10 + 10, "calls");
 }
 
+/// A claim statement that began before another's and then waited behind it
+/// for the bucket's lock does not wind the bucket's clock back to its own
+/// start: the next grant refills only the time that passed, not the wait
+/// again. (The late statement is a transaction begun before the sleep, so
+/// its `now()` is as old as a statement that waited that long for the lock.)
+/// A bucket of 10/s, empty at the start, grants no more than 10/s of
+/// elapsed time; winding the clock back granted 12 in 0.6 s.
+#[tokio::test]
+async fn a_grant_that_waited_for_the_bucket_hands_out_no_tokens_twice() {
+    let db = common::migrated_db().await;
+    let (a, late) = (db.client().await, db.client().await);
+    let epoch = "extract(epoch from clock_timestamp())::float8";
+    let start: f64 = a
+        .query_one(
+            &format!(
+                "insert into reactor.limits (handler, rate_per_s, burst, tokens, refilled_at)
+                 values ('h', 10, 10, 0, clock_timestamp()) returning {epoch}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    late.batch_execute("begin; select now()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let first = grant_of_20(&a).await;
+    let waited = grant_of_20(&late).await;
+    late.batch_execute("commit").await.unwrap();
+    let after = grant_of_20(&a).await;
+    let end: f64 = a
+        .query_one(&format!("select {epoch}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let elapsed = end - start;
+    let granted = first + waited + after;
+    assert!(
+        f64::from(granted) <= (10.0 * elapsed).floor() + 1.0,
+        "{granted} tokens ({first}, then {waited} to the late statement, then {after}) \
+         in {elapsed:.2} s from an empty bucket of 10/s"
+    );
+}
+
+/// How many of 20 candidates `reactor.limit_grant` grants handler `h`.
+async fn grant_of_20(c: &Client) -> i32 {
+    c.query_one(
+        "select coalesce(cardinality(take), 0)
+         from reactor.limit_grant('h', array_fill(null::text, array[20]), null)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Never more than `rate_plus_burst` calls (and the token that comes in
 /// during the stretch) in any second-long stretch from a call of `calls`.
 fn assert_at_most_rate_plus_burst_a_second(calls: &[Call], rate_plus_burst: usize, what: &str) {
