@@ -779,6 +779,57 @@ async fn image_jobs_a_handler_slower_than_the_timeout_is_retried_for_its_budget_
     reactor.stop().await;
 }
 
+/// A reactor whose lease was taken over while its request was in flight (as
+/// when it was paused past the lease and another reactor claimed the row)
+/// writes nothing back when the answer comes: the row keeps the new holder's
+/// state, and the new holder's lease stays. The write-back and the release of
+/// the lease are one fenced statement; this is its fence.
+#[tokio::test]
+async fn image_jobs_an_answer_that_comes_after_the_lease_was_taken_over_is_not_written_back() {
+    let s = setup(IMAGE_JOBS).await;
+    let reactor = s.spawn(&[]);
+    let owner = auth_user(&s.client).await;
+    let id = s.submit(owner, None, SLOW).await;
+    eventually("the slow request", LONG, || async {
+        !s.handler.requests_for(id).is_empty()
+    })
+    .await;
+    let taken = s
+        .client
+        .execute(
+            "update reactor.handler_state
+             set lease_owner = gen_random_uuid(), lease_token = lease_token + 1,
+                 lease_expires_at = now() + interval '1 hour'
+             where row_id = $1::uuid::text and lease_owner is not null",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        taken, 1,
+        "the reactor held the row's lease during its request"
+    );
+    eventually("the late answer discarded", LONG, || async {
+        s.logs().contains("lease lost")
+    })
+    .await;
+    assert_eq!(s.status(id).await, IMAGE_JOBS.processing);
+    assert_eq!(s.column("final_image_url", id).await, None);
+    let leases: i64 = s
+        .client
+        .query_one(
+            "select count(*) from reactor.handler_state
+             where row_id = $1::uuid::text and lease_expires_at > now() + interval '50 minutes'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 1, "the new holder's lease was dropped");
+    assert_eq!(s.handler.requests_for(id).len(), 1);
+    drop(reactor);
+}
+
 /// The worker down for a while (HTTP 503 to everything): no row is failed
 /// or dead however many attempts it takes, and once the worker is back each
 /// row is posted until it succeeds, and never again after that.

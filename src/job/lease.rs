@@ -6,11 +6,13 @@
 //! claim, renew, release and record failures are in [`crate::store::handler_state`]
 //! and [`crate::store::pending`].
 use crate::job::error::HandlerError;
+use crate::store::db::param;
 use deadpool_postgres::Transaction;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 /// How long a fenced transaction may wait idle between its statements (they
@@ -90,6 +92,17 @@ impl Lease {
         }
     }
 
+    /// The lease as the four parameters of [`held_cte`] (handler, row id,
+    /// owner, token), to append after a statement's own.
+    pub fn fence_params(&self) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 4] {
+        [
+            param(&self.handler),
+            param(&self.row_id),
+            param(&self.owner),
+            param(&self.token),
+        ]
+    }
+
     /// Runs `statements` on a connection of `pool`, all within the lease's
     /// [`deadline`](Lease::deadline). Every database round of an attempt goes
     /// through here: on a silent network (a flow a NAT forgot, a pooler that
@@ -122,6 +135,25 @@ impl Lease {
         })
         .await
     }
+}
+
+/// The fence of a write in one statement, as a CTE named `held`: it locks
+/// the lease's state row while this reactor still holds the lease, as
+/// [`Lease::begin`] does for a transaction, in one round trip instead of
+/// four. Gate every write of the statement on `exists (select from held)`
+/// and return `(select count(*) from held)`: 0 means the lease is lost and
+/// nothing was written. It returns the state row's key (`handler`,
+/// `row_id`). Its four parameters start at `$first`
+/// ([`Lease::fence_params`]).
+pub fn held_cte(first: usize) -> String {
+    let [handler, row_id, owner, token] = [first, first + 1, first + 2, first + 3];
+    format!(
+        "held as materialized (
+           select handler, row_id from reactor.handler_state
+           where handler = ${handler}::text and row_id = ${row_id}::text
+             and lease_owner = ${owner}::uuid and lease_token = ${token}::int8
+           for update)"
+    )
 }
 
 /// A transaction in which a [`Lease`] is held (its state row is locked until

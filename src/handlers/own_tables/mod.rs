@@ -38,7 +38,6 @@ use signed_client::SignedClient;
 use sql::{spec, TableSql};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -162,22 +161,19 @@ impl TableHandler {
         })
     }
 
-    /// Sets the processing value and reads the row, in one fenced transaction.
+    /// Sets the processing value and reads the row, in one fenced statement.
     /// None: the row is no longer pending (done elsewhere, deleted, unrouted).
     async fn claim(
         &self,
         pool: &deadpool_postgres::Pool,
         lease: &Lease,
     ) -> Result<Option<(String, Option<String>)>, HandlerError> {
-        lease
-            .on_db(pool, async |client| {
-                let tx = lease.begin(client).await?;
-                tx.execute(&self.sql.claim, &[&lease.row_id]).await?;
-                let row = tx.query_opt(&self.sql.load, &[&lease.row_id]).await?;
-                tx.commit().await?;
-                Ok(row.map(|r| (r.get(0), r.get(1))))
-            })
-            .await
+        let mut params = vec![param(&lease.row_id)];
+        params.extend(lease.fence_params());
+        let row = fenced(pool, lease, &self.sql.claim, &params).await?;
+        Ok(row
+            .get::<_, Option<String>>(1)
+            .map(|body| (body, row.get(2))))
     }
 
     async fn succeed(
@@ -192,22 +188,16 @@ impl TableHandler {
         if answer.url.is_some() && self.cfg.url_column.is_none() {
             tracing::debug!("the answer's url is dropped: the table has no url_column");
         }
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lease.row_id];
+        let mut params = vec![param(&lease.row_id)];
         if self.cfg.result_column.is_some() {
-            params.push(&answer.result);
+            params.push(param(&answer.result));
         }
         if self.cfg.url_column.is_some() {
-            params.push(&answer.url);
+            params.push(param(&answer.url));
         }
-        let n = lease
-            .on_db(pool, async |client| {
-                let tx = lease.begin(client).await?;
-                let n = tx.execute(&self.sql.succeed, &params).await?;
-                tx.finish().await?;
-                Ok(n)
-            })
-            .await?;
-        if n == 1 {
+        params.extend(lease.fence_params());
+        let row = fenced(pool, lease, &self.sql.succeed, &params).await?;
+        if row.get::<_, i64>(1) == 1 {
             tracing::info!(status = %self.cfg.status.succeeded, "answer written back");
         } else {
             tracing::info!("the row was no longer pending; answer not written");
@@ -257,6 +247,32 @@ impl TableHandler {
             })
             .await
             .map(|_| ())
+    }
+}
+
+/// Runs one fenced statement of [`TableSql`] (its first column: whether the
+/// lease is held) and returns its one row; [`HandlerError::LeaseLost`] when
+/// the lease is gone (the statement then wrote nothing).
+async fn fenced(
+    pool: &deadpool_postgres::Pool,
+    lease: &Lease,
+    sql: &str,
+    params: &[(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )],
+) -> Result<tokio_postgres::Row, HandlerError> {
+    let rows = lease
+        .on_db(pool, async |client| {
+            Ok(client.query_typed(sql, params).await?)
+        })
+        .await?;
+    match rows.into_iter().next() {
+        Some(row) if row.get::<_, bool>(0) => Ok(row),
+        Some(_) => Err(HandlerError::LeaseLost),
+        None => Err(HandlerError::permanent(
+            "a fenced statement returned no row",
+        )),
     }
 }
 

@@ -4,16 +4,20 @@
 //! values as literals.
 use crate::handlers::table_config::{TableConfig, Target};
 use crate::job::handler::Spec;
+use crate::job::lease::held_cte;
 use crate::store::db::{quote_ident, quote_literal};
 
 /// The SQL the handler of one table runs, built once from its config.
 #[derive(Debug)]
 pub(super) struct TableSql {
-    /// `$1` key: pending → processing.
+    /// `$1` key, `$2`–`$5` the lease ([`held_cte`]): fenced, pending →
+    /// processing, and one row: whether the lease is held, the row as JSON
+    /// text and its job type (nulls when no longer pending).
     pub(super) claim: String,
-    /// `$1` key: the row as JSON text and its job type, while still pending.
-    pub(super) load: String,
-    /// `$1` key, then `$2` result (if a result column), then the URL (if a URL column).
+    /// `$1` key, then `$2` result (if a result column), then the URL (if a
+    /// URL column), then the lease ([`held_cte`]): fenced, the succeeded
+    /// value and the answer, and the lease's state row dropped. One row:
+    /// whether the lease is held, and the rows written back (0 or 1).
     pub(super) succeed: String,
     /// `$1` key: one more failed attempt in the retry column.
     pub(super) count_failure: Option<String>,
@@ -31,7 +35,6 @@ impl TableSql {
     pub(super) fn all(&self) -> Vec<(&'static str, &str)> {
         let mut all = vec![
             ("claim", self.claim.as_str()),
-            ("read", &self.load),
             ("success", &self.succeed),
             ("give-up", &self.give_up),
             ("repair", &self.repair_dead),
@@ -79,13 +82,13 @@ fn routed(cfg: &TableConfig, prefix: &str) -> String {
         (Some(column), Target::Routes(routes)) => format!(
             " and {prefix}{} in ({})",
             quote_ident(column),
-            routed_types(routes)
+            routedypes(routes)
         ),
         _ => String::new(),
     }
 }
 
-fn routed_types(routes: &std::collections::BTreeMap<String, String>) -> String {
+fn routedypes(routes: &std::collections::BTreeMap<String, String>) -> String {
     routes
         .keys()
         .map(|t| quote_literal(t))
@@ -121,8 +124,7 @@ impl TableSql {
             quote_literal(&cfg.status.pending),
             quote_literal(&cfg.status.processing)
         );
-        let routed_t = routed(cfg, "t.");
-        let routed = routed(cfg, "");
+        let routed = routed(cfg, "t.");
         let job_type = cfg
             .job_type_column
             .as_deref()
@@ -150,20 +152,39 @@ impl TableSql {
         }
         let error = quote_ident(&cfg.error_column);
         let failed = quote_literal(&cfg.status.failed);
+        let row = format!("to_jsonb(t)::text as body, {job_type} as job_type");
 
         TableSql {
+            // A processing row (a reactor died mid-request) is not updated,
+            // only read: the statement's snapshot holds it as it is.
             claim: format!(
-                "update {table} set {status} = {} where {by_key} and {status} = {}{routed}",
+                "with {held},
+                 claimed as (
+                   update {table} t set {status} = {}
+                   where t.{by_key} and t.{status} = {}{routed} and exists (select from held)
+                   returning {row}),
+                 processing as (
+                   select {row} from {table} t
+                   where t.{by_key} and t.{in_flight}{routed} and exists (select from held)
+                     and not exists (select from claimed))
+                 select (select count(*) from held) > 0, r.body, r.job_type
+                 from (select 1) one
+                 left join (select * from claimed union all select * from processing) r on true",
                 quote_literal(&cfg.status.processing),
                 quote_literal(&cfg.status.pending),
-            ),
-            load: format!(
-                "select to_jsonb(t)::text, {job_type} from {table} t
-                 where t.{by_key} and t.{in_flight}{routed_t}"
+                held = held_cte(2),
             ),
             succeed: format!(
-                "update {table} set {} where {by_key} and {in_flight}",
-                sets.join(", ")
+                "with {held},
+                 written as (
+                   update {table} set {} where {by_key} and {in_flight} and exists (select from held)
+                   returning 1),
+                 released as (
+                   delete from reactor.handler_state s using held h
+                   where s.handler = h.handler and s.row_id = h.row_id)
+                 select (select count(*) from held) > 0, (select count(*) from written)",
+                sets.join(", "),
+                held = held_cte(n + 1),
             ),
             count_failure: cfg.retry_column.as_ref().map(|c| {
                 let c = quote_ident(c);
@@ -194,7 +215,7 @@ impl TableSql {
                     "select t.{c}::text, count(*) from {table} t
                      where t.{in_flight} and (t.{c} is null or t.{c} not in ({}))
                      group by 1 order by 1",
-                    routed_types(routes),
+                    routedypes(routes),
                     c = quote_ident(column),
                 )),
                 _ => None,
@@ -237,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn with_a_job_type_column_only_routed_types_are_pending() {
+    fn with_a_job_type_column_only_routedypes_are_pending() {
         let t = table(
             "job_type_column = \"job_type\"",
             "routes = { b = \"http://h/b\", a = \"http://h/a\" }",
@@ -248,9 +269,9 @@ mod tests {
         );
         let sql = TableSql::new(&t);
         assert!(
-            sql.load.contains("and t.\"job_type\" in ('a', 'b')"),
+            sql.claim.contains("and t.\"job_type\" in ('a', 'b')"),
             "{}",
-            sql.load
+            sql.claim
         );
         assert!(sql.unrouted.unwrap().contains("not in ('a', 'b')"));
     }
@@ -264,7 +285,13 @@ mod tests {
             "{}",
             sql.succeed
         );
-        assert!(!sql.succeed.contains("$3"));
+        // The lease follows: $3 to $6.
+        assert!(
+            sql.succeed.contains("lease_token = $6::int8"),
+            "{}",
+            sql.succeed
+        );
+        assert!(!sql.succeed.contains("$7"), "{}", sql.succeed);
         assert!(sql.count_failure.is_none());
         let t = table(
             "url_column = \"u\"\nresult_column = \"r\"\nretry_column = \"n\"",
