@@ -257,7 +257,7 @@ impl Shared {
                         return;
                     }
                 };
-                if matches!(outcome, Ok(Outcome::Finished)) {
+                if matches!(outcome, Ok(Outcome::Finished | Outcome::Released)) {
                     shared.slots[index].handled(1, started);
                 }
                 let recorded = shared.record_outcome(index, &work, &lease, outcome).await;
@@ -287,6 +287,10 @@ impl Shared {
             Ok(Outcome::Finished) => {
                 self.within(async |client| Ok(handler_state::release(&***client, lease).await?))
                     .await?;
+                tracing::debug!("done");
+                return Ok(());
+            }
+            Ok(Outcome::Released) => {
                 tracing::debug!("done");
                 return Ok(());
             }

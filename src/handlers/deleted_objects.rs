@@ -112,7 +112,7 @@ impl LeasedWork for DeletedObjects {
             })
             .await?;
         tracing::info!(render_id = %render_id, path = %path, "deleted render object removed from storage");
-        Ok(Outcome::Finished)
+        Ok(Outcome::Released)
     }
 }
 

@@ -398,7 +398,7 @@ impl LeasedWork for Renders {
         if created {
             tracing::info!(render_id = %render_id, variants = variants.len(), "render created");
         }
-        Ok(Outcome::Finished)
+        Ok(Outcome::Released)
     }
 
     /// The render died for good: the job cannot be delivered, so it fails

@@ -109,8 +109,13 @@ pub struct Handler {
 /// How an attempt that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Nothing more to do for this row (its state is gone).
+    /// Nothing more to do for this row: the engine drops the lease's state row.
     Finished,
+    /// Finished, and the attempt's last fenced write already dropped the
+    /// lease's state row with it ([`crate::job::lease::FencedTx::finish`], or
+    /// one statement gated on [`crate::job::lease::held_cte`]): nothing is
+    /// left to release, which saves a round trip a row.
+    Released,
     /// Not done yet, nothing failed (e.g. a prediction still running): the
     /// lease is given back and the row is looked at again after this delay,
     /// with no attempt counted.

@@ -71,19 +71,14 @@ impl Lease {
     /// reactor that takes the expired lease over is not held back by a lock
     /// nobody will release.
     async fn hold(&self, tx: &Transaction<'_>) -> Result<(), HandlerError> {
+        let [handler, row_id, owner, token] = self.fence_params();
         let held = tx
-            .query_opt(
+            .query_typed_opt(
                 "select set_config('idle_in_transaction_session_timeout', $5, true)
                  from reactor.handler_state
                  where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4
                  for update",
-                &[
-                    &self.handler,
-                    &self.row_id,
-                    &self.owner,
-                    &self.token,
-                    &FENCED_TX_IDLE,
-                ],
+                &[handler, row_id, owner, token, param(&FENCED_TX_IDLE)],
             )
             .await?;
         match held {
@@ -185,10 +180,10 @@ impl FencedTx<'_> {
     pub async fn finish(self) -> Result<(), HandlerError> {
         let lease = self.lease;
         self.tx
-            .execute(
+            .execute_typed(
                 "delete from reactor.handler_state
                  where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
-                &[&lease.handler, &lease.row_id, &lease.owner, &lease.token],
+                &lease.fence_params(),
             )
             .await?;
         self.tx.commit().await?;

@@ -202,7 +202,8 @@ impl TableHandler {
         } else {
             tracing::info!("the row was no longer pending; answer not written");
         }
-        Ok(Outcome::Finished)
+        // The statement dropped the lease's state row with the write.
+        Ok(Outcome::Released)
     }
 
     /// Counts a failed attempt on the row itself (when configured), fenced.
@@ -262,17 +263,14 @@ async fn fenced(
         tokio_postgres::types::Type,
     )],
 ) -> Result<tokio_postgres::Row, HandlerError> {
-    let rows = lease
+    let row = lease
         .on_db(pool, async |client| {
-            Ok(client.query_typed(sql, params).await?)
+            Ok(client.query_typed_one(sql, params).await?)
         })
         .await?;
-    match rows.into_iter().next() {
-        Some(row) if row.get::<_, bool>(0) => Ok(row),
-        Some(_) => Err(HandlerError::LeaseLost),
-        None => Err(HandlerError::permanent(
-            "a fenced statement returned no row",
-        )),
+    match row.get::<_, bool>(0) {
+        true => Ok(row),
+        false => Err(HandlerError::LeaseLost),
     }
 }
 
