@@ -82,13 +82,13 @@ fn routed(cfg: &TableConfig, prefix: &str) -> String {
         (Some(column), Target::Routes(routes)) => format!(
             " and {prefix}{} in ({})",
             quote_ident(column),
-            routedypes(routes)
+            routed_types(routes)
         ),
         _ => String::new(),
     }
 }
 
-fn routedypes(routes: &std::collections::BTreeMap<String, String>) -> String {
+fn routed_types(routes: &std::collections::BTreeMap<String, String>) -> String {
     routes
         .keys()
         .map(|t| quote_literal(t))
@@ -215,7 +215,7 @@ impl TableSql {
                     "select t.{c}::text, count(*) from {table} t
                      where t.{in_flight} and (t.{c} is null or t.{c} not in ({}))
                      group by 1 order by 1",
-                    routedypes(routes),
+                    routed_types(routes),
                     c = quote_ident(column),
                 )),
                 _ => None,
@@ -258,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn with_a_job_type_column_only_routedypes_are_pending() {
+    fn with_a_job_type_column_only_routed_types_are_pending() {
         let t = table(
             "job_type_column = \"job_type\"",
             "routes = { b = \"http://h/b\", a = \"http://h/a\" }",
