@@ -178,14 +178,7 @@ impl FencedTx<'_> {
     /// Ends a successful attempt: drops the lease's state row and commits
     /// with the writes, so the row needs nothing more from this handler.
     pub async fn finish(self) -> Result<(), HandlerError> {
-        let lease = self.lease;
-        self.tx
-            .execute_typed(
-                "delete from reactor.handler_state
-                 where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
-                &lease.fence_params(),
-            )
-            .await?;
+        crate::store::handler_state::release(&*self.tx, self.lease).await?;
         self.tx.commit().await?;
         Ok(())
     }

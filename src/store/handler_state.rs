@@ -310,18 +310,15 @@ pub async fn renew(
 }
 
 /// Ends an attempt after which the row needs nothing more: drops its state
-/// row if this reactor still holds the lease (handlers that end with
-/// [`FencedTx::finish`](crate::job::lease::FencedTx::finish) have already dropped it).
+/// row if this reactor still holds the lease. The engine calls it for
+/// [`Outcome::Finished`](crate::job::handler::Outcome::Finished);
+/// [`FencedTx::finish`](crate::job::lease::FencedTx::finish) calls it inside
+/// the attempt's last transaction.
 pub async fn release(db: &impl GenericClient, lease: &Lease) -> Result<u64, tokio_postgres::Error> {
     db.execute_typed(
         "delete from reactor.handler_state
          where handler = $1 and row_id = $2 and lease_owner = $3 and lease_token = $4",
-        &[
-            param(&lease.handler),
-            param(&lease.row_id),
-            param(&lease.owner),
-            param(&lease.token),
-        ],
+        &lease.fence_params(),
     )
     .await
 }
