@@ -172,6 +172,7 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let mut wal_per_insert: BTreeMap<(&str, usize, &str), Vec<f64>> = BTreeMap::new();
     let mut lag: BTreeMap<(&str, usize), Vec<f64>> = BTreeMap::new();
     let mut catch_up: BTreeMap<(&str, usize), Vec<f64>> = BTreeMap::new();
+    let mut consumer_cpu: BTreeMap<(&str, usize, &str), Vec<f64>> = BTreeMap::new();
     // One unrecorded second per database and table first, no reactor: the
     // first run of a fresh database pays for cold caches and new files, which
     // would count against whichever variant happens to run first.
@@ -205,13 +206,20 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                         }
                         None => String::new(),
                     };
+                    let cpu_text = o
+                        .consumer_cpu_us
+                        .map(|us| format!(", consumer CPU {us:.1} µs/insert"))
+                        .unwrap_or_default();
                     println!(
-                        "  run {repeat} c={c} {name} {}: {:.0} tps, {:.0} B WAL/insert{lag_text}",
+                        "  run {repeat} c={c} {name} {}: {:.0} tps, {:.0} B WAL/insert{lag_text}{cpu_text}",
                         v.key,
                         o.tps,
                         o.wal_per_insert.unwrap_or(f64::NAN)
                     );
                     tps.entry((name, c, v.key)).or_default().push(o.tps);
+                    if let Some(us) = o.consumer_cpu_us {
+                        consumer_cpu.entry((name, c, v.key)).or_default().push(us);
+                    }
                     if let Some(w) = o.wal_per_insert {
                         wal_per_insert.entry((name, c, v.key)).or_default().push(w);
                     }
@@ -256,6 +264,9 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                 v,
             );
         }
+    }
+    for ((table, c, variant), v) in &consumer_cpu {
+        summarize(res, &format!("wal.{table}.c{c}.{variant}.cpu_us"), v);
     }
     for ((table, c), v) in &lag {
         summarize(res, &format!("wal.{table}.c{c}.slot_lag_bytes"), v);

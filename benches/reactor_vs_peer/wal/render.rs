@@ -61,6 +61,30 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
     if !any {
         return String::new();
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut cpu = String::new();
+    for (table, title) in tables {
+        for c in &p.write_clients {
+            let k = |v: &str| format!("wal.{table}.c{c}.{v}");
+            let (Some(wal), Some(floor), Some(tps)) = (
+                res.get(&k("wal.cpu_us")),
+                res.get(&k(&format!("{FLOOR}.cpu_us"))),
+                res.get(&k("wal")),
+            ) else {
+                continue;
+            };
+            // The reactor's CPU beyond the floor's, at WAL mode's insert rate,
+            // as a share of every core the writers could have used.
+            let extra = (wal - floor) * tps / 1e6 / cores;
+            cpu.push_str(&format!(
+                "| {title} | {c} | {} | {} | {:+.1} % | {} |\n",
+                spread(res, &k("wal.cpu_us"), |v| format!("{v:.1}")),
+                spread(res, &k(&format!("{FLOOR}.cpu_us")), |v| format!("{v:.1}")),
+                extra * 100.0,
+                Report::verdict(Some(extra <= 0.05)),
+            ));
+        }
+    }
     let mut volume = String::new();
     for (table, title) in tables {
         for c in &p.write_clients {
@@ -154,6 +178,15 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
          streaming the same publication to /dev/null: what any logical-decoding consumer costs the \
          writers on this machine, the server's decoding alone.\n\n\
          - WAL mode at 0.95 of the decoding floor or more (the reactor's own share within 5 %) at every writer count, both tables: {all}\n\n\
+         ### The consumer's CPU (µs per insert)\n\n\
+         Read from `/proc` over each run: the consumer's process and the server processes serving it \
+         (its walsender and, for the reactor, every session it opened). The reactor's extra share is \
+         its CPU beyond the floor's at WAL mode's insert rate, over the machine's {cores} cores: the \
+         part of the writers' rate item 2 bounds at 5 %, without the spread of the rate itself \
+         between runs.\n\n\
+         | table | writers | wal: the reactor and its sessions | decoding floor: pg_recvlogical and its walsender \
+         | the reactor's extra share of the machine | ≤ 5 % |\n\
+         |---|---|---|---|---|---|\n{cpu}\n\
          ### WAL written per insert (bytes, from `pg_current_wal_lsn()` before and after each run)\n\n\
          | table | writers | replica: no triggers | replica: notify | logical: no triggers | logical: notify \
          | logical: outbox | logical: wal | wal ÷ replica, no triggers |\n\

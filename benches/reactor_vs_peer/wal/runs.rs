@@ -3,9 +3,12 @@
 use super::clusters::{start_decoding_floor, stop, wait_slot, Cluster, Variant};
 use super::CATCH_UP_LIMIT;
 use crate::cluster::Ctx;
+use crate::cluster::Db;
+use crate::contenders::Running;
 use crate::measure::pgbench;
 use crate::report::Results;
 use anyhow::{bail, Result};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,52 @@ pub(super) struct Outcome {
     /// confirmed position at the end of the burst, and the seconds until
     /// the slot confirmed the burst's end (None: not within the limit).
     pub(super) lag: Option<(f64, Option<f64>)>,
+    /// Variants that decode: CPU time (µs) per insert of the consumer (the
+    /// reactor or pg_recvlogical) and of the server sessions serving it.
+    pub(super) consumer_cpu_us: Option<f64>,
+}
+
+/// Clock ticks a second of /proc/<pid>/stat's times (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time used so far (user + system, in ticks) by `pid`; None once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(field(11)? + field(12)?)
+}
+
+/// CPU ticks so far of the consumer (`running`'s process) and of the
+/// server processes serving it: its walsender and, for a reactor, every
+/// session it opened. Needs the server on this host (the workload's
+/// clusters are).
+async fn consumer_ticks(db: &Db, running: &Running) -> Result<HashMap<u32, u64>> {
+    let rows = db
+        .client
+        .query(
+            "select pid from pg_stat_activity
+             where datname = current_database() and pid <> pg_backend_pid()
+               and (backend_type = 'walsender' or application_name like 'reactor%')",
+            &[],
+        )
+        .await?;
+    let pids = rows
+        .iter()
+        .map(|r| r.get::<_, i32>(0) as u32)
+        .chain(running.child.id());
+    Ok(pids.filter_map(|p| Some((p, cpu_ticks(p)?))).collect())
+}
+
+/// CPU seconds between two [`consumer_ticks`] (a process that appeared in
+/// between counts from zero).
+fn cpu_secs_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks as f64 / TICKS_PER_SEC
 }
 
 pub(super) struct Run<'a> {
@@ -69,7 +118,9 @@ impl Run<'_> {
             .query_one("select pg_current_wal_lsn()::text", &[])
             .await?
             .get(0);
+        let cpu_before = consumer_ticks(db, &running).await?;
         let tps = pgbench(self.pgbench, script, &db.url, c, self.ctx.p.write_secs).await?;
+        let cpu_secs = cpu_secs_between(&cpu_before, &consumer_ticks(db, &running).await?);
         // Right at the end of the burst, in one statement: the server's
         // position, the WAL written, and the slot's distance from it.
         let end = db
@@ -131,6 +182,7 @@ impl Run<'_> {
             tps,
             wal_per_insert: (rows > 0).then(|| bytes / rows as f64),
             lag,
+            consumer_cpu_us: (v.decodes() && rows > 0).then(|| cpu_secs * 1e6 / rows as f64),
         })
     }
 }
