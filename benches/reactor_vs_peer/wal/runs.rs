@@ -2,8 +2,7 @@
 //! insert, and (WAL mode) the slot's lag at the end of the burst.
 use super::clusters::{start_decoding_floor, stop, wait_slot, Cluster, Variant};
 use super::CATCH_UP_LIMIT;
-use crate::cluster::Ctx;
-use crate::cluster::Db;
+use crate::cluster::{Ctx, Db};
 use crate::contenders::Running;
 use crate::measure::pgbench;
 use crate::report::Results;

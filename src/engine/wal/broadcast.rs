@@ -83,7 +83,7 @@ impl Broadcaster {
     }
 
     /// Queues what `hints` mean for clients elsewhere (called at least every
-    /// [`super::FEEDBACK`], hints or not: it also ends the busy window).
+    /// [`super::TICK`], hints or not: it also ends the busy window).
     pub(super) fn add(&mut self, hints: &[Hint]) {
         let now = std::time::Instant::now();
         let rolled = self.busy.roll(now);

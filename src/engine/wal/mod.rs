@@ -48,7 +48,7 @@ pub const PUBLICATION: &str = "reactor";
 pub const SLOT_PREFIX: &str = "reactor_wal_";
 /// How often the stream loop wakes while no frame arrives (to send what the
 /// broadcaster gathered, to confirm, to look at the mode).
-const FEEDBACK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 /// How often the position read is confirmed to the server (sooner when it
 /// asks). Each confirmation is work for the walsender: by hand at 32
 /// writers, confirming every 100 ms cost it 3–4 µs an insert more than
@@ -569,7 +569,7 @@ impl WalSource {
         broadcaster: &mut Broadcaster,
         shutdown: &CancellationToken,
     ) -> Result<End, WalError> {
-        let mut ticks = tokio::time::interval(FEEDBACK);
+        let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut received, mut confirmed) = (0u64, 0u64);
         let mut last_confirmed = Instant::now();
