@@ -953,6 +953,31 @@ async fn every_sign_up_of_a_burst_is_handled_from_wal_hints_alone() {
         count(&client, "select count(*) from public.profiles").await,
         (WRITERS * EACH) as i64
     );
+    // The slot holds back no WAL for long: the reactor confirms what it read
+    // once a second, without waiting for the server to ask (it asks every
+    // half wal_sender_timeout, 30 s), so the burst's WAL can go.
+    let burst_end: String = client
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        "the slot confirms the burst's WAL",
+        Duration::from_secs(10),
+        || async {
+            count(
+                &client,
+                &format!(
+                    "select count(*) from pg_replication_slots
+                 where slot_name like 'reactor_wal_%' and database = current_database()
+                   and confirmed_flush_lsn >= '{burst_end}'::pg_lsn"
+                ),
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
     assert!(reactor.terminate().success());
 }
 
