@@ -66,11 +66,10 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
     for (table, title) in tables {
         for c in &p.write_clients {
             let k = |v: &str| format!("wal.{table}.c{c}.{v}");
-            let (Some(wal), Some(floor), Some(tps)) = (
-                res.get(&k("wal.cpu_us")),
-                res.get(&k(&format!("{FLOOR}.cpu_us"))),
-                res.get(&k("wal")),
-            ) else {
+            let (wal_key, floor_key) = (k("wal.cpu_us"), k(&format!("{FLOOR}.cpu_us")));
+            let (Some(wal), Some(floor), Some(tps)) =
+                (res.get(&wal_key), res.get(&floor_key), res.get(&k("wal")))
+            else {
                 continue;
             };
             // The reactor's CPU beyond the floor's, at WAL mode's insert rate,
@@ -78,8 +77,8 @@ pub(crate) fn render(res: &Results, p: &Params) -> String {
             let extra = (wal - floor) * tps / 1e6 / cores;
             cpu.push_str(&format!(
                 "| {title} | {c} | {} | {} | {:+.1} % | {} |\n",
-                spread(res, &k("wal.cpu_us"), |v| format!("{v:.1}")),
-                spread(res, &k(&format!("{FLOOR}.cpu_us")), |v| format!("{v:.1}")),
+                spread(res, &wal_key, |v| format!("{v:.1}")),
+                spread(res, &floor_key, |v| format!("{v:.1}")),
                 extra * 100.0,
                 Report::verdict(Some(extra <= 0.05)),
             ));

@@ -54,7 +54,7 @@ async fn consumer_ticks(db: &Db, running: &Running) -> Result<HashMap<u32, u64>>
     let pids = rows
         .iter()
         .map(|r| r.get::<_, i32>(0) as u32)
-        .chain(running.child.id());
+        .chain(running.pid());
     Ok(pids.filter_map(|p| Some((p, cpu_ticks(p)?))).collect())
 }
 
