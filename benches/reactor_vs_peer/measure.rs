@@ -1,5 +1,5 @@
 //! Measuring helpers shared by the workloads: pgbench runs, the server's
-//! clock, medians and percentiles.
+//! clock, CPU time, medians and percentiles.
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use tokio::process::Command;
@@ -57,18 +57,60 @@ pub(crate) async fn pgbench(
     clients: usize,
     secs: u64,
 ) -> Result<f64> {
-    pgbench_paced(pgbench, script, url, clients, secs, None).await
+    Ok(pgbench_run(pgbench, script, url, clients, secs, None)
+        .await?
+        .tps)
 }
 
-/// [`pgbench`] at most `rate` transactions a second in all (`-R`), when given.
-pub(crate) async fn pgbench_paced(
+/// Clock ticks a second of the times in /proc (USER_HZ, 100 on Linux).
+pub(crate) const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time used so far (user + system, in ticks) by `pid`; None once it is gone.
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(field(11)? + field(12)?)
+}
+
+/// The whole machine's busy CPU time so far, in seconds over all cores: user,
+/// nice, system, irq and softirq of /proc/stat, not idle, I/O wait or the
+/// time a hypervisor stole. On a machine whose cores the writers keep busy,
+/// busy time per insert is what bounds their rate, without the spread that
+/// steal and the disk's flush times give the rate itself.
+pub(crate) fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| ticks.get(i).copied())
+        .sum::<Option<u64>>()?;
+    Some(busy as f64 / TICKS_PER_SEC)
+}
+
+/// What one pgbench run did.
+pub(crate) struct PgbenchRun {
+    pub(crate) tps: f64,
+    /// Transactions committed.
+    pub(crate) transactions: u64,
+}
+
+/// One pgbench run of `script`, at most `rate` transactions a second in all
+/// (`-R`) when given.
+pub(crate) async fn pgbench_run(
     pgbench: &Path,
     script: &Path,
     url: &str,
     clients: usize,
     secs: u64,
     rate: Option<u32>,
-) -> Result<f64> {
+) -> Result<PgbenchRun> {
     let paced: Vec<String> = rate
         .map(|r| vec!["-R".into(), r.to_string()])
         .unwrap_or_default();
@@ -95,10 +137,20 @@ pub(crate) async fn pgbench_paced(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no tps in pgbench output:\n{stdout}"))
+    let figure = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no {prefix:?} in pgbench output:\n{stdout}"))
+    };
+    Ok(PgbenchRun {
+        tps: figure("tps = ")?.parse()?,
+        transactions: figure("number of transactions actually processed: ")?
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()?,
+    })
 }

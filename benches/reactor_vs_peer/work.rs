@@ -9,7 +9,7 @@
 //! writers stop; a paced run below saturation measures the live latency.
 use crate::cluster::{Ctx, Template};
 use crate::contenders::{Contender, Running};
-use crate::measure::{find_pgbench, median, pgbench_paced};
+use crate::measure::{find_pgbench, median, pgbench_run};
 use crate::report::{Report, Results};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,7 +111,7 @@ async fn measure(
     secs: u64,
     rate: Option<u32>,
 ) -> Result<Run> {
-    pgbench_paced(pgbench, script, &db.url, clients, WARM_UP_SECS, rate).await?;
+    pgbench_run(pgbench, script, &db.url, clients, WARM_UP_SECS, rate).await?;
     let (first, started): (i64, f64) = {
         let row = db
             .client
@@ -123,7 +123,9 @@ async fn measure(
             .await?;
         (row.get(0), row.get(1))
     };
-    let tps = pgbench_paced(pgbench, script, &db.url, clients, secs, rate).await?;
+    let tps = pgbench_run(pgbench, script, &db.url, clients, secs, rate)
+        .await?
+        .tps;
     let stopped = Instant::now();
     // Rows of any run (the warm-up's, an earlier backlog's) the reactor
     // finished while the writers ran.

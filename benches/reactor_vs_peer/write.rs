@@ -8,7 +8,7 @@
 //! and the same table in a database in poll mode, its reactor paging (row 4d).
 use crate::cluster::{Ctx, Template};
 use crate::contenders::Contender;
-use crate::measure::{find_pgbench, median, pgbench};
+use crate::measure::{find_pgbench, machine_busy_secs, median, pgbench, pgbench_run};
 use crate::report::Results;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -143,7 +143,10 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         r_without.ready().await?;
         r_outbox.ready().await?;
         r_poll.ready().await?;
+        // Each variant's figures, one a round: inserts a second, and the
+        // machine's busy CPU per insert (µs).
         let mut tps: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
+        let mut cpu: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
         for _ in 0..ctx.p.write_repeats {
             for &c in &ctx.p.write_clients {
                 for (variant, db, script, warm) in
@@ -163,9 +166,15 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                     if warm {
                         pgbench(&pgbench_bin, script, &db.url, c, WARM_UP_SECS).await?;
                     }
-                    let t = pgbench(&pgbench_bin, script, &db.url, c, ctx.p.write_secs).await?;
-                    println!("  {mode} c={c} {variant}: {t:.0} tps");
-                    tps.entry((c, variant)).or_default().push(t);
+                    let busy_before = machine_busy_secs();
+                    let run = pgbench_run(&pgbench_bin, script, &db.url, c, ctx.p.write_secs, None)
+                        .await?;
+                    if let (Some(before), Some(after)) = (busy_before, machine_busy_secs()) {
+                        let us = (after - before) * 1e6 / run.transactions.max(1) as f64;
+                        cpu.entry((c, variant)).or_default().push(us);
+                    }
+                    println!("  {mode} c={c} {variant}: {:.0} tps", run.tps);
+                    tps.entry((c, variant)).or_default().push(run.tps);
                 }
             }
         }
@@ -177,8 +186,31 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         r_without.stop().await?;
         r_outbox.stop().await?;
         r_poll.stop().await?;
+        for &c in &ctx.p.write_clients {
+            for variant in ["hints", "inert_trigger", "hints_poll"] {
+                paired_ratios(
+                    res,
+                    &format!("write.{mode}.c{c}.{variant}"),
+                    &tps,
+                    c,
+                    variant,
+                    |v, off| v / off,
+                );
+                paired_ratios(
+                    res,
+                    &format!("write.{mode}.c{c}.{variant}.cpu"),
+                    &cpu,
+                    c,
+                    variant,
+                    |v, off| off / v,
+                );
+            }
+        }
         for ((c, variant), v) in tps {
             res.set(format!("write.{mode}.c{c}.{variant}"), median(v));
+        }
+        for ((c, variant), v) in cpu {
+            res.set(format!("write.{mode}.c{c}.{variant}.cpu_us"), median(v));
         }
         ctx.done_with(with).await?;
         ctx.done_with(without).await?;
@@ -189,4 +221,30 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Sets `<key>.ratio` (the median) and `<key>.ratio_min`/`_max` of
+/// `ratio(variant, hints_off)` over the rounds: each round ran the two back to
+/// back, so a round's ratio is free of what changed between rounds.
+fn paired_ratios(
+    res: &mut Results,
+    key: &str,
+    figures: &BTreeMap<(usize, &str), Vec<f64>>,
+    c: usize,
+    variant: &str,
+    ratio: impl Fn(f64, f64) -> f64,
+) {
+    let (Some(v), Some(off)) = (figures.get(&(c, variant)), figures.get(&(c, "hints_off"))) else {
+        return;
+    };
+    let ratios: Vec<f64> = v.iter().zip(off).map(|(&v, &off)| ratio(v, off)).collect();
+    if ratios.is_empty() {
+        return;
+    }
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    res.set(format!("{key}.ratio"), median(ratios));
+    res.set(format!("{key}.ratio_min"), lo);
+    res.set(format!("{key}.ratio_max"), hi);
 }

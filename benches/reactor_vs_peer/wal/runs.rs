@@ -4,7 +4,7 @@ use super::clusters::{start_decoding_floor, stop, wait_slot, Cluster, Variant};
 use super::CATCH_UP_LIMIT;
 use crate::cluster::{Ctx, Db};
 use crate::contenders::Running;
-use crate::measure::pgbench;
+use crate::measure::{cpu_ticks, pgbench, TICKS_PER_SEC};
 use crate::report::Results;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -23,18 +23,6 @@ pub(super) struct Outcome {
     /// Variants that decode: CPU time (µs) per insert of the consumer (the
     /// reactor or pg_recvlogical) and of the server sessions serving it.
     pub(super) consumer_cpu_us: Option<f64>,
-}
-
-/// Clock ticks a second of /proc/<pid>/stat's times (USER_HZ, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
-
-/// CPU time used so far (user + system, in ticks) by `pid`; None once it is gone.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: the fields after it are fixed.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    Some(field(11)? + field(12)?)
 }
 
 /// CPU ticks so far of the consumer (`running`'s process) and of the
