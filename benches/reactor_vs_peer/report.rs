@@ -430,11 +430,12 @@ pub(crate) const METHOD: &str = "## How each figure is measured
   with the rounds' range. The *by CPU* row divides the machine's busy time over the run (user,
   system and interrupts of both cores in `/proc/stat`: not idle, I/O wait or time a hypervisor
   stole) by the inserts committed; on cores the writers keep busy, that is what bounds their
-  rate, without the spread of the disk's flushes and of stolen time. The *fast* rows run on the throwaway cluster's settings
-  (fsync off, asynchronous commit), which hide the cost of NOTIFY's commit-time lock; the
-  *durable* rows switch `fsync`, `synchronous_commit` and `full_page_writes` on, where the lock
-  is held across the WAL flush, as in production. With `--durable` (`BENCH_DURABLE=1`) the whole
-  run is durable (the machine table's settings say so) and only durable write rows are measured.
+  rate, without the spread of the disk's flushes and of stolen time. The *fast* rows run on the
+  throwaway cluster's settings (fsync off, asynchronous commit), which hide the cost of NOTIFY's
+  commit-time lock; the *durable* rows switch `fsync`, `synchronous_commit` and
+  `full_page_writes` on, where the lock is held across the WAL flush, as in production. With
+  `--durable` (`BENCH_DURABLE=1`) the whole run is durable (the machine table's settings say so)
+  and only durable write rows are measured.
 - **Peak RSS (6).** `VmHWM` from `/proc/<pid>/status` of the reactor process right after the
   drain finished.
 - **Ratios** are reactor ÷ other on the figure shown (time or milliseconds: below 1 means the
