@@ -153,8 +153,9 @@ pub struct RunConfig {
     pub quiet_poll: Duration,
 
     /// How long one take of a table's quiet lasts; renewed (every half of it)
-    /// while the table stays busy. Writers notify again at most this long
-    /// after the reactor holding it dies.
+    /// while the table stays busy. After the reactor holding it dies, writers
+    /// notify again once it has run out and a live reactor has seen it (each
+    /// checks every second; if none runs, the next to start).
     #[arg(long, env = "REACTOR_QUIET_LEASE", default_value = "3s", value_parser = interval)]
     pub quiet_lease: Duration,
 

@@ -1,7 +1,7 @@
 //! Quiet hints under load (issue 22, item 1): while a reactor pages a busy
 //! table, its writers send no NOTIFY and do not even call the hint trigger
 //! (sql/260_quiet_hints.sql, triggers/260_quiet_hints.sql,
-//! triggers/280_quiet_gate.sql, src/engine/quiet.rs), and no row is lost.
+//! triggers/300_quiet_switch.sql, src/engine/quiet.rs), and no row is lost.
 mod common;
 
 use common::{eventually, read_events, start_reactor, ChildReactor, TestDb, ADMIN, JWT_SECRET};
@@ -258,6 +258,11 @@ async fn under_load_writers_send_no_hints_while_the_reactor_pages_the_table() {
     assert!(listener.hinted.contains(&id.to_string()));
 }
 
+/// Whether `profiles`' quiet switch is on (its hint triggers do not run).
+const SWITCH_ON: &str =
+    "select count(*) from (select pg_sequence_last_value(reactor.quiet_switch('profiles')) v) s
+     where v is not null";
+
 #[tokio::test]
 async fn writers_hint_again_once_a_killed_holder_s_lease_runs_out() {
     let db = common::migrated_db().await;
@@ -265,12 +270,18 @@ async fn writers_hint_again_once_a_killed_holder_s_lease_runs_out() {
     let client = db.client().await;
     let mut listener = Listener::start(&db).await;
     let mut holder = ChildReactor::spawn(&db, storage.path(), &QUIET);
+    // Another reactor, which never takes a quiet itself: it pages the
+    // holder's table on its announcements, and turns the switch off once
+    // the lease has run out.
+    let other = start_reactor(&db, storage.path(), &["--quiet-above", "0"]).await;
+    other.wait_ready().await;
 
     let load = Load::start(&db, 4).await;
     eventually("rows written while profiles is quiet", LONG, || async {
         load.quiet_rows() >= 50
     })
     .await;
+    assert_eq!(common::count(&client, SWITCH_ON).await, 1);
     holder.kill9();
     // The lease outlives its holder, but not by more than itself.
     eventually("the killed holder's quiet lease runs out", LONG, || async {
@@ -282,33 +293,73 @@ async fn writers_hint_again_once_a_killed_holder_s_lease_runs_out() {
             == 0
     })
     .await;
+    // Its switch outlives the lease until a live reactor sees it (a second or so).
+    eventually("the other reactor turns the switch off", LONG, || async {
+        common::count(&client, SWITCH_ON).await == 0
+    })
+    .await;
     let before = load.rows.lock().unwrap().len();
-    eventually("rows written after the lease", LONG, || async {
+    eventually("rows written after the switch went off", LONG, || async {
         load.rows.lock().unwrap().len() >= before + 20
     })
     .await;
     let rows = load.stop().await;
     listener.catch_up().await;
-    // (A transaction in flight when the lease ended may still have been quiet.)
-    let after: Vec<&(Uuid, bool)> = rows[before..].iter().filter(|(_, q)| !q).collect();
-    assert!(
-        after.len() >= 16,
-        "too few rows after the lease: {}",
-        after.len()
-    );
-    for (id, _) in after {
+    // (A transaction in flight when the switch went off may not have hinted.)
+    let after = &rows[before + 4..];
+    assert!(after.len() >= 16, "too few rows after: {}", after.len());
+    for (id, quiet) in after {
+        assert!(!quiet, "row {id} written after the lease was quiet");
         assert!(
             listener.hinted.contains(&id.to_string()),
-            "row {id} written after the lease was not hinted"
+            "row {id} written after the switch went off was not hinted"
         );
     }
 
-    // The rows nobody hinted are found by the next reactor.
-    let reactor = start_reactor(&db, storage.path(), &[]).await;
+    // The rows nobody hinted are found: the other reactor scanned the table
+    // when it turned the switch off.
     eventually("every profile handled", LONG, || async {
         unhandled_profiles(&client).await == 0
     })
     .await;
+    other.stop().await;
+}
+
+/// A switch left on with no lease (its holder killed while no other reactor
+/// ran, or the lease table emptied by a server crash) is turned off by the
+/// next reactor to start, and what was written meanwhile is handled.
+#[tokio::test]
+async fn a_switch_left_on_without_a_lease_is_turned_off_by_the_next_reactor() {
+    let db = common::migrated_db().await;
+    let storage = tempfile::tempdir().unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute("select setval(reactor.quiet_switch('profiles'), 1, true)")
+        .await
+        .unwrap();
+    // No lease, but the switch keeps the trigger from running.
+    assert_eq!(hint_calls_of_one_insert(&db).await, (false, 0));
+    let (written_while_on, _) = insert_profile(&mut db.client().await).await;
+
+    let reactor = start_reactor(&db, storage.path(), &[]).await;
+    reactor.wait_ready().await;
+    eventually("the switch is turned off", LONG, || async {
+        common::count(&client, SWITCH_ON).await == 0
+    })
+    .await;
+    assert_eq!(hint_calls_of_one_insert(&db).await, (false, 1));
+    eventually("every profile handled", LONG, || async {
+        unhandled_profiles(&client).await == 0
+    })
+    .await;
+    assert_eq!(
+        common::count(
+            &client,
+            &format!("select count(*) from profiles where id = '{written_while_on}' and favorites_at is not null")
+        )
+        .await,
+        1
+    );
     reactor.stop().await;
 }
 
@@ -442,7 +493,7 @@ async fn a_quiet_table_s_writers_do_not_even_call_its_hint_trigger() {
     loop {
         let (quiet, calls) = hint_calls_of_one_insert(&db).await;
         if quiet {
-            // The trigger's WHEN condition (the table's quiet flag) keeps
+            // The trigger's WHEN condition (the table's quiet switch) keeps
             // the function from running at all.
             assert_eq!(calls, 0, "a quiet insert called the hint trigger");
             break;
@@ -455,7 +506,7 @@ async fn a_quiet_table_s_writers_do_not_even_call_its_hint_trigger() {
     }
     load.stop().await;
 
-    // A reactor that stops clears the flag with the lease: the trigger runs again.
+    // A reactor that stops turns the switch off with the lease: the trigger runs again.
     reactor.stop().await;
     assert_eq!(hint_calls_of_one_insert(&db).await, (false, 1));
 }
@@ -468,19 +519,19 @@ async fn every_hint_trigger_is_gated_also_on_tables_watched_later_and_in_every_m
         format!(
             "select count(*) from reactor.hint_triggers h
              join pg_trigger t on t.tgrelid = h.tbl and t.tgname = h.trigger_name
-             where (pg_get_triggerdef(t.oid) like '%to_timestamp(%pg_sequence_last_value(%')
+             where (pg_get_triggerdef(t.oid) like '%pg_sequence_last_value(%quiet_on_%')
                    = {gated}"
         )
     };
-    // generation_jobs (2), profiles (1): the gate of triggers/280 they had
-    // was replaced by the cheaper one, with a flag that is set (a null flag
-    // would keep the trigger from running).
+    // generation_jobs (2), profiles (1): the gates of triggers/280 and 290
+    // they had were replaced by the switch, which is off (it reads as null).
     assert_eq!(common::count(&client, &gates(true)).await, 3);
     assert_eq!(
         common::count(
             &client,
             "select count(*) from (select distinct table_name from reactor.hint_triggers) h
-             where pg_sequence_last_value(reactor.quiet_gate_flag(h.table_name)) = 0"
+             where reactor.quiet_switch(h.table_name) is not null
+               and pg_sequence_last_value(reactor.quiet_switch(h.table_name)) is null"
         )
         .await,
         2
@@ -519,12 +570,12 @@ async fn every_hint_trigger_is_gated_also_on_tables_watched_later_and_in_every_m
         .await
         .unwrap();
     assert_eq!(tx.query_one(calls, &[]).await.unwrap().get::<_, i64>(0), 2);
-    // A flag in the future (as a reactor's take sets it) silences the table,
-    // for a writer of any role (the flag is readable by everyone).
+    // The switch on (as a reactor's take sets it) silences the table, for a
+    // writer of any role (the switch is readable by everyone).
     client
         .batch_execute(
-            "select setval(reactor.quiet_gate_flag('later'),
-                           extract(epoch from now() + interval '1 minute')::int8)",
+            "select setval(reactor.quiet_switch('later'),
+                           extract(epoch from now() + interval '1 minute')::int8, true)",
         )
         .await
         .unwrap();

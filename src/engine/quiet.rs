@@ -4,14 +4,19 @@
 //! it through its WAL flush, so under load notifying writers are serialized.
 //! When the reactor hears more than REACTOR_QUIET_ABOVE hints a second for a
 //! table for a whole second (a burst does not count), it takes that table's quiet lease (reactor.quiet_tables,
-//! sql/260_quiet_hints.sql) and sets its quiet flag: the table's hint
-//! triggers then do not run at all (their WHEN condition reads the flag,
-//! triggers/290_cheaper_quiet_gate.sql) and the reactor pages the table's pending
+//! sql/260_quiet_hints.sql) and turns its quiet switch on: the table's hint
+//! triggers then do not run at all (their WHEN condition reads the switch,
+//! triggers/300_quiet_switch.sql) and the reactor pages the table's pending
 //! rows every REACTOR_QUIET_POLL instead. It renews the lease (every half
 //! lease) while the table stays busy, judged from the server's own counters
 //! of the table's inserts and updates (pg_stat_all_tables: the writers send
 //! nothing any more); once it is not, the lease runs out and writers notify
-//! again. Nobody clears it early: a quiet table costs polling, not rows.
+//! again. Nobody ends a lease early: a quiet table costs polling, not rows.
+//!
+//! The switch has no clock: every reactor turns off the switch of each table
+//! whose lease has run out (at start, every second, and when its own paging
+//! of the table ends), then scans the table once more, so a row written
+//! before the switch went off is found and every row after it is hinted.
 //!
 //! Every take is announced on channels `reactor` and `job_status`
 //! (`{"reactor_quiet":"<table>","for_ms":…}`). Every reactor that hears it
@@ -26,9 +31,13 @@
 //! so every announcement and every end of a quiet tells them to resync.
 //!
 //! Fail-safe: the lease is the server's clock (`now()`), so a holder that dies
-//! or is cut off silences writers at most REACTOR_QUIET_LEASE; the table is
-//! unlogged, so a server crash empties it. Several reactors may run: one holds
-//! a table's lease at a time, the others page it on its announcements.
+//! or is cut off silences writers until another reactor (or the next to
+//! start) sees its lease has run out, a second or so after REACTOR_QUIET_LEASE;
+//! while no reactor runs, nobody would hear a hint anyway. The trigger
+//! functions read the lease too, so a switch turned off early costs writers a
+//! call, never a row. The table is unlogged, so a server crash empties it and
+//! the next reactor turns every switch off. Several reactors may run: one
+//! holds a table's lease at a time, the others page it on its announcements.
 use super::Shared;
 use crate::store::db::param;
 use std::collections::HashMap;
@@ -50,10 +59,10 @@ const MAX_TAKES_PER_WINDOW: usize = 4;
 
 /// Takes or renews `$1`'s quiet for `$2` ms as holder `$3`, only in notify
 /// mode, only for a table with trusted hint triggers (a hint may be forged)
-/// and only when it is free, expired or already ours; sets the table's quiet
-/// flag (the end of the lease in whole seconds, rounded down, which its
-/// triggers' WHEN condition reads: triggers/290_cheaper_quiet_gate.sql),
-/// announces it and returns the table's write
+/// and only when it is free, expired or already ours; turns the table's
+/// quiet switch on (which its triggers' WHEN condition reads:
+/// triggers/300_quiet_switch.sql; its value is the lease's end in seconds,
+/// for people reading it), announces it and returns the table's write
 /// count. No row: not taken. Never `generation_jobs` while Supabase Realtime
 /// is installed: its trigger also broadcasts each row there, and a quiet
 /// trigger does not run at all.
@@ -73,16 +82,34 @@ with taken as (
 )
 select (select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
         from pg_stat_all_tables where relname = $1),
-       (select setval(f, floor(extract(epoch from taken.quiet_until))::int8)
-        from reactor.quiet_gate_flag($1) f where f is not null),
+       (select setval(f, floor(extract(epoch from taken.quiet_until))::int8, true)
+        from reactor.quiet_switch($1) f where f is not null),
        pg_notify('reactor', $4), pg_notify('job_status', $4)
 from taken";
 
-/// Gives up holder `$1`'s quiet leases and clears their flags: their writers
-/// hint again at once. Returns how many.
+/// Gives up holder `$1`'s quiet leases and turns their switches off: their
+/// writers hint again at once. Returns how many.
 const RELEASE: &str = "
 with gone as (delete from reactor.quiet_tables where holder = $1 returning table_name)
-select count(*)::int8, count(setval(f, 0)) from gone left join lateral reactor.quiet_gate_flag(gone.table_name) f on true";
+select count(*)::int8, count(setval(f, 0, false)) from gone left join lateral reactor.quiet_switch(gone.table_name) f on true";
+
+/// Turns off the quiet switch of every hinted table with no live lease (run
+/// out, given up, or gone with a server crash), as any reactor may: their
+/// writers hint again. Returns the tables turned off, to be scanned once
+/// more. A take racing with this may find its switch off until its next
+/// renewal: writers then call the trigger function, which stays quiet by
+/// the lease.
+const SWITCH_OFF: &str = "
+select h.table_name, setval(f, 0, false)
+from (select distinct table_name from reactor.hint_triggers) h
+cross join lateral reactor.quiet_switch(h.table_name) f
+where f is not null
+  and pg_sequence_last_value(f) is not null
+  and not exists (select 1 from reactor.quiet_tables q
+                  where q.table_name = h.table_name and q.quiet_until > now())";
+
+/// How often every reactor looks for quiet switches left on without a lease.
+const SWITCH_CHECK: Duration = Duration::from_secs(1);
 
 /// The table's inserts and updates so far, as the server counts them.
 const WRITES: &str = "select coalesce(sum(n_tup_ins + n_tup_upd), 0)::int8
@@ -178,12 +205,23 @@ impl Shared {
         let mut window = Instant::now();
         // Windows in a row each table was above the threshold.
         let mut streaks: HashMap<String, u32> = HashMap::new();
+        let mut switches_checked: Option<Instant> = None;
         loop {
             ticker.tick().await;
             let now = Instant::now();
-            let (paged, ended) = self.quiet.due(now);
+            let (paged, mut ended) = self.quiet.due(now);
             for table in &paged {
                 self.scan_table(table);
+            }
+            // Before the last scans: a row written before its table's switch
+            // went off is found by them, every row after it is hinted.
+            if !ended.is_empty() || switches_checked.is_none_or(|t| now - t >= SWITCH_CHECK) {
+                switches_checked = Some(now);
+                for table in self.switch_off().await {
+                    if !ended.contains(&table) {
+                        ended.push(table);
+                    }
+                }
             }
             for table in &ended {
                 tracing::debug!(%table, "quiet ended: writers hint again; one last scan");
@@ -304,6 +342,29 @@ impl Shared {
                 tracing::warn!(%table, error = %e, "taking a table's quiet failed; its writers keep hinting");
                 held.remove(table);
                 refused.insert(table.to_string(), Instant::now() + self.cfg.quiet_lease / 3);
+            }
+        }
+    }
+
+    /// Turns off the quiet switches left on without a live lease
+    /// ([`SWITCH_OFF`]); returns their tables. A failure is logged and
+    /// retried at the next check.
+    async fn switch_off(&self) -> Vec<String> {
+        let switched = self
+            .within(async |client| {
+                Ok(client
+                    .query_typed(SWITCH_OFF, &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        match switched {
+            Ok(tables) => tables,
+            Err(e) => {
+                tracing::warn!(error = %e, "turning off quiet switches whose lease ran out failed; tried again in a second");
+                Vec::new()
             }
         }
     }
