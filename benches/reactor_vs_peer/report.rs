@@ -426,8 +426,8 @@ pub(crate) const METHOD: &str = "## How each figure is measured
   *from cold* figure is the same run without the warm-up, on a table whose quiet has run out: it
   includes the onset, at the notifying rate. Row 4d runs row 4b's inserts on a database switched
   to poll mode (`reactor notify-mode poll`: the hint triggers disabled, its reactor paging every
-  second). Rows 4b–4d give the median of each round's ratio (the two variants ran back to back)
-  with the rounds' range. The *by CPU* row divides the machine's busy time over the run (user,
+  second). Rows 4b–4d give the median of each round's ratio (both variants ran in the round,
+  row 4b's back to back) with the rounds' range. The *by CPU* row divides the machine's busy time over the run (user,
   system and interrupts of both cores in `/proc/stat`: not idle, I/O wait or time a hypervisor
   stole) by the inserts committed; on cores the writers keep busy, that is what bounds their
   rate, without the spread of the disk's flushes and of stolen time. The *fast* rows run on the

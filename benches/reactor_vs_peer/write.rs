@@ -224,8 +224,9 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
 }
 
 /// Sets `<key>.ratio` (the median) and `<key>.ratio_min`/`_max` of
-/// `ratio(variant, hints_off)` over the rounds: each round ran the two back to
-/// back, so a round's ratio is free of what changed between rounds.
+/// `ratio(variant, hints_off)` over the rounds: each round ran both within a
+/// minute (row 4b's two back to back), so a round's ratio is free of what
+/// changed between rounds.
 fn paired_ratios(
     res: &mut Results,
     key: &str,
