@@ -4,9 +4,10 @@
 use crate::cli::Params;
 use crate::cluster::{Ctx, Db, Template};
 use crate::contenders::{Contender, Running};
-use crate::measure::epoch_now;
+use crate::measure::{epoch_now, median};
 use crate::report::Results;
 use anyhow::{bail, Result};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -200,44 +201,88 @@ pub(crate) async fn drain(
     Ok((end - t0, seen, running))
 }
 
+/// The floor and the reactor drain `ctx.p.drain_repeats` times, in turn, so
+/// each round's ratio compares two drains a minute apart; the medians are
+/// the figures (`<pre>.drain.floor`, `<pre>.drain.reactor`, …) and the
+/// rounds' ratios are `<pre>.drain.reactor_floor.ratio…`. The peers drain
+/// once.
 pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<()> {
     let n = kind.rows(&ctx.p);
     let pre = kind.prefix();
-    println!("\n== backlog drain, {pre}: {n} rows");
+    let repeats = ctx.p.drain_repeats;
+    println!("\n== backlog drain, {pre}: {n} rows, {repeats} round(s)");
+    let mut rounds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut ratios = Vec::new();
+    for _ in 0..repeats {
+        let floor = drain_floor(ctx, kind, n, &mut rounds).await?;
+        let reactor = drain_contender(ctx, &Contender::Reactor, kind, n, &mut rounds).await?;
+        ratios.push(reactor / floor);
+    }
+    for who in ctx.p.peers().into_iter().map(Contender::Peer) {
+        drain_contender(ctx, &who, kind, n, &mut rounds).await?;
+    }
+    for (key, v) in rounds {
+        let figure = if key.starts_with("rss_mb") {
+            v.into_iter().fold(f64::MIN, f64::max)
+        } else {
+            median(v)
+        };
+        res.set(format!("{pre}.{key}"), figure);
+    }
+    res.set_rounds(&format!("{pre}.drain.reactor_floor"), ratios);
+    Ok(())
+}
 
-    // The set-based floor.
+/// The set-based floor drains a fresh backlog: returns its seconds, and
+/// adds them (and the backlog's insert time) to `rounds`.
+async fn drain_floor(
+    ctx: &Ctx,
+    kind: Backlog,
+    n: i64,
+    rounds: &mut BTreeMap<String, Vec<f64>>,
+) -> Result<f64> {
+    let pre = kind.prefix();
     let db = ctx
         .fresh_db(&format!("{pre}_floor"), Template::Plain)
         .await?;
     let insert = kind.fill(&db.client, n).await?;
-    res.set(format!("{pre}.insert.floor"), insert);
     let t = Instant::now();
     db.client.execute(kind.floor(), &[]).await?;
-    res.set(format!("{pre}.drain.floor"), t.elapsed().as_secs_f64());
+    let drained = t.elapsed().as_secs_f64();
     kind.verify(&db.client, n).await?;
     ctx.done_with(db).await?;
+    let mut add = |key: &str, v: f64| rounds.entry(key.to_string()).or_default().push(v);
+    add("insert.floor", insert);
+    add("drain.floor", drained);
+    Ok(drained)
+}
 
-    let mut contenders = vec![Contender::Reactor];
-    contenders.extend(ctx.p.peers().into_iter().map(Contender::Peer));
-    for who in contenders {
-        let key = who.key();
-        let db = ctx
-            .fresh_db(&format!("{pre}_{key}"), who.template())
-            .await?;
-        let insert = kind.fill(&db.client, n).await?;
-        res.set(format!("{pre}.insert.{key}"), insert);
-
-        let (drained, seen, running) = drain(ctx, &who, &db, kind, n).await?;
-        res.set(format!("{pre}.drain.{key}"), drained);
-        res.set(format!("{pre}.drain_seen.{key}"), seen);
-        if who == Contender::Reactor {
-            if let Some(kb) = running.peak_rss_kb() {
-                res.set(format!("{pre}.rss_mb.reactor"), kb as f64 / 1024.0);
-            }
-        }
-        running.stop().await?;
-        kind.verify(&db.client, n).await?;
-        ctx.done_with(db).await?;
+/// `who` drains a fresh backlog: returns its seconds by the server's clock,
+/// and adds them (with the seconds seen here, the backlog's insert time and
+/// the reactor's peak RSS) to `rounds`.
+async fn drain_contender(
+    ctx: &Ctx,
+    who: &Contender,
+    kind: Backlog,
+    n: i64,
+    rounds: &mut BTreeMap<String, Vec<f64>>,
+) -> Result<f64> {
+    let (pre, key) = (kind.prefix(), who.key());
+    let db = ctx
+        .fresh_db(&format!("{pre}_{key}"), who.template())
+        .await?;
+    let insert = kind.fill(&db.client, n).await?;
+    let (drained, seen, running) = drain(ctx, who, &db, kind, n).await?;
+    let rss_mb = running.peak_rss_kb().map(|kb| kb as f64 / 1024.0);
+    running.stop().await?;
+    kind.verify(&db.client, n).await?;
+    ctx.done_with(db).await?;
+    let mut add = |what: &str, v: f64| rounds.entry(format!("{what}.{key}")).or_default().push(v);
+    add("insert", insert);
+    add("drain", drained);
+    add("drain_seen", seen);
+    if let (Contender::Reactor, Some(mb)) = (who, rss_mb) {
+        add("rss_mb", mb);
     }
-    Ok(())
+    Ok(drained)
 }

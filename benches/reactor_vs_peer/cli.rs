@@ -28,6 +28,12 @@ struct Flags {
     /// Live-latency samples per contender [default: 1000, CI: 20].
     #[arg(long, env = "BENCH_SAMPLES")]
     samples: Option<usize>,
+    /// Rounds of each backlog drain, the reactor's and the floor's in turn;
+    /// medians count, with each round's ratio (the peers drain once)
+    /// [default: 3, CI: 1].
+    #[arg(long, env = "BENCH_DRAIN_REPEATS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    drain_repeats: Option<usize>,
     /// Concurrent writers for the write workloads [default: 1,8,32, CI: 1,8].
     #[arg(long, env = "BENCH_WRITE_CLIENTS")]
     write_clients: Option<String>,
@@ -99,6 +105,7 @@ pub(crate) struct Params {
     pub(crate) usage_rows: i64,
     pub(crate) history_rows: Vec<i64>,
     pub(crate) samples: usize,
+    pub(crate) drain_repeats: usize,
     pub(crate) write_clients: Vec<usize>,
     pub(crate) write_secs: u64,
     pub(crate) write_repeats: usize,
@@ -180,6 +187,7 @@ impl Params {
                     .unwrap_or(pick(ci, "10000,100000,1000000", "1000,5000")),
             )?,
             samples: f.samples.unwrap_or(pick(ci, 1000, 20)),
+            drain_repeats: f.drain_repeats.unwrap_or(pick(ci, 3, 1)),
             write_clients: numbers(
                 "write-clients",
                 f.write_clients

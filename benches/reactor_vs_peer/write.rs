@@ -223,10 +223,9 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
-/// Sets `<key>.ratio` (the median) and `<key>.ratio_min`/`_max` of
-/// `ratio(variant, hints_off)` over the rounds: each round ran both within a
-/// minute (row 4b's two back to back), so a round's ratio is free of what
-/// changed between rounds.
+/// Sets `<key>.ratio` and its range ([`Results::set_rounds`]) of
+/// `ratio(variant, hints_off)` over the rounds (row 4b's two ran back to
+/// back in each).
 fn paired_ratios(
     res: &mut Results,
     key: &str,
@@ -238,14 +237,8 @@ fn paired_ratios(
     let (Some(v), Some(off)) = (figures.get(&(c, variant)), figures.get(&(c, "hints_off"))) else {
         return;
     };
-    let ratios: Vec<f64> = v.iter().zip(off).map(|(&v, &off)| ratio(v, off)).collect();
-    if ratios.is_empty() {
-        return;
-    }
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-    res.set(format!("{key}.ratio"), median(ratios));
-    res.set(format!("{key}.ratio_min"), lo);
-    res.set(format!("{key}.ratio_max"), hi);
+    res.set_rounds(
+        key,
+        v.iter().zip(off).map(|(&v, &off)| ratio(v, off)).collect(),
+    );
 }
