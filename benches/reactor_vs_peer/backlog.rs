@@ -202,10 +202,10 @@ pub(crate) async fn drain(
 }
 
 /// The floor and the reactor drain `ctx.p.drain_repeats` times, in turn, so
-/// each round's ratio compares two drains a minute apart; the medians are
-/// the figures (`<pre>.drain.floor`, `<pre>.drain.reactor`, …) and the
-/// rounds' ratios are `<pre>.drain.reactor_floor.ratio…`. The peers drain
-/// once.
+/// each round's ratio compares two drains run back to back; the medians are
+/// the figures (`<pre>.drain.floor`, `<pre>.drain.reactor`, …), the
+/// rounds' ratios are `<pre>.drain.reactor_floor.ratio…`, and the reactor's
+/// peak RSS is the highest of its rounds. The peers drain once.
 pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<()> {
     let n = kind.rows(&ctx.p);
     let pre = kind.prefix();
@@ -213,21 +213,25 @@ pub(crate) async fn run(ctx: &Ctx, kind: Backlog, res: &mut Results) -> Result<(
     println!("\n== backlog drain, {pre}: {n} rows, {repeats} round(s)");
     let mut rounds: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut ratios = Vec::new();
+    let mut peak_rss_mb: Option<f64> = None;
     for _ in 0..repeats {
         let floor = drain_floor(ctx, kind, n, &mut rounds).await?;
-        let reactor = drain_contender(ctx, &Contender::Reactor, kind, n, &mut rounds).await?;
+        let (reactor, rss_mb) =
+            drain_contender(ctx, &Contender::Reactor, kind, n, &mut rounds).await?;
         ratios.push(reactor / floor);
+        peak_rss_mb = match (peak_rss_mb, rss_mb) {
+            (Some(peak), Some(mb)) => Some(peak.max(mb)),
+            (peak, mb) => peak.or(mb),
+        };
     }
     for who in ctx.p.peers().into_iter().map(Contender::Peer) {
         drain_contender(ctx, &who, kind, n, &mut rounds).await?;
     }
     for (key, v) in rounds {
-        let figure = if key.starts_with("rss_mb") {
-            v.into_iter().fold(f64::MIN, f64::max)
-        } else {
-            median(v)
-        };
-        res.set(format!("{pre}.{key}"), figure);
+        res.set(format!("{pre}.{key}"), median(v));
+    }
+    if let Some(mb) = peak_rss_mb {
+        res.set(format!("{pre}.rss_mb.reactor"), mb);
     }
     res.set_rounds(&format!("{pre}.drain.reactor_floor"), ratios);
     Ok(())
@@ -257,16 +261,16 @@ async fn drain_floor(
     Ok(drained)
 }
 
-/// `who` drains a fresh backlog: returns its seconds by the server's clock,
-/// and adds them (with the seconds seen here, the backlog's insert time and
-/// the reactor's peak RSS) to `rounds`.
+/// `who` drains a fresh backlog: returns its seconds by the server's clock
+/// and its process's peak RSS in MB, and adds the seconds (with the seconds
+/// seen here and the backlog's insert time) to `rounds`.
 async fn drain_contender(
     ctx: &Ctx,
     who: &Contender,
     kind: Backlog,
     n: i64,
     rounds: &mut BTreeMap<String, Vec<f64>>,
-) -> Result<f64> {
+) -> Result<(f64, Option<f64>)> {
     let (pre, key) = (kind.prefix(), who.key());
     let db = ctx
         .fresh_db(&format!("{pre}_{key}"), who.template())
@@ -281,8 +285,5 @@ async fn drain_contender(
     add("insert", insert);
     add("drain", drained);
     add("drain_seen", seen);
-    if let (Contender::Reactor, Some(mb)) = (who, rss_mb) {
-        add("rss_mb", mb);
-    }
-    Ok(drained)
+    Ok((drained, rss_mb))
 }
