@@ -7,7 +7,7 @@ use super::inbox::Inbox;
 use super::Shared;
 use crate::job::handler::{Action, Handler};
 use crate::store::handler_state;
-use crate::store::pending::Statements;
+use crate::store::pending::{ScannedPage, Statements};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -205,7 +205,7 @@ impl Shared {
         let mut found = 0usize;
         loop {
             let started = std::time::Instant::now();
-            let page: Vec<String> = match &slot.handler.action {
+            let page: ScannedPage = match &slot.handler.action {
                 Action::Sql { .. } => {
                     let effect = self
                         .within(async |client| {
@@ -216,19 +216,19 @@ impl Shared {
                         })
                         .await;
                     match effect {
-                        Ok(ids) => {
-                            if !ids.is_empty() {
-                                tracing::debug!(handler = %slot.handler.spec.name, rows = ids.len(), "handled a page");
-                                slot.handled(ids.len(), started);
+                        Ok(page) => {
+                            if page.handled > 0 {
+                                tracing::debug!(handler = %slot.handler.spec.name, rows = page.handled, "handled a page");
+                                slot.handled(page.handled, started);
                             }
-                            sql_page.after(ids.len());
-                            ids
+                            sql_page.after(page.handled);
+                            page
                         }
                         Err(e) if is_row_fault(&e) => {
                             tracing::warn!(handler = %slot.handler.spec.name, error = %e, "a page failed; retrying its rows one by one");
                             let ids = self.pending_page(slot, limit, &after).await?;
                             self.sql_one_by_one(slot, &ids).await?;
-                            ids
+                            ScannedPage::of_keys(ids)
                         }
                         Err(e) => return Err(e),
                     }
@@ -236,12 +236,12 @@ impl Shared {
                 Action::Leased(work) => {
                     let ids = self.pending_page(slot, limit, &after).await?;
                     self.leased(slot, work, &ids).await?;
-                    ids
+                    ScannedPage::of_keys(ids)
                 }
             };
-            found += page.len();
-            match page.last() {
-                Some(last) if !self.shutdown.is_cancelled() => after = Some(last.clone()),
+            found += page.handled;
+            match page.last {
+                Some(last) if !self.shutdown.is_cancelled() => after = Some(last),
                 _ => return Ok(found),
             }
         }

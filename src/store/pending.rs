@@ -27,7 +27,8 @@ pub struct Statements {
     /// Claims the pending rows among `$1` (text[]) that the handler's limits
     /// allow: `$2` owner, `$3` lease seconds (see [`claim_sql`]).
     pub claim: String,
-    /// For SQL actions: locks pending rows among `$1` and runs the effect.
+    /// For SQL actions: locks pending rows among `$1` and runs the effect;
+    /// one row: how many rows it handled and the highest key among them.
     pub effect_by_ids: Option<String>,
     /// For SQL actions: the same over the first page (`$1` limit) …
     pub effect_first: Option<String>,
@@ -77,14 +78,18 @@ impl Statements {
             )
         };
         let claim = claim_sql(spec, LimitColumns::default());
-        // By key lookups of the picked rows: a join with `picked` lets the
+        // The picked rows by their tuple ids: a join with `picked` lets the
         // planner hash the whole table on every page (measured: a seq scan
-        // of 50k profiles, 38 of a page's 57 ms).
+        // of 50k profiles, 38 of a page's 57 ms), and a lookup by key walks
+        // the key's index once a row. The ids are stable: `picked` holds
+        // the rows locked, and a locked row can only be updated by the lock's
+        // own transaction (for a row updated before the lock, the lock
+        // returns its newest version, with that version's id).
         let marked = mark
             .map(|mark| {
                 format!(
                     "marked as (update {table} m set {mark}
-                       where m.{key} = any(array(select id from picked))),"
+                       where m.ctid = any(array(select tid from picked))),"
                 )
             })
             .unwrap_or_default();
@@ -92,7 +97,7 @@ impl Statements {
             sql_effect.map(|effect| {
                 format!(
                     "with picked as (
-                       select t.{key} as id, t as src from {table} t
+                       select t.{key} as id, t.ctid as tid, t as src from {table} t
                        where {filter} and {workable}
                        {order_limit}
                        for no key update of t skip locked
@@ -103,7 +108,8 @@ impl Statements {
                        delete from reactor.handler_state s using picked p
                        where s.handler = {handler} and s.row_id = p.id::text
                      )
-                     select id::text from picked order by id"
+                     select count(*), (select id::text from picked order by id desc limit 1)
+                     from picked"
                 )
             })
         };
@@ -284,22 +290,21 @@ impl Statements {
         Ok(keys(&rows))
     }
 
-    /// SQL actions: runs the effect over one page of pending rows and returns
-    /// the keys of the rows it handled.
+    /// SQL actions: runs the effect over one page of pending rows.
     pub async fn effect_page(
         &self,
         db: &impl GenericClient,
         limit: i64,
         after: Option<&str>,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<ScannedPage, Error> {
         let sql = match after {
             None => self.effect_first.as_deref(),
             Some(_) => self.effect_after.as_deref(),
         };
-        let rows = db
-            .query_typed(sql.expect("SQL action"), &page_params(&limit, &after))
+        let row = db
+            .query_typed_one(sql.expect("SQL action"), &page_params(&limit, &after))
             .await?;
-        Ok(keys(&rows))
+        Ok(ScannedPage::from_row(&row))
     }
 
     /// SQL actions: runs the effect over the pending rows among `ids` and
@@ -310,7 +315,8 @@ impl Statements {
         ids: &[String],
     ) -> Result<usize, Error> {
         let sql = self.effect_by_ids.as_deref().expect("SQL action");
-        Ok(db.query_typed(sql, &[param(&ids)]).await?.len())
+        let row = db.query_typed_one(sql, &[param(&ids)]).await?;
+        Ok(ScannedPage::from_row(&row).handled)
     }
 
     /// Leased actions: claims the pending rows among `ids` for `owner`, for
@@ -528,6 +534,33 @@ fn page_params<'a>(
     match after {
         None => vec![param(limit)],
         Some(after) => vec![param(limit), param(after)],
+    }
+}
+
+/// What a page of a scan did: for an SQL action only the count and the last
+/// key come back from the server, not every key (a page is thousands of rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedPage {
+    /// Rows handled (for a leased action: found and handed to the work).
+    pub handled: usize,
+    /// The highest key among them (key order), where the next page starts.
+    pub last: Option<String>,
+}
+
+impl ScannedPage {
+    /// A page of `keys` in key order.
+    pub fn of_keys(mut keys: Vec<String>) -> Self {
+        ScannedPage {
+            handled: keys.len(),
+            last: keys.pop(),
+        }
+    }
+
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        ScannedPage {
+            handled: row.get::<_, i64>(0) as usize,
+            last: row.get(1),
+        }
     }
 }
 
