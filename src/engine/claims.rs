@@ -9,6 +9,7 @@ use crate::job::lease::Lease;
 use crate::store::handler_state::{self, FailureKind};
 use crate::store::limits;
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -103,11 +104,12 @@ impl Shared {
                 }
             }
             let n = permits.len();
+            let prepare = self.sessions_kept.load(Ordering::SeqCst);
             let batch = self
                 .within(async |client| {
                     Ok(slot
                         .statements
-                        .claim(&***client, &rest[..n], self.instance, self.cfg.lease)
+                        .claim(client, prepare, &rest[..n], self.instance, self.cfg.lease)
                         .await?)
                 })
                 .await?;
@@ -140,6 +142,7 @@ impl Shared {
                     token: claim.token,
                     attempts: claim.attempts,
                     deadline: self.cfg.statement_timeout,
+                    prepare,
                 };
                 self.spawn_leased(slot.index, work.clone(), lease, permit);
             }

@@ -105,6 +105,7 @@ impl Shared {
         match event {
             Event::Connected => {
                 self.readiness.listening.store(true, Ordering::SeqCst);
+                self.sessions_kept.store(true, Ordering::SeqCst);
                 self.scan_all();
             }
             Event::Disconnected => {

@@ -162,6 +162,13 @@ struct Shared {
     shutdown: CancellationToken,
     /// The database is in poll mode (kept up to date by `poll_mode`).
     polling: AtomicBool,
+    /// Every connection to DATABASE_URL keeps one server session: set once the
+    /// listener heard itself (on such a URL, LISTEN works), never unset (the
+    /// URL does not change). From then on the hottest statements are prepared
+    /// once per connection ([`crate::store::db::query_hot`]); before, and
+    /// without a listener (REACTOR_LISTEN=false, for transaction-mode
+    /// poolers), every statement is unnamed.
+    sessions_kept: AtomicBool,
 }
 
 /// The engine's background services, tracked in one place and stopped
@@ -281,6 +288,7 @@ impl Engine {
                 readiness: Arc::new(readiness),
                 shutdown,
                 polling: AtomicBool::new(false),
+                sessions_kept: AtomicBool::new(false),
             }),
         })
     }

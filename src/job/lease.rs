@@ -31,6 +31,9 @@ pub struct Lease {
     /// How long one database round of the attempt may take
     /// (REACTOR_STATEMENT_TIMEOUT): see [`Lease::on_db`].
     pub deadline: Duration,
+    /// Whether the attempt's hottest statements may be prepared once per
+    /// connection: see [`crate::store::db::query_hot`].
+    pub prepare: bool,
 }
 
 impl Lease {
@@ -298,6 +301,7 @@ mod live_lease_tests {
             token,
             attempts: 0,
             deadline: Duration::from_secs(30),
+            prepare: false,
         }
     }
 

@@ -320,20 +320,19 @@ impl Statements {
     }
 
     /// Leased actions: claims the pending rows among `ids` for `owner`, for
-    /// `lease`, as far as the handler's limits allow.
+    /// `lease`, as far as the handler's limits allow (`prepare`: see
+    /// [`crate::store::db::query_hot`]).
     pub async fn claim(
         &self,
-        db: &impl GenericClient,
+        db: &deadpool_postgres::ClientWrapper,
+        prepare: bool,
         ids: &[String],
         owner: Uuid,
         lease: Duration,
     ) -> Result<ClaimBatch, Error> {
-        let rows = db
-            .query_typed(
-                &self.claim,
-                &[param(&ids), param(&owner), param(&lease.as_secs_f64())],
-            )
-            .await?;
+        let secs = lease.as_secs_f64();
+        let params = [param(&ids), param(&owner), param(&secs)];
+        let rows = crate::store::db::query_hot(db, prepare, &self.claim, &params).await?;
         let mut batch = ClaimBatch::default();
         let wait = |row: &tokio_postgres::Row| {
             Duration::from_secs_f64(row.get::<_, f64>(4).clamp(0.0, 3600.0))

@@ -263,14 +263,17 @@ async fn fenced(
         tokio_postgres::types::Type,
     )],
 ) -> Result<tokio_postgres::Row, HandlerError> {
-    let row = lease
+    let rows = lease
         .on_db(pool, async |client| {
-            Ok(client.query_typed_one(sql, params).await?)
+            Ok(crate::store::db::query_hot(client, lease.prepare, sql, params).await?)
         })
         .await?;
-    match row.get::<_, bool>(0) {
-        true => Ok(row),
-        false => Err(HandlerError::LeaseLost),
+    match rows.into_iter().next() {
+        Some(row) if row.get::<_, bool>(0) => Ok(row),
+        Some(_) => Err(HandlerError::LeaseLost),
+        None => Err(HandlerError::retryable(
+            "a fenced statement returned no row",
+        )),
     }
 }
 

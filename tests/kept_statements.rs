@@ -1,0 +1,141 @@
+//! The work path's hottest statements, prepared once per connection and kept
+//! (`reactor::store::db::query_hot`): what is kept on the server, and that a
+//! kept statement the session lost, or whose table changed shape, still
+//! gives the right answer, also behind a real PgBouncer that moves each
+//! statement to another server connection.
+mod common;
+
+use common::{PgBouncer, TestDb};
+use reactor::store::db::{param, pool, query_hot};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The statement the tests run: a lookup by a typed parameter.
+const LOOKUP: &str = "select n, label from public.kept where n = $1::int8";
+
+/// A test database with the table the statements read.
+async fn db_with_table() -> TestDb {
+    let db = common::migrated_db().await;
+    db.client()
+        .await
+        .batch_execute(
+            "create table public.kept (n int8 primary key, label text not null);
+             insert into public.kept select g, 'row ' || g from generate_series(1, 10) g",
+        )
+        .await
+        .unwrap();
+    db
+}
+
+/// A pool of one connection to `url`, and that connection.
+async fn one_connection(url: &str) -> (deadpool_postgres::Pool, deadpool_postgres::Object) {
+    let pool = pool(url, 1, DEADLINE).unwrap();
+    let client = pool.get().await.unwrap();
+    (pool, client)
+}
+
+/// Runs [`LOOKUP`] for `n`; returns the label.
+async fn lookup(client: &deadpool_postgres::ClientWrapper, prepare: bool, n: i64) -> String {
+    let rows = query_hot(client, prepare, LOOKUP, &[param(&n)])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    rows[0].get("label")
+}
+
+/// The statements prepared on `client`'s own server session.
+async fn kept_here(client: &deadpool_postgres::ClientWrapper) -> Vec<String> {
+    client
+        .query_typed("select statement from pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hot_statement_is_prepared_once_per_connection_and_only_when_asked() {
+    let db = db_with_table().await;
+    let (_pool, client) = one_connection(&db.url).await;
+
+    assert_eq!(lookup(&client, false, 3).await, "row 3");
+    assert!(kept_here(&client).await.is_empty(), "unnamed: nothing kept");
+
+    for n in 1..=5 {
+        assert_eq!(lookup(&client, true, n).await, format!("row {n}"));
+    }
+    assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
+    assert_eq!(client.statement_cache.size(), 1);
+}
+
+#[tokio::test]
+async fn a_kept_statement_the_session_lost_runs_unnamed_then_is_prepared_again() {
+    let db = db_with_table().await;
+    let (_pool, client) = one_connection(&db.url).await;
+    assert_eq!(lookup(&client, true, 1).await, "row 1");
+
+    // What a pooler's reset (DISCARD ALL) or an operator's DEALLOCATE does.
+    client.batch_execute("deallocate all").await.unwrap();
+    assert!(kept_here(&client).await.is_empty());
+    assert_eq!(lookup(&client, true, 2).await, "row 2");
+    assert_eq!(lookup(&client, true, 4).await, "row 4");
+    assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
+}
+
+#[tokio::test]
+async fn a_kept_statement_whose_table_changed_shape_answers_with_the_new_shape() {
+    let db = db_with_table().await;
+    let (_pool, client) = one_connection(&db.url).await;
+    let every_column = "select * from public.kept where n = $1::int8";
+    let n = 1i64;
+    let before = query_hot(&client, true, every_column, &[param(&n)])
+        .await
+        .unwrap();
+    assert_eq!(before[0].len(), 2);
+
+    // The server refuses the kept statement ("cached plan must not change
+    // result type"): it is forgotten and the statement runs anew.
+    db.client()
+        .await
+        .batch_execute("alter table public.kept add column added text default 'new'")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let after = query_hot(&client, true, every_column, &[param(&n)])
+            .await
+            .unwrap();
+        assert_eq!(after[0].len(), 3);
+        assert_eq!(after[0].get::<_, String>("added"), "new");
+    }
+}
+
+/// The engine keeps statements only once its listener proved that every
+/// connection keeps its session. Should a transaction-mode pooler pass that
+/// proof by luck, each statement still answers right: PgBouncer here runs
+/// the Bind on another server connection than the Parse.
+#[tokio::test]
+async fn behind_a_transaction_mode_pooler_a_hot_statement_still_answers_right() {
+    let db = db_with_table().await;
+    let bouncer = PgBouncer::start(&db, "transaction").await;
+    let (_pool, client) = one_connection(&bouncer.url(&db)).await;
+    for n in 1..=10 {
+        assert_eq!(lookup(&client, true, n).await, format!("row {n}"));
+    }
+}
+
+// Multi-threaded: PgBouncer's shutdown (when `bouncer` is dropped) waits
+// for its session-mode client to disconnect, which another thread does.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_session_mode_pooler_a_hot_statement_is_kept() {
+    let db = db_with_table().await;
+    let bouncer = PgBouncer::start(&db, "session").await;
+    let (pool, client) = one_connection(&bouncer.url(&db)).await;
+    for n in 1..=10 {
+        assert_eq!(lookup(&client, true, n).await, format!("row {n}"));
+    }
+    assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
+    drop(client);
+    pool.close();
+}
