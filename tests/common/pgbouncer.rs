@@ -56,6 +56,12 @@ impl PgBouncer {
         let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("pgbouncer.ini");
+        // In session mode each client connection holds a server connection
+        // for as long as it is open: the pool must fit every connection the
+        // reactor opens (REACTOR_CONCURRENCY + handlers + 2 pooled, the
+        // listener, the test's own), or the surplus waits in PgBouncer's
+        // queue. In transaction mode a few servers are shared in turn.
+        let pool_size = if pool_mode == "session" { 40 } else { 8 };
         std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
         std::fs::write(
             &ini,
@@ -69,7 +75,7 @@ impl PgBouncer {
                  auth_type = trust\n\
                  auth_file = {userlist}\n\
                  pool_mode = {pool_mode}\n\
-                 default_pool_size = 8\n\
+                 default_pool_size = {pool_size}\n\
                  min_pool_size = 4\n\
                  server_round_robin = 1\n\
                  max_client_conn = 200\n",
