@@ -99,6 +99,9 @@ pub(crate) struct PgbenchRun {
     pub(crate) tps: f64,
     /// Transactions committed.
     pub(crate) transactions: u64,
+    /// Each transaction's own time (ms): pgbench's latency average, less
+    /// the time a paced transaction waited for its turn (its schedule lag).
+    pub(crate) latency_ms: f64,
 }
 
 /// One pgbench run of `script`, at most `rate` transactions a second in all
@@ -145,7 +148,13 @@ pub(crate) async fn pgbench_run(
             .map(str::to_string)
             .ok_or_else(|| anyhow!("no {prefix:?} in pgbench output:\n{stdout}"))
     };
+    let latency_ms: f64 = figure("latency average = ")?.parse()?;
+    let lag_ms: f64 = match rate {
+        Some(_) => figure("rate limit schedule lag: avg ")?.parse()?,
+        None => 0.0,
+    };
     Ok(PgbenchRun {
+        latency_ms: latency_ms - lag_ms,
         tps: figure("tps = ")?.parse()?,
         transactions: figure("number of transactions actually processed: ")?
             .split('/')

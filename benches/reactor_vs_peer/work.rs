@@ -7,6 +7,9 @@
 //! row's latency is read from the table (inserted → written back), so it
 //! counts every row of a run, also those left for the backlog when the
 //! writers stop; a paced run below saturation measures the live latency.
+//! Then the same on `generation_jobs` with the built-in handlers, paced
+//! (a job's work is far above its insert): submissions' own time and each
+//! job's latency.
 use crate::cluster::{Ctx, Template};
 use crate::contenders::{Contender, Running};
 use crate::measure::{find_pgbench, median, pgbench_run};
@@ -50,6 +53,18 @@ const WARM_UP_SECS: u64 = 3;
 /// the live latency. At 250 rows a second the table goes quiet and is paged
 /// every `REACTOR_QUIET_POLL`: the latency once hints saturate.
 const PACED: [(&str, u32); 2] = [("hinted", 50), ("quiet", 250)];
+
+/// Item 1 on `generation_jobs`: a client's submission (through the submit
+/// rules, each by a new owner), which the built-in handlers submit to the
+/// local provider, follow, render (two variants, each drawn, encoded and
+/// thumbnailed) and debit. A job's work is tens of milliseconds of CPU
+/// against a fraction of one for its insert, so writers at full speed would
+/// leave hours of backlog: they are paced (2 writers, `JOBS_PACE` jobs a
+/// second in all), and what the signalling costs them is read from each
+/// insert's own time, not from their rate.
+const SUBMIT: &str = "insert into public.generation_jobs (owner_id, mode, prompt, status) \
+values (gen_random_uuid(), 'imagine', 'bench', 'starting');\n";
+const JOBS_PACE: u32 = 5;
 
 /// How long the backlog of one run may take to drain before the run fails.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
@@ -182,6 +197,129 @@ async fn measure(
     })
 }
 
+/// What one paced run of submissions measured: each insert's own time, and
+/// each job's latency (submitted → rendered and debited, ms).
+struct JobsRun {
+    insert_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Runs paced submissions, waits until `reactor` has rendered and debited
+/// every job they made (failing at once if it exits, or if a job failed),
+/// and reads the jobs' latency.
+async fn measure_jobs(
+    db: &crate::cluster::Db,
+    reactor: &mut Running,
+    pgbench: &std::path::Path,
+    script: &std::path::Path,
+    secs: u64,
+) -> Result<JobsRun> {
+    let started = crate::measure::epoch_now(&db.client).await?;
+    let writers = pgbench_run(pgbench, script, &db.url, 2, secs, Some(JOBS_PACE)).await?;
+    let stopped = Instant::now();
+    let ours = "from public.generation_jobs where created_at >= to_timestamp($1::float8)";
+    loop {
+        let row = db
+            .client
+            .query_one(
+                &format!(
+                    "select count(*) filter (where status in ('failed', 'canceled')),
+                            count(*) filter (where rendered_at is null or debited_at is null)
+                     {ours}"
+                ),
+                &[&started],
+            )
+            .await?;
+        let (failed, open): (i64, i64) = (row.get(0), row.get(1));
+        reactor.check_alive()?;
+        if failed > 0 {
+            bail!("{failed} submitted jobs failed or were canceled");
+        }
+        if open == 0 {
+            break;
+        }
+        if stopped.elapsed() > DRAIN_LIMIT {
+            bail!("{open} jobs not rendered and debited {DRAIN_LIMIT:?} after the writers stopped");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = db
+        .client
+        .query_one(
+            &format!(
+                "select count(*), percentile_cont(array[0.5, 0.99, 1]) within group (
+                   order by extract(epoch from greatest(rendered_at, debited_at) - created_at) * 1000)
+                 {ours}"
+            ),
+            &[&started],
+        )
+        .await?;
+    let jobs: i64 = row.get(0);
+    if jobs as u64 != writers.transactions {
+        bail!(
+            "{} submissions committed, {jobs} jobs found",
+            writers.transactions
+        );
+    }
+    let q: Vec<f64> = row.get(1);
+    Ok(JobsRun {
+        insert_ms: writers.latency_ms,
+        p50_ms: q[0],
+        p99_ms: q[1],
+        max_ms: q[2],
+    })
+}
+
+/// Paced submissions to `generation_jobs` in every mode's database, the
+/// modes alternating, `write_repeats` rounds.
+async fn run_jobs(
+    ctx: &Ctx,
+    setups: &mut [(&str, crate::cluster::Db, Running)],
+    pgbench: &std::path::Path,
+    res: &mut Results,
+) -> Result<()> {
+    let script = ctx.p.work_dir.join("submit_job.sql");
+    std::fs::write(&script, SUBMIT)?;
+    let mut runs: std::collections::BTreeMap<&str, Vec<JobsRun>> = Default::default();
+    for _ in 0..ctx.p.write_repeats {
+        for (mode, db, reactor) in setups.iter_mut() {
+            let run = measure_jobs(db, reactor, pgbench, &script, ctx.p.write_secs).await?;
+            println!(
+                "  {mode} jobs at {JOBS_PACE}/s: insert {:.2} ms, job latency p50 {:.0} ms, p99 {:.0} ms",
+                run.insert_ms, run.p50_ms, run.p99_ms
+            );
+            runs.entry(mode).or_default().push(run);
+        }
+    }
+    // The rate each insert's own time allows, poll ÷ notify (notify's own
+    // time over poll's), the median of each round's ratio.
+    if let (Some(notify), Some(poll)) = (runs.get("notify"), runs.get("poll")) {
+        let ratios = notify
+            .iter()
+            .zip(poll)
+            .map(|(n, p)| p.insert_ms / n.insert_ms);
+        res.set("work.jobs.ratio", median(ratios.clone().collect()));
+        res.set(
+            "work.jobs.ratio_min",
+            ratios.clone().fold(f64::INFINITY, f64::min),
+        );
+        res.set(
+            "work.jobs.ratio_max",
+            ratios.fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
+    for (mode, runs) in runs {
+        let m = |f: fn(&JobsRun) -> f64| median(runs.iter().map(f).collect());
+        res.set(format!("work.{mode}.jobs.insert_ms"), m(|r| r.insert_ms));
+        res.set(format!("work.{mode}.jobs.p50_ms"), m(|r| r.p50_ms));
+        res.set(format!("work.{mode}.jobs.p99_ms"), m(|r| r.p99_ms));
+        res.set(format!("work.{mode}.jobs.max_ms"), m(|r| r.max_ms));
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let Some(pgbench) = find_pgbench() else {
         println!("\n== writers while the reactor works: skipped (pgbench not found)");
@@ -268,6 +406,7 @@ pub(crate) async fn run(ctx: &Ctx, res: &mut Results) -> Result<()> {
                 .push(run);
         }
     }
+    run_jobs(ctx, &mut setups, &pgbench, res).await?;
     // Every row POSTed once: nothing failed here, so a second POST of a row
     // would be a double.
     let mut rows = 0i64;
@@ -359,6 +498,40 @@ pub(crate) fn render(res: &Results, p: &crate::cli::Params) -> String {
             cell("poll")
         ));
     }
+    let jobs = match (
+        res.get("work.jobs.ratio"),
+        res.get("work.jobs.ratio_min"),
+        res.get("work.jobs.ratio_max"),
+    ) {
+        (Some(ratio), Some(lo), Some(hi)) => {
+            let cell = |mode: &str| {
+                format!(
+                    "{:.2} ms; jobs {:.0} / {:.0} / {:.0} ms",
+                    get(mode, "jobs", "insert_ms").unwrap_or(f64::NAN),
+                    get(mode, "jobs", "p50_ms").unwrap_or(f64::NAN),
+                    get(mode, "jobs", "p99_ms").unwrap_or(f64::NAN),
+                    get(mode, "jobs", "max_ms").unwrap_or(f64::NAN),
+                )
+            };
+            format!(
+                "Submissions to `generation_jobs` (through the submit rules, each by a new owner) \
+                 while the built-in handlers work them: submitted to the local provider \
+                 (`REACTOR_LOCAL_DELAY`, 1.5 s), followed, rendered (two variants, each drawn, \
+                 encoded and thumbnailed) and debited. A job's work is tens of milliseconds of CPU, \
+                 so full-speed writers would leave hours of backlog: 2 writers paced at \
+                 {JOBS_PACE} jobs a second in all, and the signalling's cost is read from each \
+                 insert's own time (pgbench's latency less its schedule lag), the rate it allows \
+                 as poll's time ÷ notify's, the median of the rounds' ratios. Job latency is \
+                 submitted → rendered and debited (p50 / p99 / max).\n\n\
+                 | writers | notify: insert; jobs | poll: insert; jobs | poll ÷ notify (insert time) |\n\
+                 |---|---|---|---|\n\
+                 | 2 at {JOBS_PACE}/s | {} | {} | {ratio:.2} (rounds {lo:.2}–{hi:.2}) |\n\n",
+                cell("notify"),
+                cell("poll"),
+            )
+        }
+        _ => String::new(),
+    };
     format!(
         "### Writers while the reactor works (issue 22, items 1 and 3)\n\n\
          An own table routed to a loopback worker that answers at once: pgbench inserts \
@@ -377,7 +550,7 @@ pub(crate) fn render(res: &Results, p: &crate::cli::Params) -> String {
          | writers | notify, inserts/s | poll, inserts/s | notify ÷ poll | target | notify: latency p50 / p99, work | poll: latency p50 / p99, work |\n\
          |---|---|---|---|---|---|---|\n{rows}\n\
          Paced writers (2, at a fixed rate the reactor keeps up with), latency p50 / p99 / max:\n\n\
-         | rate | notify | poll | target |\n|---|---|---|---|\n{paced}\n",
+         | rate | notify | poll | target |\n|---|---|---|---|\n{paced}\n{jobs}",
         p.write_repeats,
         p.write_secs,
     )
