@@ -344,6 +344,14 @@ pub fn quote_ident(name: &str) -> String {
 /// its listener has proved that (see `Shared::sessions_kept`). Without it, one
 /// unnamed statement, as [`param`] explains.
 ///
+/// A kept statement is still planned on every run, for its parameters and
+/// its tables as they are then (`plan_cache_mode = force_custom_plan`, set
+/// on the session before its first kept statement). PostgreSQL would
+/// otherwise switch a statement to one generic plan after five runs and keep
+/// it until the table is next analyzed: a plan made while a table was nearly
+/// empty (a scan of the whole table) then ran on every claim as the table
+/// grew by a backlog, for a minute at a time.
+///
 /// A kept statement the server no longer has (a `DEALLOCATE ALL` or `DISCARD
 /// ALL` on the session), or whose result columns changed with its table, is
 /// forgotten and the statement runs unnamed instead: both fail before the
@@ -356,6 +364,11 @@ pub async fn query_hot(
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     if !prepare {
         return client.query_typed(sql, params).await;
+    }
+    if client.statement_cache.size() == 0 {
+        client
+            .batch_execute("set plan_cache_mode = force_custom_plan")
+            .await?;
     }
     let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
     let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
