@@ -293,8 +293,8 @@ async fn run_jobs(
             runs.entry(mode).or_default().push(run);
         }
     }
-    // The rate each insert's own time allows, poll ÷ notify (notify's own
-    // time over poll's), the median of each round's ratio.
+    // The rate each insert's own time allows, notify's over poll's: poll's
+    // time ÷ notify's, the median of each round's ratio.
     if let (Some(notify), Some(poll)) = (runs.get("notify"), runs.get("poll")) {
         let ratios = notify
             .iter()
