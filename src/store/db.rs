@@ -337,9 +337,9 @@ pub fn quote_ident(name: &str) -> String {
 /// Runs `sql` with typed `params` on `client`, outside a transaction.
 ///
 /// With `prepare`, the statement is prepared once per connection and kept
-/// there (the pool's statement cache), so the server parses and plans it once
-/// instead of on every run: the work path's hottest statements (claims, an
-/// own table's fenced writes) cost about half as much server CPU so. Only
+/// there (the pool's statement cache), so the server parses it once instead
+/// of on every run: the work path's hottest statements (claims, an own
+/// table's fenced writes) cost less server CPU so. Only
 /// where every connection keeps one server session: the engine sets it once
 /// its listener has proved that (see `Shared::sessions_kept`). Without it, one
 /// unnamed statement, as [`param`] explains.
