@@ -300,15 +300,7 @@ async fn run_jobs(
             .iter()
             .zip(poll)
             .map(|(n, p)| p.insert_ms / n.insert_ms);
-        res.set("work.jobs.ratio", median(ratios.clone().collect()));
-        res.set(
-            "work.jobs.ratio_min",
-            ratios.clone().fold(f64::INFINITY, f64::min),
-        );
-        res.set(
-            "work.jobs.ratio_max",
-            ratios.fold(f64::NEG_INFINITY, f64::max),
-        );
+        res.set_rounds("work.jobs", ratios.collect());
     }
     for (mode, runs) in runs {
         let m = |f: fn(&JobsRun) -> f64| median(runs.iter().map(f).collect());
