@@ -101,6 +101,33 @@ fn config(port: u16) -> String {
     )
 }
 
+/// Asks `left` every `every` how many rows are still to be worked until it
+/// says none, failing at once if `reactor` exits, and with "<n> {what}"
+/// once `DRAIN_LIMIT` has passed since the writers `stopped`.
+async fn until_none_left<F, Fut>(
+    reactor: &mut Running,
+    stopped: Instant,
+    every: Duration,
+    what: &str,
+    mut left: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<i64>>,
+{
+    loop {
+        let n = left().await?;
+        reactor.check_alive()?;
+        if n == 0 {
+            return Ok(());
+        }
+        if stopped.elapsed() > DRAIN_LIMIT {
+            bail!("{n} {what} {DRAIN_LIMIT:?} after the writers stopped");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// What one run measured: the writers' rate, the rows the reactor finished
 /// while the writers ran (a second), the latency of
 /// its rows (inserted → written back, ms) and how long its backlog took to
@@ -153,24 +180,23 @@ async fn measure(
         )
         .await?
         .get(0);
-    loop {
-        let pending: i64 = db
+    until_none_left(
+        reactor,
+        stopped,
+        Duration::from_millis(20),
+        "rows still pending",
+        || async {
+            Ok(db
             .client
             .query_one(
                 "select count(*) from public.bench_work where status in ('pending', 'processing')",
                 &[],
             )
             .await?
-            .get(0);
-        reactor.check_alive()?;
-        if pending == 0 {
-            break;
-        }
-        if stopped.elapsed() > DRAIN_LIMIT {
-            bail!("{pending} rows still pending {DRAIN_LIMIT:?} after the writers stopped");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .get(0))
+        },
+    )
+    .await?;
     let drain_s = stopped.elapsed().as_secs_f64();
     let row = db
         .client
@@ -220,31 +246,31 @@ async fn measure_jobs(
     let writers = pgbench_run(pgbench, script, &db.url, 2, secs, Some(JOBS_PACE)).await?;
     let stopped = Instant::now();
     let ours = "from public.generation_jobs where created_at >= to_timestamp($1::float8)";
-    loop {
-        let row = db
-            .client
-            .query_one(
-                &format!(
-                    "select count(*) filter (where status in ('failed', 'canceled')),
+    until_none_left(
+        reactor,
+        stopped,
+        Duration::from_millis(50),
+        "jobs not rendered and debited",
+        || async {
+            let row = db
+                .client
+                .query_one(
+                    &format!(
+                        "select count(*) filter (where status in ('failed', 'canceled')),
                             count(*) filter (where rendered_at is null or debited_at is null)
                      {ours}"
-                ),
-                &[&started],
-            )
-            .await?;
-        let (failed, open): (i64, i64) = (row.get(0), row.get(1));
-        reactor.check_alive()?;
-        if failed > 0 {
-            bail!("{failed} submitted jobs failed or were canceled");
-        }
-        if open == 0 {
-            break;
-        }
-        if stopped.elapsed() > DRAIN_LIMIT {
-            bail!("{open} jobs not rendered and debited {DRAIN_LIMIT:?} after the writers stopped");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+                    ),
+                    &[&started],
+                )
+                .await?;
+            let (failed, open): (i64, i64) = (row.get(0), row.get(1));
+            if failed > 0 {
+                bail!("{failed} submitted jobs failed or were canceled");
+            }
+            Ok(open)
+        },
+    )
+    .await?;
     let row = db
         .client
         .query_one(
