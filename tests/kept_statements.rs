@@ -3,11 +3,15 @@
 //! kept statement the session lost, or whose table changed shape, still
 //! gives the right answer, also behind a real PgBouncer that moves each
 //! statement to another server connection; and that a kept statement is
-//! planned for its table as it is, not as it was when first run.
+//! planned for its table as it is, not as it was when first run; and that a
+//! claim reads its candidates, not the table, whatever the table's
+//! statistics say.
 mod common;
 
 use common::{PgBouncer, TestDb};
+use reactor::job::handler::{KeyType, Spec};
 use reactor::store::db::{param, pool, query_hot};
+use reactor::store::pending::{claim_sql, LimitColumns};
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -194,4 +198,83 @@ async fn behind_a_session_mode_pooler_a_hot_statement_is_kept() {
     assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
     drop(client);
     pool.close();
+}
+
+/// Rows of `table` that the scans in an EXPLAIN (analyze, format json) plan
+/// node read: those they returned and those their filters removed, over all
+/// their loops.
+fn rows_read(node: &serde_json::Value, table: &str) -> f64 {
+    let own = if node["Relation Name"] == table {
+        let loops = node["Actual Loops"].as_f64().unwrap_or(0.0);
+        let per_loop = node["Actual Rows"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Filter"].as_f64().unwrap_or(0.0);
+        per_loop * loops
+    } else {
+        0.0
+    };
+    let children = node["Plans"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    own + children.iter().map(|c| rows_read(c, table)).sum::<f64>()
+}
+
+/// A job table's usual state before a burst: analyzed while every row was
+/// done, so its statistics say nothing is pending; then 20,000 rows arrive
+/// and autovacuum has not analyzed it again. A claim of five candidates must
+/// still read five rows, not the whole pending index (which is what a plain
+/// join was planned as: a hash of every pending row).
+#[tokio::test]
+async fn a_claim_probes_its_candidates_when_the_statistics_say_nothing_is_pending() {
+    let db = common::migrated_db().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table public.burst (id bigserial primary key, status text not null)
+               with (autovacuum_enabled = false);
+             create index burst_pending on public.burst (id) where status in ('pending', 'processing');
+             insert into public.burst (status) select 'done' from generate_series(1, 20000);
+             analyze public.burst;
+             insert into public.burst (status) select 'pending' from generate_series(1, 20000);",
+        )
+        .await
+        .unwrap();
+    let spec = Spec {
+        name: "http:public.burst".into(),
+        table: "public.burst".into(),
+        notify_table: "burst".into(),
+        key: "id".into(),
+        key_type: KeyType::Bigint,
+        pending: "t.status in ('pending', 'processing')".into(),
+        statuses: None,
+    };
+    let claim = claim_sql(&spec, LimitColumns::default());
+    // Three pending rows, a done one, one that does not exist, a repeat.
+    let ids: Vec<String> = ["40000", "25000", "20001", "7", "99999", "25000"]
+        .map(String::from)
+        .to_vec();
+    let owner = uuid::Uuid::new_v4();
+    let lease_secs = 30.0f64;
+    let plan: serde_json::Value = client
+        .query_typed(
+            &format!("explain (analyze, format json) {claim}"),
+            &[param(&ids), param(&owner), param(&lease_secs)],
+        )
+        .await
+        .unwrap()[0]
+        .get(0);
+    let read = rows_read(&plan[0]["Plan"], "burst");
+    assert!(
+        read <= 6.0,
+        "the claim read {read} rows of the table for 6 candidates; plan: {plan:#}"
+    );
+    let mut claimed: Vec<String> = client
+        .query(
+            "select row_id from reactor.handler_state where handler = $1 and lease_owner = $2",
+            &[&spec.name, &owner],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    claimed.sort();
+    assert_eq!(claimed, ["20001", "25000", "40000"]);
 }
