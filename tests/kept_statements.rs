@@ -75,18 +75,38 @@ async fn a_hot_statement_is_prepared_once_per_connection_and_only_when_asked() {
     assert_eq!(client.statement_cache.size(), 1);
 }
 
+/// The session's `plan_cache_mode`.
+async fn plan_cache_mode(client: &deadpool_postgres::ClientWrapper) -> String {
+    client
+        .query_one("show plan_cache_mode", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn a_kept_statement_the_session_lost_runs_unnamed_then_is_prepared_again() {
-    let db = db_with_table().await;
-    let (_pool, client) = one_connection(&db.url).await;
-    assert_eq!(lookup(&client, true, 1).await, "row 1");
+    // What an operator's DEALLOCATE does, and a pooler's reset (DISCARD
+    // ALL), which also resets the session's settings.
+    for reset in ["deallocate all", "discard all"] {
+        let db = db_with_table().await;
+        let (_pool, client) = one_connection(&db.url).await;
+        let other = "select count(*) from public.kept where n <= $1::int8";
+        let n = 3i64;
+        query_hot(&client, true, other, &[param(&n)]).await.unwrap();
+        assert_eq!(lookup(&client, true, 1).await, "row 1");
 
-    // What a pooler's reset (DISCARD ALL) or an operator's DEALLOCATE does.
-    client.batch_execute("deallocate all").await.unwrap();
-    assert!(kept_here(&client).await.is_empty());
-    assert_eq!(lookup(&client, true, 2).await, "row 2");
-    assert_eq!(lookup(&client, true, 4).await, "row 4");
-    assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
+        client.batch_execute(reset).await.unwrap();
+        assert!(kept_here(&client).await.is_empty());
+        assert_eq!(lookup(&client, true, 2).await, "row 2", "{reset}");
+        assert_eq!(lookup(&client, true, 4).await, "row 4", "{reset}");
+        assert_eq!(kept_here(&client).await, vec![LOOKUP.to_string()]);
+        assert_eq!(
+            plan_cache_mode(&client).await,
+            "force_custom_plan",
+            "kept statements after {reset} are planned on every run again"
+        );
+    }
 }
 
 #[tokio::test]
@@ -116,10 +136,6 @@ async fn a_kept_statement_whose_table_changed_shape_answers_with_the_new_shape()
     }
 }
 
-/// The engine keeps statements only once its listener proved that every
-/// connection keeps its session. Should a transaction-mode pooler pass that
-/// proof by luck, each statement still answers right: PgBouncer here runs
-/// the Bind on another server connection than the Parse.
 /// A claim's shape: the rows among some keys, joined by key.
 const BY_KEYS: &str = "select count(*) from unnest($1::text[]) k(id) \
                        join public.grows t on t.n = k.id::int8";
@@ -155,12 +171,7 @@ async fn a_kept_statement_is_planned_on_every_run_never_with_a_generic_plan() {
         .unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 2);
 
-    let mode: String = client
-        .query_one("show plan_cache_mode", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mode, "force_custom_plan");
+    assert_eq!(plan_cache_mode(&client).await, "force_custom_plan");
     let plans = client
         .query_one(
             "select generic_plans, custom_plans from pg_prepared_statements where statement = $1",
@@ -175,6 +186,10 @@ async fn a_kept_statement_is_planned_on_every_run_never_with_a_generic_plan() {
     );
 }
 
+/// The engine keeps statements only once its listener proved that every
+/// connection keeps its session. Should a transaction-mode pooler pass that
+/// proof by luck, each statement still answers right: PgBouncer here runs
+/// the Bind on another server connection than the Parse.
 #[tokio::test]
 async fn behind_a_transaction_mode_pooler_a_hot_statement_still_answers_right() {
     let db = db_with_table().await;

@@ -353,9 +353,10 @@ pub fn quote_ident(name: &str) -> String {
 /// grew by a backlog, for a minute at a time.
 ///
 /// A kept statement the server no longer has (a `DEALLOCATE ALL` or `DISCARD
-/// ALL` on the session), or whose result columns changed with its table, is
-/// forgotten and the statement runs unnamed instead: both fail before the
-/// statement does anything, so running it again is safe.
+/// ALL` on the session: every kept statement of the connection is forgotten,
+/// and the mode is set again before the next), or whose result columns
+/// changed with its table (that one is forgotten), runs unnamed instead: both
+/// fail before the statement does anything, so running it again is safe.
 pub async fn query_hot(
     client: &deadpool_postgres::ClientWrapper,
     prepare: bool,
@@ -380,7 +381,14 @@ pub async fn query_hot(
     match kept {
         Err(e) if kept_statement_unusable(&e) => {
             tracing::warn!(error = %describe(&e), "a kept statement was unusable: forgotten, run unnamed");
-            client.statement_cache.remove(sql, &types);
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+                // The session was reset (DEALLOCATE ALL, or DISCARD ALL,
+                // which also reset plan_cache_mode): its other statements are
+                // gone too, and the next kept one sets the mode again.
+                client.statement_cache.clear();
+            } else {
+                client.statement_cache.remove(sql, &types);
+            }
             client.query_typed(sql, params).await
         }
         done => done,
