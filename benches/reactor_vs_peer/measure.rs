@@ -102,6 +102,9 @@ pub(crate) struct PgbenchRun {
     /// Each transaction's own time (ms): pgbench's latency average, less
     /// the time a paced transaction waited for its turn (its schedule lag).
     pub(crate) latency_ms: f64,
+    /// A paced run's transactions, each one's own time (ms), from pgbench's
+    /// per-transaction log; empty for a run at full speed.
+    pub(crate) own_ms: Vec<f64>,
 }
 
 /// One pgbench run of `script`, at most `rate` transactions a second in all
@@ -114,8 +117,18 @@ pub(crate) async fn pgbench_run(
     secs: u64,
     rate: Option<u32>,
 ) -> Result<PgbenchRun> {
+    // A paced run logs each transaction (few: the pace bounds them).
+    let log_dir = tempfile::tempdir()?;
+    let log_prefix = log_dir.path().join("tx");
     let paced: Vec<String> = rate
-        .map(|r| vec!["-R".into(), r.to_string()])
+        .map(|r| {
+            vec![
+                "-R".into(),
+                r.to_string(),
+                "-l".into(),
+                format!("--log-prefix={}", log_prefix.display()),
+            ]
+        })
         .unwrap_or_default();
     let out = Command::new(pgbench)
         .args(["-n", "-M", "prepared"])
@@ -153,8 +166,13 @@ pub(crate) async fn pgbench_run(
         Some(_) => figure("rate limit schedule lag: avg ")?.parse()?,
         None => 0.0,
     };
+    let own_ms = match rate {
+        Some(_) => own_times(log_dir.path())?,
+        None => Vec::new(),
+    };
     Ok(PgbenchRun {
         latency_ms: latency_ms - lag_ms,
+        own_ms,
         tps: figure("tps = ")?.parse()?,
         transactions: figure("number of transactions actually processed: ")?
             .split('/')
@@ -162,4 +180,29 @@ pub(crate) async fn pgbench_run(
             .unwrap_or_default()
             .parse()?,
     })
+}
+
+/// Each transaction's own time (ms) in the per-transaction logs of a paced
+/// pgbench run in `dir` (one file a thread): the time it took less its
+/// schedule lag (`client_id transaction_no time script_no time_epoch time_us
+/// schedule_lag …`, times in µs).
+fn own_times(dir: &Path) -> Result<Vec<f64>> {
+    let mut own = Vec::new();
+    for file in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(file?.path())?;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(time), Some(lag)) = (fields.get(2), fields.get(6)) else {
+                bail!("a pgbench log line without a schedule lag: {line:?}");
+            };
+            let (time, lag): (f64, f64) = (
+                time.parse()
+                    .with_context(|| format!("pgbench log line {line:?}"))?,
+                lag.parse()
+                    .with_context(|| format!("pgbench log line {line:?}"))?,
+            );
+            own.push((time - lag) / 1000.0);
+        }
+    }
+    Ok(own)
 }
