@@ -383,7 +383,7 @@ pub async fn query_hot(
             tracing::warn!(error = %describe(&e), "a kept statement was unusable: forgotten, run unnamed");
             if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
                 // The session was reset (DEALLOCATE ALL, or DISCARD ALL,
-                // which also reset plan_cache_mode): its other statements are
+                // which also resets plan_cache_mode): its other statements are
                 // gone too, and the next kept one sets the mode again.
                 client.statement_cache.clear();
             } else {
