@@ -233,8 +233,8 @@ fn rows_read(node: &serde_json::Value, table: &str) -> f64 {
 
 /// A job table's usual state before a burst: analyzed while every row was
 /// done, so its statistics say nothing is pending; then 20,000 rows arrive
-/// and autovacuum has not analyzed it again. A claim of five candidates must
-/// still read five rows, not the whole pending index (which is what a plain
+/// and autovacuum has not analyzed it again. A claim of six candidates must
+/// read at most six rows, not the whole pending index (which is what a plain
 /// join was planned as: a hash of every pending row).
 #[tokio::test]
 async fn a_claim_probes_its_candidates_when_the_statistics_say_nothing_is_pending() {
