@@ -99,11 +99,9 @@ pub(crate) struct PgbenchRun {
     pub(crate) tps: f64,
     /// Transactions committed.
     pub(crate) transactions: u64,
-    /// Each transaction's own time (ms): pgbench's latency average, less
-    /// the time a paced transaction waited for its turn (its schedule lag).
-    pub(crate) latency_ms: f64,
-    /// A paced run's transactions, each one's own time (ms), from pgbench's
-    /// per-transaction log; empty for a run at full speed.
+    /// A paced run's transactions, each one's own time (ms): its time in
+    /// pgbench's per-transaction log less its wait for its turn (its schedule
+    /// lag). Empty for a run at full speed.
     pub(crate) own_ms: Vec<f64>,
 }
 
@@ -118,15 +116,15 @@ pub(crate) async fn pgbench_run(
     rate: Option<u32>,
 ) -> Result<PgbenchRun> {
     // A paced run logs each transaction (few: the pace bounds them).
-    let log_dir = tempfile::tempdir()?;
-    let log_prefix = log_dir.path().join("tx");
+    let log_dir = rate.map(|_| tempfile::tempdir()).transpose()?;
     let paced: Vec<String> = rate
-        .map(|r| {
+        .zip(log_dir.as_ref())
+        .map(|(r, dir)| {
             vec![
                 "-R".into(),
                 r.to_string(),
                 "-l".into(),
-                format!("--log-prefix={}", log_prefix.display()),
+                format!("--log-prefix={}", dir.path().join("tx").display()),
             ]
         })
         .unwrap_or_default();
@@ -161,17 +159,11 @@ pub(crate) async fn pgbench_run(
             .map(str::to_string)
             .ok_or_else(|| anyhow!("no {prefix:?} in pgbench output:\n{stdout}"))
     };
-    let latency_ms: f64 = figure("latency average = ")?.parse()?;
-    let lag_ms: f64 = match rate {
-        Some(_) => figure("rate limit schedule lag: avg ")?.parse()?,
-        None => 0.0,
-    };
-    let own_ms = match rate {
-        Some(_) => own_times(log_dir.path())?,
+    let own_ms = match &log_dir {
+        Some(dir) => own_times(dir.path())?,
         None => Vec::new(),
     };
     Ok(PgbenchRun {
-        latency_ms: latency_ms - lag_ms,
         own_ms,
         tps: figure("tps = ")?.parse()?,
         transactions: figure("number of transactions actually processed: ")?
